@@ -1,0 +1,3 @@
+from tle.cli import main
+
+main()

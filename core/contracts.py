@@ -1,0 +1,113 @@
+"""Plain data passed between the core and backends.
+
+Everything here is framework-neutral: NumPy arrays, strings, numbers. Backends
+return their own native objects (models) from hooks; the core only ever holds
+those as opaque handles and hands them back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """What ``tle backends`` shows; must be cheap (no framework import)."""
+
+    name: str
+    framework: str
+    framework_version: str
+    description: str = ""
+    # "ok", or why the backend cannot run here (e.g. "tensorflow is not installed").
+    status: str = "ok"
+    devices: tuple[str, ...] = ("cpu",)
+    capabilities: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model a backend offers, with its backbone blocks in forward order."""
+
+    name: str
+    blocks: tuple[str, ...]
+    family: str = ""
+    description: str = ""
+    # Input side (pixels) the model is normally used at, and the smallest that works.
+    default_size: int | None = None
+    min_size: int = 1
+    available: bool = True
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class BlockCount:
+    """Parameter counts of one block (or ``head``) as the backend holds them now."""
+
+    name: str
+    total: int
+    trainable: int
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """Where a model's starting weights come from, already resolved to a local file.
+
+    ``kind`` is ``none``, ``imagenet`` (the backend fetches from its own hub/cache)
+    or ``file`` (``path`` is a local file written by the backend's ``save_weights``
+    or by the user). ``source`` is what the user wrote (e.g. ``runs:/abc``).
+    """
+
+    kind: str
+    source: str = "none"
+    path: Path | None = None
+    # Class names of the run the weights came from, when known: a backend keeps
+    # the old head only when these match the new data's classes.
+    class_names: tuple[str, ...] | None = None
+
+
+@dataclass
+class Evaluation:
+    """Raw outputs of a model on a set of images; the core computes the metrics."""
+
+    loss: float
+    logits: np.ndarray
+
+    @property
+    def predictions(self) -> np.ndarray:
+        return self.logits.argmax(axis=1)
+
+
+@dataclass
+class ExportMetadata:
+    """Stored in the ONNX file so that ``tle predict`` needs nothing else.
+
+    The exported graph takes float32 NHWC images in [0, 1] (the core's data
+    layout) and returns logits: any normalisation or layout change belongs inside
+    the graph.
+    """
+
+    class_names: list[str]
+    image_size: tuple[int, int]
+    channels: int
+    backend: str
+    model: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_props(self) -> dict[str, str]:
+        import json
+
+        props = {
+            "tle.class_names": json.dumps(self.class_names),
+            "tle.image_size": json.dumps(list(self.image_size)),
+            "tle.channels": str(self.channels),
+            "tle.backend": self.backend,
+            "tle.model": self.model,
+            "tle.input_layout": "NHWC",
+            "tle.input_range": "0..1",
+        }
+        props.update({f"tle.{k}": str(v) for k, v in self.extra.items()})
+        return props

@@ -1,0 +1,176 @@
+"""Hook specifications: the whole contract between the core and a backend.
+
+A backend is a module registered in the ``tle.backends`` entry-point group::
+
+    [project.entry-points."tle.backends"]
+    mybackend = "my_package.plugin"
+
+Only the selected backend is imported and registered, so one broken or slow
+backend never costs the others anything. Modules in the ``tle.plugins`` group
+are registered for every run and may wrap any hook (``hookwrapper=True``) or
+answer it first (``tryfirst=True``), e.g. to add an initialiser.
+
+Backends return their own native objects (a ``torch.nn.Module``, a
+``keras.Model``...) from :func:`load_backbone`; the core treats them as opaque
+handles and passes them back into the other hooks. Images always travel as
+float32 NumPy arrays in NHWC layout with values in [0, 1]; labels as int64.
+
+A hook implementation may declare any subset of a hook's arguments.
+Block names are the ones the backend declares in :func:`register_models`
+(``block1`` ... ``blockN`` for CNNs, ``conv1`` ... for spiking nets); the
+classifier added on top is always called ``head``.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("tle")
+hookimpl = pluggy.HookimplMarker("tle")
+
+
+# -- registration ---------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def backend_info():
+    """Describe the backend for ``tle backends``.
+
+    :return: a :class:`tle.contracts.BackendInfo`.
+
+    Must not import the framework (``tle backends`` has to stay fast); read
+    versions with ``importlib.metadata`` instead.
+    """
+
+
+@hookspec
+def register_models():
+    """Return the models this plugin offers.
+
+    :return: a list of :class:`tle.contracts.ModelInfo`, blocks in forward order.
+
+    Called on the backend and on every ``tle.plugins`` plugin; the lists are
+    merged, so a plugin may add models to a backend. Must not import the
+    framework.
+    """
+
+
+@hookspec
+def register_datasets():
+    """Return extra dataset sources as ``{prefix: loader}``.
+
+    ``loader(argument, spec)`` is called for ``--dataset prefix:argument`` with
+    the :class:`tle.spec.DataSpec` and returns ``(images, labels, class_names)``
+    with images float32 NHWC in [0, 1]. The core splits and resizes them, so
+    every backend sees the same images.
+    """
+
+
+# -- one experiment, in the order the runner calls them -------------------------
+
+
+@hookspec(firstresult=True)
+def load_backbone(model, num_classes, input_shape, head, weights, device, seed):
+    """Build ``model`` with a new head of ``num_classes`` outputs.
+
+    :param str model: a name from :func:`register_models`.
+    :param int num_classes: classes in the data.
+    :param tuple input_shape: ``(height, width, channels)`` of the images.
+    :param tle.spec.HeadSpec head: the classifier to put on the backbone.
+    :param tle.contracts.ResolvedWeights weights: where the backbone's weights
+        come from. Pretrained blocks are loaded here; the head is new unless the
+        weights come from a run with the same classes.
+    :param str device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    :param int seed: seed for everything random in construction.
+    :return: the native model (opaque to the core).
+
+    Raise :class:`tle.UserError` for an unknown model, missing weights offline,
+    or weights that do not fit the model (name the layer).
+    """
+
+
+@hookspec(firstresult=True)
+def apply_init(model, blocks, init, seed):
+    """Re-initialise the named ``blocks`` (may include ``head``) with ``init``.
+
+    :param list[str] blocks: blocks the strategy starts from scratch.
+    :param tle.spec.InitSpec init: initialiser name and its parameters, with
+        Keras's definitions (fan-in/fan-out of a conv = kernel area x channels;
+        biases zero).
+    :return: ``True`` when done. A ``tle.plugins`` plugin may answer first
+        (``tryfirst=True``) for initialisers it adds and return ``None`` for the
+        rest.
+    """
+
+
+@hookspec(firstresult=True)
+def freeze_policy(model, trainable):
+    """Make exactly the blocks with ``trainable[name] is True`` trainable.
+
+    :param dict[str, bool] trainable: every block and ``head``.
+
+    Normalisation layers of frozen blocks run in inference mode, as in Keras.
+    """
+
+
+@hookspec(firstresult=True)
+def count_parameters(model):
+    """Return a :class:`tle.contracts.BlockCount` per block and ``head``, in order.
+
+    Reflects the current freeze state: the core checks it against the plan.
+    """
+
+
+@hookspec(firstresult=True)
+def train(model, data, stage, train, loop):
+    """Train ``model`` for one stage of the plan.
+
+    :param tle.data.Dataset data: train/val arrays (the core's split).
+    :param tle.strategy.Stage stage: epochs, learning rate, trainable blocks.
+    :param tle.spec.TrainSpec train: optimiser, batch size, seed, device...
+    :param tle.loop.TrainLoop loop: the core's side of the loop. Call
+        ``loop.epoch_start(epoch, batches)``, ``loop.batch_end()`` after each
+        batch and ``loop.epoch_end(epoch, metrics)`` with ``train_loss``,
+        ``train_acc``, ``val_loss``, ``val_acc``; stop when ``loop.should_stop``.
+        Epochs count from ``loop.start_epoch`` (non-zero when resuming).
+        The core owns progress display, timing, tracking and early stopping.
+    """
+
+
+@hookspec(firstresult=True)
+def evaluate(model, images, labels, batch_size):
+    """Run ``model`` in inference mode.
+
+    :return: a :class:`tle.contracts.Evaluation` (mean cross-entropy and the
+        logits, one row per image). The core derives every metric from these.
+    """
+
+
+@hookspec(firstresult=True)
+def save_weights(model, directory):
+    """Write the model's weights in the backend's native format into ``directory``.
+
+    :return: the path written. The core logs it as the run's ``weights/``
+        artifact; ``--weights runs:/ID`` hands the same file back to
+        :func:`load_backbone`.
+    """
+
+
+@hookspec(firstresult=True)
+def export_onnx(model, path, sample, metadata):
+    """Export ``model`` to the ONNX file ``path`` with a dynamic batch axis.
+
+    :param numpy.ndarray sample: a batch of real input images (NHWC, [0, 1]).
+    :param tle.contracts.ExportMetadata metadata: to store in the file
+        (``metadata.as_props()``).
+    :return: the path written. The graph's input is NHWC float32 in [0, 1];
+        its output is logits. The core then checks parity with onnxruntime.
+    """
+
+
+@hookspec(firstresult=True)
+def fuse(models, class_names, options):
+    """Merge several trained models into one (S2's knowledge fusion).
+
+    :return: the fused native model, or ``None`` if the backend cannot fuse.
+    """
