@@ -134,6 +134,10 @@ def train(model, data, stage, train, loop):
         ``train_acc``, ``val_loss``, ``val_acc``; stop when ``loop.should_stop``.
         Epochs count from ``loop.start_epoch`` (non-zero when resuming).
         The core owns progress display, timing, tracking and early stopping.
+        Backends that list ``"resume"`` in their capabilities write a native
+        checkpoint (model, optimiser, epoch) to ``loop.checkpoint_path`` before
+        each ``epoch_end`` when it is not ``None``, and load
+        ``loop.resume_from`` first when it is not ``None``.
     """
 
 
@@ -173,4 +177,12 @@ def fuse(models, class_names, options):
     """Merge several trained models into one (S2's knowledge fusion).
 
     :return: the fused native model, or ``None`` if the backend cannot fuse.
+    """
+
+
+@hookspec(firstresult=True)
+def resolve_device(device):
+    """Return the concrete device ``device`` (``auto``...) means here, e.g. ``cuda:0`` or ``cpu``.
+
+    Logged with the run. Must not fail when CUDA is absent: ``auto`` falls back to CPU.
     """

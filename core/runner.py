@@ -1,0 +1,195 @@
+"""One experiment: spec -> data -> model -> stages -> evaluate -> export -> parity -> track."""
+
+from __future__ import annotations
+
+import shutil
+from contextlib import nullcontext
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+from tle import plots
+from tle.contracts import BlockCount, ExportMetadata
+from tle.errors import UserError
+from tle.loop import History, TrainLoop, make_progress
+from tle.metrics import Report, classification_report
+from tle.plugins import Backend, load_backend
+from tle.spec import ExperimentSpec
+from tle.strategy import HEAD, Plan, Stage, build_plan
+from tle.weights import CLASS_NAMES_ARTIFACT, WEIGHTS_ARTIFACT, resolve_weights
+
+
+class ParityError(RuntimeError):
+    """The ONNX model disagrees with the framework beyond the tolerance."""
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    spec: ExperimentSpec
+    plan: Plan
+    history: History
+    test: Report
+    counts: list[list[BlockCount]] = field(default_factory=list)  # per stage
+    onnx_max_abs_diff: float | None = None
+    wall_seconds: float = 0.0
+    device: str = "cpu"
+
+    @property
+    def best_val_acc(self) -> float:
+        return self.history.best("val_acc")
+
+
+def default_run_name(spec: ExperimentSpec) -> str:
+    return f"{spec.backend}-{spec.model}-{spec.strategy}-{spec.dataset.source.split('/')[-1]}"
+
+
+def check_counts(plan_stage: Stage, counts: list[BlockCount], backend: str) -> None:
+    """The backend's freeze state must be exactly what the plan says; anything else is a backend bug."""
+    for c in counts:
+        want = plan_stage.trainable.get(c.name)
+        if want is None:
+            continue
+        if (want and c.trainable != c.total) or (not want and c.trainable != 0):
+            raise RuntimeError(f"backend {backend!r} left block {c.name!r} with {c.trainable}/{c.total} trainable "
+                               f"parameters in stage {plan_stage.index}; the plan says "
+                               f"{'trainable' if want else 'frozen'}")
+
+
+def prepare(spec: ExperimentSpec) -> tuple[Backend, Plan]:
+    """Everything that can be checked without data or a framework."""
+    backend = load_backend(spec.backend)
+    info = backend.model(spec.model)
+    t = spec.train
+    plan = build_plan(spec.strategy, info.blocks, epochs=t.epochs, lr=t.lr, finetune_epochs=t.finetune_epochs,
+                      finetune_lr=t.finetune_lr, model=f"{spec.backend}/{spec.model}")
+    if plan.strategy.needs_pretrained and spec.weights == "none":
+        raise UserError(f"strategy {plan.strategy} starts from pretrained blocks but --weights is none",
+                        "pass --weights imagenet, a weights file, runs:/RUN_ID or models:/NAME/VERSION")
+    return backend, plan
+
+
+def run_experiment(spec: ExperimentSpec, console: Console | None = None, quiet: bool = False) -> RunResult:
+    from tle.data import load_dataset
+    from tle.tracking import configure, environment_tags, tracked_run
+
+    console = console or Console(stderr=True)
+    started = time.perf_counter()
+    backend, plan = prepare(spec)
+    info = backend.model(spec.model)
+    mlflow = configure(spec.tracking.uri, spec.tracking.experiment)
+    workdir = Path(tempfile.mkdtemp(prefix="tle-run-"))
+    try:
+        weights = resolve_weights(spec.weights, spec.backend, workdir)
+        data = load_dataset(spec.dataset, seed=spec.train.seed, extra_sources=backend.dataset_sources())
+        h, w, c = data.input_shape
+        if min(h, w) < info.min_size:
+            raise UserError(f"{spec.model} needs images of at least {info.min_size}px, the data is {h}x{w}",
+                            f"set --image-size {max(info.min_size, info.default_size or 0)}")
+        hook = backend.hook
+        device = hook.resolve_device(device=spec.train.device) or "cpu"
+        model = hook.load_backbone(model=spec.model, num_classes=data.num_classes, input_shape=data.input_shape,
+                                   head=spec.head, weights=weights, device=spec.train.device, seed=spec.train.seed)
+        hook.apply_init(model=model, blocks=[b for b in plan.reinit if b != HEAD], init=spec.init,
+                        seed=spec.train.seed)
+        hook.apply_init(model=model, blocks=[HEAD], init=spec.head.init, seed=spec.train.seed + 1)
+
+        tags = {"backend": spec.backend, "model": spec.model, "dataset": spec.dataset.source,
+                "strategy": str(plan.strategy), "init": str(spec.init), "weights": spec.weights,
+                "device": device, "framework": backend.info.framework,
+                "framework_version": backend.info.framework_version, **environment_tags()}
+        with tracked_run(mlflow, name=spec.tracking.run_name or default_run_name(spec), tags=tags) as run:
+            if not quiet:
+                console.print(f"[bold]run[/] {run.run_id}  {default_run_name(spec)}  on {device}  "
+                              f"data {data.sizes()} {h}x{w}x{c}" + (f", {data.skipped} files skipped"
+                                                                     if data.skipped else ""))
+            run.params(spec.flat())
+            run.params({"data.fingerprint": data.fingerprint(), "data.num_classes": data.num_classes,
+                        **{f"data.{k}_size": v for k, v in data.sizes().items()}, "data.skipped": data.skipped,
+                        "data.input_shape": f"{h}x{w}x{c}"})
+            run.text(spec.to_yaml(), "spec.yaml")
+            run.json(data.class_names, CLASS_NAMES_ARTIFACT)
+            result = _train_and_report(spec, backend, plan, data, model, run, console, quiet, workdir)
+            result.device = device
+            result.wall_seconds = time.perf_counter() - started
+            run.metrics({"wall_seconds": result.wall_seconds})
+            return result
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _train_and_report(spec, backend, plan, data, model, run, console, quiet, workdir) -> RunResult:
+    hook = backend.hook
+    history = History()
+    all_counts: list[list[BlockCount]] = []
+    progress = make_progress(console, quiet)
+    step = 0
+    train_started = time.perf_counter()
+    with progress if progress is not None else nullcontext():
+        for stage in plan.stages:
+            hook.freeze_policy(model=model, trainable=dict(stage.trainable))
+            counts = list(hook.count_parameters(model=model))
+            check_counts(stage, counts, spec.backend)
+            all_counts.append(counts)
+            total = sum(c.total for c in counts)
+            trainable = sum(c.trainable for c in counts)
+            run.metrics({f"trainable_params_stage{stage.index}": trainable, "total_params": total})
+            loop = TrainLoop(stage, step_offset=step, history=history, on_epoch=run.epoch, progress=progress,
+                             patience=spec.train.early_stopping)
+            hook.train(model=model, data=data, stage=stage, train=spec.train, loop=loop)
+            loop.close()
+            step += loop.epochs_done
+    run.metrics({"train_seconds": time.perf_counter() - train_started,
+                 "trainable_params": sum(c.trainable for c in all_counts[0]),
+                 "frozen_params": sum(c.total - c.trainable for c in all_counts[0])})
+
+    evaluation = hook.evaluate(model=model, images=data.x_test, labels=data.y_test, batch_size=spec.train.batch_size)
+    report = classification_report(data.y_test, evaluation.logits, evaluation.loss, data.class_names)
+    run.metrics({"test_acc": report.accuracy, "test_loss": report.loss, "test_f1_macro": report.macro_f1,
+                 "best_val_acc": history.best("val_acc"), "epochs_trained": len(history.records)})
+    run.json(report.as_dict(), "test_report.json")
+    title = default_run_name(spec)
+    plots.learning_curves(history, workdir / "learning_curves.png", title)
+    plots.confusion_matrix(report.confusion, data.class_names, workdir / "confusion_matrix.png", title)
+    run.artifact(workdir / "learning_curves.png", "plots")
+    run.artifact(workdir / "confusion_matrix.png", "plots")
+
+    weights_dir = workdir / WEIGHTS_ARTIFACT
+    weights_dir.mkdir()
+    hook.save_weights(model=model, directory=weights_dir)
+    run.artifact(weights_dir, WEIGHTS_ARTIFACT)
+
+    result = RunResult(run.run_id, spec, plan, history, report, all_counts)
+    if spec.export.onnx:
+        result.onnx_max_abs_diff = _export_and_check(spec, hook, model, data, run, workdir, console, quiet)
+    return result
+
+
+def _export_and_check(spec, hook, model, data, run, workdir, console, quiet) -> float:
+    from tle.serving import check_parity, open_model
+
+    h, w, c = data.input_shape
+    sample = np.ascontiguousarray(data.x_test[: spec.export.parity_batch])
+    if len(sample) == 0:
+        sample = np.ascontiguousarray(data.x_train[: spec.export.parity_batch])
+    meta = ExportMetadata(class_names=list(data.class_names), image_size=(h, w), channels=c,
+                          backend=spec.backend, model=spec.model, extra={"run_id": run.run_id})
+    path = Path(hook.export_onnx(model=model, path=workdir / "model.onnx", sample=sample, metadata=meta))
+    reference = hook.evaluate(model=model, images=sample, labels=np.zeros(len(sample), np.int64),
+                              batch_size=len(sample)).logits
+    onnx_model = open_model(path)
+    parity = check_parity(onnx_model, sample, reference, spec.export.atol, spec.export.rtol)
+    run.metrics({"onnx_max_abs_diff": parity.max_abs_diff})
+    run.tags({"onnx.providers": ",".join(parity.providers)})
+    if not parity.ok:
+        raise ParityError(f"ONNX output differs from {spec.backend} by {parity.max_abs_diff:.3g} "
+                          f"(atol {spec.export.atol}, rtol {spec.export.rtol})")
+    run.onnx_model(path, sample, reference, spec.tracking.registered_model)
+    if not quiet:
+        console.print(f"ONNX parity ok: max |diff| {parity.max_abs_diff:.2e} on {len(sample)} images "
+                      f"({', '.join(parity.providers)})")
+    return parity.max_abs_diff

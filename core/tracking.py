@@ -1,0 +1,118 @@
+"""MLflow tracking: one run per experiment, never left RUNNING.
+
+MLflow is imported lazily: ``tle --help`` must stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tle.errors import UserError
+from tle.loop import EpochRecord
+
+
+def configure(uri: str | None, experiment: str | None = None):
+    """Point MLflow at ``uri`` (None keeps MLFLOW_TRACKING_URI or MLflow's default)."""
+    import mlflow
+
+    if uri:
+        mlflow.set_tracking_uri(uri)
+    if experiment:
+        try:
+            mlflow.set_experiment(experiment)
+        except Exception as exc:
+            raise UserError(f"cannot use MLflow experiment {experiment!r} at {mlflow.get_tracking_uri()}: "
+                            f"{str(exc).splitlines()[0]}", "check --tracking-uri / MLFLOW_TRACKING_URI") from None
+    return mlflow
+
+
+class Tracker:
+    """Thin wrapper that names what tle logs, so every backend's runs look alike."""
+
+    def __init__(self, mlflow_module, run):
+        self._mlflow = mlflow_module
+        self.run = run
+        self.run_id: str = run.info.run_id
+
+    def params(self, params: dict[str, Any]) -> None:
+        items = list(params.items())
+        for i in range(0, len(items), 90):  # MLflow caps one batch at 100 params
+            self._mlflow.log_params(dict(items[i:i + 90]))
+
+    def tags(self, tags: dict[str, Any]) -> None:
+        self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        clean = {k: float(v) for k, v in metrics.items() if v is not None}
+        if clean:
+            self._mlflow.log_metrics(clean, step=step)
+
+    def epoch(self, record: EpochRecord) -> None:
+        self.metrics({**record.metrics, "stage": record.stage}, step=record.step)
+
+    def artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        if Path(path).is_dir():
+            self._mlflow.log_artifacts(str(path), artifact_path)
+        else:
+            self._mlflow.log_artifact(str(path), artifact_path)
+
+    def text(self, text: str, name: str) -> None:
+        self._mlflow.log_text(text, name)
+
+    def json(self, obj: Any, name: str) -> None:
+        self._mlflow.log_text(json.dumps(obj, indent=2), name)
+
+    def onnx_model(self, path: Path, sample, logits, registered_name: str | None) -> None:
+        import onnx
+        from mlflow.models import infer_signature
+
+        self._mlflow.onnx.log_model(
+            onnx_model=onnx.load(str(path)), name="model",
+            signature=infer_signature(sample, logits),
+            registered_model_name=registered_name,
+            # Inferring requirements spawns a subprocess per run; these are known.
+            pip_requirements=["onnxruntime", "onnx", "numpy"],
+        )
+
+
+def environment_tags() -> dict[str, str]:
+    from importlib.metadata import version
+
+    import tle
+
+    tags = {"tle.version": tle.__version__, "python": platform.python_version(), "platform": platform.platform()}
+    for dist in ("mlflow", "onnx", "onnxruntime", "numpy"):
+        try:
+            tags[f"version.{dist}"] = version(dist)
+        except Exception:
+            pass
+    return tags
+
+
+@contextmanager
+def tracked_run(mlflow_module, *, name: str | None, tags: dict[str, str]) -> Iterator[Tracker]:
+    """Start a run; end it FINISHED, FAILED (any error) or KILLED (Ctrl-C/SIGTERM)."""
+    run = mlflow_module.start_run(run_name=name, tags=tags)
+    tracker = Tracker(mlflow_module, run)
+    try:
+        yield tracker
+    except KeyboardInterrupt:
+        _end(mlflow_module, "KILLED", "interrupted")
+        raise
+    except BaseException as exc:
+        _end(mlflow_module, "FAILED", f"{type(exc).__name__}: {exc}")
+        raise
+    else:
+        mlflow_module.end_run("FINISHED")
+
+
+def _end(mlflow_module, status: str, reason: str) -> None:
+    try:
+        mlflow_module.set_tag("tle.error", reason[:5000])
+    finally:
+        mlflow_module.end_run(status)

@@ -1,0 +1,100 @@
+"""Resolving ``--weights`` into something a backend can load without MLflow.
+
+``none`` and ``imagenet`` pass through (the backend owns its hub and cache);
+a path must exist; ``runs:/ID`` and ``models:/NAME/VERSION`` (or
+``models:/NAME@ALIAS``) are looked up in the tracking store and the run's
+``weights/`` artifact, saved by the backend's ``save_weights`` hook, is
+downloaded to a local file. This is how a backbone trained by one experiment
+feeds the next, offline.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from tle.contracts import ResolvedWeights
+from tle.errors import UserError
+
+WEIGHTS_ARTIFACT = "weights"
+CLASS_NAMES_ARTIFACT = "class_names.json"
+FORMS = "none, imagenet, a file path, runs:/RUN_ID or models:/NAME/VERSION"
+
+
+def resolve_weights(text: str, backend: str, workdir: Path | None = None) -> ResolvedWeights:
+    if text in ("none", "imagenet"):
+        return ResolvedWeights(kind=text, source=text)
+    if text.startswith("runs:/"):
+        return _from_run(text[len("runs:/"):].strip("/").split("/")[0], text, backend, workdir)
+    if text.startswith("models:/"):
+        return _from_run(_registered_run_id(text), text, backend, workdir)
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise UserError(f"weights file {text!r} does not exist", f"use one of: {FORMS}")
+    return ResolvedWeights(kind="file", source=text, path=path.resolve())
+
+
+def _client():
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient()
+
+
+def _registered_run_id(text: str) -> str:
+    ref = text[len("models:/"):].strip("/")
+    client = _client()
+    try:
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            version = client.get_model_version_by_alias(name, alias)
+        else:
+            name, _, number = ref.partition("/")
+            if not number.isdigit():
+                raise UserError(f"{text!r} must name a version", "write models:/NAME/VERSION or models:/NAME@ALIAS")
+            version = client.get_model_version(name, number)
+    except UserError:
+        raise
+    except Exception:
+        raise UserError(f"registered model {text!r} not found in the tracking store",
+                        "check the name and version with the MLflow UI or --tracking-uri") from None
+    if not version.run_id:
+        raise UserError(f"registered model {text!r} has no source run", "register a model logged by tle run")
+    return version.run_id
+
+
+def _from_run(run_id: str, source: str, backend: str, workdir: Path | None) -> ResolvedWeights:
+    import mlflow
+
+    client = _client()
+    try:
+        run = client.get_run(run_id)
+    except Exception:
+        raise UserError(f"run {run_id!r} not found in the tracking store {mlflow.get_tracking_uri()}",
+                        "check the run id, or point --tracking-uri at the store that holds it") from None
+    run_backend = run.data.tags.get("backend")
+    if run_backend and run_backend != backend:
+        raise UserError(f"weights in {source} were trained with backend {run_backend!r}, not {backend!r}",
+                        f"use --backend {run_backend}, or a run of backend {backend}")
+    target = Path(tempfile.mkdtemp(prefix="tle-weights-", dir=workdir))
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=WEIGHTS_ARTIFACT,
+                                                         dst_path=str(target)))
+    except Exception:
+        raise UserError(f"run {run_id} has no {WEIGHTS_ARTIFACT}/ artifact",
+                        f"it did not finish; check its status ({run.info.status}) or use another run") from None
+    files = sorted(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else [local]
+    if len(files) != 1:
+        raise UserError(f"run {run_id} holds {len(files)} weight files, expected one", "use a run made by tle run")
+    return ResolvedWeights(kind="file", source=source, path=files[0], class_names=_class_names(run_id, target))
+
+
+def _class_names(run_id: str, target: Path) -> tuple[str, ...] | None:
+    import mlflow
+
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CLASS_NAMES_ARTIFACT,
+                                                   dst_path=str(target))
+        return tuple(json.loads(Path(path).read_text()))
+    except Exception:
+        return None

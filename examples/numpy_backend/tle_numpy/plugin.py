@@ -1,0 +1,112 @@
+"""The hook implementations tle calls; see ``tle.hookspecs`` for the contract.
+
+Each hook declares only the arguments it uses (pluggy allows any subset).
+``fuse`` is left out: a backend that cannot fuse simply does not implement it.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+
+from tle import UserError, hookimpl
+from tle.contracts import BackendInfo, BlockCount, ModelInfo
+
+DESCRIPTIONS = {
+    "mlp": "flatten -> Dense 128 ReLU -> Dense 64 ReLU",
+    "mlp3": "flatten -> Dense 256 ReLU -> Dense 128 ReLU -> Dense 64 ReLU",
+}
+
+
+@hookimpl
+def backend_info():
+    return BackendInfo(name="numpy", framework="numpy", framework_version=version("numpy"),
+                       description="example backend: NumPy MLPs with hand-written backprop",
+                       devices=("cpu",), capabilities=("onnx",))
+
+
+@hookimpl
+def register_models():
+    from tle_numpy.model import MODELS
+
+    return [ModelInfo(name=name, blocks=tuple(f"block{i}" for i in range(1, len(widths) + 1)), family="mlp",
+                      description=DESCRIPTIONS[name]) for name, widths in MODELS.items()]
+
+
+@hookimpl
+def resolve_device(device):
+    if device in ("auto", "cpu"):
+        return "cpu"
+    raise UserError(f"the numpy backend runs on the CPU only, not {device!r}", "use --device cpu or auto")
+
+
+@hookimpl
+def load_backbone(model, num_classes, input_shape, head, weights, seed):
+    from tle.spec import HeadSpec
+    from tle_numpy import model as mlp
+    from tle_numpy.weights import load
+
+    net = mlp.build(model, tuple(input_shape), num_classes, head or HeadSpec(), seed)
+    kind = weights.kind if weights is not None else "none"
+    if kind == "imagenet":
+        raise UserError("the numpy example backend has no ImageNet weights", hint="use --weights runs:/RUN_ID or a .npz file")
+    if kind == "file":
+        load(net, weights)
+    elif kind != "none":
+        raise UserError(f"unknown weights kind {kind!r}", "use none, a .npz file or runs:/RUN_ID")
+    return net
+
+
+@hookimpl
+def apply_init(model, blocks, init, seed):
+    from tle_numpy.model import init_layer, layer_rng
+
+    unknown = set(blocks) - set(model.blocks)
+    if unknown:
+        raise UserError(f"{model.model} has no block {', '.join(sorted(unknown))}", f"its blocks are {', '.join(model.blocks)}")
+    for index, layer in enumerate(model.layers):
+        if layer.block in blocks:
+            init_layer(layer, init, layer_rng(seed, index))
+    return True
+
+
+@hookimpl
+def freeze_policy(model, trainable):
+    model.trainable = {block: trainable.get(block) is True for block in model.blocks}
+    return True
+
+
+@hookimpl
+def count_parameters(model):
+    counts = []
+    for block in model.blocks:
+        total = sum(layer.size for layer in model.layers if layer.block == block)
+        counts.append(BlockCount(block, total, total if model.trainable[block] else 0))
+    return counts
+
+
+@hookimpl
+def train(model, data, stage, train, loop):
+    from tle_numpy.training import fit
+
+    return fit(model, data, stage, train, loop)
+
+
+@hookimpl
+def evaluate(model, images, labels, batch_size):
+    from tle_numpy.training import evaluate as run
+
+    return run(model, images, labels, batch_size)
+
+
+@hookimpl
+def save_weights(model, directory):
+    from tle_numpy.weights import save
+
+    return save(model, directory)
+
+
+@hookimpl
+def export_onnx(model, path, metadata):
+    from tle_numpy.onnx_export import export
+
+    return export(model, path, metadata.as_props())

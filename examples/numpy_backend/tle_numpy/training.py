@@ -1,0 +1,72 @@
+"""Mini-batch training driven by the core's loop, and batched inference."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tle.contracts import Evaluation
+from tle_numpy.model import Net, softmax_cross_entropy
+from tle_numpy.optim import make_optimizer
+
+
+def fit(net: Net, data, stage, train, loop) -> list[dict[str, float]]:
+    """Train ``net`` for one stage; returns the metrics of each epoch run."""
+    net.trainable = {block: stage.trainable.get(block) is True for block in net.blocks}
+    x_train, y_train = net.flatten(data.x_train), np.asarray(data.y_train, dtype=np.int64)
+    x_val, y_val = net.flatten(data.x_val), np.asarray(data.y_val, dtype=np.int64)
+    start = frozen_prefix(net) if train.cache_features else 0
+    if start:
+        # Frozen leading layers without dropout give the same output every epoch: run them once.
+        x_train, x_val = net.forward(x_train, stop=start), net.forward(x_val, stop=start)
+
+    optimizer = make_optimizer(train.optimizer, stage.lr, train.weight_decay, train.momentum)
+    n, size = len(y_train), train.batch_size
+    history = []
+    for epoch in range(loop.start_epoch, stage.epochs):
+        loop.epoch_start(epoch, math.ceil(n / size))
+        # Seeded by epoch, so a resumed run shuffles as the uninterrupted one would.
+        rng = np.random.default_rng((train.seed + epoch) % 2**32)
+        order = rng.permutation(n)
+        loss_sum, correct = 0.0, 0
+        for i in range(0, n, size):
+            batch = order[i:i + size]
+            cache: list = []
+            logits = net.forward(x_train[batch], start, rng=rng, cache=cache)
+            loss, grad = softmax_cross_entropy(logits, y_train[batch])
+            optimizer.step([(f"{layer.name}.{kind}", param, g)
+                            for layer, d_w, d_b in net.backward(cache, grad, start)
+                            for kind, param, g in (("W", layer.W, d_w), ("b", layer.b, d_b))])
+            loss_sum += loss * len(batch)
+            correct += int((logits.argmax(axis=1) == y_train[batch]).sum())
+            loop.batch_end()
+        val = predict(net, x_val, y_val, size, start)
+        metrics = {"train_loss": loss_sum / max(n, 1), "train_acc": correct / max(n, 1),
+                   "val_loss": val.loss, "val_acc": float((val.predictions == y_val).mean()) if len(y_val) else math.nan}
+        history.append(metrics)
+        loop.epoch_end(epoch, metrics)
+        if loop.should_stop:
+            break
+    return history
+
+
+def frozen_prefix(net: Net) -> int:
+    """How many leading layers are frozen and deterministic (no dropout)."""
+    end = net.first_trainable()
+    return next((i for i, layer in enumerate(net.layers[:end]) if layer.dropout > 0), end)
+
+
+def evaluate(net: Net, images: np.ndarray, labels: np.ndarray | None, batch_size: int) -> Evaluation:
+    return predict(net, net.flatten(images), labels, batch_size)
+
+
+def predict(net: Net, x: np.ndarray, labels: np.ndarray | None, batch_size: int, start: int = 0) -> Evaluation:
+    """Inference on ``x``, the input of layer ``start``, ``batch_size`` rows at a time."""
+    logits = np.empty((len(x), net.num_classes), dtype=np.float32)
+    for i in range(0, len(x), batch_size):
+        logits[i:i + batch_size] = net.forward(x[i:i + batch_size], start)
+    if labels is None or not len(x):
+        return Evaluation(loss=math.nan, logits=logits)
+    loss, _ = softmax_cross_entropy(logits, np.asarray(labels, dtype=np.int64))
+    return Evaluation(loss=loss, logits=logits)
