@@ -106,15 +106,21 @@ def run(
     if json_out:
         print(json.dumps(summary))
         return
-    table = Table(title="result")
-    for key in ("run_id", "backend", "model", "strategy", "dataset", "device"):
-        table.add_column(key)
-    for key in ("best val acc", "test acc", "trainable / total", "onnx |diff|", "time"):
-        table.add_column(key, justify="right")
+    table = Table(title=f"run {result.run_id}", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
     diff = "-" if result.onnx_max_abs_diff is None else f"{result.onnx_max_abs_diff:.1e}"
-    table.add_row(result.run_id[:12], spec.backend, spec.model, spec.strategy, spec.dataset.source, result.device,
-                  f"{result.best_val_acc:.4f}", f"{result.test.accuracy:.4f}",
-                  f"{summary['trainable_params']:,} / {summary['total_params']:,}", diff, f"{result.wall_seconds:.1f}s")
+    rows = [("backend / model", f"{spec.backend} / {spec.model} on {result.device}"),
+            ("strategy", f"{spec.strategy}  (weights {spec.weights}, init {spec.init})"),
+            ("dataset", f"{spec.dataset.source}"),
+            ("best val acc", f"{result.best_val_acc:.4f}"),
+            ("test acc / loss", f"{result.test.accuracy:.4f} / {result.test.loss:.4f}"),
+            ("epochs", str(summary["epochs"])),
+            ("trainable / total params", f"{summary['trainable_params']:,} / {summary['total_params']:,}"),
+            ("ONNX max |diff|", diff),
+            ("wall time", f"{result.wall_seconds:.1f}s")]
+    for key, value in rows:
+        table.add_row(key, value)
     out.print(table)
 
 
@@ -186,7 +192,8 @@ def plan(
     be, the_plan = prepare(spec)
     info = be.model(model)
     side = image_size or info.default_size or 32
-    native = be.hook.load_backbone(model=model, num_classes=classes, input_shape=(side, side, channels),
+    native = be.hook.load_backbone(model=model, num_classes=classes, class_names=[str(i) for i in range(classes)],
+                                   input_shape=(side, side, channels),
                                    head=spec.head, weights=ResolvedWeights(kind="none"), device="cpu", seed=0)
     stages = []
     for stage in the_plan.stages:
@@ -362,19 +369,36 @@ def _on_sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
+def _click_exceptions():
+    try:  # typer >= 0.20 vendors its own click
+        from typer._click import exceptions
+    except ImportError:
+        from click import exceptions
+    return exceptions
+
+
 def main(argv: list[str] | None = None) -> None:
-    import click
+    click = _click_exceptions()
+
+    import logging
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    # MLflow's INFO lines (store migrations, experiment creation) drown the progress display;
+    # MLflow resets its logger's level on import, so the environment is the reliable switch.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     STATE["debug"] = "--debug" in argv or os.environ.get("TLE_DEBUG") == "1"
     signal.signal(signal.SIGTERM, _on_sigterm)
     code = 0
     try:
         result = app(args=argv, prog_name="tle", standalone_mode=False)
         code = result if isinstance(result, int) else 0
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         code = exc.exit_code
-    except click.exceptions.UsageError as exc:
+    except click.NoArgsIsHelpError as exc:
+        exc.show()
+        code = 2
+    except click.UsageError as exc:
         cmd = exc.ctx.command_path if exc.ctx else "tle"
         err.print(f"error: {exc.format_message()} (see '{cmd} --help')", highlight=False, soft_wrap=True)
         code = 2
@@ -383,7 +407,7 @@ def main(argv: list[str] | None = None) -> None:
             raise
         err.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
         code = 2
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, typer.Abort):
         err.print("interrupted", highlight=False)
         code = 130
     except Exception as exc:

@@ -70,16 +70,18 @@ def register_datasets():
 
 
 @hookspec(firstresult=True)
-def load_backbone(model, num_classes, input_shape, head, weights, device, seed):
-    """Build ``model`` with a new head of ``num_classes`` outputs.
+def load_backbone(model, num_classes, class_names, input_shape, head, weights, device, seed):
+    """Build ``model`` with a head of ``num_classes`` outputs.
 
     :param str model: a name from :func:`register_models`.
     :param int num_classes: classes in the data.
+    :param list[str] class_names: their names, in label order.
     :param tuple input_shape: ``(height, width, channels)`` of the images.
     :param tle.spec.HeadSpec head: the classifier to put on the backbone.
     :param tle.contracts.ResolvedWeights weights: where the backbone's weights
-        come from. Pretrained blocks are loaded here; the head is new unless the
-        weights come from a run with the same classes.
+        come from. Pretrained blocks are loaded here. The head is new, drawn
+        with ``head.init``, unless the weights come from a run whose
+        ``weights.class_names`` equal ``class_names``: then it is kept.
     :param str device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
     :param int seed: seed for everything random in construction.
     :return: the native model (opaque to the core).

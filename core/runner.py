@@ -81,22 +81,24 @@ def run_experiment(spec: ExperimentSpec, console: Console | None = None, quiet: 
     started = time.perf_counter()
     backend, plan = prepare(spec)
     info = backend.model(spec.model)
+    # Data errors surface before MLflow is touched, so a typo never creates an experiment or a run.
+    data = load_dataset(spec.dataset, seed=spec.train.seed, extra_sources=backend.dataset_sources())
+    h, w, c = data.input_shape
+    if min(h, w) < info.min_size:
+        raise UserError(f"{spec.model} needs images of at least {info.min_size}px, the data is {h}x{w}",
+                        f"set --image-size {max(info.min_size, info.default_size or 0)}")
     mlflow = configure(spec.tracking.uri, spec.tracking.experiment)
     workdir = Path(tempfile.mkdtemp(prefix="tle-run-"))
     try:
         weights = resolve_weights(spec.weights, spec.backend, workdir)
-        data = load_dataset(spec.dataset, seed=spec.train.seed, extra_sources=backend.dataset_sources())
-        h, w, c = data.input_shape
-        if min(h, w) < info.min_size:
-            raise UserError(f"{spec.model} needs images of at least {info.min_size}px, the data is {h}x{w}",
-                            f"set --image-size {max(info.min_size, info.default_size or 0)}")
         hook = backend.hook
         device = hook.resolve_device(device=spec.train.device) or "cpu"
-        model = hook.load_backbone(model=spec.model, num_classes=data.num_classes, input_shape=data.input_shape,
+        model = hook.load_backbone(model=spec.model, num_classes=data.num_classes,
+                                   class_names=list(data.class_names), input_shape=data.input_shape,
                                    head=spec.head, weights=weights, device=spec.train.device, seed=spec.train.seed)
+        # The head was drawn (or kept) by load_backbone; only backbone blocks are re-initialised here.
         hook.apply_init(model=model, blocks=[b for b in plan.reinit if b != HEAD], init=spec.init,
                         seed=spec.train.seed)
-        hook.apply_init(model=model, blocks=[HEAD], init=spec.head.init, seed=spec.train.seed + 1)
 
         tags = {"backend": spec.backend, "model": spec.model, "dataset": spec.dataset.source,
                 "strategy": str(plan.strategy), "init": str(spec.init), "weights": spec.weights,

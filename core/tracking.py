@@ -77,6 +77,7 @@ class Tracker:
             registered_model_name=registered_name,
             # Inferring requirements spawns a subprocess per run; these are known.
             pip_requirements=["onnxruntime", "onnx", "numpy"],
+            save_as_external_data=False,
         )
 
 

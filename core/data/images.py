@@ -81,9 +81,8 @@ def resize_batch(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     out = np.empty((n, oh, ow, c), dtype=np.float32)
     for start in range(0, n, _CHUNK):
         x = images[start : start + _CHUNK].astype(np.float32, copy=False)
-        t = np.tensordot(rows, x, axes=(1, 1))  # (oh, n, w, c)
-        t = np.tensordot(t, cols, axes=(2, 1))  # (oh, n, c, ow)
-        out[start : start + _CHUNK] = t.transpose(1, 0, 3, 2)
+        t = np.einsum("oh,nhwc->nowc", rows, x, optimize=True)
+        out[start : start + _CHUNK] = np.einsum("pw,nowc->nopc", cols, t, optimize=True)
     return out
 
 

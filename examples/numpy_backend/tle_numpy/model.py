@@ -46,7 +46,7 @@ class Net:
         return tuple(dict.fromkeys(layer.block for layer in self.layers))
 
     def first_trainable(self) -> int:
-        return next((i for i, l in enumerate(self.layers) if self.trainable[l.block]), len(self.layers))
+        return next((i for i, layer in enumerate(self.layers) if self.trainable[layer.block]), len(self.layers))
 
     def flatten(self, images: np.ndarray) -> np.ndarray:
         if tuple(images.shape[1:]) != self.input_shape:

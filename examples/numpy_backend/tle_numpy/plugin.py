@@ -1,6 +1,8 @@
 """The hook implementations tle calls; see ``tle.hookspecs`` for the contract.
 
 Each hook declares only the arguments it uses (pluggy allows any subset).
+NumPy is the "framework" here and the core imports it anyway; a real backend
+would import torch & co. inside the hooks, never at module level.
 ``fuse`` is left out: a backend that cannot fuse simply does not implement it.
 """
 
@@ -10,6 +12,10 @@ from importlib.metadata import version
 
 from tle import UserError, hookimpl
 from tle.contracts import BackendInfo, BlockCount, ModelInfo
+from tle.spec import HeadSpec
+from tle_numpy import onnx_export, training
+from tle_numpy import weights as npz
+from tle_numpy.model import MODELS, build, init_layer, layer_rng
 
 DESCRIPTIONS = {
     "mlp": "flatten -> Dense 128 ReLU -> Dense 64 ReLU",
@@ -26,8 +32,6 @@ def backend_info():
 
 @hookimpl
 def register_models():
-    from tle_numpy.model import MODELS
-
     return [ModelInfo(name=name, blocks=tuple(f"block{i}" for i in range(1, len(widths) + 1)), family="mlp",
                       description=DESCRIPTIONS[name]) for name, widths in MODELS.items()]
 
@@ -40,17 +44,14 @@ def resolve_device(device):
 
 
 @hookimpl
-def load_backbone(model, num_classes, input_shape, head, weights, seed):
-    from tle.spec import HeadSpec
-    from tle_numpy import model as mlp
-    from tle_numpy.weights import load
-
-    net = mlp.build(model, tuple(input_shape), num_classes, head or HeadSpec(), seed)
+def load_backbone(model, num_classes, class_names, input_shape, head, weights, seed):
+    net = build(model, tuple(input_shape), num_classes, head or HeadSpec(), seed)
     kind = weights.kind if weights is not None else "none"
     if kind == "imagenet":
-        raise UserError("the numpy example backend has no ImageNet weights", hint="use --weights runs:/RUN_ID or a .npz file")
+        raise UserError("the numpy example backend has no ImageNet weights",
+                        hint="use --weights runs:/RUN_ID or a .npz file")
     if kind == "file":
-        load(net, weights)
+        npz.load(net, weights, class_names)
     elif kind != "none":
         raise UserError(f"unknown weights kind {kind!r}", "use none, a .npz file or runs:/RUN_ID")
     return net
@@ -58,11 +59,10 @@ def load_backbone(model, num_classes, input_shape, head, weights, seed):
 
 @hookimpl
 def apply_init(model, blocks, init, seed):
-    from tle_numpy.model import init_layer, layer_rng
-
     unknown = set(blocks) - set(model.blocks)
     if unknown:
-        raise UserError(f"{model.model} has no block {', '.join(sorted(unknown))}", f"its blocks are {', '.join(model.blocks)}")
+        raise UserError(f"{model.model} has no block {', '.join(sorted(unknown))}",
+                        f"its blocks are {', '.join(model.blocks)}")
     for index, layer in enumerate(model.layers):
         if layer.block in blocks:
             init_layer(layer, init, layer_rng(seed, index))
@@ -86,27 +86,19 @@ def count_parameters(model):
 
 @hookimpl
 def train(model, data, stage, train, loop):
-    from tle_numpy.training import fit
-
-    return fit(model, data, stage, train, loop)
+    return training.fit(model, data, stage, train, loop)
 
 
 @hookimpl
 def evaluate(model, images, labels, batch_size):
-    from tle_numpy.training import evaluate as run
-
-    return run(model, images, labels, batch_size)
+    return training.evaluate(model, images, labels, batch_size)
 
 
 @hookimpl
 def save_weights(model, directory):
-    from tle_numpy.weights import save
-
-    return save(model, directory)
+    return npz.save(model, directory)
 
 
 @hookimpl
 def export_onnx(model, path, metadata):
-    from tle_numpy.onnx_export import export
-
-    return export(model, path, metadata.as_props())
+    return onnx_export.export(model, path, metadata.as_props())

@@ -13,6 +13,7 @@ from tle_numpy.optim import make_optimizer
 
 def fit(net: Net, data, stage, train, loop) -> list[dict[str, float]]:
     """Train ``net`` for one stage; returns the metrics of each epoch run."""
+    # The stage is the plan's word on freezing; the core's freeze_policy call said the same.
     net.trainable = {block: stage.trainable.get(block) is True for block in net.blocks}
     x_train, y_train = net.flatten(data.x_train), np.asarray(data.y_train, dtype=np.int64)
     x_val, y_val = net.flatten(data.x_val), np.asarray(data.y_val, dtype=np.int64)
@@ -42,8 +43,9 @@ def fit(net: Net, data, stage, train, loop) -> list[dict[str, float]]:
             correct += int((logits.argmax(axis=1) == y_train[batch]).sum())
             loop.batch_end()
         val = predict(net, x_val, y_val, size, start)
+        val_acc = float((val.predictions == y_val).mean()) if len(y_val) else math.nan
         metrics = {"train_loss": loss_sum / max(n, 1), "train_acc": correct / max(n, 1),
-                   "val_loss": val.loss, "val_acc": float((val.predictions == y_val).mean()) if len(y_val) else math.nan}
+                   "val_loss": val.loss, "val_acc": val_acc}
         history.append(metrics)
         loop.epoch_end(epoch, metrics)
         if loop.should_stop:

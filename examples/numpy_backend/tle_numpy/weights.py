@@ -21,7 +21,7 @@ def save(net: Net, directory: str | Path) -> Path:
     return path
 
 
-def load(net: Net, weights: ResolvedWeights) -> None:
+def load(net: Net, weights: ResolvedWeights, class_names: list[str] | None) -> None:
     """Copy the backbone from ``weights.path``, and the head when it was trained on the same classes."""
     path = Path(weights.path)
     if path.is_dir():
@@ -46,9 +46,9 @@ def load(net: Net, weights: ResolvedWeights) -> None:
             raise UserError(f"layer {name} in {path} has shape {arrays[name].shape}, but {net.model} on "
                             f"{net.input_shape} inputs needs {param.shape}",
                             "use the image size, channels and model of the run that saved the weights")
-    # load_backbone is told only the new class count, so names cannot be compared
-    # in order here; unknown classes (a bare file) always get the new head.
-    same_classes = weights.class_names is not None and len(weights.class_names) == net.num_classes
+    # A head is only meaningful for the classes, in the order, it was trained on;
+    # a bare file (no class names) always gets the new head.
+    same_classes = weights.class_names is not None and list(weights.class_names) == list(class_names or [])
     if same_classes and all(name in arrays and arrays[name].shape == param.shape for name, param in head):
         backbone += head
     for name, param in backbone:

@@ -1,0 +1,353 @@
+"""Dataset sources and :func:`load_dataset`.
+
+A source yields labels for its full, ordered sample list plus a ``fetch``
+that produces images for given positions, so only the images a split selects
+are ever decoded, generated or converted to float.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tle.data.dataset import SPLITS, Dataset
+from tle.data.images import IMAGE_SUFFIXES, load_image, probe, resize_batch, to_channels
+from tle.data.split import split_given, stratified_split
+from tle.errors import UserError
+from tle.spec import DataSpec, SyntheticSpec
+
+Loader = Callable[[str, DataSpec], tuple[np.ndarray, np.ndarray, list[str]]]
+BUILTIN = ("mnist", "fashion_mnist", "cifar10", "cifar100")
+KNOWN = ("digits[:CLASSES]", "synthetic", "folder:PATH", "npz:PATH", *BUILTIN)
+
+
+@dataclass
+class Source:
+    labels: np.ndarray  # int64, one per sample, in the source's fixed order
+    class_names: list[str]
+    fetch: Callable[[np.ndarray], np.ndarray]  # positions -> float32 NHWC in [0, 1]
+    given: dict[str, np.ndarray] | None = None  # positions of splits the source defines itself
+    skipped: int = 0
+
+
+class Unreadable(Exception):
+    """Files that passed the header check but failed to decode (source positions)."""
+
+    def __init__(self, positions: list[int]):
+        super().__init__(f"{len(positions)} unreadable files")
+        self.positions = np.asarray(positions, dtype=np.int64)
+
+
+def load_dataset(spec: DataSpec, seed: int, extra_sources: dict[str, Loader] | None = None) -> Dataset:
+    """Load ``spec.source``, cap, convert, resize and split it.
+
+    The split seed is ``spec.seed``, else ``seed``. ``Dataset.indices`` are
+    positions in the source's list of readable samples.
+    """
+    src = open_source(spec, extra_sources or {})
+    seed = spec.seed if spec.seed is not None else seed
+    sizes = {"train": spec.train, "val": spec.val, "test": spec.test}
+    opts = {"seed": seed, "max_per_class": spec.max_per_class, "class_names": src.class_names}
+    keep = np.arange(len(src.labels))
+    skipped = src.skipped
+    while True:
+        labels = src.labels[keep]
+        if src.given:
+            given = {s: np.searchsorted(keep, g[np.isin(g, keep)]) for s, g in src.given.items()}
+            idx = split_given(labels, given, **sizes, **opts)
+        else:
+            idx = stratified_split(labels, **sizes, **opts)
+        try:
+            x = {s: _finish(src.fetch(keep[idx[s]]), spec) for s in SPLITS}
+        except Unreadable as bad:
+            # Rare (a header that reads but a body that does not): drop those files and split again.
+            keep = np.setdiff1d(keep, bad.positions)
+            skipped += len(bad.positions)
+            continue
+        break
+    y = {s: labels[idx[s]] for s in SPLITS}
+    return Dataset(
+        name=spec.source,
+        class_names=list(src.class_names),
+        x_train=x["train"], y_train=y["train"],
+        x_val=x["val"], y_val=y["val"],
+        x_test=x["test"], y_test=y["test"],
+        indices=idx,
+        skipped=skipped,
+    )
+
+
+def _finish(images: np.ndarray, spec: DataSpec) -> np.ndarray:
+    # Both steps are linear per pixel, so their order changes nothing but the cost: run the
+    # one that shrinks the data first.
+    size = (spec.image_size,) * 2 if spec.image_size else images.shape[1:3]
+    channels = spec.channels or {2: 1, 4: 3}.get(images.shape[-1], images.shape[-1])  # drop alpha
+    if channels >= images.shape[-1]:
+        images = to_channels(resize_batch(images, size), channels)
+    else:
+        images = resize_batch(to_channels(images, channels), size)
+    return np.ascontiguousarray(images, dtype=np.float32)
+
+
+def open_source(spec: DataSpec, extra: dict[str, Loader]) -> Source:
+    prefix, _, arg = spec.source.partition(":")
+    if prefix == "digits":
+        return digits(arg)
+    if prefix == "synthetic" and not arg:
+        return synthetic(spec.synthetic)
+    if prefix == "folder" and arg:
+        return folder(arg, spec)
+    if prefix == "npz" and arg:
+        return npz(arg)
+    if prefix in BUILTIN and not arg:
+        from tle.data.builtin import load_builtin
+
+        return load_builtin(prefix)
+    if prefix in extra:
+        images, labels, names = extra[prefix](arg, spec)
+        return arrays([(None, images, labels)], names, f"dataset {spec.source}")
+    known = ", ".join([*KNOWN, *(f"{p}:..." for p in sorted(extra))])
+    raise UserError(f"unknown dataset source {spec.source!r}", f"use one of {known}")
+
+
+# -- digits ---------------------------------------------------------------------
+
+
+def digits(arg: str) -> Source:
+    from sklearn.datasets import load_digits
+
+    chosen = _digit_classes(arg)
+    bunch = load_digits()
+    mask = np.isin(bunch.target, chosen)
+    images = bunch.images[mask].astype(np.float32)[..., None] / 16.0
+    labels = np.searchsorted(chosen, bunch.target[mask]).astype(np.int64)
+    return Source(labels, [str(d) for d in chosen], lambda idx: images[idx])
+
+
+def _digit_classes(arg: str) -> list[int]:
+    """``""`` -> all ten; ``0-4``, ``0,3,7`` or ``0-2,7``; returned sorted."""
+    if not arg:
+        return list(range(10))
+    chosen: set[int] = set()
+    for part in arg.split(","):
+        lo, dash, hi = part.strip().partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()) or not 0 <= int(lo) <= int(hi or lo) <= 9:
+            chosen.clear()
+            break
+        chosen.update(range(int(lo), int(hi or lo) + 1))
+    if len(chosen) < 2:
+        raise UserError(
+            f"bad digit classes {arg!r}",
+            "use digits, digits:0-4, digits:5-9 or digits:0,3,7 (at least two digits from 0-9)",
+        )
+    return sorted(chosen)
+
+
+# -- synthetic ------------------------------------------------------------------
+
+
+def synthetic(cfg: SyntheticSpec) -> Source:
+    """Procedural images: per class a blob at its own place, stripes at its own angle, its own colour.
+
+    Jitter, brightness and noise vary per image. The generator is seeded with 0
+    and the synthetic spec only, so the images never change with the split or
+    training seed; that seed only decides which image lands in which split.
+    """
+    k, per, s, c = cfg.classes, cfg.per_class, cfg.size, cfg.channels
+    key = [0, k, per, s, c]
+    rng = np.random.default_rng(key)
+    centres = rng.uniform(0.25, 0.75, (k, 2))
+    angles = rng.uniform(0.0, np.pi, k)
+    colours = rng.uniform(0.3, 1.0, (k, c)).astype(np.float32)
+    labels = np.repeat(np.arange(k, dtype=np.int64), per)
+    jitter = rng.uniform(-0.06, 0.06, (k * per, 2))
+    gain = rng.uniform(0.75, 1.0, k * per)
+    yy, xx = (np.mgrid[0:s, 0:s] + 0.5) / s
+
+    def fetch(idx: np.ndarray) -> np.ndarray:
+        out = np.empty((len(idx), s, s, c), dtype=np.float32)
+        for j, i in enumerate(idx):
+            y = labels[i]
+            cy, cx = centres[y] + jitter[i]
+            blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 0.15**2))
+            stripes = 0.5 + 0.5 * np.cos(2 * np.pi * 3 * (xx * np.cos(angles[y]) + yy * np.sin(angles[y])))
+            base = (gain[i] * (0.6 * blob + 0.4 * stripes)).astype(np.float32)
+            noise = np.random.default_rng([*key, int(i)]).normal(0.0, 0.08, (s, s, c)).astype(np.float32)
+            out[j] = np.clip(base[..., None] * colours[y] + noise, 0.0, 1.0)
+        return out
+
+    return Source(labels, [f"class{i}" for i in range(k)], fetch)
+
+
+# -- folder ---------------------------------------------------------------------
+
+
+def folder(arg: str, spec: DataSpec) -> Source:
+    """One subfolder per class, optionally under ``train/``, ``val/``, ``test/``."""
+    root = Path(arg).expanduser()
+    if not root.is_dir():
+        raise UserError(f"dataset folder {root} does not exist", "give folder:PATH with one subfolder per class")
+    layout = {s: root / s for s in SPLITS if _class_dirs(root / s)}
+    parts = [(s, layout[s]) for s in SPLITS if s in layout] if "train" in layout else [(None, root)]
+    class_names = [d.name for d in _class_dirs(parts[0][1])]
+    if not class_names:
+        raise UserError(f"{root} has no class subfolders", f"put each class's images in a folder, e.g. {root}/cat/")
+    for _, d in parts[1:]:
+        extra = sorted({p.name for p in _class_dirs(d)} - set(class_names))
+        if extra:
+            raise UserError(f"{d} has classes {extra} that {parts[0][1]} lacks", "use the same classes in every split")
+
+    files: list[Path] = []
+    labels: list[int] = []
+    given: dict[str, np.ndarray] = {}
+    skipped, colour, first_size = 0, False, None
+    for split, d in parts:
+        start = len(files)
+        for k, name in enumerate(class_names):
+            found = 0
+            for path in sorted((d / name).rglob("*")) if (d / name).is_dir() else []:
+                if path.name.startswith(".") or path.is_dir():
+                    continue
+                info = probe(path) if path.suffix.lower() in IMAGE_SUFFIXES else None
+                if info is None:
+                    skipped += 1
+                    continue
+                first_size = first_size or info[0]
+                colour |= info[1]
+                files.append(path)
+                labels.append(k)
+                found += 1
+            if not found and split in (None, "train"):
+                raise UserError(f"class folder {d / name} has no readable images", "add images to it or remove it")
+        if split is not None:
+            given[split] = np.arange(start, len(files))
+
+    channels = spec.channels or (3 if colour else 1)
+    size = (spec.image_size, spec.image_size) if spec.image_size else first_size
+
+    def fetch(idx: np.ndarray) -> np.ndarray:
+        out = np.empty((len(idx), *size, channels), dtype=np.float32)
+        bad = []
+        for j, i in enumerate(idx):
+            try:
+                out[j] = load_image(files[i], size, channels)
+            except UserError:
+                bad.append(int(i))
+        if bad:
+            raise Unreadable(bad)
+        return out
+
+    return Source(np.asarray(labels, dtype=np.int64), class_names, fetch, given or None, skipped)
+
+
+def _class_dirs(path: Path) -> list[Path]:
+    if not path.is_dir():
+        return []
+    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+# -- arrays: npz, built-in sets, plugin loaders -----------------------------------
+
+
+def npz(arg: str) -> Source:
+    path = Path(arg).expanduser()
+    hint = "save arrays x and y (or x_train, y_train[, x_val, y_val, x_test, y_test]) with numpy.savez"
+    if not path.is_file():
+        raise UserError(f"npz file {path} does not exist", hint)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            data = {k: f[k] for k in f.files}
+    except Exception as exc:  # zipfile/pickle/format errors all mean the same to the user
+        raise UserError(f"cannot read {path}: {exc}", hint) from None
+    names = [str(n) for n in data["class_names"]] if "class_names" in data else None
+    for x, y in (("x", "y"), ("images", "labels")):
+        if x in data and y in data:
+            return arrays([(None, data[x], data[y])], names, str(path))
+    if "x_train" in data and "y_train" in data:
+        parts = [(s, data[f"x_{s}"], data[f"y_{s}"]) for s in SPLITS if f"x_{s}" in data and f"y_{s}" in data]
+        return arrays(parts, names, str(path))
+    raise UserError(f"{path} holds {sorted(data)}, not the expected arrays", hint)
+
+
+def arrays(parts: list[tuple[str | None, np.ndarray, np.ndarray]], class_names: list[str] | None, what: str) -> Source:
+    """A source over in-memory arrays: NHW or NHWC, uint8/int (0..255 or 0..65535) or float in [0, 1].
+
+    ``parts`` are ``(split or None, images, labels)``; several parts may share a
+    split (CIFAR-10's five batches), so nothing is concatenated.
+    """
+    xs = [np.asarray(x) for _, x, _ in parts]
+    xs = [x[..., None] if x.ndim == 3 else x for x in xs]
+    shapes = {x.shape[1:] for x in xs}
+    if any(x.ndim != 4 for x in xs) or len(shapes) != 1 or next(iter(shapes))[-1] not in (1, 2, 3, 4):
+        raise UserError(f"{what}: images must be N x H x W or N x H x W x C arrays of one shape, got {sorted(shapes)}",
+                        "reshape them to NHWC")
+    scales = {_scale(x, what) for x in xs}
+    if len(scales) > 1:
+        raise UserError(f"{what}: the splits' images use different value ranges", "store all as uint8 or all as floats")
+    scale = scales.pop()
+    ys = [np.asarray(y) for _, _, y in parts]
+    if any(len(x) != len(y) for x, y in zip(xs, ys)):
+        counts = f"{[len(x) for x in xs]} images but {[len(y) for y in ys]} labels"
+        raise UserError(f"{what}: {counts}", "give one label per image")
+    labels, class_names = _labels(np.concatenate([y.reshape(len(y), -1) for y in ys]), class_names, what)
+    offsets = np.cumsum([0] + [len(x) for x in xs])
+    given: dict[str, list[np.ndarray]] = {}
+    for (split, _, _), a, b in zip(parts, offsets[:-1], offsets[1:]):
+        if split is not None:
+            given.setdefault(split, []).append(np.arange(a, b))
+
+    def fetch(idx: np.ndarray) -> np.ndarray:
+        out = np.empty((len(idx), *xs[0].shape[1:]), dtype=np.float32)
+        part = np.searchsorted(offsets, idx, side="right") - 1
+        for p, x in enumerate(xs):
+            sel = part == p
+            if sel.any():
+                out[sel] = x[idx[sel] - offsets[p]]
+        if scale != 1.0:
+            out *= scale
+        return out
+
+    return Source(labels, class_names, fetch, {s: np.concatenate(v) for s, v in given.items()} or None)
+
+
+def _scale(x: np.ndarray, what: str) -> float:
+    if x.dtype == np.uint8:
+        return 1 / 255
+    if np.issubdtype(x.dtype, np.integer) and x.size:
+        return 1 / 255 if x.max() <= 255 else 1 / 65535
+    if np.issubdtype(x.dtype, np.floating) and x.size:
+        lo, hi = float(x.min()), float(x.max())
+        if lo < -1e-6 or hi > 1 + 1e-6:
+            raise UserError(f"{what}: float images range over [{lo:g}, {hi:g}], not [0, 1]",
+                            "divide by 255 or store them as uint8")
+        return 1.0
+    if x.size and not np.issubdtype(x.dtype, np.bool_):
+        raise UserError(f"{what}: images of dtype {x.dtype} are not supported", "use uint8 or float32 in [0, 1]")
+    return 1.0
+
+
+def _labels(y: np.ndarray, class_names: list[str] | None, what: str) -> tuple[np.ndarray, list[str]]:
+    """Labels 0..k-1 and their names, from class indices, arbitrary ints, strings or one-hot rows."""
+    y = y.argmax(axis=1) if y.shape[1] > 1 else y[:, 0]
+    if y.dtype.kind in "USO":
+        y = y.astype(str)
+        names = list(class_names) if class_names is not None else sorted(set(y.tolist()))
+        lookup = {n: i for i, n in enumerate(names)}
+        unknown = sorted(set(y.tolist()) - lookup.keys())
+        if unknown:
+            raise UserError(f"{what}: labels {unknown[:5]} are not in class_names", "fix the labels or class_names")
+        return np.array([lookup[v] for v in y.tolist()], dtype=np.int64), names
+    if y.dtype.kind == "f" and not np.all(y == np.round(y)):
+        raise UserError(f"{what}: labels must be integers or strings", "store class indices 0..N-1")
+    y = y.astype(np.int64)
+    if class_names is None:
+        # Arbitrary ids (say 3, 5, 9) become 0..k-1 named after the ids.
+        values, labels = np.unique(y, return_inverse=True)
+        return labels.astype(np.int64), [str(v) for v in values]
+    if y.size and (y.min() < 0 or y.max() >= len(class_names)):
+        raise UserError(f"{what}: labels must lie in 0..{len(class_names) - 1} for {len(class_names)} class names",
+                        "fix the labels or class_names")
+    return y, list(class_names)

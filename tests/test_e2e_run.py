@@ -1,0 +1,191 @@
+"""End to end through the real CLI, the example backend and a real MLflow store."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import numpy as np
+import onnxruntime as ort
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from conftest import tle
+
+EPOCHS = 4
+
+
+def run_json(*args, env, cwd):
+    proc = tle("--quiet", "run", *args, "--json", env=env, cwd=cwd, check_rc=0)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory, store):
+    cwd = tmp_path_factory.mktemp("base")
+    env = {"MLFLOW_TRACKING_URI": store}
+    result = run_json("--backend", "numpy", "--model", "mlp", "--dataset", "digits:0-4", "--epochs", EPOCHS,
+                      "--experiment", "e2e", "--register", "digits04", env=env, cwd=cwd)
+    return result, MlflowClient(store)
+
+
+def test_run_is_tracked(base_run):
+    result, client = base_run
+    run = client.get_run(result["run_id"])
+    assert run.info.status == "FINISHED"
+    tags = run.data.tags
+    assert {k: tags[k] for k in ("backend", "model", "dataset", "strategy", "init")} == {
+        "backend": "numpy", "model": "mlp", "dataset": "digits:0-4", "strategy": "scratch", "init": "glorot_uniform"}
+    assert tags["framework"] == "numpy" and tags["device"] == "cpu" and tags["tle.version"]
+    params = run.data.params
+    assert params["train.epochs"] == str(EPOCHS) and params["dataset.source"] == "digits:0-4"
+    assert params["data.num_classes"] == "5"
+    for metric in ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_seconds", "stage"):
+        history = client.get_metric_history(run.info.run_id, metric)
+        assert sorted(m.step for m in history) == list(range(EPOCHS)), metric
+    m = run.data.metrics
+    assert m["test_acc"] > 0.8 and m["best_val_acc"] > 0.8  # 5 classes: chance is 0.2
+    assert m["trainable_params"] == m["total_params"] > 0 and m["wall_seconds"] > 0
+    assert 0 <= m["onnx_max_abs_diff"] < 1e-4
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"spec.yaml", "class_names.json", "plots", "weights", "test_report.json"} <= artifacts
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert plots == {"plots/learning_curves.png", "plots/confusion_matrix.png"}
+    model_files = {a.path.split("/")[-1] for a in client.list_artifacts(run.info.run_id, "model")}
+    assert {"MLmodel", "model.onnx"} <= model_files
+
+
+def test_onnx_model_from_the_store_runs(base_run, tmp_path):
+    result, _ = base_run
+    local = mlflow.artifacts.download_artifacts(run_id=result["run_id"], artifact_path="model", dst_path=str(tmp_path))
+    pyfunc = mlflow.pyfunc.load_model(local)
+    sig = pyfunc.metadata.get_input_schema()
+    assert sig is not None
+    session = ort.InferenceSession(f"{local}/model.onnx", providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    assert json.loads(meta["tle.class_names"]) == ["0", "1", "2", "3", "4"]
+    logits = session.run(None, {session.get_inputs()[0].name: np.zeros((3, 8, 8, 1), np.float32)})[0]
+    assert logits.shape == (3, 5)
+
+
+def test_registered_model_and_predict_match_framework(base_run, store, tmp_path):
+    from sklearn.datasets import load_digits
+
+    result, client = base_run
+    assert client.get_model_version("digits04", "1").run_id == result["run_id"]
+    digits = load_digits()
+    chosen = [i for i, y in enumerate(digits.target) if y < 5][:12]
+    files = []
+    for i in chosen:
+        f = tmp_path / f"img{i:04d}.png"
+        Image.fromarray((digits.images[i] / 16 * 255).round().astype(np.uint8), mode="L").save(f)
+        files.append(f)
+    proc = tle("predict", result["run_id"], *files, "--json", env={"MLFLOW_TRACKING_URI": store}, check_rc=0)
+    predicted = [row["top"][0]["index"] for row in json.loads(proc.stdout)["predictions"]]
+
+    # The framework itself, on the same decoded files, with the run's own weights.
+    from tle.data.images import load_image
+    from tle.plugins import load_backend
+    from tle.spec import HeadSpec
+    from tle.weights import resolve_weights
+
+    mlflow.set_tracking_uri(store)
+    backend = load_backend("numpy")
+    weights = resolve_weights(f"runs:/{result['run_id']}", "numpy", tmp_path)
+    names = ["0", "1", "2", "3", "4"]
+    net = backend.hook.load_backbone(model="mlp", num_classes=5, class_names=names, input_shape=(8, 8, 1),
+                                     head=HeadSpec(), weights=weights, device="cpu", seed=0)
+    batch = np.stack([load_image(f, size=(8, 8), channels=1) for f in files])
+    framework = backend.hook.evaluate(model=net, images=batch, labels=np.zeros(len(batch), np.int64),
+                                      batch_size=32).predictions
+    assert predicted == framework.tolist()
+    assert np.mean(np.array(predicted) == digits.target[chosen]) > 0.7
+
+    # Also from an exported file, with a table.
+    out = tmp_path / "exported.onnx"
+    tle("export", result["run_id"], "-o", out, env={"MLFLOW_TRACKING_URI": store}, check_rc=0)
+    table = tle("predict", out, tmp_path, "-k", "2", check_rc=0).stdout
+    assert "img" in table and "top 2" in table
+
+
+@pytest.mark.parametrize("strategy", ["feature-extractor", "finetune:block2", "transfer:block1"])
+def test_transfer_from_an_earlier_run(base_run, store, tmp_path, strategy):
+    result, client = base_run
+    weights = f"runs:/{result['run_id']}" if strategy != "transfer:block1" else "models:/digits04/1"
+    env = {"MLFLOW_TRACKING_URI": store}
+    out = run_json("--backend", "numpy", "--model", "mlp", "--dataset", "digits:5-9", "--strategy", strategy,
+                   "--weights", weights, "--epochs", 2, "--experiment", "e2e", env=env, cwd=tmp_path)
+    run = client.get_run(out["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["strategy"] == strategy
+    assert run.data.metrics["test_acc"] > 0.5
+    stages = {m.step: m.value for m in client.get_metric_history(out["run_id"], "stage")}
+    if strategy.startswith("finetune"):
+        # Two stages with one continuous step: 2 head epochs then 2 fine-tune epochs.
+        assert stages == {0: 0, 1: 0, 2: 1, 3: 1}
+        assert run.data.metrics["trainable_params_stage1"] > run.data.metrics["trainable_params_stage0"]
+    elif strategy == "feature-extractor":
+        assert run.data.metrics["trainable_params"] < run.data.metrics["total_params"]
+
+
+def test_default_store_is_mlflow_db_in_cwd(tmp_path):
+    env = {"MLFLOW_TRACKING_URI": ""}
+    run_json("--backend", "numpy", "--model", "mlp", "--dataset", "digits:0-1", "--epochs", 1, "--no-export",
+             env=env, cwd=tmp_path)
+    assert (tmp_path / "mlflow.db").is_file()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("tle").experiment_id])
+    assert run.info.status == "FINISHED" and "onnx_max_abs_diff" not in run.data.metrics
+
+
+def test_config_file_with_overrides_is_saved_with_the_run(store, tmp_path):
+    spec = tmp_path / "exp.yaml"
+    spec.write_text("backend: numpy\nmodel: mlp3\ndataset:\n  source: digits:0-2\n  test: 10\n"
+                    "train:\n  epochs: 9\n  optimizer: sgd\n  lr: 0.05\n")
+    out = run_json("-c", spec, "--epochs", 2, "--experiment", "e2e", env={"MLFLOW_TRACKING_URI": store},
+                   cwd=tmp_path)
+    client = MlflowClient(store)
+    text = mlflow.artifacts.load_text(f"runs:/{out['run_id']}/spec.yaml")
+    assert "epochs: 2" in text and "optimizer: sgd" in text and "model: mlp3" in text
+    assert client.get_run(out["run_id"]).data.params["data.test_size"] == "30"
+
+
+def test_parity_failure_ends_run_failed(store, tmp_path):
+    proc = tle("--quiet", "run", "--backend", "numpy", "--model", "mlp", "--dataset", "digits:0-1", "--epochs", 1,
+               "--set", "export.atol=1e-15", "--set", "export.rtol=0", "--run-name", "parity-fail",
+               "--experiment", "e2e-fail", env={"MLFLOW_TRACKING_URI": store}, cwd=tmp_path)
+    assert proc.returncode == 1 and "ONNX output differs" in proc.stderr and "Traceback" not in proc.stderr
+    client = MlflowClient(store)
+    (run,) = client.search_runs([client.get_experiment_by_name("e2e-fail").experiment_id])
+    assert run.info.status == "FAILED" and "ParityError" in run.data.tags["tle.error"]
+    assert len(client.get_metric_history(run.info.run_id, "val_acc")) == 1
+
+
+def test_sigint_ends_run_killed_with_its_epochs(store, tmp_path):
+    client = MlflowClient(store)
+    cmd = [sys.executable, "-m", "tle", "--quiet", "run", "--backend", "numpy", "--model", "mlp3",
+           "--dataset", "digits", "--epochs", "100000", "--experiment", "e2e-kill"]
+    proc = subprocess.Popen(cmd, env={**__import__("os").environ, "MLFLOW_TRACKING_URI": store}, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        run = None
+        while time.time() < deadline:
+            exp = client.get_experiment_by_name("e2e-kill")
+            runs = client.search_runs([exp.experiment_id]) if exp else []
+            if runs and len(client.get_metric_history(runs[0].info.run_id, "val_acc")) >= 2:
+                run = runs[0]
+                break
+            time.sleep(0.5)
+        assert run is not None, proc.stderr.read() if proc.poll() is not None else "no epochs logged in time"
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in stderr
+    final = client.get_run(run.info.run_id)
+    assert final.info.status == "KILLED"
+    assert len(client.get_metric_history(run.info.run_id, "val_acc")) >= 2

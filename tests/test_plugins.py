@@ -1,0 +1,83 @@
+"""Backend discovery through entry points, including broken third-party plugins."""
+
+import pytest
+
+from conftest import tle
+
+
+def fake_distribution(root, name, module_source, group="tle.backends"):
+    """Install a minimal distribution (dist-info + module) into ``root``, found through PYTHONPATH."""
+    dist = root / f"{name}-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[{group}]\n{name} = {name}_plugin\n")
+    (root / f"{name}_plugin.py").write_text(module_source)
+    return {"PYTHONPATH": str(root)}
+
+
+def test_broken_backend_is_listed_not_fatal(tmp_path):
+    env = fake_distribution(tmp_path, "broken", "import module_that_does_not_exist\n")
+    proc = tle("backends", env=env, check_rc=0)
+    line = next(l for l in proc.stdout.splitlines() if "broken" in l)
+    assert "import failed" in line and "ModuleNotFoundError" in line
+    assert "numpy" in proc.stdout  # the healthy example backend still shows
+
+
+def test_selecting_a_broken_backend_is_a_user_error(tmp_path):
+    env = fake_distribution(tmp_path, "broken", "raise RuntimeError('boom at import')\n")
+    proc = tle("run", "--backend", "broken", "--model", "x", env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "failed to import" in proc.stderr and "boom at import" in proc.stderr
+
+
+def test_unknown_backend_lists_installed():
+    proc = tle("models", "--backend", "nosuch")
+    assert proc.returncode == 2 and "unknown backend 'nosuch'" in proc.stderr and "numpy" in proc.stderr
+
+
+def test_backends_does_not_import_frameworks(tmp_path):
+    code = ("import sys\nfrom tle.plugins import survey_backends\nrows = survey_backends()\n"
+            "print(sorted(m for m in ('torch', 'tensorflow', 'keras') if m in sys.modules), len(rows))")
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    loaded, count = out.split("] ")
+    assert loaded == "[" and int(count) >= 1
+
+
+def test_plugin_group_can_wrap_hooks(tmp_path):
+    """A tle.plugins plugin adds a model to the numpy backend without touching it."""
+    source = (
+        "from tle import hookimpl\nfrom tle.contracts import ModelInfo\n"
+        "@hookimpl\ndef register_models():\n    return [ModelInfo('extra_net', ('block1',), family='extra')]\n"
+    )
+    env = fake_distribution(tmp_path, "extra", source, group="tle.plugins")
+    proc = tle("models", "--backend", "numpy", env=env, check_rc=0)
+    assert "extra_net" in proc.stdout and "mlp" in proc.stdout
+
+
+@pytest.mark.parametrize("args, words", [
+    (["models", "--backend", "numpy", "--bogus"], ["No such option", "--bogus"]),
+    (["run", "--backend", "numpy", "--model", "nosuch", "--dataset", "digits"], ["no model 'nosuch'", "mlp"]),
+    (["run", "--backend", "numpy", "--model", "mlp", "--strategy", "finetune:block9"], ["block9", "block1"]),
+    (["run", "--backend", "numpy", "--model", "mlp", "--strategy", "feature-extractor"], ["--weights"]),
+    (["run", "--backend", "numpy", "--model", "mlp", "--epochs", "-3"], ["train.epochs"]),
+    (["run", "-c", "/nonexistent/spec.yaml"], ["does not exist"]),
+    (["run", "--backend", "numpy", "--model", "mlp", "--dataset", "folder:/nonexistent/dir"], ["/nonexistent/dir"]),
+    (["run", "--backend", "numpy", "--model", "mlp", "--dataset", "nosuchset"], ["nosuchset"]),
+    (["run", "--backend", "numpy", "--model", "mlp", "--weights", "/no/such/weights.npz"], ["does not exist"]),
+    (["run", "--backend", "numpy", "--model", "mlp", "--weights", "runs:/0123456789abcdef",
+      "--strategy", "freeze"], ["not found"]),
+    (["run", "--backend", "numpy", "--model", "mlp", "--set", "train.nosuch=1"], ["train.nosuch", "unknown field"]),
+    (["plan", "--backend", "numpy", "--model", "mlp", "--strategy", "transfer:block7"], ["block7"]),
+    (["predict", "/no/such/model.onnx", "x.png"], ["does not exist"]),
+])
+def test_user_errors_exit_2_with_one_line(args, words, store_env, tmp_path):
+    proc = tle(*args, env=store_env, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    for word in words:
+        assert word in proc.stderr
