@@ -70,6 +70,7 @@ def run(
     run_name: Annotated[Optional[str], Opt(help="MLflow run name")] = None,
     register: Annotated[Optional[str], Opt(help="register the ONNX model under this name")] = None,
     set_: Annotated[Optional[list[str]], Opt("--set", help="any spec field: --set train.weight_decay=1e-4")] = None,
+    resume: Annotated[Optional[str], Opt(help="continue an interrupted run (KILLED/FAILED) in the same MLflow run")] = None,
     json_out: Annotated[bool, Opt("--json", help="print the result as JSON")] = False,
     debug: Annotated[bool, Opt("--debug", help="show tracebacks")] = False,
     quiet: Annotated[bool, Opt("--quiet", "-q", help="no progress bars")] = False,
@@ -90,11 +91,18 @@ def run(
         "tracking.uri": tracking_uri, "tracking.run_name": run_name, "tracking.registered_model": register,
     }
     overrides.update(_parse_sets(set_ or []))
-    spec = build_spec(read_spec_file(config) if config else {}, overrides)
+    if resume:
+        given = sorted(k for k, v in overrides.items() if v is not None and k != "tracking.uri")
+        if given or config:
+            raise UserError(f"--resume continues a run with its own spec; drop {', '.join(given) or '--config'}",
+                            "start a new run to change settings")
+        result = _resume(resume, tracking_uri)
+        spec = result.spec
+    else:
+        spec = build_spec(read_spec_file(config) if config else {}, overrides)
+        from tle.runner import run_experiment
 
-    from tle.runner import run_experiment
-
-    result = run_experiment(spec, console=err, quiet=STATE["quiet"])
+        result = run_experiment(spec, console=err, quiet=STATE["quiet"])
     summary = {
         "run_id": result.run_id, "backend": spec.backend, "model": spec.model, "strategy": spec.strategy,
         "dataset": spec.dataset.source, "best_val_acc": result.best_val_acc, "test_acc": result.test.accuracy,
@@ -122,6 +130,24 @@ def run(
     for key, value in rows:
         table.add_row(key, value)
     out.print(table)
+
+
+def _resume(run_id: str, tracking_uri: str | None):
+    import shutil
+    import tempfile
+
+    from tle.resume import load_resume
+    from tle.runner import run_experiment
+
+    workdir = Path(tempfile.mkdtemp(prefix="tle-resume-"))
+    try:
+        state = load_resume(run_id, tracking_uri, workdir)
+        spec = state.spec
+        if tracking_uri:
+            spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(update={"uri": tracking_uri})})
+        return run_experiment(spec, console=err, quiet=STATE["quiet"], resume=state)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _parse_sets(items: list[str]) -> dict[str, object]:

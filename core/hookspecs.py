@@ -137,9 +137,11 @@ def train(model, data, stage, train, loop):
         Epochs count from ``loop.start_epoch`` (non-zero when resuming).
         The core owns progress display, timing, tracking and early stopping.
         Backends that list ``"resume"`` in their capabilities write a native
-        checkpoint (model, optimiser, epoch) to ``loop.checkpoint_path`` before
-        each ``epoch_end`` when it is not ``None``, and load
-        ``loop.resume_from`` first when it is not ``None``.
+        checkpoint (model, optimiser, stage index, epoch) to
+        ``loop.checkpoint_path`` (a suffix may be added) before each
+        ``epoch_end`` when it is not ``None``. When ``loop.resume_from`` is not
+        ``None`` they load the model from it first, and the optimiser state
+        too when the checkpoint's stage is ``stage.index``.
     """
 
 

@@ -63,8 +63,9 @@ class TrainLoop:
         self.step_offset = step_offset
         self.history = history
         self.start_epoch = start_epoch
-        # The backend writes its native checkpoint (model + optimiser + epoch) here before each
-        # epoch_end; when resume_from is set it loads it first and trains from start_epoch.
+        # The backend writes its native checkpoint (model + optimiser + stage + epoch) here, adding a
+        # suffix if its format needs one, before each epoch_end; when resume_from is set it loads it
+        # first and trains from start_epoch.
         self.checkpoint_path = checkpoint_path
         self.resume_from = resume_from
         self._on_epoch = on_epoch

@@ -17,6 +17,7 @@ from tle.contracts import BlockCount, ExportMetadata
 from tle.errors import UserError
 from tle.loop import History, TrainLoop, make_progress
 from tle.metrics import Report, classification_report
+from tle.resume import CHECKPOINT_ARTIFACT, Resume
 from tle.plugins import Backend, load_backend
 from tle.spec import ExperimentSpec
 from tle.strategy import HEAD, Plan, Stage, build_plan
@@ -73,13 +74,16 @@ def prepare(spec: ExperimentSpec) -> tuple[Backend, Plan]:
     return backend, plan
 
 
-def run_experiment(spec: ExperimentSpec, console: Console | None = None, quiet: bool = False) -> RunResult:
+def run_experiment(spec: ExperimentSpec, console: Console | None = None, quiet: bool = False,
+                   resume: Resume | None = None) -> RunResult:
     from tle.data import load_dataset
     from tle.tracking import configure, environment_tags, tracked_run
 
     console = console or Console(stderr=True)
     started = time.perf_counter()
     backend, plan = prepare(spec)
+    if resume is not None and "resume" not in backend.info.capabilities:
+        raise UserError(f"backend {spec.backend!r} cannot resume runs", "start a new run instead")
     info = backend.model(spec.model)
     # Data errors surface before MLflow is touched, so a typo never creates an experiment or a run.
     data = load_dataset(spec.dataset, seed=spec.train.seed, extra_sources=backend.dataset_sources())
@@ -104,18 +108,23 @@ def run_experiment(spec: ExperimentSpec, console: Console | None = None, quiet: 
                 "strategy": str(plan.strategy), "init": str(spec.init), "weights": spec.weights,
                 "device": device, "framework": backend.info.framework,
                 "framework_version": backend.info.framework_version, **environment_tags()}
-        with tracked_run(mlflow, name=spec.tracking.run_name or default_run_name(spec), tags=tags) as run:
+        name = spec.tracking.run_name or default_run_name(spec)
+        with tracked_run(mlflow, name=name, tags=tags, run_id=resume and resume.run_id) as run:
             if not quiet:
                 console.print(f"[bold]run[/] {run.run_id}  {default_run_name(spec)}  on {device}  "
                               f"data {data.sizes()} {h}x{w}x{c}" + (f", {data.skipped} files skipped"
                                                                      if data.skipped else ""))
-            run.params(spec.flat())
-            run.params({"data.fingerprint": data.fingerprint(), "data.num_classes": data.num_classes,
-                        **{f"data.{k}_size": v for k, v in data.sizes().items()}, "data.skipped": data.skipped,
-                        "data.input_shape": f"{h}x{w}x{c}"})
-            run.text(spec.to_yaml(), "spec.yaml")
-            run.json(data.class_names, CLASS_NAMES_ARTIFACT)
-            result = _train_and_report(spec, backend, plan, data, model, run, console, quiet, workdir)
+            if resume is None:
+                run.params(spec.flat())
+                run.params({"data.fingerprint": data.fingerprint(), "data.num_classes": data.num_classes,
+                            **{f"data.{k}_size": v for k, v in data.sizes().items()}, "data.skipped": data.skipped,
+                            "data.input_shape": f"{h}x{w}x{c}"})
+                run.text(spec.to_yaml(), "spec.yaml")
+                run.json(data.class_names, CLASS_NAMES_ARTIFACT)
+            elif run.run.data.params.get("data.fingerprint") != data.fingerprint():
+                raise UserError(f"the data of run {resume.run_id} changed since it started (other split or files)",
+                                "start a new run")
+            result = _train_and_report(spec, backend, plan, data, model, run, console, quiet, workdir, resume)
             result.device = device
             result.wall_seconds = time.perf_counter() - started
             run.metrics({"wall_seconds": result.wall_seconds})
@@ -124,9 +133,17 @@ def run_experiment(spec: ExperimentSpec, console: Console | None = None, quiet: 
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _train_and_report(spec, backend, plan, data, model, run, console, quiet, workdir) -> RunResult:
+def _train_and_report(spec, backend, plan, data, model, run, console, quiet, workdir, resume) -> RunResult:
     hook = backend.hook
-    history = History()
+    history = History(list(resume.history.records)) if resume else History()
+    checkpoint = _checkpoint_path(spec, backend, workdir)
+    resume_from = resume.checkpoint if resume else None
+
+    def on_epoch(record):
+        run.epoch(record)
+        if checkpoint is not None and checkpoint.parent.is_dir():
+            run.artifact(checkpoint.parent, CHECKPOINT_ARTIFACT)
+
     all_counts: list[list[BlockCount]] = []
     progress = make_progress(console, quiet)
     step = 0
@@ -140,10 +157,16 @@ def _train_and_report(spec, backend, plan, data, model, run, console, quiet, wor
             total = sum(c.total for c in counts)
             trainable = sum(c.trainable for c in counts)
             run.metrics({f"trainable_params_stage{stage.index}": trainable, "total_params": total})
-            loop = TrainLoop(stage, step_offset=step, history=history, on_epoch=run.epoch, progress=progress,
-                             patience=spec.train.early_stopping)
+            done = resume.done(stage.index) if resume else 0
+            if done >= stage.epochs:
+                step += done
+                continue
+            loop = TrainLoop(stage, step_offset=step, history=history, on_epoch=on_epoch, progress=progress,
+                             patience=spec.train.early_stopping, start_epoch=done, checkpoint_path=checkpoint,
+                             resume_from=resume_from)
             hook.train(model=model, data=data, stage=stage, train=spec.train, loop=loop)
             loop.close()
+            resume_from = None  # only the first stage trained after an interruption starts from the checkpoint
             step += loop.epochs_done
     run.metrics({"train_seconds": time.perf_counter() - train_started,
                  "trainable_params": sum(c.trainable for c in all_counts[0]),
@@ -169,6 +192,15 @@ def _train_and_report(spec, backend, plan, data, model, run, console, quiet, wor
     if spec.export.onnx:
         result.onnx_max_abs_diff = _export_and_check(spec, hook, model, data, run, workdir, console, quiet)
     return result
+
+
+def _checkpoint_path(spec, backend, workdir: Path) -> Path | None:
+    """Where the backend writes its per-epoch checkpoint (it may add a suffix); None when off."""
+    if not spec.train.checkpoint or "resume" not in backend.info.capabilities:
+        return None
+    folder = workdir / CHECKPOINT_ARTIFACT
+    folder.mkdir(exist_ok=True)
+    return folder / "last"
 
 
 def _export_and_check(spec, hook, model, data, run, workdir, console, quiet) -> float:

@@ -110,6 +110,7 @@ class TrainSpec(_Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     early_stopping: int | None = Field(None, ge=1, description="patience in epochs on val_acc; null = off")
     cache_features: bool = True
+    checkpoint: bool = Field(True, description="write a checkpoint each epoch so --resume can continue the run")
     augment: bool = False
 
     @field_validator("device")

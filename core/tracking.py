@@ -96,9 +96,13 @@ def environment_tags() -> dict[str, str]:
 
 
 @contextmanager
-def tracked_run(mlflow_module, *, name: str | None, tags: dict[str, str]) -> Iterator[Tracker]:
-    """Start a run; end it FINISHED, FAILED (any error) or KILLED (Ctrl-C/SIGTERM)."""
-    run = mlflow_module.start_run(run_name=name, tags=tags)
+def tracked_run(mlflow_module, *, name: str | None, tags: dict[str, str],
+                run_id: str | None = None) -> Iterator[Tracker]:
+    """Start (or, with ``run_id``, reopen) a run; end it FINISHED, FAILED (any error) or KILLED (Ctrl-C/SIGTERM)."""
+    if run_id:
+        run = mlflow_module.start_run(run_id=run_id, tags=tags)
+    else:
+        run = mlflow_module.start_run(run_name=name, tags=tags)
     tracker = Tracker(mlflow_module, run)
     try:
         yield tracker

@@ -1,6 +1,7 @@
 """End to end through the real CLI, the example backend and a real MLflow store."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -163,29 +164,46 @@ def test_parity_failure_ends_run_failed(store, tmp_path):
     assert len(client.get_metric_history(run.info.run_id, "val_acc")) == 1
 
 
-def test_sigint_ends_run_killed_with_its_epochs(store, tmp_path):
+def test_sigint_ends_run_killed_then_resume_finishes_it(store, tmp_path):
     client = MlflowClient(store)
+    epochs = 30
     cmd = [sys.executable, "-m", "tle", "--quiet", "run", "--backend", "numpy", "--model", "mlp3",
-           "--dataset", "digits", "--epochs", "100000", "--experiment", "e2e-kill"]
-    proc = subprocess.Popen(cmd, env={**__import__("os").environ, "MLFLOW_TRACKING_URI": store}, cwd=tmp_path,
+           "--dataset", "digits", "--epochs", str(epochs), "--batch-size", "2", "--experiment", "e2e-kill"]
+    proc = subprocess.Popen(cmd, env={**os.environ, "MLFLOW_TRACKING_URI": store}, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
         run = None
-        while time.time() < deadline:
+        while time.time() < deadline and proc.poll() is None:
             exp = client.get_experiment_by_name("e2e-kill")
             runs = client.search_runs([exp.experiment_id]) if exp else []
             if runs and len(client.get_metric_history(runs[0].info.run_id, "val_acc")) >= 2:
                 run = runs[0]
                 break
-            time.sleep(0.5)
-        assert run is not None, proc.stderr.read() if proc.poll() is not None else "no epochs logged in time"
+            time.sleep(0.2)
+        assert run is not None, "no epochs logged in time"
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130 and "Traceback" not in stderr
+    killed = client.get_run(run.info.run_id)
+    assert killed.info.status == "KILLED"
+    logged = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_acc"))
+    assert len(logged) >= 2 and logged == list(range(len(logged))) and len(logged) < epochs
+
+    resumed = run_json("--resume", run.info.run_id, env={"MLFLOW_TRACKING_URI": store}, cwd=tmp_path)
+    assert resumed["run_id"] == run.info.run_id
     final = client.get_run(run.info.run_id)
-    assert final.info.status == "KILLED"
-    assert len(client.get_metric_history(run.info.run_id, "val_acc")) >= 2
+    assert final.info.status == "FINISHED" and final.data.metrics["test_acc"] > 0.8
+    losses = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "train_loss")}
+    assert sorted(losses) == list(range(epochs))  # each epoch once, one continuous step
+    # It continued from the checkpoint: the first resumed epoch is nowhere near a fresh start.
+    assert losses[len(logged)] < 0.5 * losses[0]
+
+
+def test_resume_refuses_a_finished_run(base_run, store, tmp_path):
+    result, _ = base_run
+    proc = tle("run", "--resume", result["run_id"], env={"MLFLOW_TRACKING_URI": store}, cwd=tmp_path)
+    assert proc.returncode == 2 and "FINISHED" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

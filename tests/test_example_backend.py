@@ -40,8 +40,11 @@ HEAD_SPEC = HeadSpec()  # dense, 256 hidden, dropout 0.5
 class StubLoop:
     """Records what the backend tells the core's loop."""
 
-    def __init__(self, start_epoch: int = 0, stop_after: int | None = None):
+    def __init__(self, start_epoch: int = 0, stop_after: int | None = None, checkpoint_path=None,
+                 resume_from=None):
         self.start_epoch = start_epoch
+        self.checkpoint_path = checkpoint_path
+        self.resume_from = resume_from
         self.stop_after = stop_after
         self.started: list[tuple[int, int]] = []
         self.ended: list[tuple[int, dict]] = []

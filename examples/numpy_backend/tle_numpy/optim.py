@@ -38,6 +38,17 @@ class Adam:
                 param -= self.lr * self.wd * param
             param -= lr * m / (np.sqrt(v) + self.eps)
 
+    def state(self) -> dict[str, np.ndarray]:
+        out = {"t": np.asarray(self.t)}
+        for name, (m, v) in self.moments.items():
+            out[f"m/{name}"], out[f"v/{name}"] = m, v
+        return out
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        self.t = int(state["t"])
+        names = [k[2:] for k in state if k.startswith("m/")]
+        self.moments = {n: (state[f"m/{n}"].copy(), state[f"v/{n}"].copy()) for n in names}
+
 
 class SGD:
     def __init__(self, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
@@ -52,6 +63,12 @@ class SGD:
                 v = self.velocity.get(name)
                 grad = self.velocity[name] = grad.copy() if v is None else self.momentum * v + grad
             param -= self.lr * grad
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {f"velocity/{name}": v for name, v in self.velocity.items()}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        self.velocity = {k.split("/", 1)[1]: v.copy() for k, v in state.items() if k.startswith("velocity/")}
 
 
 def make_optimizer(name: str, lr: float, weight_decay: float, momentum: float) -> Adam | SGD:

@@ -27,7 +27,7 @@ DESCRIPTIONS = {
 def backend_info():
     return BackendInfo(name="numpy", framework="numpy", framework_version=version("numpy"),
                        description="example backend: NumPy MLPs with hand-written backprop",
-                       devices=("cpu",), capabilities=("onnx",))
+                       devices=("cpu",), capabilities=("onnx", "resume", "feature-cache"))
 
 
 @hookimpl

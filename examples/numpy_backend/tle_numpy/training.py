@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from tle.contracts import Evaluation
+from tle_numpy import checkpoint
 from tle_numpy.model import Net, softmax_cross_entropy
 from tle_numpy.optim import make_optimizer
 
@@ -15,6 +16,9 @@ def fit(net: Net, data, stage, train, loop) -> list[dict[str, float]]:
     """Train ``net`` for one stage; returns the metrics of each epoch run."""
     # The stage is the plan's word on freezing; the core's freeze_policy call said the same.
     net.trainable = {block: stage.trainable.get(block) is True for block in net.blocks}
+    optimizer = make_optimizer(train.optimizer, stage.lr, train.weight_decay, train.momentum)
+    if loop.resume_from is not None:
+        checkpoint.restore(net, optimizer, loop.resume_from, stage.index)
     x_train, y_train = net.flatten(data.x_train), np.asarray(data.y_train, dtype=np.int64)
     x_val, y_val = net.flatten(data.x_val), np.asarray(data.y_val, dtype=np.int64)
     start = frozen_prefix(net) if train.cache_features else 0
@@ -22,7 +26,6 @@ def fit(net: Net, data, stage, train, loop) -> list[dict[str, float]]:
         # Frozen leading layers without dropout give the same output every epoch: run them once.
         x_train, x_val = net.forward(x_train, stop=start), net.forward(x_val, stop=start)
 
-    optimizer = make_optimizer(train.optimizer, stage.lr, train.weight_decay, train.momentum)
     n, size = len(y_train), train.batch_size
     history = []
     for epoch in range(loop.start_epoch, stage.epochs):
@@ -47,6 +50,8 @@ def fit(net: Net, data, stage, train, loop) -> list[dict[str, float]]:
         metrics = {"train_loss": loss_sum / max(n, 1), "train_acc": correct / max(n, 1),
                    "val_loss": val.loss, "val_acc": val_acc}
         history.append(metrics)
+        if loop.checkpoint_path is not None:
+            checkpoint.save(net, optimizer, stage.index, epoch, loop.checkpoint_path)
         loop.epoch_end(epoch, metrics)
         if loop.should_stop:
             break

@@ -1,0 +1,79 @@
+"""Continuing an interrupted run in the same MLflow run (``tle run --resume RUN_ID``).
+
+Everything needed is in the store: the resolved spec (``spec.yaml``), the
+epochs already logged (metric histories with their ``stage``), and the last
+checkpoint the backend wrote (``checkpoint/`` artifact).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from tle.errors import UserError
+from tle.loop import EPOCH_METRICS, EpochRecord, History
+from tle.spec import ExperimentSpec, build_spec
+
+CHECKPOINT_ARTIFACT = "checkpoint"
+RESUMABLE = ("KILLED", "FAILED", "RUNNING")
+
+
+@dataclass
+class Resume:
+    run_id: str
+    spec: ExperimentSpec
+    history: History
+    checkpoint: Path | None
+
+    def done(self, stage: int) -> int:
+        return sum(1 for r in self.history.records if r.stage == stage)
+
+
+def load_resume(run_id: str, tracking_uri: str | None, workdir: Path) -> Resume:
+    from tle.tracking import configure
+
+    mlflow = configure(tracking_uri)
+    client = mlflow.MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except Exception:
+        raise UserError(f"run {run_id!r} not found in {mlflow.get_tracking_uri()}",
+                        "check the id, or pass the --tracking-uri of the store that holds it") from None
+    if run.info.status not in RESUMABLE:
+        raise UserError(f"run {run_id} is {run.info.status}; only interrupted runs can be resumed",
+                        "start a new run instead")
+    try:
+        spec = build_spec(yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{run_id}/spec.yaml")))
+    except UserError:
+        raise
+    except Exception:
+        raise UserError(f"run {run_id} has no spec.yaml", "it was not made by tle run; start a new run") from None
+    return Resume(run_id, spec, _history(client, run_id), _checkpoint(mlflow, run_id, workdir))
+
+
+def _history(client, run_id: str) -> History:
+    by_step: dict[int, dict[str, float]] = {}
+    for metric in (*EPOCH_METRICS, "epoch_seconds", "stage"):
+        for m in client.get_metric_history(run_id, metric):
+            by_step.setdefault(m.step, {})[metric] = m.value
+    history = History()
+    per_stage: dict[int, int] = {}
+    for step in sorted(by_step):
+        values = by_step[step]
+        stage = int(values.pop("stage", 0))
+        epoch = per_stage.get(stage, 0)
+        per_stage[stage] = epoch + 1
+        history.records.append(EpochRecord(step, stage, "", epoch, values))
+    return history
+
+
+def _checkpoint(mlflow, run_id: str, workdir: Path) -> Path | None:
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CHECKPOINT_ARTIFACT,
+                                                         dst_path=str(workdir)))
+    except Exception:
+        return None
+    files = sorted(p for p in local.rglob("*") if p.is_file())
+    return files[0] if files else None
