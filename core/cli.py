@@ -22,7 +22,8 @@ from tle.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Transfer-learning experiments in any framework, tracked in MLflow, served with ONNX Runtime.")
-out = Console()
+# Result tables go to stdout at a readable width even when piped (rich would assume 80 columns).
+out = Console(width=None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", 160)))
 err = Console(stderr=True)
 STATE = {"debug": False, "quiet": False}
 
@@ -369,18 +370,25 @@ def compare(
 
     rows = load_runs(experiment, tracking_uri)
     if json_out:
+        for r in rows:
+            r.pop("val_curve", None)
         print(json.dumps(rows))
         return
     table = Table(title=f"experiment {experiment}: {len(rows)} runs")
-    cols = ("run", "status", "backend", "model", "strategy", "dataset", "best val acc", "test acc",
-            "trainable", "onnx |diff|", "time")
+    cols = ("run", "backend", "model", "strategy", "dataset", "best val", "test acc", "jump", "speedup",
+            "asym", "trainable", "time")
     for col in cols:
-        table.add_column(col, justify="right" if col in cols[6:] else "left")
+        table.add_column(col, justify="right" if col in cols[5:] else "left")
     for r in rows:
-        table.add_row(r["run_id"][:8], r["status"], r["backend"], r["model"], r["strategy"], r["dataset"],
-                      _fmt(r["best_val_acc"], ".4f"), _fmt(r["test_acc"], ".4f"), _fmt(r["trainable_params"], ",.0f"),
-                      _fmt(r["onnx_max_abs_diff"], ".1e"), _fmt(r["wall_seconds"], ".1f", "s"))
+        status = "" if r["status"] == "FINISHED" else f" [red]{r['status']}[/]"
+        table.add_row(f"{r['name'] or r['run_id'][:8]}{status}", r["backend"], r["model"], r["strategy"],
+                      r["dataset"], _fmt(r["best_val_acc"], ".3f"), _fmt(r["test_acc"], ".3f"),
+                      _fmt(r["jumpstart"], "+.3f"), _fmt(r["speedup"], ".1f", "x"), _fmt(r["asymptote_gain"], "+.3f"),
+                      _fmt(r["trainable_params"], ",.0f"), _fmt(r["wall_seconds"], ".1f", "s"))
     out.print(table)
+    if any(r["baseline"] for r in rows):
+        err.print("jump/speedup/asym: jumpstart, epochs-to-90%-of-best speed-up and asymptote gain against the "
+                  "scratch run of the same backend, model and data", highlight=False)
 
 
 def _fmt(value, spec: str, suffix: str = "") -> str:

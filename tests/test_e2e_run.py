@@ -207,3 +207,24 @@ def test_resume_refuses_a_finished_run(base_run, store, tmp_path):
     result, _ = base_run
     proc = tle("run", "--resume", result["run_id"], env={"MLFLOW_TRACKING_URI": store}, cwd=tmp_path)
     assert proc.returncode == 2 and "FINISHED" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_compare_reports_transfer_metrics_against_scratch(base_run, store, tmp_path):
+    result, client = base_run
+    env = {"MLFLOW_TRACKING_URI": store}
+    common = ("--backend", "numpy", "--model", "mlp", "--dataset", "digits:5-9", "--epochs", 3,
+              "--experiment", "e2e-compare", "--no-export")
+    scratch = run_json(*common, env=env, cwd=tmp_path)
+    moved = run_json(*common, "--strategy", "transfer:all", "--weights", f"runs:/{result['run_id']}",
+                     env=env, cwd=tmp_path)
+    rows = {r["run_id"]: r for r in json.loads(tle("compare", "--experiment", "e2e-compare", "--json", env=env,
+                                                   check_rc=0).stdout)}
+    assert rows[scratch["run_id"]]["jumpstart"] is None
+    row = rows[moved["run_id"]]
+    curve = [m.value for m in sorted(client.get_metric_history(moved["run_id"], "val_acc"), key=lambda m: m.step)]
+    base = [m.value for m in sorted(client.get_metric_history(scratch["run_id"], "val_acc"), key=lambda m: m.step)]
+    assert row["baseline"] == scratch["run_id"]
+    assert row["jumpstart"] == pytest.approx(curve[0] - base[0])
+    assert client.get_run(moved["run_id"]).data.metrics["transfer_jumpstart"] == pytest.approx(row["jumpstart"])
+    table = tle("compare", "--experiment", "e2e-compare", env=env, check_rc=0).stdout
+    assert "transfer:all" in table and "jump" in table
