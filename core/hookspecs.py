@@ -81,7 +81,8 @@ def load_backbone(model, num_classes, class_names, input_shape, head, weights, d
     :param tle.contracts.ResolvedWeights weights: where the backbone's weights
         come from. Pretrained blocks are loaded here. The head is new, drawn
         with ``head.init``, unless the weights come from a run whose
-        ``weights.class_names`` equal ``class_names``: then it is kept.
+        ``weights.class_names`` equal ``class_names``: then it is kept. A new
+        head's layers are drawn with ``head.initializer``.
     :param str device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
     :param int seed: seed for everything random in construction.
     :return: the native model (opaque to the core).

@@ -82,18 +82,27 @@ class HeadSpec(_Strict):
     ``dense``: S0's head (pool/flatten -> Dense ``hidden`` ReLU -> Dropout -> Dense N).
     ``linear``: pool/flatten -> Dense N.
     ``original``: keep the model's own classifier, replace only its last layer
-    (S1's procedure; the new layer starts from ``normal:0.01`` unless ``init`` says).
+    (S1's procedure).
+    ``init`` draws the new layers; unset, it is Keras's Dense default
+    ``glorot_uniform``, or ``normal:0.01`` for ``original`` (S1: "initialised
+    from a normal distribution").
     """
 
     kind: Literal["dense", "linear", "original"] = "dense"
     hidden: int = Field(256, ge=1)
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
-    init: InitSpec = Field(default_factory=lambda: InitSpec(name="glorot_uniform"))
+    init: InitSpec | None = None
 
     @field_validator("init", mode="before")
     @classmethod
     def _init(cls, value: Any) -> Any:
         return InitSpec.parse(value) if isinstance(value, str) else value
+
+    @property
+    def initializer(self) -> InitSpec:
+        if self.init is not None:
+            return self.init
+        return InitSpec(name="normal", scale=0.01) if self.kind == "original" else InitSpec(name="glorot_uniform")
 
 
 class TrainSpec(_Strict):

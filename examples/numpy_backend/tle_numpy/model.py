@@ -110,9 +110,9 @@ def build(model: str, input_shape: tuple[int, int, int], num_classes: int, head:
     for i, width in enumerate(MODELS[model], start=1):
         plan.append((f"block{i}", f"block{i}", width, True, 0.0, BACKBONE_INIT))
     if head.kind == "dense":
-        plan.append(("head.hidden", HEAD, head.hidden, True, head.dropout, head.init))
+        plan.append(("head.hidden", HEAD, head.hidden, True, head.dropout, head.initializer))
     # "original" has no classifier of its own to keep here, so it is the linear head.
-    plan.append(("head.out", HEAD, num_classes, False, 0.0, head.init))
+    plan.append(("head.out", HEAD, num_classes, False, 0.0, head.initializer))
 
     layers = []
     for index, (name, block, width, relu, dropout, init) in enumerate(plan):

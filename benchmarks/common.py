@@ -1,0 +1,63 @@
+"""Shared pieces of the benchmarks: timing through tle's own hooks and loop.
+
+Benchmarks print ratios measured in one run on one machine; they are not part
+of the test suite's pass/fail.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+from tle.contracts import ResolvedWeights
+from tle.loop import History, TrainLoop
+from tle.plugins import load_backend
+from tle.spec import ExperimentSpec
+from tle.strategy import build_plan
+
+
+def build(spec: ExperimentSpec, data, weights: ResolvedWeights | None = None):
+    backend = load_backend(spec.backend)
+    info = backend.model(spec.model)
+    plan = build_plan(spec.strategy, info.blocks, epochs=spec.train.epochs, lr=spec.train.lr)
+    model = backend.hook.load_backbone(model=spec.model, num_classes=data.num_classes,
+                                       class_names=data.class_names, input_shape=data.input_shape, head=spec.head,
+                                       weights=weights or ResolvedWeights(kind="none"), device=spec.train.device,
+                                       seed=spec.train.seed)
+    return backend, plan, model
+
+
+def tle_epoch_seconds(spec: ExperimentSpec, data, weights: ResolvedWeights | None = None) -> list[float]:
+    """Per-epoch wall times of the backend's train hook driven by the core's TrainLoop."""
+    backend, plan, model = build(spec, data, weights)
+    stage = plan.stages[0]
+    backend.hook.freeze_policy(model=model, trainable=dict(stage.trainable))
+    history = History()
+    loop = TrainLoop(stage, step_offset=0, history=history, on_epoch=lambda record: None)
+    backend.hook.train(model=model, data=data, stage=stage, train=spec.train, loop=loop)
+    return [r.metrics["epoch_seconds"] for r in history.records]
+
+
+def timed(fn, repeat: int) -> list[float]:
+    out = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def median_after_warmup(times: list[float]) -> float:
+    return statistics.median(times[1:] if len(times) > 1 else times)
+
+
+def report(title: str, rows: list[tuple[str, str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in rows:
+        table.add_row(key, value)
+    Console().print(table)

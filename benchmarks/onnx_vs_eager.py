@@ -1,0 +1,46 @@
+"""ONNX Runtime ÷ torch eager inference time at batch 1 and 32 (same weights, same inputs)."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import numpy as np  # noqa: E402
+from common import build, median_after_warmup, report, timed  # noqa: E402
+
+from tle.contracts import ExportMetadata  # noqa: E402
+from tle.data import load_dataset  # noqa: E402
+from tle.serving import open_model  # noqa: E402
+from tle.spec import ExperimentSpec  # noqa: E402
+
+MODELS = (("resnet18", 112), ("vgg_small", 32))
+
+
+def main() -> None:
+    rows = []
+    for model, size in MODELS:
+        spec = ExperimentSpec(backend="torch", model=model, dataset={
+            "source": "synthetic", "synthetic": {"classes": 10, "per_class": 4, "size": size}},
+            train={"device": "cpu"})
+        data = load_dataset(spec.dataset, seed=0)
+        backend, _, net = build(spec, data)
+        with tempfile.TemporaryDirectory() as tmp:
+            meta = ExportMetadata(list(data.class_names), (size, size), 3, "torch", model)
+            path = backend.hook.export_onnx(model=net, path=Path(tmp) / "m.onnx", sample=data.x_train[:2],
+                                            metadata=meta)
+            session = open_model(path, prefer_gpu=False)
+            for batch in (1, 32):
+                x = np.ascontiguousarray(np.resize(data.x_train, (batch, size, size, 3)))
+                eager = median_after_warmup(timed(
+                    lambda: backend.hook.evaluate(model=net, images=x, labels=None, batch_size=batch), 12))
+                ort = median_after_warmup(timed(lambda: session.logits(x), 12))
+                rows.append((f"{model} {size}px batch {batch}: torch eager / ORT (ms)",
+                             f"{eager * 1e3:.1f} / {ort * 1e3:.1f}  ratio ORT/eager {ort / eager:.2f}"))
+    report("ONNX Runtime (CPU provider) vs torch eager, CPU", rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""Building a :class:`TleNet` from a torchvision model, its block map, a head spec and a weight source."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from tle import UserError
+from tle_torch import blocks as block_maps
+from tle_torch import registry
+from tle_torch import weights as weight_files
+from tle_torch.heads import build_head
+from tle_torch.init import apply_init
+from tle_torch.wrapper import TleNet
+
+def build(name: str, num_classes: int, class_names: list[str], input_shape, head, weights, seed: int) -> TleNet:
+    if name not in registry.names():
+        raise UserError(f"the torch backend has no model {name!r}", f"choose one of {', '.join(registry.names())}")
+    h, w, c = (int(v) for v in input_shape)
+    if c not in (1, 3):
+        raise UserError(f"{name} takes 1- or 3-channel images, the data has {c} channels",
+                        "set dataset.channels to 1 or 3")
+    kind = getattr(weights, "kind", "none") if weights is not None else "none"
+    source = str(getattr(weights, "source", "") or getattr(weights, "path", ""))
+    state = None
+    # Construction draws from torch's global generator; fork it so the seed fixes the model
+    # without disturbing the caller's random stream.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if kind == "imagenet":
+            tv = weight_files.imagenet_model(name)
+        elif kind in ("none", "file"):
+            tv = block_maps.build_torchvision(name)
+        else:
+            raise UserError(f"unknown weights kind {kind!r}", "use none, imagenet, a .pt file or runs:/RUN_ID")
+        bmap = block_maps.block_map(name, tv)
+        if kind == "file":
+            if weights.path is None:
+                raise UserError(f"weights {source!r} resolved to no file", "give a .pt/.pth path or runs:/RUN_ID")
+            state = weight_files.read_state_dict(weights.path, source or str(weights.path))
+            if not weight_files.is_tle_layout(state):
+                weight_files.load_torchvision_layout(tv, name, state, source, bmap)
+                state = None
+        body: OrderedDict[str, nn.Sequential] = OrderedDict()
+        tv_paths: dict[str, str] = {}
+        for block, paths in bmap:
+            body[block] = nn.Sequential(OrderedDict((p.replace(".", "_"), tv.get_submodule(p)) for p in paths))
+            tv_paths.update({f"body.{block}.{p.replace('.', '_')}": p for p in paths})
+        feature_shape = _feature_shape(name, body, h, w)
+        head_module, new_parts, reused = build_head(head.kind, name, tv, feature_shape, num_classes,
+                                                    hidden=head.hidden, dropout=head.dropout)
+        tv_paths.update({f"head.{k}": v for k, v in reused.items()})
+        net = TleNet(name, body, head_module, new_parts, num_classes, (h, w, c), tv_paths)
+    # The new head layers are drawn here (with Keras's definitions); a saved head then replaces them
+    # only when it was trained on these very classes.
+    apply_init(net, ["head"], head.initializer, seed)
+    if state is not None:
+        weight_files.load_tle_layout(net, state, source, weights.class_names, class_names)
+    return net
+
+
+def _feature_shape(name: str, body, h: int, w: int) -> tuple[int, int, int]:
+    probe = torch.zeros(1, 3, h, w)
+    seq = nn.Sequential(*body.values())
+    was_training = seq.training
+    seq.eval()
+    try:
+        with torch.no_grad():
+            out = seq(probe)
+    except RuntimeError as exc:
+        info = {m.name: m for m in registry.model_infos()}[name]
+        raise UserError(f"{name} cannot take {h}x{w} images ({str(exc).splitlines()[0]})",
+                        f"use at least {info.min_size}px (set --image-size)") from None
+    finally:
+        seq.train(was_training)
+    return tuple(int(v) for v in out.shape[1:])  # type: ignore[return-value]

@@ -1,0 +1,216 @@
+"""One training stage and inference, as the core's ``TrainLoop`` expects them.
+
+Determinism: each epoch's shuffle and dropout draw from generators seeded by
+``(train.seed, stage, epoch)``, so a run is repeatable on CPU and a resumed run
+continues with the very batches and dropout masks an uninterrupted one would
+have used. Batches are sliced from in-memory tensors (the core's data is
+already a NumPy array; a DataLoader would only add worker overhead here).
+
+On CUDA: ``precision`` auto/bf16 -> bf16 autocast, fp16 -> fp16 autocast with a
+GradScaler; channels_last memory format. On CPU: float32 always.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tle.contracts import Evaluation
+from tle_torch import cache
+from tle_torch import weights as weight_files
+
+LOSS_EVERY = 20  # batches between loss values shown by the progress bar (each one syncs the GPU)
+
+
+def configure_threads() -> None:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    if torch.get_num_threads() > cores:
+        torch.set_num_threads(cores)
+
+
+def device_of(net) -> torch.device:
+    return next(net.parameters()).device
+
+
+def amp_dtype(precision: str, device: torch.device):
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    if precision == "fp16":
+        return torch.float16
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+
+
+def autocast_factory(device: torch.device, dtype):
+    if dtype is None:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def epoch_seed(seed: int, stage: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, stage, epoch]).generate_state(1)[0])
+
+
+def make_optimizer(spec, params, lr: float):
+    if spec.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=spec.weight_decay)
+    if spec.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=spec.weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+
+
+def augment(xb: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random horizontal flip per image and one random shift (up to 1/8 of the side) per batch, NHWC."""
+    n, h, w, _ = xb.shape
+    flip = (torch.rand(n, generator=generator) < 0.5).to(xb.device)
+    xb = torch.where(flip.view(n, 1, 1, 1), xb.flip(2), xb)
+    dy, dx = (int(v) for v in torch.randint(-(h // 8), h // 8 + 1, (2,), generator=generator))
+    if dy or dx:
+        xb = torch.roll(xb, shifts=(dy, dx), dims=(1, 2))
+        if dy > 0:
+            xb[:, :dy] = 0
+        elif dy < 0:
+            xb[:, dy:] = 0
+        if dx > 0:
+            xb[:, :, :dx] = 0
+        elif dx < 0:
+            xb[:, :, dx:] = 0
+    return xb
+
+
+def save_checkpoint(path: Path, net, optimizer, scaler, epoch: int, stage: int) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "stage": stage,
+                "scaler": scaler.state_dict() if scaler is not None else None}, tmp)
+    os.replace(tmp, path)  # a crash mid-write never leaves a broken checkpoint
+
+
+def load_checkpoint(path: Path, net, optimizer, scaler, stage: int) -> int:
+    state = torch.load(path, map_location=device_of(net), weights_only=True)
+    net.load_state_dict(state["model"])
+    # An optimiser's state belongs to the stage (and parameter set) that wrote it: a resumed run that
+    # starts a new stage from the previous stage's last checkpoint begins with a fresh optimiser.
+    if int(state.get("stage", stage)) == stage:
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+    return int(state.get("epoch", 0))
+
+
+def fit(net, data, stage, spec, loop) -> dict:
+    configure_threads()
+    device = device_of(net)
+    dtype = amp_dtype(spec.precision, device)
+    autocast = autocast_factory(device, dtype)
+    if device.type == "cuda":
+        net.to(memory_format=torch.channels_last)
+    params = [p for p in net.parameters() if p.requires_grad]
+    if not params:
+        raise RuntimeError(f"stage {stage.index} of {net.model_name} has no trainable parameters")
+    optimizer = make_optimizer(spec, params, stage.lr)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    if loop.resume_from is not None:
+        load_checkpoint(loop.resume_from, net, optimizer, scaler, stage.index)
+
+    images = [np.ascontiguousarray(data.x_train, dtype=np.float32), np.ascontiguousarray(data.x_val, dtype=np.float32)]
+    y_train = torch.from_numpy(np.asarray(data.y_train, dtype=np.int64))
+    y_val = torch.from_numpy(np.asarray(data.y_val, dtype=np.int64))
+    start_block = net.frozen_prefix() if spec.cache_features and not spec.augment else 0
+    cached = None
+    if start_block:
+        cached = cache.frozen_features(net, images, start_block, spec.batch_size, device, autocast)
+    if cached is not None:
+        x_train, x_val = cached
+        forward = lambda xb: net.forward_from(xb, start_block)  # noqa: E731
+    else:
+        x_train, x_val = (torch.from_numpy(a) for a in images)
+        forward = net
+
+    n = len(y_train)
+    bs = spec.batch_size
+    batches = math.ceil(n / bs)
+    result = {"cached_blocks": start_block if cached is not None else 0}
+    for epoch in range(loop.start_epoch, stage.epochs):
+        if loop.should_stop:
+            break
+        seed = epoch_seed(spec.seed, stage.index, epoch)
+        shuffle = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)  # dropout masks
+        order = torch.randperm(n, generator=shuffle)
+        loop.epoch_start(epoch, batches)
+        net.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.int64)
+        for b in range(batches):
+            idx = order[b * bs:(b + 1) * bs]
+            xb = x_train[idx].to(device, non_blocking=True)
+            yb = y_train[idx].to(device, non_blocking=True)
+            if spec.augment:
+                xb = augment(xb, shuffle)
+            with autocast():
+                logits = forward(xb)
+            loss = F.cross_entropy(logits.float(), yb)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            loss_sum += loss.detach() * len(idx)
+            correct += (logits.detach().argmax(1) == yb).sum()
+            shown = float(loss.detach()) if (b + 1) % LOSS_EVERY == 0 or b + 1 == batches else None
+            loop.batch_end(1, shown)
+        val_loss, val_logits = _infer(forward, net, x_val, y_val, bs, device, autocast)
+        metrics = {
+            "train_loss": float(loss_sum) / max(n, 1),
+            "train_acc": float(correct) / max(n, 1),
+            "val_loss": val_loss,
+            "val_acc": float((val_logits.argmax(1) == y_val).float().mean()) if len(y_val) else math.nan,
+        }
+        if loop.checkpoint_path is not None:
+            save_checkpoint(loop.checkpoint_path, net, optimizer, scaler, epoch + 1, stage.index)
+        loop.epoch_end(epoch, metrics)
+    result["optimizer"] = optimizer
+    return result
+
+
+@torch.no_grad()
+def _infer(forward, net, x, y, batch_size, device, autocast) -> tuple[float, torch.Tensor]:
+    was = net.training
+    net.eval()
+    try:
+        total = 0.0
+        outs = []
+        for i in range(0, len(x), batch_size):
+            xb = x[i:i + batch_size]
+            xb = torch.from_numpy(xb) if isinstance(xb, np.ndarray) else xb
+            with autocast():
+                logits = forward(xb.to(device, non_blocking=True)).float()
+            total += float(F.cross_entropy(logits, y[i:i + batch_size].to(device), reduction="sum"))
+            outs.append(logits.cpu())
+        logits = torch.cat(outs) if outs else torch.zeros((0, net.num_classes))
+        return (total / len(x) if len(x) else math.nan), logits
+    finally:
+        net.train(was)
+
+
+def evaluate(net, images, labels, batch_size: int) -> Evaluation:
+    """Float32 inference (no autocast), so the logits are what the exported ONNX graph must reproduce."""
+    configure_threads()
+    device = device_of(net)
+    x = np.ascontiguousarray(images, dtype=np.float32)
+    y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    loss, logits = _infer(net, net, x, y, max(1, int(batch_size)), device, contextlib.nullcontext)
+    return Evaluation(loss=loss, logits=logits.numpy())
