@@ -392,7 +392,11 @@ def compare(
 
 
 def _fmt(value, spec: str, suffix: str = "") -> str:
-    return "-" if value is None else f"{value:{spec}}{suffix}"
+    if value is None:
+        return "-"
+    if value in (float("inf"), float("-inf")):
+        return "never" if value < 0 else "inf"
+    return f"{value:{spec}}{suffix}"
 
 
 # -- entry point -----------------------------------------------------------------
