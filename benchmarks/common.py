@@ -27,14 +27,22 @@ def build(spec: ExperimentSpec, data, weights: ResolvedWeights | None = None):
     return backend, plan, model
 
 
-def tle_epoch_seconds(spec: ExperimentSpec, data, weights: ResolvedWeights | None = None) -> list[float]:
-    """Per-epoch wall times of the backend's train hook driven by the core's TrainLoop."""
+def tle_epoch_seconds(spec: ExperimentSpec, data, weights: ResolvedWeights | None = None,
+                      stage_seconds: list[float] | None = None) -> list[float]:
+    """Per-epoch wall times of the backend's train hook driven by the core's TrainLoop.
+
+    ``stage_seconds`` receives the whole hook's time, which includes one-off work such as
+    computing cached features before the first epoch.
+    """
     backend, plan, model = build(spec, data, weights)
     stage = plan.stages[0]
     backend.hook.freeze_policy(model=model, trainable=dict(stage.trainable))
     history = History()
     loop = TrainLoop(stage, step_offset=0, history=history, on_epoch=lambda record: None)
+    t0 = time.perf_counter()
     backend.hook.train(model=model, data=data, stage=stage, train=spec.train, loop=loop)
+    if stage_seconds is not None:
+        stage_seconds.append(time.perf_counter() - t0)
     return [r.metrics["epoch_seconds"] for r in history.records]
 
 

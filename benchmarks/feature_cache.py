@@ -31,16 +31,18 @@ def spec(cache: bool, backend: str = "torch") -> ExperimentSpec:
 def main() -> None:
     backend = sys.argv[1] if len(sys.argv) > 1 else "torch"
     data = load_dataset(spec(True, backend).dataset, seed=0)
-    cached = tle_epoch_seconds(spec(True, backend), data)
-    plain = tle_epoch_seconds(spec(False, backend), data)
+    stage_cached: list[float] = []
+    stage_plain: list[float] = []
+    cached = tle_epoch_seconds(spec(True, backend), data, stage_seconds=stage_cached)
+    plain = tle_epoch_seconds(spec(False, backend), data, stage_seconds=stage_plain)
     later_cached = sum(cached[1:]) / len(cached[1:])
     later_plain = sum(plain[1:]) / len(plain[1:])
     report(f"{backend}: frozen-prefix caching, VGG16 conv base frozen, 64x64, {len(data.y_train)} train images", [
-        ("first epoch, cached (computes the features)", f"{cached[0]:.2f} s"),
-        ("later epochs, cached", f"{later_cached:.3f} s"),
+        ("computing the cached features (once per stage)", f"{stage_cached[0] - sum(cached):.2f} s"),
+        ("epochs with caching", f"{later_cached:.3f} s"),
         ("epochs without caching", f"{later_plain:.2f} s"),
         ("ratio cached / uncached after the first epoch (target <= 0.1)", f"{later_cached / later_plain:.4f}"),
-        ("ratio over all epochs", f"{sum(cached) / sum(plain):.3f}"),
+        (f"ratio for the whole {EPOCHS}-epoch stage, feature pass included", f"{stage_cached[0] / stage_plain[0]:.3f}"),
     ])
 
 

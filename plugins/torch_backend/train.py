@@ -198,10 +198,11 @@ def _infer(forward, net, x, y, batch_size, device, autocast) -> tuple[float, tor
             xb = torch.from_numpy(xb) if isinstance(xb, np.ndarray) else xb
             with autocast():
                 logits = forward(xb.to(device, non_blocking=True)).float()
-            total += float(F.cross_entropy(logits, y[i:i + batch_size].to(device), reduction="sum"))
+            if y is not None:
+                total += float(F.cross_entropy(logits, y[i:i + batch_size].to(device), reduction="sum"))
             outs.append(logits.cpu())
         logits = torch.cat(outs) if outs else torch.zeros((0, net.num_classes))
-        return (total / len(x) if len(x) else math.nan), logits
+        return (total / len(x) if len(x) and y is not None else math.nan), logits
     finally:
         net.train(was)
 
@@ -211,6 +212,6 @@ def evaluate(net, images, labels, batch_size: int) -> Evaluation:
     configure_threads()
     device = device_of(net)
     x = np.ascontiguousarray(images, dtype=np.float32)
-    y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    y = None if labels is None else torch.from_numpy(np.asarray(labels, dtype=np.int64))
     loss, logits = _infer(net, net, x, y, max(1, int(batch_size)), device, contextlib.nullcontext)
     return Evaluation(loss=loss, logits=logits.numpy())
