@@ -1,0 +1,79 @@
+"""The classifier put on a backbone (the block called ``head``), from a :class:`tle.spec.HeadSpec`.
+
+``dense``    flatten (VGG) or global-average-pool (others) -> Dense(hidden) ReLU
+             -> Dropout -> Dense(N)                                     (S0, S3)
+``linear``   flatten / global-average-pool -> Dense(N)
+``original`` keras.applications' own ``include_top`` classifier with its last
+             layer replaced by a new one with N outputs                 (S1)
+
+Every head ends in logits (no softmax); losses use ``from_logits=True``. VGG
+flattens its conv output as ``include_top=False`` + ``Flatten`` does in Keras,
+so VGG16 at 150 px gets S3's ~2M-parameter classifier; at 32 px the flattened
+map is 1x1x512. The ``original`` classifiers are Keras's layer for layer
+(names ``fc1``, ``fc2``, ``conv_2`` ...) so ImageNet's top file fills them:
+
+=========== =====================================================================
+VGG         Flatten -> fc1 Dense 4096 ReLU -> fc2 Dense 4096 ReLU -> new Dense N
+ResNet,     GlobalAveragePooling -> new Dense N
+DenseNet,
+MobileNetV2
+MobileNetV3 GlobalAveragePooling (keepdims) -> conv_2 1x1 conv (1024 small /
+            1280 large) -> hard_swish -> Dropout 0.2 -> new 1x1 conv N -> Flatten
+=========== =====================================================================
+
+The small models have no classifier of their own in Keras, so ``original`` is
+refused for them.
+"""
+
+from __future__ import annotations
+
+from tle import UserError
+from tle_keras import registry
+
+NEW_LAST = "head_logits"  # name of the layer that gives the logits, in every head
+
+
+def build_head(keras, kind: str, name: str, x, num_classes: int, hidden: int, dropout: float, initializer):
+    """Return ``(logits tensor, names of the layers drawn for this task, names of reused original-top layers)``.
+
+    ``initializer(layer_name)`` returns the kernel initialiser for a new layer.
+    """
+    L = keras.layers
+    fam = registry.family(name)
+    if kind == "original":
+        return _original(keras, name, fam, x, num_classes, initializer)
+    x = L.Flatten(name="head_flatten")(x) if fam == "vgg" else L.GlobalAveragePooling2D(name="head_pool")(x)
+    if kind == "dense":
+        x = L.Dense(hidden, activation="relu", kernel_initializer=initializer("head_fc1"), name="head_fc1")(x)
+        x = L.Dropout(dropout, name="head_dropout")(x)
+        new = ["head_fc1", NEW_LAST]
+    elif kind == "linear":
+        new = [NEW_LAST]
+    else:
+        raise ValueError(f"unknown head kind {kind!r}")
+    logits = L.Dense(num_classes, kernel_initializer=initializer(NEW_LAST), dtype="float32", name=NEW_LAST)(x)
+    return logits, new, []
+
+
+def _original(keras, name, fam, x, num_classes, initializer):
+    L = keras.layers
+    if name in registry.SMALL:
+        raise UserError(f"head 'original' is not available for {name} in the keras backend: the small models "
+                        "have no classifier of their own here", "use --head dense or --head linear")
+    if fam == "vgg":
+        x = L.Flatten(name="flatten")(x)
+        x = L.Dense(4096, activation="relu", name="fc1")(x)
+        x = L.Dense(4096, activation="relu", name="fc2")(x)
+        reused = ["fc1", "fc2"]
+    elif name.startswith("mobilenet_v3"):
+        x = L.GlobalAveragePooling2D(keepdims=True, name="avg_pool")(x)
+        x = L.Conv2D(1024 if name.endswith("small") else 1280, 1, use_bias=True, name="conv_2")(x)
+        x = L.Activation("hard_swish", name="conv_2_hard_swish")(x)
+        x = L.Dropout(0.2, name="top_dropout")(x)
+        x = L.Conv2D(num_classes, 1, kernel_initializer=initializer(NEW_LAST), dtype="float32", name=NEW_LAST)(x)
+        return L.Flatten(name="head_flatten", dtype="float32")(x), [NEW_LAST], ["conv_2"]
+    else:
+        x = L.GlobalAveragePooling2D(name="avg_pool")(x)
+        reused = []
+    logits = L.Dense(num_classes, kernel_initializer=initializer(NEW_LAST), dtype="float32", name=NEW_LAST)(x)
+    return logits, [NEW_LAST], reused

@@ -1,0 +1,106 @@
+"""Building a :class:`KerasNet`: input + preprocessing, the backbone, its block map, a head, starting weights."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from tle import UserError
+from tle.initializers import InitSpec
+from tle_keras import blocks as block_maps
+from tle_keras import registry
+from tle_keras import weights as weight_files
+from tle_keras.heads import build_head
+from tle_keras.init import derived_seed, initializer
+from tle_keras.preprocess import Preprocess, mode_for
+from tle_keras.runtime import gpus, keras as _keras
+from tle_keras.wrapper import HEAD, KerasNet
+
+keras = _keras()
+
+# HeadSpec: "original" heads start their new layer from N(0, 0.01) unless the spec sets init.
+ORIGINAL_HEAD_INIT = InitSpec(name="normal", scale=0.01)
+
+
+def build(name: str, num_classes: int, input_shape, head, weights, seed: int, class_names=None) -> KerasNet:
+    if name in registry.UNAVAILABLE:
+        raise UserError(f"model {name!r} is not available in the keras backend: {registry.UNAVAILABLE[name][1]}",
+                        "use --backend torch for it")
+    if name not in registry.names():
+        raise UserError(f"the keras backend has no model {name!r}", f"choose one of {', '.join(registry.names())}")
+    h, w, c = (int(v) for v in input_shape)
+    if c not in (1, 3):
+        raise UserError(f"{name} takes 1- or 3-channel images, the data has {c} channels",
+                        "set dataset.channels to 1 or 3")
+    block_maps.check_size(name, h, w)
+    kind = getattr(weights, "kind", "none") if weights is not None else "none"
+    if kind not in ("none", "imagenet", "file"):
+        raise UserError(f"unknown weights kind {kind!r}", "use none, imagenet, a .h5/.keras file or runs:/RUN_ID")
+    if kind == "imagenet" and name in registry.SMALL:
+        weight_files.require_imagenet(name, h)  # raises: the small models have none
+    keras.utils.set_random_seed(int(seed))
+    # Mixed precision only where it pays: bf16 compute on a GPU; the logits layer stays float32.
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if gpus() else "float32")
+
+    inputs = keras.Input((h, w, c), name="images")
+    x = Preprocess(mode_for(name, registry.family(name)), name="preprocess")(inputs)
+    if name in registry.SMALL:
+        from tle_keras.small import BUILDERS
+
+        y = BUILDERS[name](x)
+    else:
+        y = _application(name, x, h, w, kind)
+    head_init = _head_init(head)
+    logits, new_head, _ = build_head(keras, head.kind, name, y, int(num_classes), head.hidden, head.dropout,
+                                     lambda layer: initializer(head_init, derived_seed(seed, HEAD, layer)))
+    net = keras.Model(inputs, logits, name=f"tle_{name}")
+    cuts = block_maps.cut_tensors(name, net, x, y)
+    layers: OrderedDict[str, list] = OrderedDict()
+    for i, block in enumerate(registry.BLOCKS):
+        layers[block] = block_maps.segment_layers(keras, cuts[i], cuts[i + 1])
+    layers[HEAD] = block_maps.segment_layers(keras, cuts[-1], logits)
+    knet = KerasNet(name, registry.family(name), net, cuts, layers, new_head, num_classes, (h, w, c), class_names)
+    if head.kind == "original" and getattr(head, "init", None) is None:
+        knet.head_init_override = head_init
+    if kind == "imagenet" and head.kind == "original":
+        top = weight_files.require_imagenet(name, h, top=True)
+        named, _ = weight_files.read_named(top, str(top))
+        weight_files._load_reused_top(knet, named, str(top))
+    if kind == "file":
+        if weights.path is None:
+            raise UserError(f"weights {weights.source!r} resolved to no file", "give a file path or runs:/RUN_ID")
+        names = weights.class_names
+        if weight_files.load_file(knet, weights.path, str(weights.source or weights.path), names):
+            knet.new_head = []
+    return knet
+
+
+def _head_init(head) -> InitSpec:
+    """``head.initializer`` (glorot_uniform, or N(0, 0.01) for ``original``, unless ``head.init`` is set)."""
+    chosen = getattr(head, "initializer", None)
+    if chosen is not None:
+        return chosen
+    if head.init is not None and (head.kind != "original" or "init" in head.model_fields_set):
+        return head.init
+    return ORIGINAL_HEAD_INIT if head.kind == "original" else InitSpec(name="glorot_uniform")
+
+
+def _application(name: str, x, h: int, w: int, kind: str):
+    ctor = getattr(keras.applications, registry.constructor(name))
+    args = {"include_top": False, "input_tensor": x, "input_shape": (h, w, 3), "weights": None}
+    if kind == "imagenet":
+        weight_files.require_imagenet(name, h)
+        args["weights"] = "imagenet"
+    if name.startswith("mobilenet_v3"):
+        args["include_preprocessing"] = True  # its Rescaling layer maps 0..255 to what its weights expect
+    try:
+        return ctor(**args).output
+    except ValueError as exc:
+        raise UserError(f"keras.applications cannot build {name} at {h}x{w}: {str(exc).splitlines()[0]}",
+                        "use a larger --image-size") from None
+    except Exception as exc:  # a download that fails half-way, a corrupt cache file
+        if kind != "imagenet":
+            raise
+        fname, url = weight_files.imagenet_file(name, h)
+        raise UserError(f"ImageNet weights for {name} could not be loaded ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:200] if str(exc) else ''})",
+                        f"put {fname} from {url} into {weight_files.keras_cache_dirs()[0]}/") from None

@@ -1,0 +1,46 @@
+"""The one place that imports TensorFlow and Keras, configured for this backend.
+
+TF's C++ log spam is silenced and its thread pools are sized to the cores this
+process may use before the runtime starts (it cannot be changed afterwards):
+on a 2-core machine TF's default pools oversubscribe and run slower.
+"""
+
+from __future__ import annotations
+
+import os
+
+_configured = False
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def tf():
+    global _configured
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import tensorflow
+
+    if not _configured:
+        _configured = True
+        try:
+            tensorflow.config.threading.set_intra_op_parallelism_threads(cores())
+            tensorflow.config.threading.set_inter_op_parallelism_threads(min(2, cores()))
+        except RuntimeError:  # the runtime was already started by someone else's import
+            pass
+    return tensorflow
+
+
+def keras():
+    tf()
+    import keras
+
+    return keras
+
+
+def gpus() -> list:
+    return tf().config.list_physical_devices("GPU")

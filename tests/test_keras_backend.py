@@ -1,0 +1,314 @@
+"""The keras backend's hooks on small models and the digits data.
+
+TensorFlow imported in the test process and triton later (torch's ONNX
+exporter in another test module) crashes that process, so these tests run in
+a pytest child process of their own: ``test_keras_backend_in_own_process``
+starts it, and the child (``TLE_KERAS_INPROC=1``) runs the rest. Run them
+directly with ``TLE_KERAS_INPROC=1 pytest tests/test_keras_backend.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from importlib.util import find_spec
+
+import numpy as np
+import pytest
+
+IN_CHILD = os.environ.get("TLE_KERAS_INPROC") == "1"
+pytestmark = pytest.mark.skipif(find_spec("tensorflow") is None or find_spec("keras") is None,
+                                reason="tensorflow/keras not installed")
+child = pytest.mark.skipif(not IN_CHILD, reason="runs in the child process of test_keras_backend_in_own_process")
+
+from tle import UserError  # noqa: E402
+from tle.contracts import ExportMetadata, ResolvedWeights  # noqa: E402
+from tle.initializers import InitSpec  # noqa: E402
+from tle.loop import History, TrainLoop  # noqa: E402
+from tle.spec import DataSpec, HeadSpec, TrainSpec  # noqa: E402
+from tle.strategy import HEAD, build_plan  # noqa: E402
+from tle_keras import plugin as P  # noqa: E402
+
+NONE = ResolvedWeights(kind="none")
+
+
+def build(name, classes=10, shape=(32, 32, 3), head=None, weights=NONE, seed=0, class_names=None):
+    return P.load_backbone(model=name, num_classes=classes, class_names=class_names or [str(i) for i in range(classes)],
+                           input_shape=shape, head=head or HeadSpec(), weights=weights, device="cpu", seed=seed)
+
+
+def loop_for(stage, **kw):
+    records = []
+    loop = TrainLoop(stage, step_offset=0, history=History(), on_epoch=records.append, progress=None, **kw)
+    return loop, records
+
+
+def counts(knet):
+    return {c.name: (c.total, c.trainable) for c in P.count_parameters(model=knet)}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from tle.data import load_dataset
+
+    return load_dataset(DataSpec(source="digits", image_size=32), seed=0)
+
+
+@pytest.mark.skipif(IN_CHILD, reason="this is the child")
+def test_keras_backend_in_own_process():
+    proc = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-x", "-p", "no:cacheprovider",
+                           "--durations=8"], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "TLE_KERAS_INPROC": "1"})
+    assert proc.returncode == 0, proc.stdout[-12000:] + proc.stderr[-4000:]
+    print(proc.stdout[-3000:])
+
+
+def test_plugin_import_does_not_load_tensorflow():
+    code = ("import sys, tle_keras.plugin as p; p.backend_info(); p.register_models(); "
+            "print('tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_registry_lists_unavailable_models_with_reason():
+    infos = {m.name: m for m in P.register_models()}
+    for name in ("vgg16", "vgg19", "resnet50", "resnet101", "resnet152", "densenet121", "densenet169",
+                 "densenet201", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "vgg_small",
+                 "resnet_small"):
+        assert infos[name].available and infos[name].blocks == tuple(f"block{i}" for i in range(1, 6))
+    for name in ("alexnet", "densenet161", "vgg11", "vgg16_bn", "resnet18", "resnet34"):
+        assert not infos[name].available and "keras.applications has no" in infos[name].reason
+    assert P.backend_info().status == "ok"
+
+
+@child
+def test_vgg16_trainable_counts_per_strategy():
+    knet = build("vgg16")
+    blocks = {"block1": 38_720, "block2": 221_440, "block3": 1_475_328, "block4": 5_899_776, "block5": 7_079_424}
+    head = 512 * 256 + 256 + 256 * 10 + 10  # 1x1x512 flattened at 32 px
+    assert sum(blocks.values()) == 14_714_688  # S3's conv base
+    want_trainable = {
+        "scratch": [set(blocks)],
+        "feature-extractor": [set()],
+        "finetune:block5": [set(), {"block5"}],
+        "transfer:block3": [set(blocks)],
+    }
+    for strategy, stages in want_trainable.items():
+        plan = build_plan(strategy, list(blocks), epochs=1, lr=1e-3)
+        for stage, on in zip(plan.stages, stages, strict=True):
+            P.freeze_policy(model=knet, trainable=dict(stage.trainable))
+            got = counts(knet)
+            assert got[HEAD] == (head, head)
+            for b, total in blocks.items():
+                assert got[b] == (total, total if b in on else 0), (strategy, stage.index, b)
+    # S3: everything before block5_conv1 frozen, block5 trainable, in Keras's own layer names.
+    P.freeze_policy(model=knet, trainable=dict(build_plan("finetune:block5", list(blocks), epochs=1, lr=1).stages[1]
+                                                .trainable))
+    assert [layer.name for layer in knet.layers_of("block5") if layer.weights] == [
+        "block5_conv1", "block5_conv2", "block5_conv3"]
+    assert not knet.net.get_layer("block4_conv3").trainable and knet.net.get_layer("block5_conv1").trainable
+
+
+@child
+@pytest.mark.parametrize("name", ["resnet50", "densenet121", "mobilenet_v2", "mobilenet_v3_small",
+                                  "mobilenet_v3_large"])
+def test_block_maps_cover_the_application(name):
+    import keras
+
+    knet = build(name)
+    got = counts(knet)
+    assert all(got[b][0] > 0 for b in knet.block_names)
+    non_trainable = sum(int(np.prod(v.shape)) for v in knet.net.non_trainable_weights)
+    assert sum(t for t, _ in got.values()) == knet.net.count_params() - non_trainable
+    first = {b: next(layer.name for layer in knet.layers_of(b) if layer.weights) for b in knet.block_names}
+    expect = {"resnet50": ["conv1_conv", "conv2_block1_1_conv", "conv3_block1_1_conv", "conv4_block1_1_conv",
+                           "conv5_block1_1_conv"],
+              "densenet121": ["conv1_conv", "conv2_block1_0_bn", "conv3_block1_0_bn", "conv4_block1_0_bn",
+                              "conv5_block1_0_bn"],
+              "mobilenet_v2": ["Conv1", "block_1_expand", "block_3_expand", "block_6_expand", "block_13_expand"]}
+    if name in expect:
+        assert list(first.values()) == expect[name]
+    if name.startswith("mobilenet"):
+        # Grouped by stride: every block after the first starts with the unit that halves the resolution.
+        for b in knet.block_names[1:]:
+            assert any(getattr(layer, "strides", (1, 1)) == (2, 2) for layer in knet.layers_of(b)
+                       if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))), (name, b)
+
+
+@child
+def test_initialiser_std_matches_spec():
+    knet = build("vgg16")
+    layer = knet.net.get_layer("block5_conv1")  # 3x3x512x512: 2.4M weights
+    fan = 3 * 3 * 512
+    for text in ("glorot_uniform", "he_normal", "lecun_normal", "normal:0.02", "uniform:0.1", "glorot_normal"):
+        init = InitSpec.parse(text)
+        P.apply_init(model=knet, blocks=["block5"], init=init, seed=1)
+        kernel, bias = (np.asarray(w) for w in layer.weights)
+        assert kernel.std() == pytest.approx(init.expected_std(fan, fan), rel=0.02), text
+        assert abs(kernel.mean()) < 1e-3 and not bias.any()
+    before = np.asarray(knet.net.get_layer("block1_conv1").kernel).copy()
+    P.apply_init(model=knet, blocks=["block5"], init=InitSpec(name="he_normal"), seed=1)
+    again = np.asarray(layer.kernel).copy()
+    P.apply_init(model=knet, blocks=["block5"], init=InitSpec(name="he_normal"), seed=1)
+    assert np.array_equal(again, np.asarray(layer.kernel))  # seeded
+    assert np.array_equal(before, np.asarray(knet.net.get_layer("block1_conv1").kernel))  # other blocks untouched
+
+
+@child
+def test_frozen_batchnorm_stays_in_inference_mode(digits):
+    knet = build("resnet_small", shape=digits.input_shape)
+    P.freeze_policy(model=knet, trainable={"block1": False, "block2": False, "block3": True, "block4": True,
+                                           "block5": True, HEAD: True})
+    frozen, live = knet.net.get_layer("conv1_bn"), knet.net.get_layer("conv3_block1_1_bn")
+    frozen_before = [np.asarray(v).copy() for v in frozen.weights]
+    live_before = np.asarray(live.moving_mean).copy()
+    x = digits.x_train[:8]
+    prefix = knet.prefix_model(2)
+    assert np.allclose(prefix(x, training=True), prefix(x, training=False), atol=1e-6)
+    stage = build_plan("scratch", knet.block_names, epochs=1, lr=1e-3).stages[0]
+    stage = type(stage)(0, "train", {**stage.trainable, "block1": False, "block2": False}, 1, 1e-3)
+    loop, _ = loop_for(stage)
+    P.train(model=knet, data=digits, stage=stage, train=TrainSpec(epochs=1, cache_features=False), loop=loop)
+    assert all(np.array_equal(a, np.asarray(v)) for a, v in zip(frozen_before, frozen.weights))
+    assert not np.array_equal(live_before, np.asarray(live.moving_mean))
+
+
+@child
+def test_vgg_small_learns_digits(digits):
+    knet = build("vgg_small", shape=digits.input_shape)
+    P.apply_init(model=knet, blocks=knet.block_names, init=InitSpec(name="glorot_uniform"), seed=0)
+    stage = build_plan("scratch", knet.block_names, epochs=5, lr=1e-3).stages[0]
+    loop, records = loop_for(stage)
+    P.train(model=knet, data=digits, stage=stage, train=TrainSpec(epochs=5, batch_size=32), loop=loop)
+    assert [r.epoch for r in records] == list(range(5))
+    assert set(records[-1].metrics) >= {"train_loss", "train_acc", "val_loss", "val_acc", "epoch_seconds"}
+    assert records[-1].metrics["val_acc"] > 0.6  # ten classes: chance is 0.1
+    ev = P.evaluate(model=knet, images=digits.x_test, labels=digits.y_test, batch_size=64)
+    assert ev.logits.shape == (len(digits.y_test), 10) and (ev.predictions == digits.y_test).mean() > 0.6
+    assert ev.loss == pytest.approx(records[-1].metrics["val_loss"], rel=0.5)
+
+
+@child
+@pytest.mark.parametrize("name,channels", [("vgg_small", 1), ("resnet_small", 3), ("densenet121", 3),
+                                           ("mobilenet_v2", 1)])
+def test_onnx_parity(name, channels, tmp_path):
+    import onnxruntime as ort
+
+    knet = build(name, classes=4, shape=(32, 32, channels))
+    x = np.random.default_rng(0).random((5, 32, 32, channels), dtype=np.float32)
+    meta = ExportMetadata(class_names=list("abcd"), image_size=(32, 32), channels=channels, backend="keras",
+                          model=name)
+    path = P.export_onnx(model=knet, path=tmp_path / "m.onnx", sample=x, metadata=meta)
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    spec = session.get_inputs()[0]
+    assert spec.type == "tensor(float)" and list(spec.shape[1:]) == [32, 32, channels]
+    assert not isinstance(spec.shape[0], int)  # dynamic batch
+    reference = P.evaluate(model=knet, images=x, labels=np.zeros(5, np.int64), batch_size=5).logits
+    for batch in (x, x[:1]):
+        out = session.run(None, {spec.name: batch})[0]
+        np.testing.assert_allclose(out, reference[:len(batch)], atol=1e-4, rtol=1e-3)
+    props = session.get_modelmeta().custom_metadata_map
+    assert json.loads(props["tle.class_names"]) == list("abcd") and props["tle.input_layout"] == "NHWC"
+
+
+@child
+def test_save_and_load_round_trip(digits, tmp_path):
+    names = digits.class_names
+    knet = build("vgg_small", shape=digits.input_shape, class_names=names)
+    path = P.save_weights(model=knet, directory=tmp_path)
+    assert path.endswith("weights.h5")
+    x = digits.x_test[:16]
+    same = build("vgg_small", shape=digits.input_shape, class_names=names, seed=5,
+                 weights=ResolvedWeights(kind="file", source="runs:/x", path=path, class_names=tuple(names)))
+    assert same.new_head == []
+    np.testing.assert_array_equal(P.evaluate(model=same, images=x, labels=digits.y_test[:16], batch_size=8).logits,
+                                  P.evaluate(model=knet, images=x, labels=digits.y_test[:16], batch_size=8).logits)
+    other = build("vgg_small", classes=3, shape=digits.input_shape, class_names=["a", "b", "c"], seed=5,
+                  weights=ResolvedWeights(kind="file", source="runs:/x", path=path, class_names=tuple(names)))
+    assert other.new_head
+    for layer in knet.layers_of("block3"):
+        for a, b in zip(layer.weights, other.net.get_layer(layer.name).weights):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert other.net.get_layer("head_logits").kernel.shape[-1] == 3
+    fresh_fc1 = build("vgg_small", classes=3, shape=digits.input_shape, seed=5).net.get_layer("head_fc1").kernel
+    np.testing.assert_array_equal(np.asarray(other.net.get_layer("head_fc1").kernel), np.asarray(fresh_fc1))
+    # A Keras model archive of the same architecture is read by layer name too.
+    knet.net.save(tmp_path / "model.keras")
+    from_archive = build("vgg_small", shape=digits.input_shape, seed=7,
+                         weights=ResolvedWeights(kind="file", source="model.keras", path=tmp_path / "model.keras"))
+    np.testing.assert_array_equal(np.asarray(from_archive.net.get_layer("block5_conv3").kernel),
+                                  np.asarray(knet.net.get_layer("block5_conv3").kernel))
+    with pytest.raises(UserError, match="block1_conv1"):
+        build("resnet_small", shape=digits.input_shape, weights=ResolvedWeights(kind="file", source="f", path=path))
+
+
+@child
+def test_resume_restores_optimizer_state(digits, tmp_path):
+    ckpt = tmp_path / "ckpt.npz"
+    spec = TrainSpec(epochs=2, batch_size=64)
+    knet = build("vgg_small", shape=digits.input_shape)
+    stage = build_plan("scratch", knet.block_names, epochs=2, lr=1e-3).stages[0]
+    loop, _ = loop_for(stage, checkpoint_path=ckpt)
+    P.train(model=knet, data=digits, stage=stage, train=spec, loop=loop)
+    steps = -(-len(digits.y_train) // 64)
+    saved = {v.path: np.asarray(v).copy() for v in knet.optimizer.variables}
+    weights = [np.asarray(v).copy() for v in knet.net.weights]
+    assert int(knet.optimizer.iterations) == 2 * steps
+
+    resumed = build("vgg_small", shape=digits.input_shape, seed=3)
+    stage3 = type(stage)(0, "train", stage.trainable, 3, 1e-3)
+    loop, records = loop_for(stage3, start_epoch=2, resume_from=ckpt)
+    P.train(model=resumed, data=digits, stage=stage3, train=spec, loop=loop)
+    assert [r.epoch for r in records] == [2]
+    assert int(resumed.optimizer.iterations) == 3 * steps  # continued from the saved counter
+    # Loading alone restores everything exactly.
+    again = build("vgg_small", shape=digits.input_shape, seed=4)
+    from tle_keras.train import load_checkpoint, make_optimizer
+
+    opt = make_optimizer(spec, 1e-3)
+    assert load_checkpoint(ckpt, again, opt, again.net.trainable_variables) == 2
+    assert all(np.array_equal(a, np.asarray(v)) for a, v in zip(weights, again.net.weights))
+    restored = [np.asarray(v) for v in opt.variables]
+    assert len(restored) == len(saved) and all(np.array_equal(a, b) for a, b in zip(saved.values(), restored))
+
+
+@child
+def test_feature_cache_matches_full_forward(digits):
+    results = {}
+    for cache in (True, False):
+        knet = build("resnet_small", shape=digits.input_shape, seed=0)
+        plan = build_plan("feature-extractor", knet.block_names, epochs=3, lr=3e-3)
+        stage = plan.stages[0]
+        P.freeze_policy(model=knet, trainable=dict(stage.trainable))
+        loop, records = loop_for(stage)
+        out = P.train(model=knet, data=digits, stage=stage, train=TrainSpec(cache_features=cache), loop=loop)
+        results[cache] = (out["cached_blocks"], records[-1].metrics["val_acc"], records[-1].metrics["train_loss"])
+    assert results[True][0] == 5 and results[False][0] == 0
+    # Same start, same data order and dropout seeds; only float summation order differs.
+    assert abs(results[True][1] - results[False][1]) < 0.05
+    assert results[True][2] == pytest.approx(results[False][2], rel=0.05)
+
+
+@child
+def test_imagenet_offline_names_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setenv("TLE_OFFLINE", "1")
+    with pytest.raises(UserError) as info:
+        build("vgg16", weights=ResolvedWeights(kind="imagenet", source="imagenet"))
+    text = str(info.value) + str(getattr(info.value, "hint", "")) + repr(info.value.args)
+    assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in text
+    assert "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/" in text
+    with pytest.raises(UserError, match="no ImageNet weights"):
+        build("vgg_small", weights=ResolvedWeights(kind="imagenet", source="imagenet"))
+
+
+@child
+def test_original_head():
+    knet = build("vgg16", head=HeadSpec(kind="original"))
+    assert [layer.name for layer in knet.layers_of(HEAD) if layer.weights] == ["fc1", "fc2", "head_logits"]
+    assert knet.new_head == ["head_logits"]
+    assert np.asarray(knet.net.get_layer("head_logits").kernel).std() == pytest.approx(0.01, rel=0.05)
+    with pytest.raises(UserError, match="original"):
+        build("vgg_small", head=HeadSpec(kind="original"))
