@@ -23,7 +23,7 @@ def build(spec: ExperimentSpec, data, weights: ResolvedWeights | None = None):
     model = backend.hook.load_backbone(model=spec.model, num_classes=data.num_classes,
                                        class_names=data.class_names, input_shape=data.input_shape, head=spec.head,
                                        weights=weights or ResolvedWeights(kind="none"), device=spec.train.device,
-                                       seed=spec.train.seed)
+                                       precision=spec.train.precision, seed=spec.train.seed)
     return backend, plan, model
 
 

@@ -221,7 +221,8 @@ def plan(
     side = image_size or info.default_size or 32
     native = be.hook.load_backbone(model=model, num_classes=classes, class_names=[str(i) for i in range(classes)],
                                    input_shape=(side, side, channels),
-                                   head=spec.head, weights=ResolvedWeights(kind="none"), device="cpu", seed=0)
+                                   head=spec.head, weights=ResolvedWeights(kind="none"), device="cpu",
+                                   precision="fp32", seed=0)
     stages = []
     for stage in the_plan.stages:
         be.hook.freeze_policy(model=native, trainable=dict(stage.trainable))

@@ -70,7 +70,7 @@ def register_datasets():
 
 
 @hookspec(firstresult=True)
-def load_backbone(model, num_classes, class_names, input_shape, head, weights, device, seed):
+def load_backbone(model, num_classes, class_names, input_shape, head, weights, device, precision, seed):
     """Build ``model`` with a head of ``num_classes`` outputs.
 
     :param str model: a name from :func:`register_models`.
@@ -84,6 +84,8 @@ def load_backbone(model, num_classes, class_names, input_shape, head, weights, d
         ``weights.class_names`` equal ``class_names``: then it is kept. A new
         head's layers are drawn with ``head.initializer``.
     :param str device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    :param str precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``; backends that fix
+        the compute dtype at build time (Keras's mixed-precision policy) read it here.
     :param int seed: seed for everything random in construction.
     :return: the native model (opaque to the core).
 

@@ -99,7 +99,8 @@ def run_experiment(spec: ExperimentSpec, console: Console | None = None, quiet: 
         device = hook.resolve_device(device=spec.train.device) or "cpu"
         model = hook.load_backbone(model=spec.model, num_classes=data.num_classes,
                                    class_names=list(data.class_names), input_shape=data.input_shape,
-                                   head=spec.head, weights=weights, device=spec.train.device, seed=spec.train.seed)
+                                   head=spec.head, weights=weights, device=spec.train.device,
+                                   precision=spec.train.precision, seed=spec.train.seed)
         # The head was drawn (or kept) by load_backbone; only backbone blocks are re-initialised here.
         hook.apply_init(model=model, blocks=[b for b in plan.reinit if b != HEAD], init=spec.init,
                         seed=spec.train.seed)

@@ -8,6 +8,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked own_process run only inside the child pytest their module starts (TLE_KERAS_INPROC=1):
+    TensorFlow and torch's exporter (triton) must not share a process."""
+    if os.environ.get("TLE_KERAS_INPROC") == "1":
+        return
+    kept = [i for i in items if i.get_closest_marker("own_process") is None]
+    if len(kept) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in kept])
+        items[:] = kept
+
+
 def tle(*args, env=None, cwd=None, timeout=600, check_rc=None):
     """Run the real CLI in a subprocess, as a user would."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **(env or {})}

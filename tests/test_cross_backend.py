@@ -114,7 +114,7 @@ from tle.spec import HeadSpec
 hook = load_backend("{backend}").hook
 net = hook.load_backbone(model="vgg16", num_classes=10, class_names=[str(i) for i in range(10)],
                          input_shape=(32, 32, 3), head=HeadSpec(), weights=ResolvedWeights(kind="none"),
-                         device="cpu", seed=0)
+                         device="cpu", precision="fp32", seed=0)
 out = {{}}
 for text in {inits!r}:
     hook.apply_init(model=net, blocks=["block5"], init=InitSpec.parse(text), seed=0)

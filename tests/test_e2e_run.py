@@ -98,7 +98,7 @@ def test_registered_model_and_predict_match_framework(base_run, store, tmp_path)
     weights = resolve_weights(f"runs:/{result['run_id']}", "numpy", tmp_path)
     names = ["0", "1", "2", "3", "4"]
     net = backend.hook.load_backbone(model="mlp", num_classes=5, class_names=names, input_shape=(8, 8, 1),
-                                     head=HeadSpec(), weights=weights, device="cpu", seed=0)
+                                     head=HeadSpec(), weights=weights, device="cpu", precision="fp32", seed=0)
     batch = np.stack([load_image(f, size=(8, 8), channels=1) for f in files])
     framework = backend.hook.evaluate(model=net, images=batch, labels=np.zeros(len(batch), np.int64),
                                       batch_size=32).predictions

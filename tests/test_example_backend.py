@@ -85,7 +85,8 @@ def data() -> Dataset:
 def build(data, model="mlp", weights=None, head=HEAD_SPEC, seed=0, shape=SHAPE, classes=None, names=None):
     names = names or (data.class_names if classes is None else [str(i) for i in range(classes)])
     return hook.load_backbone(model=model, num_classes=len(names), class_names=names, input_shape=shape, head=head,
-                              weights=weights or ResolvedWeights(kind="none"), device="auto", seed=seed)
+                              weights=weights or ResolvedWeights(kind="none"), device="auto", precision="fp32",
+                              seed=seed)
 
 
 def stage_for(trainable: dict[str, bool], epochs=5, lr=1e-3) -> Stage:

@@ -21,7 +21,8 @@ import pytest
 IN_CHILD = os.environ.get("TLE_KERAS_INPROC") == "1"
 pytestmark = pytest.mark.skipif(find_spec("tensorflow") is None or find_spec("keras") is None,
                                 reason="tensorflow/keras not installed")
-child = pytest.mark.skipif(not IN_CHILD, reason="runs in the child process of test_keras_backend_in_own_process")
+# Deselected (not skipped) in the parent by conftest.py; the child pytest process runs them.
+child = pytest.mark.own_process
 
 from tle import UserError  # noqa: E402
 from tle.contracts import ExportMetadata, ResolvedWeights  # noqa: E402
@@ -36,7 +37,8 @@ NONE = ResolvedWeights(kind="none")
 
 def build(name, classes=10, shape=(32, 32, 3), head=None, weights=NONE, seed=0, class_names=None):
     return P.load_backbone(model=name, num_classes=classes, class_names=class_names or [str(i) for i in range(classes)],
-                           input_shape=shape, head=head or HeadSpec(), weights=weights, device="cpu", seed=seed)
+                           input_shape=shape, head=head or HeadSpec(), weights=weights, device="cpu",
+                           precision="auto", seed=seed)
 
 
 def loop_for(stage, **kw):

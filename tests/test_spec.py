@@ -39,7 +39,8 @@ def test_round_trip_yaml(tmp_path):
 
 def test_flat_params():
     flat = build_spec({"backend": "numpy", "model": "mlp"}).flat()
-    assert flat["train.epochs"] == "5" and flat["dataset.source"] == "digits" and flat["head.init.name"]
+    assert flat["train.epochs"] == "5" and flat["dataset.source"] == "digits" and flat["init.name"] == "glorot_uniform"
+    assert flat["head.init"] == "None"  # the backend's default for the head kind (HeadSpec.initializer)
 
 
 @pytest.mark.parametrize("tree, words", [

@@ -21,7 +21,8 @@ keras = _keras()
 ORIGINAL_HEAD_INIT = InitSpec(name="normal", scale=0.01)
 
 
-def build(name: str, num_classes: int, input_shape, head, weights, seed: int, class_names=None) -> KerasNet:
+def build(name: str, num_classes: int, input_shape, head, weights, seed: int, class_names=None,
+          precision: str = "auto") -> KerasNet:
     if name in registry.UNAVAILABLE:
         raise UserError(f"model {name!r} is not available in the keras backend: {registry.UNAVAILABLE[name][1]}",
                         "use --backend torch for it")
@@ -38,8 +39,9 @@ def build(name: str, num_classes: int, input_shape, head, weights, seed: int, cl
     if kind == "imagenet" and name in registry.SMALL:
         weight_files.require_imagenet(name, h)  # raises: the small models have none
     keras.utils.set_random_seed(int(seed))
-    # Mixed precision only where it pays: bf16 compute on a GPU; the logits layer stays float32.
-    keras.mixed_precision.set_global_policy("mixed_bfloat16" if gpus() else "float32")
+    # Mixed precision only where it pays (on a GPU) and unless fp32 is asked for; the logits stay float32.
+    policies = {"auto": "mixed_bfloat16", "bf16": "mixed_bfloat16", "fp16": "mixed_float16", "fp32": "float32"}
+    keras.mixed_precision.set_global_policy(policies.get(precision, "float32") if gpus() else "float32")
 
     inputs = keras.Input((h, w, c), name="images")
     x = Preprocess(mode_for(name, registry.family(name)), name="preprocess")(inputs)

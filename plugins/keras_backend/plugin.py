@@ -63,13 +63,13 @@ def resolve_device(device):
 
 
 @hookimpl
-def load_backbone(model, num_classes, class_names, input_shape, head, weights, device, seed):
+def load_backbone(model, num_classes, class_names, input_shape, head, weights, device, precision, seed):
     from tle.spec import HeadSpec
     from tle_keras.models import build
 
     resolve_device(device)  # a GPU asked for but absent fails here, before anything is built
     return build(model, int(num_classes), tuple(input_shape), head or HeadSpec(), weights, int(seed or 0),
-                 class_names=class_names)
+                 class_names=class_names, precision=precision or "auto")
 
 
 @hookimpl

@@ -52,7 +52,8 @@ def build(name: str, num_classes: int, class_names: list[str], input_shape, head
         head_module, new_parts, reused = build_head(head.kind, name, tv, feature_shape, num_classes,
                                                     hidden=head.hidden, dropout=head.dropout)
         tv_paths.update({f"head.{k}": v for k, v in reused.items()})
-        net = TleNet(name, body, head_module, new_parts, num_classes, (h, w, c), tv_paths)
+        net = TleNet(name, body, head_module, new_parts, num_classes, (h, w, c), tv_paths,
+                     normalise=name not in registry.SMALL)
     # The new head layers are drawn here (with Keras's definitions); a saved head then replaces them
     # only when it was trained on these very classes.
     apply_init(net, ["head"], head.initializer, seed)

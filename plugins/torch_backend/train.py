@@ -59,11 +59,15 @@ def epoch_seed(seed: int, stage: int, epoch: int) -> int:
     return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, stage, epoch]).generate_state(1)[0])
 
 
+# Keras's Adam epsilon, so that one spec means the same optimiser in both backends.
+ADAM_EPS = 1e-7
+
+
 def make_optimizer(spec, params, lr: float):
     if spec.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=spec.weight_decay)
+        return torch.optim.Adam(params, lr=lr, eps=ADAM_EPS, weight_decay=spec.weight_decay)
     if spec.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=spec.weight_decay)
+        return torch.optim.AdamW(params, lr=lr, eps=ADAM_EPS, weight_decay=spec.weight_decay)
     return torch.optim.SGD(params, lr=lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
 
 

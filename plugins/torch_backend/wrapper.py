@@ -2,9 +2,10 @@
 
 Input contract (also the exported ONNX graph's): float32 NHWC in [0, 1]. The
 wrapper permutes to NCHW (a view whose memory is already channels-last),
-repeats a single grey channel to three, and applies ImageNet's mean/std, which
-every model here uses (the small ones too, so a backbone trained on one
-dataset transfers to another with the same input statistics). The first conv
+repeats a single grey channel to three, and applies ImageNet's mean/std for the
+torchvision models (their weights expect it). The small models have no
+ImageNet weights and take [0, 1] as it is, exactly as the Keras backend's
+small models do, so one spec means the same function in both. The first conv
 therefore always has three input channels, whatever the data, so every weight
 source (ImageNet, a file, an earlier run) fits every dataset.
 
@@ -26,7 +27,7 @@ HEAD = "head"
 class TleNet(nn.Module):
     def __init__(self, name: str, body: "dict[str, nn.Sequential]", head: nn.Sequential,
                  new_head: list[str], num_classes: int, input_shape: tuple[int, int, int],
-                 tv_paths: dict[str, str]):
+                 tv_paths: dict[str, str], normalise: bool = True):
         super().__init__()
         self.model_name = name
         self.body = nn.ModuleDict(body)
@@ -40,8 +41,9 @@ class TleNet(nn.Module):
         # "body.block1.features_0" -> "features.0": names the torchvision layer in error messages.
         self.tv_paths = dict(tv_paths)
         self.trainable = {b: True for b in [*self.body.keys(), HEAD]}
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if normalise else ((0.0,) * 3, (1.0,) * 3)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     @property
     def block_names(self) -> list[str]:
