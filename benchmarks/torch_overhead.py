@@ -14,8 +14,8 @@ from common import build, median_after_warmup, report, tle_epoch_seconds, timed 
 from tle.data import load_dataset  # noqa: E402
 from tle.spec import ExperimentSpec  # noqa: E402
 
-EPOCHS = 4
-ROUNDS = 3
+EPOCHS = 6
+ROUNDS = 5
 
 
 def hand_written_epochs(spec, data) -> list[float]:
