@@ -250,9 +250,9 @@ def plan(
         table.add_row(name, f"{stages[0][1][i].total:,}", _start(the_plan, name), *cells)
     total = sum(c.total for c in stages[0][1])
     table.add_section()
+    table.add_row("total", f"{total:,}", "", *["" for _ in stages])
     table.add_row("trainable", "", "", *[f"{sum(c.trainable for c in counts):,}" for _, counts in stages])
-    table.add_row("frozen", f"{total:,}", "", *[f"{sum(c.total - c.trainable for c in counts):,}"
-                                                 for _, counts in stages])
+    table.add_row("frozen", "", "", *[f"{sum(c.total - c.trainable for c in counts):,}" for _, counts in stages])
     out.print(table)
 
 
