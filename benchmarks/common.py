@@ -59,6 +59,25 @@ def median_after_warmup(times: list[float]) -> float:
     return statistics.median(times[1:] if len(times) > 1 else times)
 
 
+def overhead_report(framework: str, spec: ExperimentSpec, hand_written, rounds: int) -> None:
+    """Best-of-rounds median epoch of tle and of ``hand_written(spec, data)``, measured interleaved
+    so that a noisy neighbour on the machine hits both sides alike."""
+    from tle.data import load_dataset
+
+    data = load_dataset(spec.dataset, seed=0)
+    hand_times, tle_times = [], []
+    for _ in range(rounds):
+        hand_times.append(median_after_warmup(hand_written(spec, data)))
+        tle_times.append(median_after_warmup(tle_epoch_seconds(spec, data)))
+    hand, tle = min(hand_times), min(tle_times)
+    report(f"tle vs hand-written {framework} ({spec.model}, batch {spec.train.batch_size}, CPU)", [
+        ("images per epoch (train + val)", f"{len(data.y_train)} + {len(data.y_val)}"),
+        ("hand-written epoch (best of rounds, median epoch)", f"{hand:.3f} s"),
+        ("tle epoch (best of rounds, median epoch)", f"{tle:.3f} s"),
+        ("ratio tle / hand-written (target <= 1.02)", f"{tle / hand:.3f}"),
+    ])
+
+
 def report(title: str, rows: list[tuple[str, str]]) -> None:
     from rich.console import Console
     from rich.table import Table

@@ -7,9 +7,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import build, median_after_warmup, report, tle_epoch_seconds  # noqa: E402
+from common import build, overhead_report  # noqa: E402
 
-from tle.data import load_dataset  # noqa: E402
 from tle.spec import ExperimentSpec  # noqa: E402
 
 EPOCHS = 4
@@ -44,18 +43,7 @@ def main() -> None:
     spec = ExperimentSpec(backend="keras", model="vgg_small", strategy="scratch",
                           dataset={"source": "synthetic", "synthetic": {"classes": 10, "per_class": 150, "size": 32}},
                           train={"epochs": EPOCHS, "batch_size": 64, "seed": 0, "device": "cpu"})
-    data = load_dataset(spec.dataset, seed=0)
-    hand_times, tle_times = [], []
-    for _ in range(ROUNDS):  # interleaved, so a noisy neighbour hits both sides alike
-        hand_times.append(median_after_warmup(hand_written_epochs(spec, data)))
-        tle_times.append(median_after_warmup(tle_epoch_seconds(spec, data)))
-    hand, tle = min(hand_times), min(tle_times)
-    report("tle vs hand-written Keras fit (vgg_small, 32x32, batch 64, CPU)", [
-        ("images per epoch (train + val)", f"{len(data.y_train)} + {len(data.y_val)}"),
-        ("hand-written fit epoch (best of rounds, median epoch)", f"{hand:.3f} s"),
-        ("tle epoch (best of rounds, median epoch)", f"{tle:.3f} s"),
-        ("ratio tle / hand-written (target <= 1.02)", f"{tle / hand:.3f}"),
-    ])
+    overhead_report("Keras fit", spec, hand_written_epochs, ROUNDS)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def parse_strategy(text: str) -> Strategy:
     if not arg or not _BLOCK.match(arg):
         raise ValueError(f"strategy {kind!r} needs a block, e.g. {kind}:block5")
     if arg == "all" and kind != "transfer":
-        raise ValueError(f"'all' is only valid with transfer")
+        raise ValueError("'all' is only valid with transfer")
     return Strategy(kind, arg)
 
 

@@ -23,7 +23,6 @@ import torch.nn.functional as F
 
 from tle.contracts import Evaluation
 from tle_torch import cache
-from tle_torch import weights as weight_files
 
 LOSS_EVERY = 20  # batches between loss values shown by the progress bar (each one syncs the GPU)
 
