@@ -8,8 +8,31 @@ on a 2-core machine TF's default pools oversubscribe and run slower.
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
+from contextlib import contextmanager
 
 _configured = False
+
+
+@contextmanager
+def _native_stderr_hushed():
+    """TF and absl write INFO lines ("oneDNN custom operations are on") straight to fd 2 at import,
+    ignoring TF_CPP_MIN_LOG_LEVEL. Hold them back; if the import fails, show them with the error."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            held.seek(0)
+            sys.stderr.write(held.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def cores() -> int:
@@ -23,6 +46,9 @@ def tf():
     global _configured
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    if "tensorflow" not in sys.modules:
+        with _native_stderr_hushed():
+            import tensorflow  # noqa: F401
     import tensorflow
 
     if not _configured:
