@@ -312,5 +312,9 @@ def test_original_head():
     assert [layer.name for layer in knet.layers_of(HEAD) if layer.weights] == ["fc1", "fc2", "head_logits"]
     assert knet.new_head == ["head_logits"]
     assert np.asarray(knet.net.get_layer("head_logits").kernel).std() == pytest.approx(0.01, rel=0.05)
-    with pytest.raises(UserError, match="original"):
-        build("vgg_small", head=HeadSpec(kind="original"))
+    small = build("vgg_small", head=HeadSpec(kind="original"))
+    # torch's vgg_small classifier: 32 -> 64 -> 64 -> 10, only the last layer new.
+    assert [layer.name for layer in small.layers_of(HEAD) if layer.weights] == ["fc1", "fc2", "head_logits"]
+    assert small.new_head == ["head_logits"]
+    counts = {c.name: c.total for c in P.count_parameters(model=small)}
+    assert counts[HEAD] == (32 * 64 + 64) + (64 * 64 + 64) + (64 * 10 + 10)

@@ -21,16 +21,17 @@ MobileNetV3 GlobalAveragePooling (keepdims) -> conv_2 1x1 conv (1024 small /
             1280 large) -> hard_swish -> Dropout 0.2 -> new 1x1 conv N -> Flatten
 =========== =====================================================================
 
-The small models have no classifier of their own in Keras, so ``original`` is
-refused for them.
+vgg_small   GlobalAveragePooling -> fc1 Dense 64 ReLU -> Dropout -> fc2 Dense 64 ReLU
+            -> Dropout -> new Dense N (torch's vgg_small classifier)
+resnet_small GlobalAveragePooling -> new Dense N
 """
 
 from __future__ import annotations
 
-from tle import UserError
 from tle_keras import registry
 
 NEW_LAST = "head_logits"  # name of the layer that gives the logits, in every head
+SMALL_HIDDEN = 64  # torch_backend/small.py: VGG_SMALL_HIDDEN
 
 
 def build_head(keras, kind: str, name: str, x, num_classes: int, hidden: int, dropout: float, initializer):
@@ -57,9 +58,15 @@ def build_head(keras, kind: str, name: str, x, num_classes: int, hidden: int, dr
 
 def _original(keras, name, fam, x, num_classes, initializer):
     L = keras.layers
-    if name in registry.SMALL:
-        raise UserError(f"head 'original' is not available for {name} in the keras backend: the small models "
-                        "have no classifier of their own here", "use --head dense or --head linear")
+    if name == "vgg_small":
+        # torch's vgg_small classifier, layer for layer: average-pool -> 64 -> 64 -> new N.
+        x = L.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = L.Dense(SMALL_HIDDEN, activation="relu", name="fc1")(x)
+        x = L.Dropout(0.5, name="fc1_dropout")(x)
+        x = L.Dense(SMALL_HIDDEN, activation="relu", name="fc2")(x)
+        x = L.Dropout(0.5, name="fc2_dropout")(x)
+        logits = L.Dense(num_classes, kernel_initializer=initializer(NEW_LAST), dtype="float32", name=NEW_LAST)(x)
+        return logits, [NEW_LAST], ["fc1", "fc2"]
     if fam == "vgg":
         x = L.Flatten(name="flatten")(x)
         x = L.Dense(4096, activation="relu", name="fc1")(x)
