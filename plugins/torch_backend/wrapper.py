@@ -41,6 +41,7 @@ class TleNet(nn.Module):
         # "body.block1.features_0" -> "features.0": names the torchvision layer in error messages.
         self.tv_paths = dict(tv_paths)
         self.trainable = {b: True for b in [*self.body.keys(), HEAD]}
+        self.normalise = normalise
         mean, std = (IMAGENET_MEAN, IMAGENET_STD) if normalise else ((0.0,) * 3, (1.0,) * 3)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
@@ -53,7 +54,7 @@ class TleNet(nn.Module):
         x = x.permute(0, 3, 1, 2)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        return (x - self.mean) / self.std
+        return (x - self.mean) / self.std if self.normalise else x
 
     def run_blocks(self, z: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
         for block in list(self.body.values())[start:stop]:
