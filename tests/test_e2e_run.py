@@ -164,18 +164,29 @@ def test_parity_failure_ends_run_failed(store, tmp_path):
     assert len(client.get_metric_history(run.info.run_id, "val_acc")) == 1
 
 
-def test_sigint_ends_run_killed_then_resume_finishes_it(store, tmp_path):
+# Each backend's epochs are slowed (tiny batches) so that the interrupt lands mid-run; resnet_small
+# (BatchNorm) trains reliably from scratch, where the small VGG can stall at chance for a seed.
+KILL_RUNS = {
+    "numpy": (["--model", "mlp3", "--dataset", "digits", "--batch-size", "2"], 30),
+    "torch": (["--model", "resnet_small", "--dataset", "digits:0-4", "--image-size", "32", "--batch-size", "4"], 8),
+    "keras": (["--model", "resnet_small", "--dataset", "digits:0-4", "--image-size", "32", "--batch-size", "4"], 8),
+}
+
+
+@pytest.mark.parametrize("backend", sorted(KILL_RUNS))
+def test_sigint_ends_run_killed_then_resume_finishes_it(store, tmp_path, backend):
     client = MlflowClient(store)
-    epochs = 30
-    cmd = [sys.executable, "-m", "tle", "--quiet", "run", "--backend", "numpy", "--model", "mlp3",
-           "--dataset", "digits", "--epochs", str(epochs), "--batch-size", "2", "--experiment", "e2e-kill"]
+    args, epochs = KILL_RUNS[backend]
+    experiment = f"e2e-kill-{backend}"
+    cmd = [sys.executable, "-m", "tle", "--quiet", "run", "--backend", backend, *args, "--epochs", str(epochs),
+           "--experiment", experiment]
     proc = subprocess.Popen(cmd, env={**os.environ, "MLFLOW_TRACKING_URI": store}, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
         run = None
         while time.time() < deadline and proc.poll() is None:
-            exp = client.get_experiment_by_name("e2e-kill")
+            exp = client.get_experiment_by_name(experiment)
             runs = client.search_runs([exp.experiment_id]) if exp else []
             if runs and len(client.get_metric_history(runs[0].info.run_id, "val_acc")) >= 2:
                 run = runs[0]
@@ -196,7 +207,7 @@ def test_sigint_ends_run_killed_then_resume_finishes_it(store, tmp_path):
     resumed = run_json("--resume", run.info.run_id, env={"MLFLOW_TRACKING_URI": store}, cwd=tmp_path)
     assert resumed["run_id"] == run.info.run_id
     final = client.get_run(run.info.run_id)
-    assert final.info.status == "FINISHED" and final.data.metrics["test_acc"] > 0.8
+    assert final.info.status == "FINISHED" and final.data.metrics["test_acc"] > 0.5
     losses = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "train_loss")}
     assert sorted(losses) == list(range(epochs))  # each epoch once, one continuous step
     # It continued from the checkpoint: the first resumed epoch is nowhere near a fresh start.

@@ -180,3 +180,18 @@ def test_bf16_training_on_cuda(digits04):
     assert next(net.parameters()).dtype == torch.float32  # autocast, not a bf16 model
     ev = plugin.evaluate(model=net, images=digits04.x_val, labels=digits04.y_val, batch_size=64)
     assert ev.logits.dtype == np.float32
+
+
+def test_a_lone_last_image_joins_the_previous_batch(digits04):
+    """BatchNorm cannot train on one value per channel: a batch of one would crash resnet_small."""
+    from tle_torch.train import ShuffledBatches, count_batches
+
+    n = len(digits04.y_train)
+    bs = next(b for b in range(2, 64) if n % b == 1)
+    parts = list(ShuffledBatches(n, bs, torch.Generator().manual_seed(0)))
+    assert len(parts) == count_batches(n, bs) == n // bs
+    assert sorted(torch.cat(parts).tolist()) == list(range(n)) and len(parts[-1]) == bs + 1
+    net, plan = prepared("resnet_small", digits04, "scratch")
+    stage = Stage(0, "train", plan.stages[0].trainable, 1, 1e-3)
+    records, _ = run_stage(net, digits04, stage, TrainSpec(batch_size=bs))
+    assert len(records) == 1 and math.isfinite(records[0].metrics["train_loss"])

@@ -71,16 +71,28 @@ class Batches(Dataset):
 
 class ShuffledBatches(Sampler):
     """A seeded permutation cut into batches of positions (what RandomSampler + BatchSampler yield,
-    without building each batch one int at a time)."""
+    without building each batch one int at a time).
+
+    A lone last position joins the batch before it: BatchNorm cannot train on one value per
+    channel, and dropping it would lose an image every epoch.
+    """
 
     def __init__(self, n: int, batch_size: int, generator: torch.Generator):
         self.n, self.batch_size, self.generator = n, batch_size, generator
 
     def __len__(self) -> int:
-        return math.ceil(self.n / self.batch_size)
+        return count_batches(self.n, self.batch_size)
 
     def __iter__(self):
-        return iter(torch.randperm(self.n, generator=self.generator).split(self.batch_size))
+        parts = list(torch.randperm(self.n, generator=self.generator).split(self.batch_size))
+        if len(parts) > 1 and len(parts[-1]) == 1:
+            parts[-2:] = [torch.cat(parts[-2:])]
+        return iter(parts)
+
+
+def count_batches(n: int, batch_size: int) -> int:
+    full = math.ceil(n / batch_size)
+    return full - 1 if full > 1 and n % batch_size == 1 else full
 
 
 def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator, device) -> DataLoader:
@@ -181,7 +193,7 @@ def fit(net, data, stage, spec, loop) -> dict:
 
     n = len(y_train)
     bs = spec.batch_size
-    n_batches = math.ceil(n / bs)
+    n_batches = count_batches(n, bs)
     result = {"cached_blocks": start_block if cached is not None else 0}
     for epoch in range(loop.start_epoch, stage.epochs):
         if loop.should_stop:
