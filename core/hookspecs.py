@@ -150,10 +150,12 @@ def train(model, data, stage, train, loop):
 
 @hookspec(firstresult=True)
 def evaluate(model, images, labels, batch_size):
-    """Run ``model`` in inference mode.
+    """Run ``model`` in inference mode, float32.
 
+    :param labels: int64 labels, or ``None`` (then the loss is NaN).
     :return: a :class:`tle.contracts.Evaluation` (mean cross-entropy and the
-        logits, one row per image). The core derives every metric from these.
+        logits, one row per image). The core derives every metric from these,
+        and compares the logits with the exported ONNX model's.
     """
 
 

@@ -26,6 +26,7 @@ class Resume:
     spec: ExperimentSpec
     history: History
     checkpoint: Path | None
+    fingerprint: str | None = None  # of the data split the run started with
 
     def done(self, stage: int) -> int:
         return sum(1 for r in self.history.records if r.stage == stage)
@@ -50,7 +51,8 @@ def load_resume(run_id: str, tracking_uri: str | None, workdir: Path) -> Resume:
         raise
     except Exception:
         raise UserError(f"run {run_id} has no spec.yaml", "it was not made by tle run; start a new run") from None
-    return Resume(run_id, spec, _history(client, run_id), _checkpoint(mlflow, run_id, workdir))
+    return Resume(run_id, spec, _history(client, run_id), _checkpoint(mlflow, run_id, workdir),
+                  run.data.params.get("data.fingerprint"))
 
 
 def _history(client, run_id: str) -> History:

@@ -91,6 +91,9 @@ def run_experiment(spec: ExperimentSpec, console: Console | None = None, quiet: 
     if min(h, w) < info.min_size:
         raise UserError(f"{spec.model} needs images of at least {info.min_size}px, the data is {h}x{w}",
                         f"set --image-size {max(info.min_size, info.default_size or 0)}")
+    if resume is not None and resume.fingerprint != data.fingerprint():
+        raise UserError(f"the data of run {resume.run_id} changed since it started (other split or files)",
+                        "start a new run")
     mlflow = configure(spec.tracking.uri, spec.tracking.experiment)
     workdir = Path(tempfile.mkdtemp(prefix="tle-run-"))
     try:
@@ -122,9 +125,6 @@ def run_experiment(spec: ExperimentSpec, console: Console | None = None, quiet: 
                             "data.input_shape": f"{h}x{w}x{c}"})
                 run.text(spec.to_yaml(), "spec.yaml")
                 run.json(data.class_names, CLASS_NAMES_ARTIFACT)
-            elif run.run.data.params.get("data.fingerprint") != data.fingerprint():
-                raise UserError(f"the data of run {resume.run_id} changed since it started (other split or files)",
-                                "start a new run")
             result = _train_and_report(spec, backend, plan, data, model, run, console, quiet, workdir, resume)
             result.device = device
             result.wall_seconds = time.perf_counter() - started
@@ -214,8 +214,7 @@ def _export_and_check(spec, hook, model, data, run, workdir, console, quiet) -> 
     meta = ExportMetadata(class_names=list(data.class_names), image_size=(h, w), channels=c,
                           backend=spec.backend, model=spec.model, extra={"run_id": run.run_id})
     path = Path(hook.export_onnx(model=model, path=workdir / "model.onnx", sample=sample, metadata=meta))
-    reference = hook.evaluate(model=model, images=sample, labels=np.zeros(len(sample), np.int64),
-                              batch_size=len(sample)).logits
+    reference = hook.evaluate(model=model, images=sample, labels=None, batch_size=len(sample)).logits
     onnx_model = open_model(path)
     parity = check_parity(onnx_model, sample, reference, spec.export.atol, spec.export.rtol)
     run.metrics({"onnx_max_abs_diff": parity.max_abs_diff})

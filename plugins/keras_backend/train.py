@@ -162,12 +162,14 @@ def fit(knet, data, stage, spec, loop) -> dict:
 def evaluate(knet, images, labels, batch_size: int) -> Evaluation:
     """Float32 inference mode, batched; the loss is computed from the same logits the core scores."""
     x = np.ascontiguousarray(images, dtype=np.float32)
-    y = np.asarray(labels, dtype=np.int64)
     if len(x) == 0:
         return Evaluation(loss=math.nan, logits=np.zeros((0, knet.num_classes), np.float32))
     bs = max(1, int(batch_size))
     logits = np.concatenate([np.asarray(knet.net(x[i:i + bs], training=False), dtype=np.float32)
                              for i in range(0, len(x), bs)])
+    if labels is None:
+        return Evaluation(loss=math.nan, logits=logits)
+    y = np.asarray(labels, dtype=np.int64)
     shifted = logits - logits.max(axis=1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     loss = float(-log_probs[np.arange(len(y)), y].mean())
