@@ -137,6 +137,8 @@ def train(model, data, stage, train, loop):
         ``loop.epoch_start(epoch, batches)``, ``loop.batch_end()`` after each
         batch and ``loop.epoch_end(epoch, metrics)`` with ``train_loss``,
         ``train_acc``, ``val_loss``, ``val_acc``; stop when ``loop.should_stop``.
+        Wrap any other long pass (computing cached features...) in
+        ``loop.track(iterable, total, description)`` so that it shows progress.
         Epochs count from ``loop.start_epoch`` (non-zero when resuming).
         The core owns progress display, timing, tracking and early stopping.
         Backends that list ``"resume"`` in their capabilities write a native

@@ -9,26 +9,18 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 
+from tle.progress import track
 from tle.strategy import Stage
 
 EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
-
-
-def make_progress(console: Console, quiet: bool) -> Progress | None:
-    if quiet:
-        return None
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=console, transient=False,
-    )
+T = TypeVar("T")
 
 
 @dataclass
@@ -116,6 +108,10 @@ class TrainLoop:
         else:
             self._since_best += 1
             self.should_stop = self._since_best >= self._patience
+
+    def track(self, iterable: Iterable[T], total: int | None = None, description: str = "working") -> Iterator[T]:
+        """Iterate with a progress bar: for a backend's one-off passes, e.g. computing cached features."""
+        yield from track(iterable, self._progress, total, description)
 
     def close(self) -> None:
         if self._progress is not None and self._batch_task is not None:

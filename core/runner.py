@@ -15,7 +15,8 @@ from rich.console import Console
 from tle import plots
 from tle.contracts import BlockCount, ExportMetadata
 from tle.errors import UserError
-from tle.loop import History, TrainLoop, make_progress
+from tle.loop import History, TrainLoop
+from tle.progress import make_progress
 from tle.metrics import Report, classification_report
 from tle.resume import CHECKPOINT_ARTIFACT, Resume
 from tle.plugins import Backend, load_backend
@@ -76,17 +77,24 @@ def prepare(spec: ExperimentSpec) -> tuple[Backend, Plan]:
 
 def run_experiment(spec: ExperimentSpec, console: Console | None = None, quiet: bool = False,
                    resume: Resume | None = None) -> RunResult:
-    from tle.data import load_dataset
-    from tle.tracking import configure, environment_tags, tracked_run
-
     console = console or Console(stderr=True)
     started = time.perf_counter()
     backend, plan = prepare(spec)
     if resume is not None and "resume" not in backend.info.capabilities:
         raise UserError(f"backend {spec.backend!r} cannot resume runs", "start a new run instead")
+    progress = make_progress(console, quiet)
+    with progress if progress is not None else nullcontext():
+        return _run(spec, backend, plan, console, progress, quiet, started, resume)
+
+
+def _run(spec, backend, plan, console, progress, quiet, started, resume) -> RunResult:
+    from tle.data import load_dataset
+    from tle.tracking import configure, environment_tags, tracked_run
+
     info = backend.model(spec.model)
     # Data errors surface before MLflow is touched, so a typo never creates an experiment or a run.
-    data = load_dataset(spec.dataset, seed=spec.train.seed, extra_sources=backend.dataset_sources())
+    data = load_dataset(spec.dataset, seed=spec.train.seed, extra_sources=backend.dataset_sources(),
+                        progress=progress)
     h, w, c = data.input_shape
     if min(h, w) < info.min_size:
         raise UserError(f"{spec.model} needs images of at least {info.min_size}px, the data is {h}x{w}",
@@ -125,7 +133,8 @@ def run_experiment(spec: ExperimentSpec, console: Console | None = None, quiet: 
                             "data.input_shape": f"{h}x{w}x{c}"})
                 run.text(spec.to_yaml(), "spec.yaml")
                 run.json(data.class_names, CLASS_NAMES_ARTIFACT)
-            result = _train_and_report(spec, backend, plan, data, model, run, console, quiet, workdir, resume)
+            result = _train_and_report(spec, backend, plan, data, model, run, console, progress, quiet, workdir,
+                                       resume)
             result.device = device
             result.wall_seconds = time.perf_counter() - started
             run.metrics({"wall_seconds": result.wall_seconds})
@@ -134,7 +143,8 @@ def run_experiment(spec: ExperimentSpec, console: Console | None = None, quiet: 
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _train_and_report(spec, backend, plan, data, model, run, console, quiet, workdir, resume) -> RunResult:
+def _train_and_report(spec, backend, plan, data, model, run, console, progress, quiet, workdir,
+                      resume) -> RunResult:
     hook = backend.hook
     history = History(list(resume.history.records)) if resume else History()
     checkpoint = _checkpoint_path(spec, backend, workdir)
@@ -146,29 +156,27 @@ def _train_and_report(spec, backend, plan, data, model, run, console, quiet, wor
             run.artifact(checkpoint.parent, CHECKPOINT_ARTIFACT)
 
     all_counts: list[list[BlockCount]] = []
-    progress = make_progress(console, quiet)
     step = 0
     train_started = time.perf_counter()
-    with progress if progress is not None else nullcontext():
-        for stage in plan.stages:
-            hook.freeze_policy(model=model, trainable=dict(stage.trainable))
-            counts = list(hook.count_parameters(model=model))
-            check_counts(stage, counts, spec.backend)
-            all_counts.append(counts)
-            total = sum(c.total for c in counts)
-            trainable = sum(c.trainable for c in counts)
-            run.metrics({f"trainable_params_stage{stage.index}": trainable, "total_params": total})
-            done = resume.done(stage.index) if resume else 0
-            if done >= stage.epochs:
-                step += done
-                continue
-            loop = TrainLoop(stage, step_offset=step, history=history, on_epoch=on_epoch, progress=progress,
-                             patience=spec.train.early_stopping, start_epoch=done, checkpoint_path=checkpoint,
-                             resume_from=resume_from)
-            hook.train(model=model, data=data, stage=stage, train=spec.train, loop=loop)
-            loop.close()
-            resume_from = None  # only the first stage trained after an interruption starts from the checkpoint
-            step += loop.epochs_done
+    for stage in plan.stages:
+        hook.freeze_policy(model=model, trainable=dict(stage.trainable))
+        counts = list(hook.count_parameters(model=model))
+        check_counts(stage, counts, spec.backend)
+        all_counts.append(counts)
+        total = sum(c.total for c in counts)
+        trainable = sum(c.trainable for c in counts)
+        run.metrics({f"trainable_params_stage{stage.index}": trainable, "total_params": total})
+        done = resume.done(stage.index) if resume else 0
+        if done >= stage.epochs:
+            step += done
+            continue
+        loop = TrainLoop(stage, step_offset=step, history=history, on_epoch=on_epoch, progress=progress,
+                         patience=spec.train.early_stopping, start_epoch=done, checkpoint_path=checkpoint,
+                         resume_from=resume_from)
+        hook.train(model=model, data=data, stage=stage, train=spec.train, loop=loop)
+        loop.close()
+        resume_from = None  # only the first stage trained after an interruption starts from the checkpoint
+        step += loop.epochs_done
     run.metrics({"train_seconds": time.perf_counter() - train_started,
                  "trainable_params": sum(c.trainable for c in all_counts[0]),
                  "frozen_params": sum(c.total - c.trainable for c in all_counts[0])})

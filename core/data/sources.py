@@ -8,20 +8,25 @@ are ever decoded, generated or converted to float.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from rich.progress import Progress
 
 from tle.data.dataset import SPLITS, Dataset
 from tle.data.images import IMAGE_SUFFIXES, load_image, probe, resize_batch, to_channels
 from tle.data.split import split_given, stratified_split
 from tle.errors import UserError
+from tle.progress import track
 from tle.spec import DataSpec, SyntheticSpec
 
 Loader = Callable[[str, DataSpec], tuple[np.ndarray, np.ndarray, list[str]]]
 BUILTIN = ("mnist", "fashion_mnist", "cifar10", "cifar100")
 KNOWN = ("digits[:CLASSES]", "synthetic", "folder:PATH", "npz:PATH", *BUILTIN)
+# The progress display of the load in flight; sources that decode files show their loop on it.
+_progress: ContextVar[Progress | None] = ContextVar("tle_data_progress", default=None)
 
 
 @dataclass
@@ -41,12 +46,15 @@ class Unreadable(Exception):
         self.positions = np.asarray(positions, dtype=np.int64)
 
 
-def load_dataset(spec: DataSpec, seed: int, extra_sources: dict[str, Loader] | None = None) -> Dataset:
+def load_dataset(spec: DataSpec, seed: int, extra_sources: dict[str, Loader] | None = None,
+                 progress: Progress | None = None) -> Dataset:
     """Load ``spec.source``, cap, convert, resize and split it.
 
     The split seed is ``spec.seed``, else ``seed``. ``Dataset.indices`` are
-    positions in the source's list of readable samples.
+    positions in the source's list of readable samples. ``progress`` shows
+    the decoding of image files.
     """
+    _progress.set(progress)
     src = open_source(spec, extra_sources or {})
     seed = spec.seed if spec.seed is not None else seed
     sizes = {"train": spec.train, "val": spec.val, "test": spec.test}
@@ -231,7 +239,7 @@ def folder(arg: str, spec: DataSpec) -> Source:
     def fetch(idx: np.ndarray) -> np.ndarray:
         out = np.empty((len(idx), *size, channels), dtype=np.float32)
         bad = []
-        for j, i in enumerate(idx):
+        for j, i in track(enumerate(idx), _progress.get(), len(idx), f"decoding {len(idx)} images"):
             try:
                 out[j] = load_image(files[i], size, channels)
             except UserError:

@@ -19,7 +19,7 @@ def budget_bytes() -> int:
     return int(float(os.environ.get("TLE_KERAS_CACHE_GB", "4")) * 2**30)
 
 
-def frozen_features(knet, arrays, k: int, batch_size: int) -> list[np.ndarray] | None:
+def frozen_features(knet, arrays, k: int, batch_size: int, track=None) -> list[np.ndarray] | None:
     """Outputs of blocks 1..k for each NHWC array in ``arrays``, or None when over budget."""
     total = sum(len(a) for a in arrays)
     if total == 0:
@@ -30,10 +30,11 @@ def frozen_features(knet, arrays, k: int, batch_size: int) -> list[np.ndarray] |
         warnings.warn(f"frozen-prefix cache would take {per_sample * total / 2**30:.1f} GiB "
                       "(> TLE_KERAS_CACHE_GB); running the frozen blocks every epoch instead", stacklevel=2)
         return None
+    track = track or (lambda it, total, description: it)
     out = []
-    for a in arrays:
-        if len(a) == 0:
-            out.append(np.zeros((0, *prefix.output.shape[1:]), np.float32))
-        else:
-            out.append(np.asarray(prefix.predict(a, batch_size=batch_size, verbose=0), dtype=np.float32))
+    for name, a in zip(("train", "val", "test"), arrays):
+        starts = range(0, len(a), batch_size)
+        parts = [np.asarray(prefix(a[i:i + batch_size], training=False), dtype=np.float32)
+                 for i in track(starts, len(starts), f"caching blocks 1-{k} ({name})")]
+        out.append(np.concatenate(parts) if parts else np.zeros((0, *prefix.output.shape[1:]), np.float32))
     return out

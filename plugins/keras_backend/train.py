@@ -124,8 +124,8 @@ def fit(knet, data, stage, spec, loop) -> dict:
     # The model first: the frozen prefix cached below must be the checkpoint's.
     resumed_stage = load_model_state(loop.resume_from, knet)[0] if loop.resume_from is not None else None
     start_block = knet.frozen_prefix() if spec.cache_features and not spec.augment else 0
-    cached = cache.frozen_features(knet, [data.x_train, data.x_val], start_block, spec.batch_size) \
-        if start_block else None
+    cached = cache.frozen_features(knet, [data.x_train, data.x_val], start_block, spec.batch_size,
+                                   loop.track) if start_block else None
     if cached is None:
         start_block = 0
         x_train, x_val = data.x_train, data.x_val

@@ -21,7 +21,8 @@ def budget_bytes() -> int:
 
 
 @torch.no_grad()
-def frozen_features(net, arrays, k: int, batch_size: int, device: torch.device, autocast) -> list[torch.Tensor] | None:
+def frozen_features(net, arrays, k: int, batch_size: int, device: torch.device, autocast,
+                    track=None) -> list[torch.Tensor] | None:
     """Outputs of blocks 1..k for each array in ``arrays`` (NHWC numpy), or None when over budget."""
     total = sum(len(a) for a in arrays)
     if total == 0:
@@ -48,9 +49,11 @@ def frozen_features(net, arrays, k: int, batch_size: int, device: torch.device, 
             return None
         keep_on_device = device.type == "cuda" and need < torch.cuda.mem_get_info(device)[0] // 4
         out = []
-        for a in arrays:
+        track = track or (lambda it, total, description: it)
+        for name, a in zip(("train", "val", "test"), arrays):
             parts = []
-            for i in range(0, len(a), batch_size):
+            starts = range(0, len(a), batch_size)
+            for i in track(starts, len(starts), f"caching blocks 1-{k} ({name})"):
                 z = run(a[i:i + batch_size])
                 parts.append(z if keep_on_device else z.cpu())
             out.append(torch.cat(parts) if parts else probe.new_zeros((0, *probe.shape[1:])).cpu())

@@ -183,7 +183,7 @@ def fit(net, data, stage, spec, loop) -> dict:
     start_block = net.frozen_prefix() if spec.cache_features and not spec.augment else 0
     cached = None
     if start_block:
-        cached = cache.frozen_features(net, images, start_block, spec.batch_size, device, autocast)
+        cached = cache.frozen_features(net, images, start_block, spec.batch_size, device, autocast, loop.track)
     if cached is not None:
         x_train, x_val = cached
         forward = lambda xb: net.forward_from(xb, start_block)  # noqa: E731
