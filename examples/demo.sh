@@ -4,7 +4,7 @@
 # ./mlflow.db (MLflow's default store); browse them with `mlflow ui`.
 set -euo pipefail
 EXP="demo-$(date +%Y%m%d-%H%M%S)"
-BACKENDS="${DEMO_BACKENDS:-numpy torch}"
+BACKENDS="${DEMO_BACKENDS:-numpy torch keras}"
 
 run() { echo "+ tle run $*" >&2; tle --quiet run --experiment "$EXP" "$@"; }
 run_id() { python -c 'import json,sys; print(json.loads(sys.stdin.read().splitlines()[-1])["run_id"])'; }
