@@ -88,11 +88,9 @@ def apply_init(knet, blocks, init: InitSpec, seed: int) -> bool:
         raise UserError(f"{knet.model_name} has no block {', '.join(unknown)}",
                         f"its blocks are {', '.join(knet.trainable)}")
     for block in blocks:
-        if block == "head":
-            chosen = knet.head_init_override or init
-            layers = [layer for layer in knet.layers_of("head") if layer.name in knet.new_head]
-        else:
-            chosen, layers = init, knet.layers_of(block)
+        layers = knet.layers_of(block)
+        if block == "head":  # only the layers drawn for this task; a reused original top keeps its weights
+            layers = [layer for layer in layers if layer.name in knet.new_head]
         for index, layer in enumerate(layers):
-            reset_layer(layer, chosen, derived_seed(seed, block, index))
+            reset_layer(layer, init, derived_seed(seed, block, index))
     return True

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from tle import UserError
-from tle.initializers import InitSpec
 from tle_keras import blocks as block_maps
 from tle_keras import registry
 from tle_keras import weights as weight_files
@@ -16,9 +15,6 @@ from tle_keras.runtime import gpus, keras as _keras
 from tle_keras.wrapper import HEAD, KerasNet
 
 keras = _keras()
-
-# HeadSpec: "original" heads start their new layer from N(0, 0.01) unless the spec sets init.
-ORIGINAL_HEAD_INIT = InitSpec(name="normal", scale=0.01)
 
 
 def build(name: str, num_classes: int, input_shape, head, weights, seed: int, class_names=None,
@@ -51,7 +47,7 @@ def build(name: str, num_classes: int, input_shape, head, weights, seed: int, cl
         y = BUILDERS[name](x)
     else:
         y = _application(name, x, h, w, kind)
-    head_init = _head_init(head)
+    head_init = head.initializer  # glorot_uniform, or N(0, 0.01) for "original", unless head.init is set
     logits, new_head, _ = build_head(keras, head.kind, name, y, int(num_classes), head.hidden, head.dropout,
                                      lambda layer: initializer(head_init, derived_seed(seed, HEAD, layer)))
     net = keras.Model(inputs, logits, name=f"tle_{name}")
@@ -61,8 +57,6 @@ def build(name: str, num_classes: int, input_shape, head, weights, seed: int, cl
         layers[block] = block_maps.segment_layers(keras, cuts[i], cuts[i + 1])
     layers[HEAD] = block_maps.segment_layers(keras, cuts[-1], logits)
     knet = KerasNet(name, registry.family(name), net, cuts, layers, new_head, num_classes, (h, w, c), class_names)
-    if head.kind == "original" and getattr(head, "init", None) is None:
-        knet.head_init_override = head_init
     if kind == "imagenet" and head.kind == "original":
         top = weight_files.require_imagenet(name, h, top=True)
         named, _ = weight_files.read_named(top, str(top))
@@ -74,16 +68,6 @@ def build(name: str, num_classes: int, input_shape, head, weights, seed: int, cl
         if weight_files.load_file(knet, weights.path, str(weights.source or weights.path), names):
             knet.new_head = []
     return knet
-
-
-def _head_init(head) -> InitSpec:
-    """``head.initializer`` (glorot_uniform, or N(0, 0.01) for ``original``, unless ``head.init`` is set)."""
-    chosen = getattr(head, "initializer", None)
-    if chosen is not None:
-        return chosen
-    if head.init is not None and (head.kind != "original" or "init" in head.model_fields_set):
-        return head.init
-    return ORIGINAL_HEAD_INIT if head.kind == "original" else InitSpec(name="glorot_uniform")
 
 
 def _application(name: str, x, h: int, w: int, kind: str):

@@ -32,7 +32,6 @@ class KerasNet:
         self.input_shape = tuple(int(v) for v in input_shape)
         self.class_names = list(class_names) if class_names is not None else None
         self.trainable = {b: True for b in block_layers}
-        self.head_init_override = None
         # Variables that can train (BatchNorm's moving statistics cannot): recorded while everything is
         # trainable, so counts stay right whatever the freeze state is later.
         self.capable = {v.path for v in net.trainable_weights}
