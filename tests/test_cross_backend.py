@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(
     any(find_spec(m) is None for m in ("torch", "torchvision", "tensorflow", "keras", "tle_torch", "tle_keras")),
     reason="needs both the torch and the keras backend installed")
 
-EPOCHS = 5
+EPOCHS = 12
 STRATEGIES = ("scratch", "feature-extractor", "finetune:block5", "transfer:block3")
 INITS = ("glorot_uniform", "he_normal", "lecun_normal", "normal:0.02")
 
@@ -144,11 +144,12 @@ def test_initialisers_draw_the_same_distribution():
 
 def test_same_spec_reaches_comparable_accuracy(digits_runs):
     acc = {b: r["test_acc"] for b, r in digits_runs.items()}
-    # Ten classes, chance 0.1. The two frameworks draw different initial weights, shuffles and dropout
-    # masks, and differ in defaults the spec does not fix (Adam epsilon 1e-7 vs 1e-8; torch normalises
-    # the small models' input with ImageNet's mean/std, keras feeds [0, 1]); on 359 test images after
-    # 5 epochs that moves accuracy by a few points run to run, so 0.1 is "the same result" here.
-    assert min(acc.values()) > 0.7, acc
+    # Ten classes, chance 0.1. The spec fixes the model, data, split, initialiser, optimiser (Adam, lr,
+    # epsilon 1e-7) and input scaling, but the two frameworks draw their own initial weights, shuffles and
+    # dropout masks. A VGG without BatchNorm is sensitive to those: at 5 epochs (still climbing) runs of
+    # either framework spread by 0.1 across seeds; at 12 epochs both sit near 0.9-0.95 and seeds 0 and 1
+    # gave torch 0.939/0.953, keras 0.939/0.883 on these 359 test images. So 0.1 is "the same result".
+    assert min(acc.values()) > 0.85, acc
     assert abs(acc["torch"] - acc["keras"]) < 0.1, acc
 
 
