@@ -270,16 +270,15 @@ def _onnx_from(ref: str, tracking_uri: str | None, dst: Path) -> Path:
         if not path.is_file():
             raise UserError(f"ONNX model {ref} does not exist", "give a .onnx file or a run id")
         return path
-    from tle.tracking import configure
+    from tle.tracking import artifact_files, configure
 
     mlflow = configure(tracking_uri)
     run_id = ref[len("runs:/"):].strip("/").split("/")[0] if ref.startswith("runs:/") else ref
-    try:
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model", dst_path=str(dst))
-    except Exception:
+    files = artifact_files(run_id, "model", dst)
+    if files is None:
         raise UserError(f"{ref!r} is neither an ONNX file nor a run with an ONNX model in {mlflow.get_tracking_uri()}",
-                        "give a .onnx path or a run id from 'tle compare' / the MLflow UI") from None
-    found = sorted(Path(local).rglob("*.onnx"))
+                        "give a .onnx path or a run id from 'tle compare' / the MLflow UI")
+    found = [f for f in files if f.suffix == ".onnx"]
     if not found:
         raise UserError(f"run {run_id} has no ONNX model", "run it again with --export")
     return found[0]

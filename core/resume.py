@@ -33,7 +33,7 @@ class Resume:
 
 
 def load_resume(run_id: str, tracking_uri: str | None, workdir: Path) -> Resume:
-    from tle.tracking import configure
+    from tle.tracking import artifact_files, configure
 
     mlflow = configure(tracking_uri)
     client = mlflow.MlflowClient()
@@ -51,7 +51,8 @@ def load_resume(run_id: str, tracking_uri: str | None, workdir: Path) -> Resume:
         raise
     except Exception:
         raise UserError(f"run {run_id} has no spec.yaml", "it was not made by tle run; start a new run") from None
-    return Resume(run_id, spec, _history(client, run_id), _checkpoint(mlflow, run_id, workdir),
+    checkpoint = artifact_files(run_id, CHECKPOINT_ARTIFACT, workdir)
+    return Resume(run_id, spec, _history(client, run_id), checkpoint[0] if checkpoint else None,
                   run.data.params.get("data.fingerprint"))
 
 
@@ -70,12 +71,3 @@ def _history(client, run_id: str) -> History:
         history.records.append(EpochRecord(step, stage, "", epoch, values))
     return history
 
-
-def _checkpoint(mlflow, run_id: str, workdir: Path) -> Path | None:
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CHECKPOINT_ARTIFACT,
-                                                         dst_path=str(workdir)))
-    except Exception:
-        return None
-    files = sorted(p for p in local.rglob("*") if p.is_file())
-    return files[0] if files else None

@@ -10,8 +10,9 @@ import numpy as np
 
 from tle.errors import UserError
 
-# Preference order; the actual list is whatever onnxruntime reports here.
-PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+# Preference order; the actual list is whatever onnxruntime reports here. TensorRT is left out on
+# purpose: it builds engines for minutes on first use.
+PREFERRED = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
 
 def providers(prefer_gpu: bool = True) -> list[str]:
@@ -19,8 +20,6 @@ def providers(prefer_gpu: bool = True) -> list[str]:
 
     available = ort.get_available_providers()
     wanted = [p for p in PREFERRED if p in available and (prefer_gpu or p == "CPUExecutionProvider")]
-    # TensorRT builds engines for minutes on first use; keep it only if asked for explicitly.
-    wanted = [p for p in wanted if p != "TensorrtExecutionProvider"]
     return wanted or list(available)
 
 

@@ -81,6 +81,18 @@ class Tracker:
         )
 
 
+def artifact_files(run_id: str, artifact_path: str, dst: Path) -> list[Path] | None:
+    """Download one artifact (a file or a folder) of a run; its files, sorted, or None if it is absent."""
+    import mlflow
+
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path,
+                                                         dst_path=str(dst)))
+    except Exception:
+        return None
+    return sorted(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else [local]
+
+
 def environment_tags() -> dict[str, str]:
     from importlib.metadata import version
 

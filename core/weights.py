@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tle.contracts import ResolvedWeights
 from tle.errors import UserError
+from tle.tracking import artifact_files
 
 WEIGHTS_ARTIFACT = "weights"
 CLASS_NAMES_ARTIFACT = "class_names.json"
@@ -77,24 +78,18 @@ def _from_run(run_id: str, source: str, backend: str, workdir: Path | None) -> R
         raise UserError(f"weights in {source} were trained with backend {run_backend!r}, not {backend!r}",
                         f"use --backend {run_backend}, or a run of backend {backend}")
     target = Path(tempfile.mkdtemp(prefix="tle-weights-", dir=workdir))
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=WEIGHTS_ARTIFACT,
-                                                         dst_path=str(target)))
-    except Exception:
+    files = artifact_files(run_id, WEIGHTS_ARTIFACT, target)
+    if files is None:
         raise UserError(f"run {run_id} has no {WEIGHTS_ARTIFACT}/ artifact",
-                        f"it did not finish; check its status ({run.info.status}) or use another run") from None
-    files = sorted(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else [local]
+                        f"it did not finish; check its status ({run.info.status}) or use another run")
     if len(files) != 1:
         raise UserError(f"run {run_id} holds {len(files)} weight files, expected one", "use a run made by tle run")
     return ResolvedWeights(kind="file", source=source, path=files[0], class_names=_class_names(run_id, target))
 
 
 def _class_names(run_id: str, target: Path) -> tuple[str, ...] | None:
-    import mlflow
-
+    files = artifact_files(run_id, CLASS_NAMES_ARTIFACT, target)
     try:
-        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CLASS_NAMES_ARTIFACT,
-                                                   dst_path=str(target))
-        return tuple(json.loads(Path(path).read_text()))
-    except Exception:
+        return tuple(json.loads(files[0].read_text())) if files else None
+    except ValueError:
         return None
