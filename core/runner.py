@@ -40,6 +40,9 @@ class RunResult:
     onnx_max_abs_diff: float | None = None
     wall_seconds: float = 0.0
     device: str = "cpu"
+    # Seconds per part of the run (data, model, train, evaluate, report, weights, export, tracking):
+    # what a sweep pays per cell beyond training is read from these.
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def best_val_acc(self) -> float:
@@ -75,8 +78,29 @@ def prepare(spec: ExperimentSpec) -> tuple[Backend, Plan]:
     return backend, plan
 
 
+class Stopwatch:
+    """Accumulates wall seconds per named part of a run."""
+
+    def __init__(self):
+        self.parts: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, part: str) -> None:
+        now = time.perf_counter()
+        self.parts[part] = self.parts.get(part, 0.0) + now - self._last
+        self._last = now
+
+
 def run_experiment(spec: ExperimentSpec, console: Console | None = None, quiet: bool = False,
-                   resume: Resume | None = None) -> RunResult:
+                   resume: Resume | None = None, tags: dict[str, str] | None = None,
+                   load_data=None, export: bool | None = None) -> RunResult:
+    """Run one experiment.
+
+    ``tags`` are added to the run (a sweep's parent id, its axes); ``load_data``
+    replaces :func:`tle.data.load_dataset` (a warm sweep worker keeps the data of
+    earlier cells); ``export`` overrides ``spec.export.onnx`` (a sweep exporting
+    only its best cells trains the others without export).
+    """
     console = console or Console(stderr=True)
     started = time.perf_counter()
     backend, plan = prepare(spec)
@@ -84,17 +108,21 @@ def run_experiment(spec: ExperimentSpec, console: Console | None = None, quiet: 
         raise UserError(f"backend {spec.backend!r} cannot resume runs", "start a new run instead")
     progress = make_progress(console, quiet)
     with progress if progress is not None else nullcontext():
-        return _run(spec, backend, plan, console, progress, quiet, started, resume)
+        return _run(spec, backend, plan, console, progress, quiet, started, resume, tags or {}, load_data,
+                    bool(spec.export.onnx) if export is None else export)
 
 
-def _run(spec, backend, plan, console, progress, quiet, started, resume) -> RunResult:
+def _run(spec, backend, plan, console, progress, quiet, started, resume, extra_tags, load_data,
+         export) -> RunResult:
     from tle.data import load_dataset
     from tle.tracking import configure, environment_tags, tracked_run
 
+    clock = Stopwatch()
     info = backend.model(spec.model)
     # Data errors surface before MLflow is touched, so a typo never creates an experiment or a run.
-    data = load_dataset(spec.dataset, seed=spec.train.seed, extra_sources=backend.dataset_sources(),
-                        progress=progress)
+    data = (load_data or load_dataset)(spec.dataset, seed=spec.train.seed, extra_sources=backend.dataset_sources(),
+                                       progress=progress)
+    clock.lap("data")
     h, w, c = data.input_shape
     if min(h, w) < info.min_size:
         raise UserError(f"{spec.model} needs images of at least {info.min_size}px, the data is {h}x{w}",
@@ -103,6 +131,7 @@ def _run(spec, backend, plan, console, progress, quiet, started, resume) -> RunR
         raise UserError(f"the data of run {resume.run_id} changed since it started (other split or files)",
                         "start a new run")
     mlflow = configure(spec.tracking.uri, spec.tracking.experiment)
+    clock.lap("tracking")
     workdir = Path(tempfile.mkdtemp(prefix="tle-run-"))
     try:
         weights = resolve_weights(spec.weights, spec.backend, workdir)
@@ -115,11 +144,13 @@ def _run(spec, backend, plan, console, progress, quiet, started, resume) -> RunR
         # The head was drawn (or kept) by load_backbone; only backbone blocks are re-initialised here.
         hook.apply_init(model=model, blocks=[b for b in plan.reinit if b != HEAD], init=spec.init,
                         seed=spec.train.seed)
+        clock.lap("model")
 
         tags = {"backend": spec.backend, "model": spec.model, "dataset": spec.dataset.source,
                 "strategy": str(plan.strategy), "init": str(spec.init), "weights": spec.weights,
                 "device": device, "framework": backend.info.framework,
-                "framework_version": backend.info.framework_version, **environment_tags()}
+                "framework_version": backend.info.framework_version, "tle.spec_key": spec.key(),
+                **environment_tags(), **extra_tags}
         name = spec.tracking.run_name or default_run_name(spec)
         with tracked_run(mlflow, name=name, tags=tags, run_id=resume and resume.run_id) as run:
             if not quiet:
@@ -133,18 +164,21 @@ def _run(spec, backend, plan, console, progress, quiet, started, resume) -> RunR
                             "data.input_shape": f"{h}x{w}x{c}"})
                 run.text(spec.to_yaml(), "spec.yaml")
                 run.json(data.class_names, CLASS_NAMES_ARTIFACT)
+            clock.lap("tracking")
             result = _train_and_report(spec, backend, plan, data, model, run, console, progress, quiet, workdir,
-                                       resume)
+                                       resume, clock, export)
             result.device = device
             result.wall_seconds = time.perf_counter() - started
-            run.metrics({"wall_seconds": result.wall_seconds})
+            result.timings = dict(clock.parts)
+            run.metrics({"wall_seconds": result.wall_seconds,
+                         **{f"seconds_{k}": v for k, v in result.timings.items()}})
             return result
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _train_and_report(spec, backend, plan, data, model, run, console, progress, quiet, workdir,
-                      resume) -> RunResult:
+                      resume, clock: Stopwatch, export: bool) -> RunResult:
     hook = backend.hook
     history = History(list(resume.history.records)) if resume else History()
     checkpoint = _checkpoint_path(spec, backend, workdir)
@@ -177,12 +211,14 @@ def _train_and_report(spec, backend, plan, data, model, run, console, progress, 
         loop.close()
         resume_from = None  # only the first stage trained after an interruption starts from the checkpoint
         step += loop.epochs_done
+    clock.lap("train")
     run.metrics({"train_seconds": time.perf_counter() - train_started,
                  "trainable_params": sum(c.trainable for c in all_counts[0]),
                  "frozen_params": sum(c.total - c.trainable for c in all_counts[0])})
 
     evaluation = hook.evaluate(model=model, images=data.x_test, labels=data.y_test, batch_size=spec.train.batch_size)
     report = classification_report(data.y_test, evaluation.logits, evaluation.loss, data.class_names)
+    clock.lap("evaluate")
     run.metrics({"test_acc": report.accuracy, "test_loss": report.loss, "test_f1_macro": report.macro_f1,
                  "best_val_acc": history.best("val_acc"), "epochs_trained": len(history.records)})
     run.json(report.as_dict(), "test_report.json")
@@ -191,15 +227,18 @@ def _train_and_report(spec, backend, plan, data, model, run, console, progress, 
     plots.confusion_matrix(report.confusion, data.class_names, workdir / "confusion_matrix.png", title)
     run.artifact(workdir / "learning_curves.png", "plots")
     run.artifact(workdir / "confusion_matrix.png", "plots")
+    clock.lap("report")
 
     weights_dir = workdir / WEIGHTS_ARTIFACT
     weights_dir.mkdir()
     hook.save_weights(model=model, directory=weights_dir)
     run.artifact(weights_dir, WEIGHTS_ARTIFACT)
+    clock.lap("weights")
 
     result = RunResult(run.run_id, spec, plan, history, report, all_counts)
-    if spec.export.onnx:
-        result.onnx_max_abs_diff = _export_and_check(spec, hook, model, data, run, workdir, console, quiet)
+    if export:
+        result.onnx_max_abs_diff = export_and_check(spec, hook, model, data, run, workdir, console, quiet)
+        clock.lap("export")
     return result
 
 
@@ -212,7 +251,7 @@ def _checkpoint_path(spec, backend, workdir: Path) -> Path | None:
     return folder / "last"
 
 
-def _export_and_check(spec, hook, model, data, run, workdir, console, quiet) -> float:
+def export_and_check(spec, hook, model, data, run, workdir, console, quiet) -> float:
     from tle.serving import check_parity, open_model
 
     h, w, c = data.input_shape

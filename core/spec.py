@@ -6,6 +6,8 @@ framework is imported, saved with the run.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -139,7 +141,9 @@ class TrackingSpec(_Strict):
 
 
 class ExportSpec(_Strict):
-    onnx: bool = True
+    # "best": in a sweep, only each group's best cell (by best_val_acc over its seeds) is exported
+    # after the grid ran; a single run counts as its own group's best.
+    onnx: bool | Literal["best"] = True
     atol: float = Field(1e-4, gt=0)
     rtol: float = Field(1e-3, ge=0)
     parity_batch: int = Field(16, ge=1)
@@ -177,6 +181,15 @@ class ExperimentSpec(_Strict):
     def flat(self) -> dict[str, str]:
         """The resolved spec as MLflow params: dotted keys, string values."""
         return {k: str(v) for k, v in _flatten(self.model_dump(mode="json")).items()}
+
+    def key(self) -> str:
+        """Identity of what the run computes: the resolved spec without where it is tracked.
+
+        Logged as the tag ``tle.spec_key``; a sweep skips a cell whose key and
+        data fingerprint already have a FINISHED run.
+        """
+        body = self.model_dump(mode="json", exclude={"tracking"})
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:20]
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -20,14 +20,27 @@ def configure(uri: str | None, experiment: str | None = None):
     """Point MLflow at ``uri`` (None keeps MLFLOW_TRACKING_URI or MLflow's default)."""
     import mlflow
 
+    from tle.store import absolute_uri, prepare, store_lock
+
     if uri:
-        mlflow.set_tracking_uri(uri)
-    if experiment:
-        try:
-            mlflow.set_experiment(experiment)
-        except Exception as exc:
-            raise UserError(f"cannot use MLflow experiment {experiment!r} at {mlflow.get_tracking_uri()}: "
+        mlflow.set_tracking_uri(absolute_uri(uri))
+    uri = mlflow.get_tracking_uri()
+    prepare(uri)
+    try:
+        # The first touch creates/migrates a new SQLite store; only one process may do that at a time.
+        with store_lock(uri):
+            if experiment:
+                mlflow.set_experiment(experiment)
+            else:
+                mlflow.MlflowClient().search_experiments(max_results=1)
+    except UserError:
+        raise
+    except Exception as exc:
+        if experiment:
+            raise UserError(f"cannot use MLflow experiment {experiment!r} at {uri}: "
                             f"{str(exc).splitlines()[0]}", "check --tracking-uri / MLFLOW_TRACKING_URI") from None
+        raise UserError(f"cannot open the MLflow store {uri}: {str(exc).splitlines()[0]}",
+                        "check --tracking-uri / MLFLOW_TRACKING_URI") from None
     return mlflow
 
 
@@ -118,10 +131,12 @@ def tracked_run(mlflow_module, *, name: str | None, tags: dict[str, str],
     tracker = Tracker(mlflow_module, run)
     try:
         yield tracker
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        _mark(exc, tracker.run_id)
         _end(mlflow_module, "KILLED", "interrupted")
         raise
     except BaseException as exc:
+        _mark(exc, tracker.run_id)
         _end(mlflow_module, "FAILED", f"{type(exc).__name__}: {exc}")
         raise
     else:
@@ -133,3 +148,11 @@ def _end(mlflow_module, status: str, reason: str) -> None:
         mlflow_module.set_tag("tle.error", reason[:5000])
     finally:
         mlflow_module.end_run(status)
+
+
+def _mark(exc: BaseException, run_id: str) -> None:
+    """Let callers (a sweep worker) learn which run an error ended."""
+    try:
+        exc.tle_run_id = run_id  # type: ignore[attr-defined]
+    except AttributeError:
+        pass

@@ -48,8 +48,12 @@ class Dataset:
 
     def fingerprint(self) -> str:
         """Hash of the split indices and labels: equal across backends for one spec."""
-        digest = hashlib.sha256()
-        for s in SPLITS:
-            digest.update(np.asarray(self.indices.get(s, []), dtype=np.int64).tobytes())
-            digest.update(np.asarray(self.split(s)[1], dtype=np.int64).tobytes())
-        return digest.hexdigest()[:16]
+        return fingerprint(self.indices, {s: self.split(s)[1] for s in SPLITS})
+
+
+def fingerprint(indices: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for s in SPLITS:
+        digest.update(np.asarray(indices.get(s, []), dtype=np.int64).tobytes())
+        digest.update(np.asarray(labels.get(s, []), dtype=np.int64).tobytes())
+    return digest.hexdigest()[:16]

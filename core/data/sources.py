@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from rich.progress import Progress
 
-from tle.data.dataset import SPLITS, Dataset
+from tle.data.dataset import SPLITS, Dataset, fingerprint
 from tle.data.images import IMAGE_SUFFIXES, load_image, probe, resize_batch, to_channels
 from tle.data.split import split_given, stratified_split
 from tle.errors import UserError
@@ -56,18 +56,10 @@ def load_dataset(spec: DataSpec, seed: int, extra_sources: dict[str, Loader] | N
     """
     _progress.set(progress)
     src = open_source(spec, extra_sources or {})
-    seed = spec.seed if spec.seed is not None else seed
-    sizes = {"train": spec.train, "val": spec.val, "test": spec.test}
-    opts = {"seed": seed, "max_per_class": spec.max_per_class, "class_names": src.class_names}
     keep = np.arange(len(src.labels))
     skipped = src.skipped
     while True:
-        labels = src.labels[keep]
-        if src.given:
-            given = {s: np.searchsorted(keep, g[np.isin(g, keep)]) for s, g in src.given.items()}
-            idx = split_given(labels, given, **sizes, **opts)
-        else:
-            idx = stratified_split(labels, **sizes, **opts)
+        labels, idx = _split(src, spec, seed, keep)
         try:
             x = {s: _finish(src.fetch(keep[idx[s]]), spec) for s in SPLITS}
         except Unreadable as bad:
@@ -86,6 +78,28 @@ def load_dataset(spec: DataSpec, seed: int, extra_sources: dict[str, Loader] | N
         indices=idx,
         skipped=skipped,
     )
+
+
+def split_fingerprint(spec: DataSpec, seed: int, extra_sources: dict[str, Loader] | None = None) -> str:
+    """The fingerprint :func:`load_dataset` would give, without decoding an image (for resuming sweeps).
+
+    Equal to ``load_dataset(...).fingerprint()`` unless a file's body turns out
+    unreadable while its header read fine; then a sweep reruns that cell.
+    """
+    src = open_source(spec, extra_sources or {})
+    labels, idx = _split(src, spec, seed, np.arange(len(src.labels)))
+    return fingerprint(idx, {s: labels[idx[s]] for s in SPLITS})
+
+
+def _split(src: Source, spec: DataSpec, seed: int, keep: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    seed = spec.seed if spec.seed is not None else seed
+    sizes = {"train": spec.train, "val": spec.val, "test": spec.test}
+    opts = {"seed": seed, "max_per_class": spec.max_per_class, "class_names": src.class_names}
+    labels = src.labels[keep]
+    if src.given:
+        given = {s: np.searchsorted(keep, g[np.isin(g, keep)]) for s, g in src.given.items()}
+        return labels, split_given(labels, given, **sizes, **opts)
+    return labels, stratified_split(labels, **sizes, **opts)
 
 
 def _finish(images: np.ndarray, spec: DataSpec) -> np.ndarray:

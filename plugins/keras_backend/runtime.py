@@ -54,8 +54,10 @@ def tf():
     if not _configured:
         _configured = True
         try:
-            tensorflow.config.threading.set_intra_op_parallelism_threads(cores())
-            tensorflow.config.threading.set_inter_op_parallelism_threads(min(2, cores()))
+            # A sweep running several workers on one machine gives each its share of the cores.
+            intra = int(os.environ.get("TF_NUM_INTRAOP_THREADS") or cores())
+            tensorflow.config.threading.set_intra_op_parallelism_threads(intra)
+            tensorflow.config.threading.set_inter_op_parallelism_threads(min(2, intra))
         except RuntimeError:  # the runtime was already started by someone else's import
             pass
     return tensorflow

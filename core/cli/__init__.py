@@ -1,0 +1,77 @@
+"""The ``tle`` command line (typer + rich).
+
+Heavy imports (MLflow, onnxruntime, frameworks) happen inside commands, so
+``tle --help`` and ``tle backends`` stay fast. Every user error ends with exit
+code 2 and one line; ``--debug`` shows tracebacks. One module per concern;
+importing one registers its commands on :data:`app`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import typer
+
+from tle.cli import run, sweep, inspect, serve, compare, study, fuse  # noqa: F401, I001  (registers the commands, in help order)
+from tle.cli.app import STATE, app, err
+from tle.errors import UserError
+
+__all__ = ["app", "main"]
+
+
+def _on_sigterm(signum, frame):
+    # A terminated run must end KILLED in MLflow, exactly like Ctrl-C.
+    raise KeyboardInterrupt
+
+
+def _click_exceptions():
+    try:  # typer >= 0.20 vendors its own click
+        from typer._click import exceptions
+    except ImportError:
+        from click import exceptions
+    return exceptions
+
+
+def main(argv: list[str] | None = None) -> None:
+    click = _click_exceptions()
+
+    import logging
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # MLflow's INFO lines (store migrations, experiment creation) drown the progress display;
+    # MLflow resets its logger's level on import, so the environment is the reliable switch.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    STATE["debug"] = "--debug" in argv or os.environ.get("TLE_DEBUG") == "1"
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    code = 0
+    try:
+        result = app(args=argv, prog_name="tle", standalone_mode=False)
+        code = result if isinstance(result, int) else 0
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except click.NoArgsIsHelpError as exc:
+        exc.show()
+        code = 2
+    except click.UsageError as exc:
+        cmd = exc.ctx.command_path if exc.ctx else "tle"
+        err.print(f"error: {exc.format_message()} (see '{cmd} --help')", highlight=False, soft_wrap=True)
+        code = 2
+    except UserError as exc:
+        if STATE["debug"]:
+            raise
+        err.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        code = 2
+    except (KeyboardInterrupt, typer.Abort):
+        err.print("interrupted", highlight=False)
+        code = 130
+    except Exception as exc:
+        if STATE["debug"]:
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        err.print(f"error: {type(exc).__name__}: {first} (run with --debug for the traceback)",
+                  highlight=False, markup=False, soft_wrap=True)
+        code = 1
+    sys.exit(code)

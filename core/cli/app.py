@@ -1,0 +1,49 @@
+"""The typer application, its consoles and the helpers every command shares."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from tle.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Transfer-learning experiments in any framework, tracked in MLflow, served with ONNX Runtime.")
+# Result tables go to stdout at a readable width even when piped (rich would assume 80 columns).
+out = Console(width=None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", 160)))
+err = Console(stderr=True)
+STATE = {"debug": False, "quiet": False}
+
+Opt = typer.Option
+
+
+@app.callback()
+def _global(debug: Annotated[bool, Opt("--debug", help="show tracebacks")] = False,
+            quiet: Annotated[bool, Opt("--quiet", "-q", help="no progress bars")] = False) -> None:
+    STATE["debug"] = STATE["debug"] or debug
+    STATE["quiet"] = STATE["quiet"] or quiet
+
+
+def parse_sets(items: list[str]) -> dict[str, object]:
+    import yaml
+
+    parsed: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {item!r} is not KEY=VALUE", "write e.g. --set train.weight_decay=1e-4")
+        parsed[key.strip()] = yaml.safe_load(value) if value else value
+    return parsed
+
+
+
+def fmt(value, spec: str, suffix: str = "") -> str:
+    if value is None:
+        return "-"
+    if value in (float("inf"), float("-inf")):
+        return "never" if value < 0 else "inf"
+    return f"{value:{spec}}{suffix}"

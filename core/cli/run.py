@@ -1,0 +1,124 @@
+"""``tle run``: one experiment, or the continuation of an interrupted one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+from rich.table import Table
+
+from tle.cli.app import STATE, Opt, app, err, out, parse_sets
+from tle.errors import UserError
+
+
+
+@app.command()
+def run(
+    config: Annotated[Optional[Path], Opt("--config", "-c", help="YAML or TOML experiment spec")] = None,
+    backend: Annotated[Optional[str], Opt(help="backend name (see 'tle backends')")] = None,
+    model: Annotated[Optional[str], Opt(help="model name (see 'tle models --backend B')")] = None,
+    strategy: Annotated[Optional[str], Opt(help="scratch | feature-extractor | finetune:BLOCK | transfer:BLOCK|all")] = None,
+    dataset: Annotated[Optional[str], Opt(help="digits[:0-4] | synthetic | folder:PATH | npz:PATH | mnist ...")] = None,
+    init: Annotated[Optional[str], Opt(help="initialiser for re-initialised blocks, e.g. glorot_uniform, normal:0.05")] = None,
+    weights: Annotated[Optional[str], Opt(help="none | imagenet | PATH | runs:/RUN_ID | models:/NAME/VERSION")] = None,
+    head: Annotated[Optional[str], Opt(help="dense | linear | original")] = None,
+    epochs: Annotated[Optional[int], Opt(help="epochs of the first stage")] = None,
+    batch_size: Annotated[Optional[int], Opt(help="batch size")] = None,
+    lr: Annotated[Optional[float], Opt(help="learning rate of the first stage")] = None,
+    optimizer: Annotated[Optional[str], Opt(help="adam | adamw | sgd")] = None,
+    finetune_lr: Annotated[Optional[float], Opt(help="learning rate of the fine-tuning stage")] = None,
+    finetune_epochs: Annotated[Optional[int], Opt(help="epochs of the fine-tuning stage")] = None,
+    seed: Annotated[Optional[int], Opt(help="seed for splits, init and shuffling")] = None,
+    device: Annotated[Optional[str], Opt(help="auto | cpu | cuda | cuda:N")] = None,
+    precision: Annotated[Optional[str], Opt(help="auto | fp32 | bf16 | fp16")] = None,
+    image_size: Annotated[Optional[int], Opt(help="resize images to this square size")] = None,
+    channels: Annotated[Optional[int], Opt(help="1 or 3")] = None,
+    max_per_class: Annotated[Optional[int], Opt(help="cap images per class")] = None,
+    early_stopping: Annotated[Optional[int], Opt(help="patience in epochs on val_acc")] = None,
+    cache_features: Annotated[Optional[bool], Opt("--cache-features/--no-cache-features",
+                                                  help="compute frozen prefixes once")] = None,
+    export: Annotated[Optional[bool], Opt("--export/--no-export", help="export to ONNX and check parity")] = None,
+    experiment: Annotated[Optional[str], Opt(help="MLflow experiment name")] = None,
+    tracking_uri: Annotated[Optional[str], Opt(help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")] = None,
+    run_name: Annotated[Optional[str], Opt(help="MLflow run name")] = None,
+    register: Annotated[Optional[str], Opt(help="register the ONNX model under this name")] = None,
+    set_: Annotated[Optional[list[str]], Opt("--set", help="any spec field: --set train.weight_decay=1e-4")] = None,
+    resume: Annotated[Optional[str], Opt(help="continue an interrupted run (KILLED/FAILED) in the same MLflow run")] = None,
+    json_out: Annotated[bool, Opt("--json", help="print the result as JSON")] = False,
+    debug: Annotated[bool, Opt("--debug", help="show tracebacks")] = False,
+    quiet: Annotated[bool, Opt("--quiet", "-q", help="no progress bars")] = False,
+) -> None:
+    """Run one experiment and track it in MLflow."""
+    from tle.spec import build_spec, read_spec_file
+
+    STATE["debug"] |= debug
+    STATE["quiet"] |= quiet
+    overrides = {
+        "backend": backend, "model": model, "strategy": strategy, "dataset.source": dataset, "init": init,
+        "weights": weights, "head.kind": head, "train.epochs": epochs, "train.batch_size": batch_size,
+        "train.lr": lr, "train.optimizer": optimizer, "train.finetune_lr": finetune_lr,
+        "train.finetune_epochs": finetune_epochs, "train.seed": seed, "train.device": device,
+        "train.precision": precision, "dataset.image_size": image_size, "dataset.channels": channels,
+        "dataset.max_per_class": max_per_class, "train.early_stopping": early_stopping,
+        "train.cache_features": cache_features, "export.onnx": export, "tracking.experiment": experiment,
+        "tracking.uri": tracking_uri, "tracking.run_name": run_name, "tracking.registered_model": register,
+    }
+    overrides.update(parse_sets(set_ or []))
+    if resume:
+        given = sorted(k for k, v in overrides.items() if v is not None and k != "tracking.uri")
+        if given or config:
+            raise UserError(f"--resume continues a run with its own spec; drop {', '.join(given) or '--config'}",
+                            "start a new run to change settings")
+        result = _resume(resume, tracking_uri)
+        spec = result.spec
+    else:
+        spec = build_spec(read_spec_file(config) if config else {}, overrides)
+        from tle.runner import run_experiment
+
+        result = run_experiment(spec, console=err, quiet=STATE["quiet"])
+    summary = {
+        "run_id": result.run_id, "backend": spec.backend, "model": spec.model, "strategy": spec.strategy,
+        "dataset": spec.dataset.source, "best_val_acc": result.best_val_acc, "test_acc": result.test.accuracy,
+        "test_loss": result.test.loss, "epochs": len(result.history.records),
+        "trainable_params": sum(c.trainable for c in result.counts[0]),
+        "total_params": sum(c.total for c in result.counts[0]), "onnx_max_abs_diff": result.onnx_max_abs_diff,
+        "wall_seconds": result.wall_seconds, "device": result.device,
+    }
+    if json_out:
+        print(json.dumps(summary))
+        return
+    table = Table(title=f"run {result.run_id}", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    diff = "-" if result.onnx_max_abs_diff is None else f"{result.onnx_max_abs_diff:.1e}"
+    rows = [("backend / model", f"{spec.backend} / {spec.model} on {result.device}"),
+            ("strategy", f"{spec.strategy}  (weights {spec.weights}, init {spec.init})"),
+            ("dataset", f"{spec.dataset.source}"),
+            ("best val acc", f"{result.best_val_acc:.4f}"),
+            ("test acc / loss", f"{result.test.accuracy:.4f} / {result.test.loss:.4f}"),
+            ("epochs", str(summary["epochs"])),
+            ("trainable / total params", f"{summary['trainable_params']:,} / {summary['total_params']:,}"),
+            ("ONNX max |diff|", diff),
+            ("wall time", f"{result.wall_seconds:.1f}s")]
+    for key, value in rows:
+        table.add_row(key, value)
+    out.print(table)
+
+
+def _resume(run_id: str, tracking_uri: str | None):
+    import shutil
+    import tempfile
+
+    from tle.resume import load_resume
+    from tle.runner import run_experiment
+
+    workdir = Path(tempfile.mkdtemp(prefix="tle-resume-"))
+    try:
+        state = load_resume(run_id, tracking_uri, workdir)
+        spec = state.spec
+        if tracking_uri:
+            spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(update={"uri": tracking_uri})})
+        return run_experiment(spec, console=err, quiet=STATE["quiet"], resume=state)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

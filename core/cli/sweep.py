@@ -1,0 +1,87 @@
+"""``tle sweep``: a grid of runs on warm workers or Ray, one parent run, a table like S1's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from tle.cli.app import STATE, Opt, app, err, out, parse_sets
+from tle.errors import UserError
+
+
+@app.command()
+def sweep(
+    grid_file: Annotated[Path, typer.Argument(help="sweep file: base spec + axes (+ cells, pretrain)")],
+    jobs: Annotated[int, Opt("--jobs", "-j", help="cells running at once (warm workers, one backend each)")] = 1,
+    executor: Annotated[str, Opt(help="local | ray")] = "local",
+    address: Annotated[Optional[str], Opt(help="Ray cluster address (default: start Ray on this machine)")] = None,
+    gpus_per_cell: Annotated[Optional[float], Opt(help="GPUs each Ray cell asks for (default: 1 if device is cuda)")] = None,
+    tracking_uri: Annotated[Optional[str], Opt(help="MLflow tracking URI (default: the base spec's, "
+                                                    "MLFLOW_TRACKING_URI or ./mlflow.db)")] = None,
+    rows: Annotated[Optional[str], Opt(help="axes for table rows, comma-separated (default: the rest)")] = None,
+    cols: Annotated[Optional[str], Opt(help="axes for table columns (default: dataset, else strategy)")] = None,
+    metric: Annotated[str, Opt(help="run metric in the table")] = "test_acc",
+    fmt: Annotated[str, Opt("--format", help="table | markdown | csv | json")] = "table",
+    dry_run: Annotated[bool, Opt("--dry-run", help="print the cells and exit")] = False,
+    set_: Annotated[Optional[list[str]], Opt("--set", help="override a base spec field: --set train.epochs=2")] = None,
+) -> None:
+    """Run a grid of experiments (any spec field by dotted key) and print their table."""
+    from tle.study.grid import load_grid
+    from tle.study.table import FORMATS
+
+    if fmt not in FORMATS:
+        raise UserError(f"unknown --format {fmt!r}", f"choose one of {', '.join(FORMATS)}")
+    grid = load_grid(grid_file, parse_sets(set_ or []))
+    if dry_run:
+        from tle.study.sweep import check_cells
+
+        check_cells(grid.cells())
+        _print_cells(grid)
+        return
+    from tle.study.report import record
+    from tle.study.sweep import Sweep
+    from tle.study.table import build_table
+
+    runner = Sweep(grid, executor=executor, jobs=jobs, address=address, tracking_uri=tracking_uri,
+                   gpus_per_cell=gpus_per_cell, console=err, quiet=STATE["quiet"])
+    result = runner.run()
+    table = build_table(result, metric=metric, rows=_split(rows), cols=_split(cols))
+    record(result, table)
+    if fmt == "table":
+        out.print(table.rich())
+        for note in table.notes:
+            err.print(note, highlight=False)
+    else:
+        print({"markdown": table.markdown, "csv": table.csv, "json": table.json}[fmt](), end="")
+    done = sum(r.status == "FINISHED" for r in result.results)
+    reused = sum(r.reused for r in result.results)
+    err.print(f"{done}/{len(result.results)} cells finished ({reused} reused) in {result.wall_seconds:.1f}s; "
+              f"parent run {result.parent_id} in experiment {result.experiment!r} at {result.uri}", highlight=False)
+    if not result.ok:
+        failed = [r for r in result.results if r.status != "FINISHED"]
+        for r in failed[:10]:
+            err.print(f"  {r.status.lower()}: {r.cell.label}: {r.error}", highlight=False, markup=False)
+        raise typer.Exit(1)
+
+
+def _split(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def _print_cells(grid) -> None:
+    cells = grid.cells()
+    table = Table(title=f"sweep {grid.name}: {len(cells)} cells")
+    table.add_column("#", justify="right")
+    table.add_column("role")
+    table.add_column("cell")
+    for col in ("backend", "model", "dataset", "strategy", "weights", "seed"):
+        table.add_column(col)
+    for c in cells:
+        s = c.spec
+        weights = f"pretrain #{c.pretrain.index}" if c.pretrain is not None else s.weights
+        table.add_row(str(c.index), c.role, c.label, s.backend, s.model, s.dataset.source, s.strategy, weights,
+                      str(s.train.seed))
+    out.print(table)

@@ -1,0 +1,106 @@
+"""The Ray executor (``--executor ray``, extra ``tle[ray]``): each cell is a task on a Ray actor.
+
+Actors, not plain tasks: Ray reuses a worker process for any remote function,
+so a torch task could land in a process where TensorFlow is loaded (which
+crashes torch's exporter). An actor is a process of its own, bound to one
+backend, and stays warm across the cells it runs. Each actor asks Ray for one
+CPU and, for cells that want a GPU, one GPU.
+
+Without ``--address`` Ray starts on this machine; with it the sweep joins that
+cluster, and every node must have tle and the backend's framework installed
+and reach the tracking store: use an MLflow server URI there, not a SQLite file.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+from tle.errors import UserError
+from tle.study.schedule import Task
+
+
+def _actor_class(ray):
+    @ray.remote
+    class CellActor:
+        def __init__(self, backend: str):
+            from tle.study.worker import DataCache, warm_up
+
+            self.backend = backend
+            self.cache = DataCache()
+            warm_up(backend)
+
+        def run(self, message: dict[str, Any]) -> dict[str, Any]:
+            from tle.study.worker import handle
+
+            return handle(message, self.cache)
+
+    return CellActor
+
+
+class RayPool:
+    def __init__(self, address: str | None = None, cpus_per_cell: float = 1.0, num_cpus: int | None = None):
+        try:
+            import ray
+        except ImportError:
+            raise UserError("the ray executor needs Ray", "pip install 'tle[ray]'") from None
+        self.ray = ray
+        previous = signal.getsignal(signal.SIGTERM)
+        try:
+            ray.init(address=address or None, num_cpus=num_cpus if not address else None, include_dashboard=False,
+                     ignore_reinit_error=True, log_to_driver=False, configure_logging=True, logging_level="ERROR")
+        except Exception as exc:
+            raise UserError(f"cannot start or join Ray at {address or 'this machine'}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+                            "check --address (ray://HOST:10001 or HOST:6379) or drop it for a local Ray") from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)  # ray.init replaces the handler that ends runs KILLED
+        self.cpus = cpus_per_cell
+        self.actor = _actor_class(ray)
+        self.running: dict[Any, Any] = {}  # object ref -> actor handle
+        self.backend: dict[Any, str] = {}
+
+    def start(self, backend: str, gpus: float = 0.0):
+        handle = self.actor.options(num_cpus=self.cpus, num_gpus=gpus).remote(backend)
+        self.backend[handle] = backend
+        return handle
+
+    def submit(self, worker, task: Task) -> None:
+        self.running[worker.run.remote(task.message())] = worker
+
+    def wait(self, timeout: float) -> list[tuple[Any, dict[str, Any]]]:
+        if not self.running:
+            return []
+        ready, _ = self.ray.wait(list(self.running), num_returns=1, timeout=timeout)
+        done = []
+        for ref in ready:
+            worker = self.running.pop(ref)
+            try:
+                done.append((worker, self.ray.get(ref)))
+            except Exception as exc:  # the actor died (out of memory, a crash in the framework)
+                first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+                done.append((worker, {"status": "FAILED", "error": f"Ray actor for {self.backend.get(worker)} "
+                                                                   f"failed: {first[:300]}", "dead": True}))
+                self.stop(worker)
+        return done
+
+    def alive(self, worker) -> bool:
+        return worker in self.backend
+
+    def stop(self, worker) -> None:
+        if self.backend.pop(worker, None) is not None:
+            try:
+                self.ray.kill(worker)
+            except Exception:
+                pass
+
+    def interrupt(self, busy: dict, grace: float) -> list[tuple[Any, dict[str, Any]]]:
+        # Killing the actors leaves their runs RUNNING; the sweep ends those KILLED from the store.
+        for worker in list(busy):
+            self.stop(worker)
+        return [(worker, {"status": "KILLED", "error": "interrupted"}) for worker in busy]
+
+    def close(self) -> None:
+        for worker in list(self.backend):
+            self.stop(worker)
+        self.ray.shutdown()

@@ -1,0 +1,108 @@
+"""Handing cells to warm workers, whatever runs them (local processes or Ray actors).
+
+A worker serves one backend for its whole life, so a framework is imported once
+per worker and TensorFlow never meets torch's exporter. With ``jobs`` slots,
+a slot keeps its worker while cells of that backend remain and only then
+starts a worker for another backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass
+class Task:
+    cell: int
+    backend: str
+    spec: dict[str, Any]
+    tags: dict[str, str] = field(default_factory=dict)
+    label: str = ""
+    gpus: float = 0.0
+    kind: str = "run"  # or "export": export a finished run's model (``run_id``) to ONNX
+    run_id: str | None = None
+
+    def message(self) -> dict[str, Any]:
+        return {"cell": self.cell, "spec": self.spec, "tags": self.tags, "kind": self.kind, "run_id": self.run_id}
+
+
+class Pool(Protocol):
+    """What an executor provides: workers bound to one backend each."""
+
+    def start(self, backend: str, gpus: float) -> Any: ...
+
+    def submit(self, worker: Any, task: Task) -> None: ...
+
+    def wait(self, timeout: float) -> list[tuple[Any, dict[str, Any]]]:
+        """Outcomes of finished tasks as ``(worker, outcome)``; a dead worker's outcome says so."""
+
+    def alive(self, worker: Any) -> bool: ...
+
+    def stop(self, worker: Any) -> None: ...
+
+    def interrupt(self, busy: dict[Any, Task], grace: float) -> list[tuple[Any, dict[str, Any]]]:
+        """Stop every busy worker (their runs end KILLED) and return what they reported."""
+
+
+class Scheduler:
+    """Runs batches of tasks on at most ``jobs`` workers; idle workers stay warm between batches."""
+
+    def __init__(self, pool: Pool, jobs: int):
+        self.pool, self.jobs = pool, jobs
+        self.idle: list[tuple[Any, str]] = []
+        self.owner: dict[Any, str] = {}
+
+    def run(self, tasks: list[Task], *, on_start: Callable[[Task], None],
+            on_done: Callable[[Task, dict[str, Any]], None]) -> None:
+        """Run ``tasks``; ``on_done`` sees every outcome (also on Ctrl-C, with the KILLED ones)."""
+        order = {b: i for i, b in reversed(list(enumerate(t.backend for t in tasks)))}
+        pending = sorted(tasks, key=lambda t: (order[t.backend], t.cell))
+        busy: dict[Any, Task] = {}
+        try:
+            while pending or busy:
+                while pending and len(busy) < self.jobs:
+                    worker, task = self._assign(pending, busy)
+                    on_start(task)
+                    self.pool.submit(worker, task)
+                    busy[worker] = task
+                for worker, outcome in self.pool.wait(timeout=0.5):
+                    task = busy.pop(worker, None)
+                    if task is None:  # a worker that ended after it reported
+                        continue
+                    on_done(task, outcome)
+                    if self.pool.alive(worker):
+                        self.idle.append((worker, self.owner[worker]))
+                    else:
+                        self.owner.pop(worker, None)
+        except KeyboardInterrupt:
+            for worker, outcome in self.pool.interrupt(busy, grace=30.0):
+                task = busy.pop(worker, None)
+                if task is not None:
+                    on_done(task, outcome)
+            for task in busy.values():
+                on_done(task, {"cell": task.cell, "status": "KILLED", "error": "interrupted"})
+            raise
+
+    def close(self) -> None:
+        for worker, _ in self.idle:
+            self.pool.stop(worker)
+        self.idle.clear()
+
+    def _assign(self, pending: list[Task], busy: dict) -> tuple[Any, Task]:
+        for i, (worker, backend) in enumerate(self.idle):
+            match = next((t for t in pending if t.backend == backend), None)
+            if match is not None:
+                self.idle.pop(i)
+                pending.remove(match)
+                return worker, match
+        task = pending.pop(0)
+        if len(self.idle) + len(busy) >= self.jobs and self.idle:
+            # Every slot has a worker: retire an idle one of another backend (it holds memory, maybe a GPU).
+            old, _ = self.idle.pop(0)
+            self.pool.stop(old)
+            self.owner.pop(old, None)
+        worker = self.pool.start(task.backend, task.gpus)
+        self.owner[worker] = task.backend
+        return worker, task

@@ -1,0 +1,86 @@
+"""What a sweep reads from and writes to the MLflow store: its parent run, finished cells, results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+PARENT_TAG = "mlflow.parentRunId"
+SPEC_KEY = "tle.spec_key"
+SWEEP_KEY = "tle.sweep.key"
+ROLE = "tle.role"
+CELL = "tle.sweep.cell"
+RESULT_METRICS = ("test_acc", "best_val_acc", "test_loss", "test_f1_macro", "wall_seconds", "train_seconds",
+                  "onnx_max_abs_diff", "trainable_params", "total_params", "seconds_evaluate")
+
+
+@dataclass
+class CellRun:
+    """A cell's run as read back from the store."""
+
+    run_id: str
+    status: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def error(self) -> str:
+        return self.tags.get("tle.error", "")
+
+
+def open_parent(client, experiment_id: str, name: str, key: str, tags: dict[str, str]) -> tuple[str, bool]:
+    """The sweep's parent run: reopened when this sweep ran before (same key), else new. Returns (id, reopened)."""
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{SWEEP_KEY}` = '{key}' and tags.`{ROLE}` = 'sweep'",
+                               order_by=["attributes.start_time DESC"], max_results=1)
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        return run_id, True
+    run = client.create_run(experiment_id, run_name=name, tags={**tags, SWEEP_KEY: key, ROLE: "sweep"})
+    return run.info.run_id, False
+
+
+def finished_by_key(client, experiment_id: str) -> dict[str, list[Any]]:
+    """FINISHED runs of the experiment grouped by their spec key, newest first."""
+    found: dict[str, list[Any]] = {}
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], filter_string="attributes.status = 'FINISHED'",
+                                  order_by=["attributes.start_time DESC"], max_results=1000, page_token=token)
+        for run in page:
+            key = run.data.tags.get(SPEC_KEY)
+            if key:
+                found.setdefault(key, []).append(run)
+        token = page.token
+        if not token:
+            return found
+
+
+def read_runs(client, run_ids: list[str], experiment_id: str) -> dict[str, CellRun]:
+    out: dict[str, CellRun] = {}
+    ids = sorted(set(r for r in run_ids if r))
+    for i in range(0, len(ids), 100):
+        chunk = ", ".join(f"'{r}'" for r in ids[i:i + 100])
+        for run in client.search_runs([experiment_id], filter_string=f"attributes.run_id IN ({chunk})",
+                                      max_results=1000):
+            out[run.info.run_id] = CellRun(run.info.run_id, run.info.status, dict(run.data.metrics),
+                                           dict(run.data.params), dict(run.data.tags))
+    return out
+
+
+def end_orphans(client, experiment_id: str, parent_id: str, status: str) -> int:
+    """End child runs still RUNNING (their worker was killed) with ``status``; returns how many."""
+    running = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}' and "
+                                                                 "attributes.status = 'RUNNING'", max_results=1000)
+    for run in running:
+        client.set_tag(run.info.run_id, "tle.error", "interrupted: the sweep stopped its worker")
+        client.set_terminated(run.info.run_id, status=status)
+    return len(running)
+
+
+def record_failure(client, experiment_id: str, name: str, tags: dict[str, str], error: str) -> str:
+    """A FAILED child run for a cell that failed before its run existed (e.g. a data error)."""
+    run = client.create_run(experiment_id, run_name=name, tags={**tags, "tle.error": error[:5000]})
+    client.set_terminated(run.info.run_id, status="FAILED")
+    return run.info.run_id

@@ -1,0 +1,293 @@
+"""``tle sweep``: run a grid's cells on warm workers, one parent run, nested cell runs, resumable.
+
+Resume: a cell whose spec key (:meth:`ExperimentSpec.key`) and data
+fingerprint already have a FINISHED run in the experiment is not run again; its
+run is reused in the table. Failed and killed cells run again. Rerunning the
+same sweep reopens its parent run, so all its cells stay nested under one
+parent however many times it was interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console
+
+from tle.errors import UserError
+from tle.study.grid import PRETRAIN, Cell, Grid
+from tle.study.schedule import Scheduler, Task
+from tle.study.store import (CELL, PARENT_TAG, ROLE, CellRun, end_orphans, finished_by_key, open_parent, read_runs,
+                             record_failure)
+
+EXECUTORS = ("local", "ray")
+
+
+@dataclass
+class CellResult:
+    cell: Cell
+    status: str = "PENDING"  # FINISHED, FAILED, KILLED, PENDING (never started)
+    run_id: str | None = None
+    reused: bool = False  # finished by an earlier run of the same spec and data
+    error: str = ""
+    outcome: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SweepResult:
+    grid: Grid
+    parent_id: str
+    experiment: str
+    uri: str
+    results: list[CellResult]
+    runs: dict[str, CellRun] = field(default_factory=dict)
+    wall_seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def cells(self) -> list[CellResult]:
+        return [r for r in self.results if r.cell.role != PRETRAIN]
+
+    @property
+    def ok(self) -> bool:
+        return not self.interrupted and all(r.status == "FINISHED" for r in self.results)
+
+    def run_of(self, result: CellResult) -> CellRun | None:
+        return self.runs.get(result.run_id or "")
+
+
+def check_cells(cells: list[Cell]) -> None:
+    """Every backend, model and strategy of the grid exists: user errors before any run starts."""
+    from tle.runner import prepare
+
+    seen: set[tuple[str, str, str, bool]] = set()
+    for cell in cells:
+        sig = (cell.spec.backend, cell.spec.model, cell.spec.strategy, cell.spec.weights == "none")
+        if sig in seen:
+            continue
+        seen.add(sig)
+        spec = cell.spec
+        if spec.weights == PRETRAIN:  # resolved to runs:/ID once its pretraining cell finished
+            spec = spec.model_copy(update={"weights": "runs:/pretrain"})
+        try:
+            prepare(spec)
+        except UserError as exc:
+            raise UserError(f"sweep cell {cell.label}: {exc}") from None
+
+
+def make_pool(executor: str, address: str | None, jobs: int):
+    if executor == "local":
+        from tle.study.local import LocalPool
+
+        return LocalPool(jobs)
+    if executor == "ray":
+        from tle.study.ray_pool import RayPool
+
+        return RayPool(address, num_cpus=None)
+    raise UserError(f"unknown executor {executor!r}", f"choose one of {', '.join(EXECUTORS)}")
+
+
+class Sweep:
+    def __init__(self, grid: Grid, *, executor: str = "local", jobs: int = 1, address: str | None = None,
+                 tracking_uri: str | None = None, gpus_per_cell: float | None = None,
+                 console: Console | None = None, quiet: bool = False):
+        from tle.store import absolute_uri, sqlite_path
+
+        if executor not in EXECUTORS:
+            raise UserError(f"unknown executor {executor!r}", f"choose one of {', '.join(EXECUTORS)}")
+        if jobs < 1:
+            raise UserError(f"--jobs {jobs} must be at least 1", "use --jobs 1 or more")
+        self.grid = grid
+        self.cells = grid.cells()
+        check_cells(self.cells)
+        base = self.cells[0].spec
+        import mlflow
+
+        self.uri = absolute_uri(tracking_uri or base.tracking.uri or mlflow.get_tracking_uri())
+        if executor == "ray" and address and sqlite_path(self.uri) is not None:
+            raise UserError(f"a sweep on the Ray cluster {address} cannot track into the local file {self.uri}",
+                            "start an MLflow server reachable from every node and pass --tracking-uri http://HOST:5000")
+        self.experiment = base.tracking.experiment
+        self.executor, self.jobs, self.address = executor, jobs, address
+        self.gpus = gpus_per_cell
+        self.console = console or Console(stderr=True)
+        self.quiet = quiet
+        self._fingerprints: dict[str, str] = {}
+
+    # -- the parts ------------------------------------------------------------
+
+    def _spec_for(self, cell: Cell) -> dict[str, Any]:
+        spec = cell.spec.model_copy(update={"tracking": cell.spec.tracking.model_copy(update={
+            "uri": self.uri, "experiment": self.experiment,
+            "run_name": cell.spec.tracking.run_name or f"{self.grid.name}: {cell.label}"})})
+        return spec.model_dump(mode="json")
+
+    def _tags(self, cell: Cell, parent_id: str) -> dict[str, str]:
+        tags = {PARENT_TAG: parent_id, "tle.sweep": self.grid.name, CELL: str(cell.index), ROLE: cell.role}
+        tags.update({f"axis.{k}": str(v) for k, v in cell.axes.items()})
+        return tags
+
+    def _fingerprint(self, cell: Cell) -> str | None:
+        from tle.data.sources import split_fingerprint
+        from tle.plugins import load_backend
+
+        spec = cell.spec
+        key = json.dumps([spec.dataset.model_dump(mode="json"), spec.train.seed, spec.backend], sort_keys=True)
+        if key not in self._fingerprints:
+            try:
+                extra = load_backend(spec.backend).dataset_sources()
+                self._fingerprints[key] = split_fingerprint(spec.dataset, spec.train.seed, extra)
+            except UserError:
+                self._fingerprints[key] = ""  # the cell will fail with the same error, recorded as FAILED
+        return self._fingerprints[key] or None
+
+    def _reusable(self, cell: Cell, finished: dict[str, list[Any]]) -> Any | None:
+        candidates = finished.get(cell.key) or []
+        if not candidates:
+            return None
+        fp = self._fingerprint(cell)
+        return next((r for r in candidates if fp and r.data.params.get("data.fingerprint") == fp), None)
+
+    def _gpus(self, cell: Cell) -> float:
+        if self.gpus is not None:
+            return self.gpus
+        device = cell.spec.train.device
+        return 1.0 if device.startswith(("cuda", "gpu")) else 0.0
+
+    # -- running --------------------------------------------------------------
+
+    def run(self) -> SweepResult:
+        from tle.progress import make_progress
+        from tle.tracking import configure
+
+        started = time.perf_counter()
+        mlflow = configure(self.uri, self.experiment)
+        client = mlflow.MlflowClient()
+        exp_id = mlflow.get_experiment_by_name(self.experiment).experiment_id
+        parent_id, reopened = open_parent(client, exp_id, self.grid.name, self.grid.key(),
+                                          {"tle.sweep": self.grid.name, "tle.executor": self.executor})
+        if not reopened:
+            client.log_text(parent_id, self.grid.source, "sweep.yaml")
+            client.log_param(parent_id, "axes", json.dumps({k: v for k, v in self.grid.axes.items()}, default=str)[:6000])
+        results = {c.index: CellResult(c) for c in self.cells}
+        finished = finished_by_key(client, exp_id)
+        sweep = SweepResult(self.grid, parent_id, self.experiment, self.uri, list(results.values()))
+        progress = make_progress(self.console, self.quiet)
+        pool = scheduler = None
+        try:
+            if progress is not None:
+                progress.start()
+            pool = make_pool(self.executor, self.address, self.jobs)
+            scheduler = Scheduler(pool, self.jobs)
+            pretrains = [c for c in self.cells if c.role == PRETRAIN]
+            self._phase(pretrains, results, finished, client, exp_id, parent_id, scheduler, progress, "pretraining")
+            for cell in self.cells:
+                if cell.pretrain is not None:
+                    done = results[cell.pretrain.index]
+                    if done.status == "FINISHED":
+                        results[cell.index].cell = cell.with_weights(f"runs:/{done.run_id}")
+                    else:
+                        results[cell.index].status = "FAILED"
+                        results[cell.index].error = f"its pretraining cell {done.cell.label} did not finish"
+            todo = [results[c.index].cell for c in self.cells if c.role != PRETRAIN
+                    and results[c.index].status == "PENDING"]
+            self._phase(todo, results, finished, client, exp_id, parent_id, scheduler, progress, "cells")
+            self._export_best(results, client, exp_id, scheduler)
+        except KeyboardInterrupt:
+            sweep.interrupted = True
+            end_orphans(client, exp_id, parent_id, "KILLED")
+            client.set_terminated(parent_id, status="KILLED")
+            raise
+        except BaseException:
+            end_orphans(client, exp_id, parent_id, "FAILED")
+            client.set_terminated(parent_id, status="FAILED")
+            raise
+        finally:
+            if progress is not None:
+                progress.stop()
+            if scheduler is not None:
+                scheduler.close()
+            if pool is not None and hasattr(pool, "close"):
+                pool.close()
+        sweep.results = [results[c.index] for c in self.cells]
+        sweep.runs = read_runs(client, [r.run_id for r in sweep.results], exp_id)
+        sweep.wall_seconds = time.perf_counter() - started
+        return sweep
+
+    def _phase(self, cells: list[Cell], results, finished, client, exp_id, parent_id, scheduler, progress,
+               what) -> None:
+        tasks = []
+        for cell in cells:
+            reuse = self._reusable(cell, finished)
+            if reuse is not None:
+                results[cell.index].status, results[cell.index].run_id = "FINISHED", reuse.info.run_id
+                results[cell.index].reused = True
+                continue
+            tasks.append(Task(cell.index, cell.backend, self._spec_for(cell), self._tags(cell, parent_id),
+                              cell.label, self._gpus(cell)))
+        reused = len(cells) - len(tasks)
+        if not tasks:
+            if cells and not self.quiet:
+                self.console.print(f"{what}: all {len(cells)} finished earlier, reused")
+            return
+        if not self.quiet:
+            self.console.print(f"{what}: {len(tasks)} to run" + (f", {reused} finished earlier" if reused else "")
+                               + f" on {min(self.jobs, len(tasks))} {self.executor} worker(s)")
+        bar = progress.add_task(what, total=len(tasks), info="") if progress is not None else None
+
+        def on_start(task: Task) -> None:
+            if bar is not None:
+                progress.update(bar, info=task.label)
+
+        def on_done(task: Task, outcome: dict[str, Any]) -> None:
+            res = results[task.cell]
+            res.status = outcome.get("status", "FAILED")
+            res.run_id = outcome.get("run_id")
+            res.error = outcome.get("error", "")
+            res.outcome = outcome
+            if res.status != "FINISHED" and res.run_id is None:
+                res.run_id = record_failure(client, exp_id, task.spec["tracking"]["run_name"], task.tags,
+                                            res.error or res.status)
+                if res.status == "KILLED":
+                    client.set_terminated(res.run_id, status="KILLED")
+            if bar is not None:
+                progress.advance(bar)
+            if not self.quiet:
+                mark = {"FINISHED": "[green]done[/]", "KILLED": "[yellow]killed[/]"}.get(res.status, "[red]failed[/]")
+                extra = f"  {res.error}" if res.error and res.status != "FINISHED" else ""
+                self.console.print(f"  {mark} {task.label} ({outcome.get('seconds', 0):.1f}s){extra}",
+                                   highlight=False, markup=True)
+
+        scheduler.run(tasks, on_start=on_start, on_done=on_done)
+
+    def _export_best(self, results, client, exp_id, scheduler) -> None:
+        """``export.onnx: best``: export each group's best finished cell (by best_val_acc) after the grid."""
+        from tle.study.stats import group_key
+
+        wanted = [r for r in results.values() if r.cell.role != PRETRAIN and r.cell.spec.export.onnx == "best"
+                  and r.status == "FINISHED"]
+        if not wanted:
+            return
+        runs = read_runs(client, [r.run_id for r in wanted], exp_id)
+        best: dict[str, CellResult] = {}
+        for r in wanted:
+            key = group_key(r.cell.axes)
+            score = runs[r.run_id].metrics.get("best_val_acc", -1.0) if r.run_id in runs else -1.0
+            if key not in best or score > runs[best[key].run_id].metrics.get("best_val_acc", -1.0):
+                best[key] = r
+        tasks = [Task(r.cell.index, r.cell.backend, self._spec_for(r.cell), {}, r.cell.label, self._gpus(r.cell),
+                      kind="export", run_id=r.run_id)
+                 for r in best.values() if "onnx_max_abs_diff" not in runs[r.run_id].metrics]
+        if not tasks:
+            return
+        if not self.quiet:
+            self.console.print(f"export: the best of {len(best)} group(s), {len(tasks)} to export")
+
+        def on_done(task: Task, outcome: dict[str, Any]) -> None:
+            if outcome.get("status") != "FINISHED":
+                res = results[task.cell]
+                res.status, res.error = "FAILED", f"ONNX export: {outcome.get('error', '')}"
+
+        scheduler.run(tasks, on_start=lambda t: None, on_done=on_done)
