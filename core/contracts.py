@@ -29,6 +29,26 @@ class BackendInfo:
 
 
 @dataclass(frozen=True)
+class TrainingPhase:
+    """One step of a model that trains layer by layer inside every stage (spiking nets).
+
+    Within a stage, the phases whose ``block`` is trainable run one after the
+    other, in this order. ``passes`` bounds the passes over the training data
+    of a phase that runs before the stage's first epoch (unsupervised STDP,
+    which may stop early once converged); ``None`` means the phase runs for
+    the stage's epochs and reports them through the loop.
+    """
+
+    block: str  # a backbone block or ``head``
+    rule: str  # the learning rule, e.g. ``STDP`` or ``R-STDP``
+    passes: int | None = None
+
+    def describe(self, epochs: int) -> str:
+        return f"{self.rule} ≤{self.passes} pass{'es' if self.passes != 1 else ''}" if self.passes is not None \
+            else f"{self.rule} {epochs} ep"
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """A model a backend offers, with its backbone blocks in forward order."""
 
@@ -41,6 +61,9 @@ class ModelInfo:
     min_size: int = 1
     available: bool = True
     reason: str = ""
+    # Empty: every trainable block trains at once for the stage's epochs (backprop). Otherwise the
+    # stage trains block by block in this order, and ``tle plan`` shows each phase.
+    phases: tuple[TrainingPhase, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -75,6 +98,9 @@ class Evaluation:
 
     loss: float
     logits: np.ndarray
+    # Backend-specific observations beside the logits (a spiking net's silent rate, per-neuron
+    # firing counts): numbers are logged as metrics, anything else as a JSON artifact.
+    extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def predictions(self) -> np.ndarray:

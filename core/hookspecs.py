@@ -52,6 +52,13 @@ def register_models():
     Called on the backend and on every ``tle.plugins`` plugin; the lists are
     merged, so a plugin may add models to a backend. Must not import the
     framework.
+
+    A model that trains layer by layer (a spiking net: STDP per layer, then
+    R-STDP on the decision layer) lists its ``phases``
+    (:class:`tle.contracts.TrainingPhase`, in order); ``tle plan`` then shows,
+    per stage, which phases run and for how long, and :func:`train` runs them in
+    that order for the blocks the stage trains. Models trained end to end leave
+    ``phases`` empty.
     """
 
 
@@ -147,6 +154,11 @@ def train(model, data, stage, train, loop):
         ``epoch_end`` when it is not ``None``. When ``loop.resume_from`` is not
         ``None`` they load the model from it first, and the optimiser state
         too when the checkpoint's stage is ``stage.index``.
+
+    A model with ``phases`` (see :func:`register_models`) runs, for the blocks
+    ``stage`` trains, its fixed-length phases first (wrapped in ``loop.track``)
+    and its epoch phase for ``stage.epochs`` epochs; measures of the earlier
+    phases (e.g. ``conv1_convergence``) go into epoch 0's metrics.
     """
 
 
@@ -157,7 +169,10 @@ def evaluate(model, images, labels, batch_size):
     :param labels: int64 labels, or ``None`` (then the loss is NaN).
     :return: a :class:`tle.contracts.Evaluation` (mean cross-entropy and the
         logits, one row per image). The core derives every metric from these,
-        and compares the logits with the exported ONNX model's.
+        and compares the logits with the exported ONNX model's. ``extras`` may
+        carry what else the backend observed (a spiking net's ``silent_rate``
+        and per-neuron ``firing_counts``): numbers become metrics, the rest a
+        JSON artifact.
     """
 
 
@@ -184,10 +199,32 @@ def export_onnx(model, path, sample, metadata):
 
 
 @hookspec(firstresult=True)
-def fuse(models, class_names, options):
-    """Merge several trained models into one (S2's knowledge fusion).
+def export_extras(model, directory):
+    """Write other exported forms of ``model`` into ``directory`` (e.g. a spiking net's NIR graph).
 
-    :return: the fused native model, or ``None`` if the backend cannot fuse.
+    :return: the paths written (logged under the run's ``export/`` artifact), or ``None``.
+    """
+
+
+@hookspec(firstresult=True)
+def fuse(models, class_names, options):
+    """Merge several trained models into one (S2's knowledge fusion); used by ``tle fuse``.
+
+    :param list models: native models built by :func:`load_backbone` from finished runs
+        (each with its own head kept), in the order the user named the runs.
+    :param list[list[str]] class_names: each model's class names, in label order.
+    :param dict options: ``keep`` (fraction of each model's head units kept per class,
+        default 0.5) and ``ratio`` (fraction of a unit's incoming weights that rank it,
+        default 0.1); a backend may read more keys and must ignore unknown ones.
+    :return: the fused native model, or ``None`` if the backend cannot fuse (the core
+        then stops with a user error). The fused model's logits follow the ordered
+        union of ``class_names``: the first model's classes, then each later model's
+        new classes in their order. :func:`evaluate`, :func:`save_weights`,
+        :func:`export_onnx` and :func:`export_extras` must accept it.
+
+    Raise :class:`tle.UserError` for models that cannot be fused together (name why).
+    The core evaluates the fused model beside each model alone and beside bagging
+    (per class, the largest logit among the models that know the class).
     """
 
 
@@ -196,4 +233,42 @@ def resolve_device(device):
     """Return the concrete device ``device`` (``auto``...) means here, e.g. ``cuda:0`` or ``cpu``.
 
     Logged with the run. Must not fail when CUDA is absent: ``auto`` falls back to CPU.
+    """
+
+
+# -- probes: activations at initialisation (``tle init-study``, S4) -------------------
+
+
+@hookspec(firstresult=True)
+def dense_activations(inputs, units, activation, init, seed):
+    """Build one dense layer in the backend's framework and return its activations on ``inputs``.
+
+    Fired by ``tle init-study`` (S4) once per initialiser and seed, in a
+    process that holds only this backend. The layer maps ``inputs.shape[1]`` features to
+    ``units`` neurons; its kernel is drawn with ``init`` by the backend's own
+    initialiser code (the one :func:`apply_init` uses, so the study measures
+    what training would start from) and its bias is zero.
+
+    :param numpy.ndarray inputs: float32 ``(N, features)``, the same array for every backend.
+    :param int units: neurons in the layer (S4: 256).
+    :param str activation: ``sigmoid``, ``tanh``, ``relu`` or ``linear``.
+    :param tle.initializers.InitSpec init: the kernel's initialiser.
+    :param int seed: seed of the kernel's draw.
+    :return: float32 NumPy array ``(N, units)``, computed by the framework in inference mode.
+    """
+
+
+@hookspec(firstresult=True)
+def block_activations(model, images):
+    """Run ``model`` (from :func:`load_backbone`) in inference mode and return every block's output.
+
+    Fired by ``tle init-study --model`` on successive chunks of one batch of
+    images, right after :func:`load_backbone` and :func:`apply_init`; the core
+    computes the statistics (mean, std, dead and saturated fractions), so every
+    backend is measured with the same definitions.
+
+    :param numpy.ndarray images: float32 NHWC in [0, 1], a chunk of a few images.
+    :return: ``{block: float32 NumPy array}`` for every backbone block in forward
+        order (not ``head``), each the block's output with the channels last
+        (``(N, H, W, C)`` for conv blocks, ``(N, C)`` for dense ones).
     """

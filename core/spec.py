@@ -183,12 +183,12 @@ class ExperimentSpec(_Strict):
         return {k: str(v) for k, v in _flatten(self.model_dump(mode="json")).items()}
 
     def key(self) -> str:
-        """Identity of what the run computes: the resolved spec without where it is tracked.
+        """Identity of what the run computes: the resolved spec without where and how it is tracked.
 
         Logged as the tag ``tle.spec_key``; a sweep skips a cell whose key and
         data fingerprint already have a FINISHED run.
         """
-        body = self.model_dump(mode="json", exclude={"tracking"})
+        body = self.model_dump(mode="json", exclude={"tracking": True, "train": {"checkpoint"}})
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:20]
 
     def to_yaml(self) -> str:

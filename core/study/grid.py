@@ -154,6 +154,10 @@ def load_grid(path: str | Path, overrides: dict[str, Any] | None = None) -> Grid
     if not isinstance(base, dict):
         raise UserError(f"{path}: 'base' must be a mapping of spec fields or a spec file path", "fix the sweep file")
     base = copy.deepcopy(base)
+    # A sweep reruns a killed cell from its start, so per-epoch checkpoints would only cost time.
+    train = base.setdefault("train", {})
+    if isinstance(train, dict):
+        train.setdefault("checkpoint", False)
     for key, value in (overrides or {}).items():
         if value is not None:
             set_dotted(base, key, value)

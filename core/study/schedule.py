@@ -23,6 +23,7 @@ class Task:
     gpus: float = 0.0
     kind: str = "run"  # or "export": export a finished run's model (``run_id``) to ONNX
     run_id: str | None = None
+    after: int | None = None  # the cell (e.g. a pretraining run) this one starts from
 
     def message(self) -> dict[str, Any]:
         return {"cell": self.cell, "spec": self.spec, "tags": self.tags, "kind": self.kind, "run_id": self.run_id}
@@ -55,23 +56,53 @@ class Scheduler:
         self.owner: dict[Any, str] = {}
 
     def run(self, tasks: list[Task], *, on_start: Callable[[Task], None],
-            on_done: Callable[[Task, dict[str, Any]], None]) -> None:
-        """Run ``tasks``; ``on_done`` sees every outcome (also on Ctrl-C, with the KILLED ones)."""
+            on_done: Callable[[Task, dict[str, Any]], None],
+            resolve: Callable[[Task], dict[str, Any] | None] | None = None) -> None:
+        """Run ``tasks``; ``on_done`` sees every outcome (also on Ctrl-C, with the KILLED ones).
+
+        A task with ``after`` waits until that cell finished (and fails without running if it did
+        not); ``resolve`` is called when a task becomes ready and may complete it without running
+        (returning its outcome), e.g. when an earlier run already computed it.
+        """
         order = {b: i for i, b in reversed(list(enumerate(t.backend for t in tasks)))}
         pending = sorted(tasks, key=lambda t: (order[t.backend], t.cell))
+        status: dict[int, str] = {}
         busy: dict[Any, Task] = {}
+
+        def finish(task: Task, outcome: dict[str, Any]) -> None:
+            status[task.cell] = outcome.get("status", "FAILED")
+            on_done(task, outcome)
+
+        known = {t.cell for t in tasks}
+        ready: list[Task] = []
         try:
-            while pending or busy:
-                while pending and len(busy) < self.jobs:
-                    worker, task = self._assign(pending, busy)
+            while pending or ready or busy:
+                for task in list(pending):
+                    dep = status.get(task.after) if task.after in known else "FINISHED"
+                    if dep is None:
+                        continue
+                    pending.remove(task)
+                    if dep != "FINISHED":
+                        finish(task, {"cell": task.cell, "status": "FAILED",
+                                      "error": f"cell {task.after}, which it starts from, ended {dep}"})
+                        continue
+                    skipped = resolve(task) if resolve is not None else None
+                    if skipped is not None:
+                        finish(task, skipped)
+                    else:
+                        ready.append(task)
+                while ready and len(busy) < self.jobs:
+                    worker, task = self._assign(ready, busy)
                     on_start(task)
                     self.pool.submit(worker, task)
                     busy[worker] = task
+                if not busy:
+                    continue
                 for worker, outcome in self.pool.wait(timeout=0.5):
                     task = busy.pop(worker, None)
                     if task is None:  # a worker that ended after it reported
                         continue
-                    on_done(task, outcome)
+                    finish(task, outcome)
                     if self.pool.alive(worker):
                         self.idle.append((worker, self.owner[worker]))
                     else:

@@ -181,19 +181,7 @@ class Sweep:
                 progress.start()
             pool = make_pool(self.executor, self.address, self.jobs)
             scheduler = Scheduler(pool, self.jobs)
-            pretrains = [c for c in self.cells if c.role == PRETRAIN]
-            self._phase(pretrains, results, finished, client, exp_id, parent_id, scheduler, progress, "pretraining")
-            for cell in self.cells:
-                if cell.pretrain is not None:
-                    done = results[cell.pretrain.index]
-                    if done.status == "FINISHED":
-                        results[cell.index].cell = cell.with_weights(f"runs:/{done.run_id}")
-                    else:
-                        results[cell.index].status = "FAILED"
-                        results[cell.index].error = f"its pretraining cell {done.cell.label} did not finish"
-            todo = [results[c.index].cell for c in self.cells if c.role != PRETRAIN
-                    and results[c.index].status == "PENDING"]
-            self._phase(todo, results, finished, client, exp_id, parent_id, scheduler, progress, "cells")
+            self._run_cells(results, finished, client, exp_id, parent_id, scheduler, progress)
             self._export_best(results, client, exp_id, scheduler)
         except KeyboardInterrupt:
             sweep.interrupted = True
@@ -216,26 +204,27 @@ class Sweep:
         sweep.wall_seconds = time.perf_counter() - started
         return sweep
 
-    def _phase(self, cells: list[Cell], results, finished, client, exp_id, parent_id, scheduler, progress,
-               what) -> None:
-        tasks = []
-        for cell in cells:
-            reuse = self._reusable(cell, finished)
-            if reuse is not None:
-                results[cell.index].status, results[cell.index].run_id = "FINISHED", reuse.info.run_id
-                results[cell.index].reused = True
-                continue
-            tasks.append(Task(cell.index, cell.backend, self._spec_for(cell), self._tags(cell, parent_id),
-                              cell.label, self._gpus(cell)))
-        reused = len(cells) - len(tasks)
-        if not tasks:
-            if cells and not self.quiet:
-                self.console.print(f"{what}: all {len(cells)} finished earlier, reused")
-            return
+    def _run_cells(self, results, finished, client, exp_id, parent_id, scheduler, progress) -> None:
+        """Every cell in one schedule: a transfer cell becomes ready when its pretraining cell finished, so
+        a worker goes on with its own backend's cells instead of being restarted between phases."""
+        tasks = [Task(c.index, c.backend, self._spec_for(c), self._tags(c, parent_id), c.label, self._gpus(c),
+                      after=c.pretrain.index if c.pretrain is not None else None) for c in self.cells]
         if not self.quiet:
-            self.console.print(f"{what}: {len(tasks)} to run" + (f", {reused} finished earlier" if reused else "")
-                               + f" on {min(self.jobs, len(tasks))} {self.executor} worker(s)")
-        bar = progress.add_task(what, total=len(tasks), info="") if progress is not None else None
+            pre = sum(c.role == PRETRAIN for c in self.cells)
+            self.console.print(f"sweep {self.grid.name}: {len(tasks)} cells" + (f" ({pre} pretraining)" if pre else "")
+                               + f" on up to {self.jobs} {self.executor} worker(s)")
+        bar = progress.add_task("cells", total=len(tasks), info="") if progress is not None else None
+
+        def resolve(task: Task) -> dict[str, Any] | None:
+            res = results[task.cell]
+            if res.cell.pretrain is not None:
+                source = results[res.cell.pretrain.index]
+                res.cell = res.cell.with_weights(f"runs:/{source.run_id}")
+                task.spec = self._spec_for(res.cell)
+            reuse = self._reusable(res.cell, finished)
+            if reuse is None:
+                return None
+            return {"cell": task.cell, "status": "FINISHED", "run_id": reuse.info.run_id, "reused": True}
 
         def on_start(task: Task) -> None:
             if bar is not None:
@@ -246,6 +235,7 @@ class Sweep:
             res.status = outcome.get("status", "FAILED")
             res.run_id = outcome.get("run_id")
             res.error = outcome.get("error", "")
+            res.reused = bool(outcome.get("reused"))
             res.outcome = outcome
             if res.status != "FINISHED" and res.run_id is None:
                 res.run_id = record_failure(client, exp_id, task.spec["tracking"]["run_name"], task.tags,
@@ -256,11 +246,13 @@ class Sweep:
                 progress.advance(bar)
             if not self.quiet:
                 mark = {"FINISHED": "[green]done[/]", "KILLED": "[yellow]killed[/]"}.get(res.status, "[red]failed[/]")
+                if res.reused:
+                    mark = "[dim]reused[/]"
                 extra = f"  {res.error}" if res.error and res.status != "FINISHED" else ""
-                self.console.print(f"  {mark} {task.label} ({outcome.get('seconds', 0):.1f}s){extra}",
-                                   highlight=False, markup=True)
+                took = "" if res.reused else f" ({outcome.get('seconds', 0):.1f}s)"
+                self.console.print(f"  {mark} {task.label}{took}{extra}", highlight=False, markup=True)
 
-        scheduler.run(tasks, on_start=on_start, on_done=on_done)
+        scheduler.run(tasks, on_start=on_start, on_done=on_done, resolve=resolve)
 
     def _export_best(self, results, client, exp_id, scheduler) -> None:
         """``export.onnx: best``: export each group's best finished cell (by best_val_acc) after the grid."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from collections import OrderedDict
@@ -79,7 +80,8 @@ def execute(task: dict[str, Any], cache: DataCache) -> dict[str, Any]:
     try:
         spec = ExperimentSpec.model_validate(task["spec"])
         # "best" means the sweep exports the best cells afterwards.
-        result = run_experiment(spec, console=Console(stderr=True), quiet=True, tags=task.get("tags") or {},
+        tags = {**(task.get("tags") or {}), "tle.worker": f"{socket.gethostname()}:{os.getpid()}"}
+        result = run_experiment(spec, console=Console(stderr=True), quiet=True, tags=tags,
                                 load_data=cache, export=spec.export.onnx is True)
     except KeyboardInterrupt as exc:
         outcome.update(status="KILLED", run_id=getattr(exc, "tle_run_id", None), error="interrupted")

@@ -131,3 +131,17 @@ def export_onnx(model, path, sample, metadata):
     from tle_keras.export import export
 
     return export(model, path, sample, metadata)
+
+
+@hookimpl
+def dense_activations(inputs, units, activation, init, seed):
+    from tle_keras.probe import dense_activations as run
+
+    return run(inputs, int(units), activation, init, int(seed or 0))
+
+
+@hookimpl
+def block_activations(model, images):
+    from tle_keras.probe import block_activations as run
+
+    return run(model, images)

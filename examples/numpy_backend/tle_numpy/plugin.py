@@ -13,7 +13,7 @@ from importlib.metadata import version
 from tle import UserError, hookimpl
 from tle.contracts import BackendInfo, BlockCount, ModelInfo
 from tle.spec import HeadSpec
-from tle_numpy import onnx_export, training
+from tle_numpy import onnx_export, probe, training
 from tle_numpy import weights as npz
 from tle_numpy.model import MODELS, build, init_layer, layer_rng
 
@@ -102,3 +102,13 @@ def save_weights(model, directory):
 @hookimpl
 def export_onnx(model, path, metadata):
     return onnx_export.export(model, path, metadata.as_props())
+
+
+@hookimpl
+def dense_activations(inputs, units, activation, init, seed):
+    return probe.dense_activations(inputs, int(units), activation, init, int(seed or 0))
+
+
+@hookimpl
+def block_activations(model, images):
+    return probe.block_activations(model, images)
