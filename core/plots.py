@@ -9,19 +9,23 @@ import numpy as np
 from tle.loop import History
 
 
-def _pyplot():
-    import matplotlib
+def _figure(**kwargs):
+    # A bare Figure on the Agg canvas: no pyplot state, nothing to close, and no tight_layout
+    # (which renders every label twice): the margins below are fixed. Half of a sweep cell's
+    # fixed cost was these two plots.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def learning_curves(history: History, path: Path, title: str) -> Path:
-    plt = _pyplot()
     steps = [r.step + 1 for r in history.records]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = _figure(figsize=(10, 4))
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.88, wspace=0.22)
     for ax, metric in ((ax_loss, "loss"), (ax_acc, "acc")):
         for split, style in (("train", "-o"), ("val", "-s")):
             ax.plot(steps, history.series(f"{split}_{metric}"), style, label=split, markersize=3)
@@ -34,17 +38,18 @@ def learning_curves(history: History, path: Path, title: str) -> Path:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
-    fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
 def confusion_matrix(matrix: np.ndarray, class_names: list[str], path: Path, title: str) -> Path:
-    plt = _pyplot()
     k = len(class_names)
     size = max(4.0, min(0.5 * k + 2, 20.0))
-    fig, ax = plt.subplots(figsize=(size, size))
+    fig = _figure(figsize=(size, size))
+    ax = fig.subplots()
+    longest = max((len(str(n)) for n in class_names), default=1) if k <= 30 else 0
+    margin = min(0.45, (0.6 + 0.09 * longest) / size)  # room for the rotated tick labels
+    fig.subplots_adjust(left=margin, bottom=margin, right=0.97, top=0.92)
     ax.imshow(matrix, cmap="Blues")
     if k <= 30:
         ax.set_xticks(range(k), class_names, rotation=90)
@@ -56,8 +61,6 @@ def confusion_matrix(matrix: np.ndarray, class_names: list[str], path: Path, tit
                         color="white" if matrix[i, j] > peak / 2 else "black", fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title)
-    fig.tight_layout()
+    ax.set_title(title, fontsize=9)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

@@ -138,6 +138,9 @@ def fit(knet, data, stage, spec, loop) -> dict:
     model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=[keras.metrics.SparseCategoricalAccuracy(name="acc")])
     knet.optimizer = optimizer
+    # Built here, its variables exist before fit traces train_step; built inside the trace, TensorFlow
+    # traces the step a second time (about a quarter of a small model's first epoch).
+    optimizer.build(model.trainable_variables)
     if resumed_stage == stage.index:  # a checkpoint of an earlier stage holds another optimiser
         load_optimizer_state(loop.resume_from, optimizer, model.trainable_variables)
 
