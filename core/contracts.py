@@ -99,7 +99,7 @@ class Evaluation:
     loss: float
     logits: np.ndarray
     # Backend-specific observations beside the logits (a spiking net's silent rate, per-neuron
-    # firing counts): numbers are logged as metrics, anything else as a JSON artifact.
+    # firing counts); where the core logs them, numbers become metrics, anything else JSON.
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -171,8 +171,8 @@ def evaluate(model, images, labels, batch_size):
         logits, one row per image). The core derives every metric from these,
         and compares the logits with the exported ONNX model's. ``extras`` may
         carry what else the backend observed (a spiking net's ``silent_rate``
-        and per-neuron ``firing_counts``): numbers become metrics, the rest a
-        JSON artifact.
+        and per-neuron ``firing_counts``); where the core logs them (``tle
+        fuse`` does), numbers become metrics and the rest a JSON artifact.
     """
 
 
@@ -202,7 +202,8 @@ def export_onnx(model, path, sample, metadata):
 def export_extras(model, directory):
     """Write other exported forms of ``model`` into ``directory`` (e.g. a spiking net's NIR graph).
 
-    :return: the paths written (logged under the run's ``export/`` artifact), or ``None``.
+    :return: the paths written, or ``None``. ``tle fuse`` logs them under the run's
+        ``export/`` artifact.
     """
 
 

@@ -1,0 +1,42 @@
+"""``tle fuse``: S2's knowledge fusion of finished runs, beside bagging and each run alone."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from tle.cli.app import STATE, Opt, app, err, out
+
+
+@app.command()
+def fuse(
+    runs: Annotated[list[str], typer.Argument(help="two or more finished run ids (RUN_A RUN_B ...)")],
+    keep: Annotated[float, Opt(help="fraction of each run's head units kept per class")] = 0.5,
+    ratio: Annotated[float, Opt(help="fraction of a unit's largest incoming weights that rank it")] = 0.1,
+    tracking_uri: Annotated[Optional[str], Opt(help="MLflow tracking URI")] = None,
+    experiment: Annotated[Optional[str], Opt(help="MLflow experiment of the new run (default: the first run's)")] = None,
+    run_name: Annotated[Optional[str], Opt(help="MLflow run name")] = None,
+    json_out: Annotated[bool, Opt("--json", help="print the result as JSON")] = False,
+) -> None:
+    """Fuse runs into one model of the same size (S2); log it with bagging and each run alone."""
+    from tle.study.fusion import BAGGING, FUSED, run_fusion
+
+    result = run_fusion([r.removeprefix("runs:/").strip("/") for r in runs], keep=keep, ratio=ratio,
+                        tracking_uri=tracking_uri, experiment=experiment, run_name=run_name, console=err,
+                        quiet=STATE["quiet"] or json_out)
+    if json_out:
+        print(json.dumps(result.as_dict()))
+        return
+    table = Table(title=f"fusion run {result.run_id} (keep {keep:g}, ratio {ratio:g}): test accuracy")
+    table.add_column("model")
+    for task in result.tasks:
+        table.add_column(task, justify="right")
+    table.add_column("params", justify="right")
+    labels = [k for k in result.accuracy if k not in (BAGGING, FUSED)]
+    for label in labels + [BAGGING, FUSED]:
+        who = f"{label} ({result.parents[labels.index(label)][:8]})" if label in labels else label
+        table.add_row(who, *[f"{v:.4f}" for v in result.accuracy[label]], f"{result.sizes[label]:,}")
+    out.print(table)

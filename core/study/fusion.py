@@ -1,0 +1,263 @@
+"""Knowledge fusion across finished runs (``tle fuse``, seed S2), for any backend that implements ``fuse``.
+
+Each parent run is rebuilt from the store exactly as ``--weights runs:/ID``
+would rebuild it on its own classes (spec.yaml, class_names.json, weights/),
+and its test split is reloaded from its spec (checked against the logged data
+fingerprint). The backend's ``fuse`` hook merges the models; the core then
+scores on every parent's task and on the union of the tasks:
+
+* each parent alone — it can only name its own classes;
+* bagging — every parent votes: per class, the largest logit among the
+  parents that know the class (a spiking net's decision over both nets);
+* the fused model — over the ordered union of the classes.
+
+Accuracy compares class *names*, so a class two runs share counts once. The
+result is a new MLflow run tagged with its parents: metrics per model and
+task, the fused model's weights (usable as ``--weights runs:/ID``), its ONNX
+model after the parity check, and the backend's extra exports.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from tle.contracts import ExportMetadata, ResolvedWeights
+from tle.errors import UserError
+
+FUSED, BAGGING = "fused", "bagging"
+
+
+@dataclass
+class Parent:
+    run_id: str
+    spec: object
+    class_names: list[str]
+    data: object
+    model: object = None
+    size: int = 0
+
+
+@dataclass
+class FusionResult:
+    run_id: str
+    classes: list[str]
+    tasks: list[str]  # task labels: each parent's dataset, then "union"
+    accuracy: dict[str, list[float]]  # A, B..., bagging, fused -> accuracy per task
+    sizes: dict[str, int]  # model label -> parameters
+    onnx_max_abs_diff: float | None = None
+    parents: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"run_id": self.run_id, "parents": self.parents, "classes": self.classes, "tasks": self.tasks,
+                "accuracy": self.accuracy, "sizes": self.sizes, "onnx_max_abs_diff": self.onnx_max_abs_diff}
+
+
+def parent_label(index: int) -> str:
+    """A, B, C...: the parents in the order the user named them."""
+    return chr(ord("A") + index) if index < 26 else f"run{index + 1}"
+
+
+def ordered_union(class_names: list[list[str]]) -> list[str]:
+    out: list[str] = []
+    for names in class_names:
+        out += [str(c) for c in names if str(c) not in out]
+    return out
+
+
+def bagging_scores(logits: list[np.ndarray], class_names: list[list[str]], classes: list[str]) -> np.ndarray:
+    """Per class of ``classes``, the largest logit among the models that know it (-inf where none does)."""
+    n = len(logits[0])
+    out = np.full((n, len(classes)), -np.inf, dtype=np.float64)
+    for scores, names in zip(logits, class_names):
+        for j, name in enumerate(names):
+            k = classes.index(str(name))
+            out[:, k] = np.maximum(out[:, k], scores[:, j])
+    return out
+
+
+def named_accuracy(scores: np.ndarray, names: list[str], truth: list[str]) -> float:
+    if not len(truth):
+        return float("nan")
+    predicted = np.asarray(names, dtype=object)[scores.argmax(axis=1)]
+    return float(np.mean(predicted == np.asarray(truth, dtype=object)))
+
+
+def _load_parent(client, mlflow, run_id: str, backend_name: str | None, workdir: Path):
+    from tle.spec import build_spec
+    from tle.tracking import artifact_files
+    from tle.weights import CLASS_NAMES_ARTIFACT, WEIGHTS_ARTIFACT
+
+    try:
+        run = client.get_run(run_id)
+    except Exception:
+        raise UserError(f"run {run_id!r} not found in the tracking store {mlflow.get_tracking_uri()}",
+                        "check the run id, or pass the --tracking-uri of the store that holds it") from None
+    if run.info.status != "FINISHED":
+        raise UserError(f"run {run_id} is {run.info.status}, not FINISHED", "fuse finished runs only")
+    target = workdir / run_id
+    spec_files = artifact_files(run_id, "spec.yaml", target)
+    names = artifact_files(run_id, CLASS_NAMES_ARTIFACT, target)
+    weights = artifact_files(run_id, WEIGHTS_ARTIFACT, target)
+    if not spec_files or not names or not weights or len(weights) != 1:
+        raise UserError(f"run {run_id} lacks spec.yaml, class_names.json or a single weights/ file",
+                        "fuse runs made by tle run")
+    spec = build_spec(yaml.safe_load(spec_files[0].read_text()))
+    if backend_name is not None and spec.backend != backend_name:
+        raise UserError(f"run {run_id} was trained with backend {spec.backend!r}, the first with {backend_name!r}",
+                        "fuse runs of one backend")
+    return spec, json.loads(names[0].read_text()), weights[0], run.data.params.get("data.fingerprint")
+
+
+def run_fusion(run_ids: list[str], *, keep: float = 0.5, ratio: float = 0.1, tracking_uri: str | None = None,
+               experiment: str | None = None, run_name: str | None = None, console=None,
+               quiet: bool = False) -> FusionResult:
+    from tle.data import load_dataset
+    from tle.plugins import load_backend
+    from tle.tracking import configure, environment_tags, tracked_run
+
+    if len(run_ids) < 2:
+        raise UserError("tle fuse needs at least two runs", "pass RUN_A RUN_B")
+    if len(set(run_ids)) != len(run_ids):
+        raise UserError("the same run is named twice", "fuse different runs")
+    if not (0 < keep <= 1 and 0 < ratio <= 1):
+        raise UserError(f"--keep {keep} and --ratio {ratio} must lie in (0, 1]", "e.g. --keep 0.5 --ratio 0.1")
+    mlflow = configure(tracking_uri)
+    client = mlflow.MlflowClient()
+    workdir = Path(tempfile.mkdtemp(prefix="tle-fuse-"))
+    try:
+        parents: list[Parent] = []
+        backend = None
+        for run_id in run_ids:
+            spec, names, weights_path, fingerprint = _load_parent(client, mlflow, run_id,
+                                                                  backend.name if backend else None, workdir)
+            backend = backend or load_backend(spec.backend)
+            data = load_dataset(spec.dataset, seed=spec.train.seed, extra_sources=backend.dataset_sources())
+            if fingerprint and data.fingerprint() != fingerprint:
+                raise UserError(f"the data of run {run_id} changed since it ran (other split or files)",
+                                "fuse runs whose data is still where it was")
+            if [str(c) for c in data.class_names] != [str(c) for c in names]:
+                raise UserError(f"run {run_id}'s data now has classes {data.class_names}, the run had {names}",
+                                "fuse runs whose data is unchanged")
+            parent = Parent(run_id, spec, [str(c) for c in names], data)
+            parent.model = backend.hook.load_backbone(
+                model=spec.model, num_classes=len(names), class_names=parent.class_names,
+                input_shape=data.input_shape, head=spec.head,
+                weights=ResolvedWeights(kind="file", source=f"runs:/{run_id}", path=weights_path,
+                                        class_names=tuple(parent.class_names)),
+                device=spec.train.device, precision=spec.train.precision, seed=spec.train.seed)
+            parent.size = sum(c.total for c in backend.hook.count_parameters(model=parent.model))
+            parents.append(parent)
+        shapes = {p.data.input_shape for p in parents}
+        if len(shapes) != 1:
+            raise UserError(f"the runs saw images of different shapes {sorted(shapes)}", "fuse runs on one image size")
+        hook = backend.hook
+        fused = hook.fuse(models=[p.model for p in parents], class_names=[p.class_names for p in parents],
+                          options={"keep": keep, "ratio": ratio})
+        if fused is None:
+            raise UserError(f"backend {backend.name!r} cannot fuse models", "fusion needs a backend with a fuse hook "
+                            "(spyketorch)")
+        classes = ordered_union([p.class_names for p in parents])
+        result = _score(hook, parents, fused, classes)
+        result.parents = list(run_ids)
+        first = parents[0].spec
+        mlflow_experiment = experiment or first.tracking.experiment
+        configure(tracking_uri, mlflow_experiment)
+        tags = {"backend": backend.name, "model": first.model, "strategy": "fusion",
+                "dataset": " + ".join(p.spec.dataset.source for p in parents), "tle.parents": ",".join(run_ids),
+                **{f"tle.parent.{i}": r for i, r in enumerate(run_ids)}, "framework": backend.info.framework,
+                "framework_version": backend.info.framework_version, **environment_tags()}
+        name = run_name or f"{backend.name}-{first.model}-fusion"
+        with tracked_run(mlflow, name=name, tags=tags) as run:
+            result.run_id = run.run_id
+            _track(run, hook, parents, fused, classes, result, keep, ratio, workdir, console, quiet)
+        return result
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _score(hook, parents, fused, classes) -> FusionResult:
+    tasks = [p.spec.dataset.source for p in parents] + ["union"]
+    images = [p.data.x_test for p in parents]
+    truths = [[p.class_names[int(y)] for y in p.data.y_test] for p in parents]
+    images.append(np.concatenate(images))
+    truths.append([t for truth in truths for t in truth])
+    accuracy: dict[str, list[float]] = {}
+    per_parent: list[list[np.ndarray]] = []
+    for i, p in enumerate(parents):
+        bs = p.spec.train.batch_size
+        logits = [hook.evaluate(model=p.model, images=x, labels=None, batch_size=bs).logits for x in images]
+        per_parent.append(logits)
+        accuracy[parent_label(i)] = [named_accuracy(s, p.class_names, t) for s, t in zip(logits, truths)]
+    names = [p.class_names for p in parents]
+    accuracy[BAGGING] = [named_accuracy(bagging_scores([lp[k] for lp in per_parent], names, classes), classes, t)
+                         for k, t in enumerate(truths)]
+    bs = parents[0].spec.train.batch_size
+    fused_logits = [hook.evaluate(model=fused, images=x, labels=None, batch_size=bs).logits for x in images]
+    accuracy[FUSED] = [named_accuracy(s, classes, t) for s, t in zip(fused_logits, truths)]
+    sizes = {parent_label(i): p.size for i, p in enumerate(parents)}
+    sizes[BAGGING] = sum(p.size for p in parents)
+    sizes[FUSED] = sum(c.total for c in hook.count_parameters(model=fused))
+    return FusionResult("", classes, tasks, accuracy, sizes)
+
+
+def _track(run, hook, parents, fused, classes, result, keep, ratio, workdir, console, quiet) -> None:
+    from tle.runner import ParityError
+    from tle.serving import check_parity, open_model
+    from tle.weights import CLASS_NAMES_ARTIFACT, WEIGHTS_ARTIFACT
+
+    first = parents[0].spec
+    run.params({"fusion.keep": keep, "fusion.ratio": ratio, "fusion.parents": ",".join(result.parents),
+                "fusion.classes": len(classes), **{f"fusion.task{i + 1}": t for i, t in enumerate(result.tasks[:-1])}})
+    metrics = {}
+    for label, values in result.accuracy.items():
+        for i, value in enumerate(values):
+            task = "union" if i == len(values) - 1 else f"task{i + 1}"
+            metrics[f"{label}_acc_{task}"] = value
+    metrics.update({f"{label}_params": size for label, size in result.sizes.items()})
+    union_x = np.concatenate([p.data.x_test for p in parents])
+    union_y = np.asarray([classes.index(p.class_names[int(y)]) for p in parents for y in p.data.y_test])
+    evaluation = hook.evaluate(model=fused, images=union_x, labels=union_y, batch_size=first.train.batch_size)
+    metrics["test_acc"] = result.accuracy[FUSED][-1]
+    metrics["test_loss"] = evaluation.loss
+    extras = {k: v for k, v in (evaluation.extras or {}).items()}
+    metrics.update({f"fused_{k}": float(v) for k, v in extras.items() if isinstance(v, (int, float))})
+    run.metrics(metrics)
+    run.json(result.as_dict(), "fusion_report.json")
+    rest = {k: v for k, v in extras.items() if not isinstance(v, (int, float))}
+    if rest:
+        run.json(rest, "evaluation_extras.json")
+    run.json(classes, CLASS_NAMES_ARTIFACT)
+    weights_dir = workdir / "out" / WEIGHTS_ARTIFACT
+    weights_dir.mkdir(parents=True)
+    hook.save_weights(model=fused, directory=weights_dir)
+    run.artifact(weights_dir, WEIGHTS_ARTIFACT)
+    extras_dir = workdir / "out" / "export"
+    extras_dir.mkdir(parents=True)
+    written = hook.export_extras(model=fused, directory=extras_dir) or []
+    if written:
+        run.artifact(extras_dir, "export")
+    if not first.export.onnx:
+        return
+    h, w, c = parents[0].data.input_shape
+    sample = np.ascontiguousarray(union_x[: first.export.parity_batch])
+    meta = ExportMetadata(class_names=classes, image_size=(h, w), channels=c, backend=first.backend,
+                          model=first.model, extra={"run_id": run.run_id, "parents": ",".join(result.parents)})
+    path = Path(hook.export_onnx(model=fused, path=workdir / "out" / "model.onnx", sample=sample, metadata=meta))
+    reference = hook.evaluate(model=fused, images=sample, labels=None, batch_size=len(sample)).logits
+    parity = check_parity(open_model(path), sample, reference, first.export.atol, first.export.rtol)
+    run.metrics({"onnx_max_abs_diff": parity.max_abs_diff})
+    run.tags({"onnx.providers": ",".join(parity.providers)})
+    result.onnx_max_abs_diff = parity.max_abs_diff
+    if not parity.ok:
+        raise ParityError(f"the fused model's ONNX output differs by {parity.max_abs_diff:.3g} "
+                          f"(atol {first.export.atol}, rtol {first.export.rtol})")
+    run.onnx_model(path, sample, reference, None)
+    if console is not None and not quiet:
+        console.print(f"ONNX parity ok: max |diff| {parity.max_abs_diff:.2e} on {len(sample)} images")

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# S2 offline: knowledge fusion of two spiking networks (Mozafari et al.'s SNN, spyketorch backend).
+#   net A: digits 0-4 from scratch (STDP conv1, STDP conv2, R-STDP conv3)
+#   net B: digits 5-9 with A's conv1-conv2 frozen, conv3 learned anew (feature-extractor)
+#   tle fuse A B: the top half of each net's conv3 neurons per class, one net of the same size,
+#   beside bagging (both nets vote) and each net alone, on each task and on the union.
+# usage: examples/s2_fusion.sh [mozafari|mozafari_small]   (EPOCHS=10 BATCH=32 SOURCE_A=digits:0-4 SOURCE_B=digits:5-9)
+# With MNIST / EMNIST files in the Keras cache layout, SOURCE_A=mnist works the same way.
+set -euo pipefail
+MODEL=${1:-mozafari}
+EPOCHS=${EPOCHS:-10}
+BATCH=${BATCH:-32}
+SOURCE_A=${SOURCE_A:-digits:0-4}
+SOURCE_B=${SOURCE_B:-digits:5-9}
+SIZE=$([ "$MODEL" = mozafari_small ] && echo 16 || echo 28)
+EXP="s2-$MODEL-$(date +%Y%m%d-%H%M%S)"
+run() { echo "+ tle run $*" >&2; tle --quiet run --backend spyketorch --model "$MODEL" --experiment "$EXP" \
+          --image-size "$SIZE" --channels 1 --epochs "$EPOCHS" --batch-size "$BATCH" "$@"; }
+run_id() { python -c 'import json,sys; print(json.loads(sys.stdin.read().splitlines()[-1])["run_id"])'; }
+
+A=$(run --dataset "$SOURCE_A" --run-name "S2 net A" --json | run_id)
+B=$(run --dataset "$SOURCE_B" --strategy feature-extractor --weights "runs:/$A" --run-name "S2 net B" --json | run_id)
+echo "+ tle fuse $A $B" >&2
+tle fuse "$A" "$B" --keep 0.5 --ratio 0.1 --experiment "$EXP" --run-name "S2 fusion"

@@ -1,0 +1,85 @@
+"""S2's knowledge fusion: the most important decision neurons of each network in one network of the same size.
+
+A conv3 neuron's importance is the sum of its largest ``ratio`` (10 %) incoming
+synapses (S2: it predicts how often the neuron fires). Per class, each network
+that knows the class gives its ``keep`` (half) most important neurons; the
+fused conv3 lists, class by class over the ordered union of the classes, the
+neurons of the first network, then the next one's, so ``index // per_class``
+is still the class. Classes known to fewer networks than others are topped up
+with their networks' next-ranked neurons, so every class has as many neurons.
+conv1-conv2 are copied: the networks must share them (network B trained with
+``--strategy feature-extractor --weights runs:/NET_A``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from tle import UserError
+from tle_spyketorch.network import SpikingNet
+
+
+def importance(head: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Per neuron, the sum of its largest ``ratio`` incoming synapses."""
+    flat = head.detach().flatten(1)
+    k = max(1, math.ceil(ratio * flat.shape[1]))
+    return flat.topk(k, dim=1).values.sum(dim=1)
+
+
+def ranked(net: SpikingNet, ratio: float) -> dict[str, list[int]]:
+    """Per class, the net's neuron indices, most important first (ties: lower index first)."""
+    score = importance(net.head, ratio).cpu()
+    out = {}
+    for ci, name in enumerate(net.class_names):
+        idx = torch.arange(ci * net.per_class, (ci + 1) * net.per_class)
+        order = sorted(idx.tolist(), key=lambda i: (-float(score[i]), i))
+        out[name] = order
+    return out
+
+
+def union(class_names: list[list[str]]) -> list[str]:
+    seen: list[str] = []
+    for names in class_names:
+        seen += [str(c) for c in names if str(c) not in seen]
+    return seen
+
+
+def fuse(models: list, keep: float = 0.5, ratio: float = 0.1) -> SpikingNet:
+    if len(models) < 2:
+        raise UserError("fusion needs at least two networks", "pass two run ids")
+    first = models[0]
+    for other in models[1:]:
+        if other.model_name != first.model_name or other.input_shape != first.input_shape:
+            raise UserError(f"cannot fuse {first.model_name} at {first.input_shape} with {other.model_name} at "
+                            f"{other.input_shape}", "fuse runs of the same model and image size")
+        if not (torch.equal(other.conv1.cpu(), first.conv1.cpu()) and torch.equal(other.conv2.cpu(), first.conv2.cpu())):
+            raise UserError("the networks do not share conv1-conv2, so their decision neurons read different features",
+                            "train the second with --strategy feature-extractor --weights runs:/FIRST_RUN")
+    if not 0 < keep <= 1 or not 0 < ratio <= 1:
+        raise UserError(f"--keep {keep} and --ratio {ratio} must lie in (0, 1]", "e.g. --keep 0.5 --ratio 0.1")
+    classes = union([m.class_names for m in models])
+    rankings = [ranked(m, ratio) for m in models]
+    shares = [max(1, round(keep * m.per_class)) for m in models]
+    wanted = max(sum(s for m, s in zip(models, shares) if c in m.class_names) for c in classes)
+    rows: list[tuple[int, int]] = []  # (network, neuron) per fused neuron
+    for c in classes:
+        owners = [i for i, m in enumerate(models) if c in m.class_names]
+        taken = {i: shares[i] for i in owners}
+        while sum(taken.values()) < wanted:  # top up from the owners' next-ranked neurons, in turn
+            room = [i for i in owners if taken[i] < models[i].per_class]
+            if not room:
+                raise UserError(f"class {c!r} has too few neurons to fill {wanted} per class",
+                                "lower --keep")
+            taken[min(room, key=lambda i: (taken[i] / shares[i], i))] += 1
+        for i in owners:
+            rows += [(i, n) for n in rankings[i][c][:taken[i]]]
+    fused = SpikingNet(first.model_name, first.arch, classes, first.input_shape, per_class=wanted).to(first.device)
+    with torch.no_grad():
+        fused.conv1.copy_(first.conv1)
+        fused.conv2.copy_(first.conv2)
+        fused.head.copy_(torch.stack([models[i].head[n].to(first.device) for i, n in rows]))
+    fused.new_head = False
+    fused.provenance = rows
+    return fused

@@ -1,0 +1,66 @@
+"""Initialisers for synapses that live in [0, 1].
+
+Every initialiser of ``tle.initializers`` draws, with Keras's formulas, the
+*deviation* of a synapse from Mozafari's mean 0.8; the result is clipped to
+[0, 1] (synapses stay non-negative). ``normal:0.05`` is therefore the paper's
+N(0.8, 0.05); the core's default ``glorot_uniform`` gives U(0.8 ± l) with
+l = sqrt(6 / (fan_in + fan_out)) (±0.08 for mozafari's conv1); ``zeros``
+puts every synapse at 0.8. An initialiser centred on zero would leave half the
+synapses at 0 and most neurons silent, so the shift is what makes the core's
+initialisers usable here.
+
+Each block draws from its own generator seeded by (seed, block name).
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import numpy as np
+import torch
+
+from tle import UserError
+from tle.initializers import TRUNCATED_STD_CORRECTION, InitSpec
+
+MEAN = 0.8
+
+
+def block_generator(seed: int, block: str) -> torch.Generator:
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, zlib.crc32(block.encode())]).generate_state(1)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def deviation(shape: tuple[int, ...], init: InitSpec, generator: torch.Generator) -> torch.Tensor:
+    out = torch.empty(shape, dtype=torch.float32)
+    area = int(np.prod(shape[2:]))
+    fan_in, fan_out = shape[1] * area, shape[0] * area
+    name, p = init.name, init.param
+    if name == "zeros":
+        return out.zero_()
+    if name == "ones":
+        return out.fill_(1.0)
+    if name == "normal":
+        return out.normal_(0.0, p, generator=generator)
+    if name == "uniform":
+        return out.uniform_(-p, p, generator=generator)
+    family, dist = name.split("_")
+    scale = {"glorot": 2.0 / (fan_in + fan_out), "he": 2.0 / fan_in, "lecun": 1.0 / fan_in}[family]
+    if dist == "uniform":
+        limit = math.sqrt(3.0 * scale)
+        return out.uniform_(-limit, limit, generator=generator)
+    std = math.sqrt(scale) / TRUNCATED_STD_CORRECTION
+    return torch.nn.init.trunc_normal_(out, 0.0, std, -2.0 * std, 2.0 * std, generator=generator)
+
+
+@torch.no_grad()
+def apply_init(net, blocks, init: InitSpec, seed: int) -> bool:
+    unknown = [b for b in blocks if b not in net.trainable]
+    if unknown:
+        raise UserError(f"{net.model_name} has no block {', '.join(unknown)}",
+                        f"its blocks are {', '.join(net.trainable)}")
+    for block in blocks:
+        weight = net.synapses(block)
+        drawn = (MEAN + deviation(tuple(weight.shape), init, block_generator(seed, block))).clamp_(0.0, 1.0)
+        weight.copy_(drawn.to(weight.device))
+    return True

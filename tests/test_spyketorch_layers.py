@@ -1,0 +1,182 @@
+"""The spiking backend's pieces: DoG, latency coding, STDP, k-winners, and the batched passes against an
+independent one-image-at-a-time simulation over every time step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from tle_spyketorch import coding, competition, layers, plasticity  # noqa: E402
+from tle_spyketorch.network import SpikingNet  # noqa: E402
+from tle_spyketorch.reference import Reference  # noqa: E402
+from tle_spyketorch.registry import ARCHS  # noqa: E402
+
+SMALL = ARCHS["mozafari_small"]
+
+
+def digits(classes=range(5), size=16, n=None):
+    from tle_torch.testing import digits_dataset  # the suite's fixed digits split
+
+    d = digits_dataset(classes, size=size, channels=1)
+    return (d.x_train[:n], d.y_train[:n]) if n else (d.x_train, d.y_train)
+
+
+def small_net(classes=5, seed=0):
+    net = SpikingNet("mozafari_small", SMALL, [str(c) for c in range(classes)], (16, 16, 1))
+    g = torch.Generator().manual_seed(seed)
+    for w in (net.conv1, net.conv2, net.head):
+        w.data.normal_(0.8, 0.05, generator=g).clamp_(0, 1)
+    return net
+
+
+def partly_trained(net, seed=0):
+    """Synapses as STDP leaves them, mostly near 0 or 1, so that not every neuron fires any more."""
+    g = torch.Generator().manual_seed(seed)
+    for w, share in ((net.conv1, 0.3), (net.conv2, 0.15)):
+        chosen = torch.rand(w.shape, generator=g) < share
+        w.data.copy_(torch.where(chosen, 0.7 + 0.3 * torch.rand(w.shape, generator=g), 0.02 * torch.rand(w.shape, generator=g)))
+    net.head.data.uniform_(0.2, 0.8, generator=g)
+    return net
+
+
+@pytest.mark.parametrize("size, s1, s2", coding.DOG)
+def test_dog_kernels_are_zero_mean_with_max_one(size, s1, s2):
+    k = coding.dog_kernel(size, s1, s2)
+    assert k.shape == (size, size)
+    assert k.sum() == 0.0 and k.max() == 1.0
+    centre = k[size // 2, size // 2]
+    assert (centre > 0) == (s1 < s2)  # on-centre when the narrow Gaussian is positive
+    # Symmetric up to the few grid steps that made the rounded kernel exactly zero-mean.
+    assert np.abs(k - k.T).max() <= 2 / coding.KERNEL_STEP and np.abs(k - k[::-1, ::-1]).max() <= 2 / coding.KERNEL_STEP
+    assert np.all(k * coding.KERNEL_STEP == np.round(k * coding.KERNEL_STEP))  # on the exact grid
+
+
+def test_bank_centres_every_kernel_in_one_window():
+    bank = coding.dog_bank(coding.padded_size())
+    assert tuple(bank.shape) == (6, 1, 13, 13)
+    assert torch.allclose(bank.sum(dim=(1, 2, 3)), torch.zeros(6))
+    assert bank[0, 0, :5].abs().sum() == 0  # a 3x3 kernel sits in the middle
+
+
+def test_latency_coding_keeps_rank_order_and_fires_once():
+    rng = np.random.default_rng(0)
+    values = torch.from_numpy(rng.random((3, 6, 10, 10)).astype(np.float32))
+    values[values < 0.4] = 0
+    steps = coding.latency(values, 15)
+    for v, s in zip(values, steps):
+        v, s = v.flatten(), s.flatten()
+        fired = v > 0
+        assert torch.all(s[~fired] == 15) and torch.all(s[fired] < 15)
+        order = torch.argsort(v[fired], descending=True, stable=True)
+        assert torch.all(torch.diff(s[fired][order]) >= 0)  # larger never fires later
+        counts = torch.bincount(s[fired], minlength=15)
+        assert counts.max() - counts.min() <= 1  # equal bins
+    trains = layers.trains(steps, 15).unflatten(0, (3, 15))
+    assert torch.all(trains[:, 1:] >= trains[:, :-1])  # cumulative: once fired, stays 1
+    assert torch.all(torch.diff(trains, dim=1).clamp_min(0).sum(dim=1) + trains[:, 0] <= 1)  # one onset at most
+
+
+def test_final_spikes_are_the_last_step_of_the_coding():
+    x, _ = digits(n=8)
+    net = small_net()
+    images = torch.from_numpy(x)
+    assert torch.equal(coding.final_spikes(images, net.bank),
+                       (coding.encode(images, net.bank, 15) < 15).float())
+
+
+def test_stdp_signs_and_stabiliser():
+    weight = torch.tensor([[[[0.0, 0.5], [0.9, 1.0]]]])  # one map, one input channel, 2x2
+    times_in = torch.tensor([[[[2, 5], [3, 9]]]])  # input firing steps
+    winners = (torch.tensor([[0]]), torch.tensor([[0]]), torch.tensor([[0]]), torch.tensor([[True]]))
+    before = weight.clone()
+    change = plasticity.update(weight, times_in, winners, torch.tensor([[4]]), 0.1, -0.05, stabilise=True,
+                               bounds=(0.0, 1.0))
+    expected = torch.tensor([[0.1, -0.05, 0.1, -0.05]]) * before.flatten(1) * (1 - before.flatten(1))
+    assert torch.allclose(change, expected)
+    # Inputs no later than the output are potentiated, later ones depressed, and w at a bound does not move.
+    assert weight[0, 0, 1, 0] > before[0, 0, 1, 0] and weight[0, 0, 0, 1] < before[0, 0, 0, 1]
+    assert weight[0, 0, 0, 0] == 0.0 and weight[0, 0, 1, 1] == 1.0
+    # Without the stabiliser (R-STDP) every synapse moves by the rate, clipped to the bounds.
+    w = torch.full((1, 1, 2, 2), 0.79)
+    plasticity.update(w, times_in, winners, torch.tensor([[4]]), 0.004, -0.003, stabilise=False,
+                      bounds=plasticity.RSTDP_BOUNDS)
+    assert torch.allclose(w.flatten(), torch.tensor([0.794, 0.787, 0.794, 0.787]).clamp(max=0.8))
+
+
+def test_learning_rate_schedule_doubles_to_the_cap():
+    s = plasticity.Schedule()
+    assert s.rates(0) == (0.004, -0.003) and s.rates(499) == (0.004, -0.003)
+    assert s.rates(500) == (0.008, -0.006)
+    assert s.rates(10_000) == (0.15, -0.75 * 0.15)
+
+
+def test_k_winners_respect_the_inhibition_radius():
+    rng = np.random.default_rng(1)
+    score = torch.from_numpy(rng.random((4, 12, 9, 9)))
+    maps, ys, xs, valid = competition.k_winners(score, 5, 2)
+    assert valid.all()
+    for n in range(4):
+        assert score[n].max() == score[n, maps[n, 0], ys[n, 0], xs[n, 0]]
+        assert len(set(maps[n].tolist())) == 5  # a map wins once
+        for i in range(5):
+            for j in range(i):
+                cheb = max(abs(int(ys[n, i] - ys[n, j])), abs(int(xs[n, i] - xs[n, j])))
+                assert cheb > 2
+    # Fewer candidates than k: the rest are marked invalid.
+    sparse = torch.zeros(1, 3, 5, 5, dtype=torch.float64)
+    sparse[0, 1, 2, 2] = 1.0
+    assert competition.k_winners(sparse, 3, 1)[3].tolist() == [[True, False, False]]
+
+
+def test_pointwise_inhibition_keeps_the_earliest_per_position():
+    times = torch.tensor([[[[3]], [[1]], [[1]], [[15]]]])  # 4 maps at one position; map 3 silent
+    pot = torch.tensor([[[[20.0]], [[16.0]], [[18.0]], [[0.0]]]])
+    score = competition.pointwise(competition.priority(times, pot, 15, 100))
+    assert score.flatten().nonzero().flatten().tolist() == [2]  # earliest, then the higher potential
+
+
+def test_batched_inference_equals_the_step_by_step_simulation_exactly():
+    x, _ = digits(n=24)
+    net = partly_trained(small_net())
+    logits = net(torch.from_numpy(x))
+    one_by_one = torch.stack([net(torch.from_numpy(x[i:i + 1]))[0] for i in range(len(x))])
+    simulated = torch.stack([Reference(net).logits(x[i]) for i in range(len(x))])
+    assert torch.equal(logits, one_by_one) and torch.equal(logits, simulated)
+    assert len(torch.unique(logits.argmax(1))) > 1  # not a degenerate network
+
+
+@pytest.mark.parametrize("block", ["conv1", "conv2"])
+def test_batch_of_one_stdp_equals_the_per_image_simulation(block):
+    x, _ = digits(n=6)
+    net = partly_trained(small_net())
+    twin = small_net()
+    twin.load_state_dict(net.state_dict())
+    for i in range(len(x)):
+        net.stdp_step(block, torch.from_numpy(x[i:i + 1]), (0.05, -0.04))
+        Reference(twin).stdp(block, x[i], (0.05, -0.04))
+    changed = net.synapses(block) != partly_trained(small_net()).synapses(block)
+    assert changed.any()
+    assert torch.equal(net.synapses(block), twin.synapses(block))
+
+
+def test_batch_of_one_rstdp_equals_the_per_image_simulation():
+    x, y = digits(n=10)
+    net = partly_trained(small_net())
+    twin = small_net()
+    twin.load_state_dict(net.state_dict())
+    for i in range(len(x)):
+        net.rstdp_step(torch.from_numpy(x[i:i + 1]), torch.from_numpy(y[i:i + 1]), (0.7, 0.3))
+        Reference(twin).rstdp(x[i], int(y[i]), (0.7, 0.3))
+    assert torch.equal(net.head, twin.head)
+    assert net.head.min() >= 0.2 and net.head.max() <= 0.8
+
+
+def test_batched_stdp_is_deterministic():
+    x, _ = digits(n=32)
+    a, b = small_net(), small_net()
+    for net in (a, b):
+        net.stdp_step("conv1", torch.from_numpy(x), (0.05, -0.04))
+    assert torch.equal(a.conv1, b.conv1)
+
