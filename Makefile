@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml examples/numpy_backend/pyproject.toml
 	@touch $@
 
 demo: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -64,3 +64,30 @@ def confusion_matrix(matrix: np.ndarray, class_names: list[str], path: Path, tit
     ax.set_title(title, fontsize=9)
     fig.savefig(path, dpi=100)
     return path
+
+
+def compare_curves(rows: list[dict], path: Path, title: str) -> Path:
+    """val_acc per epoch, one line per run, one panel per backend; a colour per strategy across panels."""
+    backends = sorted({r["backend"] or "?" for r in rows if r["val_curve"]}) or ["?"]
+    strategies = sorted({r["strategy"] or "?" for r in rows})
+    colours = {s: f"C{i % 10}" for i, s in enumerate(strategies)}
+    fig = _figure(figsize=(5.2 * len(backends), 4))
+    axes = fig.subplots(1, len(backends), squeeze=False, sharey=True)[0]
+    fig.subplots_adjust(left=0.08 / len(backends) ** 0.5, right=0.98, bottom=0.13, top=0.86, wspace=0.08)
+    for ax, backend in zip(axes, backends):
+        seen = set()
+        for r in rows:
+            if (r["backend"] or "?") != backend or not r["val_curve"]:
+                continue
+            strategy = r["strategy"] or "?"
+            ax.plot(range(1, len(r["val_curve"]) + 1), r["val_curve"], "-o", markersize=2.5, linewidth=1.2,
+                    color=colours[strategy], alpha=0.75, label=None if strategy in seen else strategy)
+            seen.add(strategy)
+        ax.set_title(backend)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    axes[0].set_ylabel("val_acc")
+    fig.suptitle(title)
+    fig.savefig(path, dpi=100)
+    return path

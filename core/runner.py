@@ -222,6 +222,7 @@ def _train_and_report(spec, backend, plan, data, model, run, console, progress, 
     run.metrics({"test_acc": report.accuracy, "test_loss": report.loss, "test_f1_macro": report.macro_f1,
                  "best_val_acc": history.best("val_acc"), "epochs_trained": len(history.records)})
     run.json(report.as_dict(), "test_report.json")
+    log_extras(run, evaluation.extras, "test")
     title = default_run_name(spec)
     plots.learning_curves(history, workdir / "learning_curves.png", title)
     plots.confusion_matrix(report.confusion, data.class_names, workdir / "confusion_matrix.png", title)
@@ -238,8 +239,29 @@ def _train_and_report(spec, backend, plan, data, model, run, console, progress, 
     result = RunResult(run.run_id, spec, plan, history, report, all_counts)
     if export:
         result.onnx_max_abs_diff = export_and_check(spec, hook, model, data, run, workdir, console, quiet)
+        export_extras(hook, model, run, workdir)
         clock.lap("export")
     return result
+
+
+def log_extras(run, extras: dict | None, prefix: str) -> None:
+    """What a backend observed beside the logits: numbers as ``{prefix}_NAME`` metrics, the rest as JSON."""
+    if not extras:
+        return
+    numbers = {f"{prefix}_{k}": float(v) for k, v in extras.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    run.metrics(numbers)
+    rest = {k: v for k, v in extras.items() if f"{prefix}_{k}" not in numbers}
+    if rest:
+        run.json(rest, f"{prefix}_extras.json")
+
+
+def export_extras(hook, model, run, workdir: Path) -> None:
+    """Other exported forms a backend offers (a spiking net's NIR graph), logged under ``export/``."""
+    folder = workdir / "export"
+    folder.mkdir(exist_ok=True)
+    if hook.export_extras(model=model, directory=folder) and any(folder.iterdir()):
+        run.artifact(folder, "export")
 
 
 def _checkpoint_path(spec, backend, workdir: Path) -> Path | None:

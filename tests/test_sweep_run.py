@@ -164,3 +164,31 @@ def test_dead_tracking_server_fails_within_seconds(tmp_path, kind):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "does not answer" in lines[0] and f"127.0.0.1:{port}" in lines[0]
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_compare_on_a_sweep_writes_curves_and_transfer_metrics(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    path = grid_file(tmp_path, {"name": "cmp", "base": {**NUMPY_BASE, "tracking": {"experiment": "cmp"},
+                                                       "export": {"onnx": False}},
+                                "pretrain": {"dataset": {"source": "digits:0-4", "train": None}, "train": {"seed": 0}},
+                                "axes": {"strategy": ["scratch", "transfer:all"], "train.seed": [0, 1]}})
+    tle("--quiet", "sweep", path, "--tracking-uri", uri, check_rc=0)
+    proc = tle("compare", "--sweep", "cmp", "--tracking-uri", uri, "--format", "json", check_rc=0)
+    rows = {r["run_id"]: r for r in json.loads(proc.stdout)}
+    cells = {r.info.run_id: r for r in runs_of(uri, "cmp", "tags.`tle.role` = 'cell'")}
+    assert set(cells) <= set(rows) and len(cells) == 4
+    client = client_for(uri)
+    for run_id, run in cells.items():
+        row = rows[run_id]
+        if run.data.tags["strategy"] == "scratch":
+            assert row["baseline"] is None
+            continue
+        base = cells[row["baseline"]]  # the scratch cell of the same seed
+        assert base.data.tags["strategy"] == "scratch"
+        assert base.data.params["train.seed"] == run.data.params["train.seed"]
+        assert client.get_run(run_id).data.metrics["transfer_jumpstart"] == pytest.approx(row["jumpstart"])
+    parent = next(r for r in runs_of(uri, "cmp") if r.data.tags.get("tle.role") == "sweep")
+    assert [a.path for a in client.list_artifacts(parent.info.run_id, "plots")] == ["plots/val_acc_curves.png"]
+    md = tle("compare", "--sweep", parent.info.run_id, "--tracking-uri", uri, "--format", "markdown",
+             "--filter", "tags.strategy = 'transfer:all'", check_rc=0).stdout
+    assert md.count("| transfer:all |") == 2 and "| scratch |" not in md

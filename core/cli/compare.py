@@ -1,41 +1,114 @@
-"""``tle compare``: an experiment's runs side by side, across backends."""
+"""``tle compare``: runs side by side across backends, their learning curves and transfer metrics."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import tempfile
+from pathlib import Path
 from typing import Annotated, Optional
 
 from rich.table import Table
 
 from tle.cli.app import Opt, app, err, fmt, out
+from tle.errors import UserError
+
+COLUMNS = ("name", "status", "backend", "model", "strategy", "dataset", "seed", "best_val_acc", "test_acc",
+           "jumpstart", "speedup", "asymptote_gain", "auc_ratio", "trainable_params", "wall_seconds", "run_id",
+           "baseline")
+FORMATS = ("table", "markdown", "csv", "json")
+
 
 @app.command()
 def compare(
-    experiment: Annotated[str, Opt(help="MLflow experiment name")] = "tle",
+    experiment: Annotated[Optional[str], Opt(help="MLflow experiment name (default: tle)")] = None,
+    sweep: Annotated[Optional[str], Opt(help="only the cells of this sweep (parent run id or sweep name)")] = None,
+    filter_: Annotated[Optional[str], Opt("--filter", help="MLflow filter, e.g. \"tags.backend = 'torch'\"")] = None,
+    curves: Annotated[Optional[Path], Opt(help="write the overlaid val_acc curves PNG here")] = None,
     tracking_uri: Annotated[Optional[str], Opt(help="MLflow tracking URI")] = None,
-    json_out: Annotated[bool, Opt("--json", help="print JSON")] = False,
+    fmt_: Annotated[str, Opt("--format", help="table | markdown | csv | json")] = "table",
+    json_out: Annotated[bool, Opt("--json", help="same as --format json")] = False,
 ) -> None:
-    """Table of an experiment's runs across backends."""
-    from tle.compare import load_runs
+    """Runs side by side across backends, with transfer metrics against scratch and overlaid curves."""
+    from tle import plots
+    from tle.compare import load_runs, public, resolve_sweep
 
-    rows = load_runs(experiment, tracking_uri)
-    if json_out:
-        for r in rows:
-            r.pop("val_curve", None)
-        print(json.dumps(rows))
-        return
-    table = Table(title=f"experiment {experiment}: {len(rows)} runs")
-    cols = ("run", "backend", "model", "strategy", "dataset", "best val", "test acc", "jump", "speedup",
-            "asym", "trainable", "time")
-    for col in cols:
-        table.add_column(col, justify="right" if col in cols[5:] else "left")
+    fmt_ = "json" if json_out else fmt_
+    if fmt_ not in FORMATS:
+        raise UserError(f"unknown --format {fmt_!r}", f"choose one of {', '.join(FORMATS)}")
+    if sweep and experiment:
+        raise UserError("give --experiment or --sweep, not both", "a sweep's cells are in its own experiment")
+    rows = load_runs(experiment or "tle", tracking_uri, sweep=sweep, filter_string=filter_)
+    title = f"sweep {sweep}" if sweep else f"experiment {experiment or 'tle'}"
+    if rows:
+        _curves(rows, title, sweep, curves, tracking_uri, plots, resolve_sweep)
+    if fmt_ == "json":
+        print(json.dumps([public(r) for r in rows]))
+    elif fmt_ == "csv":
+        print(_csv(rows), end="")
+    elif fmt_ == "markdown":
+        print(_markdown(rows, title))
+    else:
+        out.print(_table(rows, title))
+        if any(r["baseline"] for r in rows):
+            err.print("jump/speedup/asym: jumpstart, epochs-to-90%-of-best speed-up and asymptote gain against "
+                      "the scratch run with the same spec but strategy and weights (same seed in a sweep)",
+                      highlight=False)
+
+
+def _curves(rows, title, sweep, target, tracking_uri, plots, resolve_sweep) -> None:
+    if sweep:
+        from tle.tracking import configure
+
+        client = configure(tracking_uri).MlflowClient()
+        parent = resolve_sweep(client, sweep)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = plots.compare_curves(rows, Path(tmp) / "val_acc_curves.png", f"{title}: val_acc per epoch")
+            client.log_artifact(parent.info.run_id, str(path), "plots")
+        err.print(f"curves: plots/val_acc_curves.png on parent run {parent.info.run_id}", highlight=False)
+        if target is None:
+            return
+    path = target or Path(f"tle-compare-{(title.split(' ', 1)[1]).replace('/', '_')}.png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plots.compare_curves(rows, path, f"{title}: val_acc per epoch")
+    err.print(f"curves: {path}", highlight=False)
+
+
+def _cells(r: dict) -> list[str]:
+    status = "" if r["status"] == "FINISHED" else f" {r['status']}"
+    return [f"{r['name'] or r['run_id'][:8]}{status}", r["backend"], r["model"], r["strategy"], r["dataset"],
+            r["seed"] or "", fmt(r["best_val_acc"], ".3f"), fmt(r["test_acc"], ".3f"), fmt(r["jumpstart"], "+.3f"),
+            fmt(r["speedup"], ".1f", "x"), fmt(r["asymptote_gain"], "+.3f"), fmt(r["auc_ratio"], ".2f"),
+            fmt(r["trainable_params"], ",.0f"), fmt(r["wall_seconds"], ".1f", "s")]
+
+
+HEAD = ("run", "backend", "model", "strategy", "dataset", "seed", "best val", "test acc", "jump", "speedup",
+        "asym", "auc", "trainable", "time")
+
+
+def _table(rows, title) -> Table:
+    table = Table(title=f"{title}: {len(rows)} runs")
+    for col in HEAD:
+        table.add_column(col, justify="right" if col in HEAD[5:] else "left")
     for r in rows:
-        status = "" if r["status"] == "FINISHED" else f" [red]{r['status']}[/]"
-        table.add_row(f"{r['name'] or r['run_id'][:8]}{status}", r["backend"], r["model"], r["strategy"],
-                      r["dataset"], fmt(r["best_val_acc"], ".3f"), fmt(r["test_acc"], ".3f"),
-                      fmt(r["jumpstart"], "+.3f"), fmt(r["speedup"], ".1f", "x"), fmt(r["asymptote_gain"], "+.3f"),
-                      fmt(r["trainable_params"], ",.0f"), fmt(r["wall_seconds"], ".1f", "s"))
-    out.print(table)
-    if any(r["baseline"] for r in rows):
-        err.print("jump/speedup/asym: jumpstart, epochs-to-90%-of-best speed-up and asymptote gain against the "
-                  "scratch run of the same backend, model and data", highlight=False)
+        cells = _cells(r)
+        if r["status"] != "FINISHED":
+            cells[0] = f"{r['name'] or r['run_id'][:8]} [red]{r['status']}[/]"
+        table.add_row(*cells)
+    return table
+
+
+def _markdown(rows, title) -> str:
+    lines = [f"**{title}: {len(rows)} runs**", "", "| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
+    lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _csv(rows) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(COLUMNS) + ["val_curve"], extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({**r, "val_curve": " ".join(f"{v:.4f}" for v in r["val_curve"])})
+    return buf.getvalue()

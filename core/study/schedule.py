@@ -23,7 +23,9 @@ class Task:
     gpus: float = 0.0
     kind: str = "run"  # or "export": export a finished run's model (``run_id``) to ONNX
     run_id: str | None = None
-    after: int | None = None  # the cell (e.g. a pretraining run) this one starts from
+    after: tuple[int, ...] = ()  # cells (a pretraining run; an export's group) that must end first
+    strict: bool = True  # fail without running when one of ``after`` did not finish
+    cell_of: int | None = None  # for an export: the cell whose run it exports
 
     def message(self) -> dict[str, Any]:
         return {"cell": self.cell, "spec": self.spec, "tags": self.tags, "kind": self.kind, "run_id": self.run_id}
@@ -60,12 +62,14 @@ class Scheduler:
             resolve: Callable[[Task], dict[str, Any] | None] | None = None) -> None:
         """Run ``tasks``; ``on_done`` sees every outcome (also on Ctrl-C, with the KILLED ones).
 
-        A task with ``after`` waits until that cell finished (and fails without running if it did
-        not); ``resolve`` is called when a task becomes ready and may complete it without running
-        (returning its outcome), e.g. when an earlier run already computed it.
+        A task with ``after`` waits until those cells ended (and, when ``strict``, fails without
+        running if one did not finish); ``resolve`` is called when a task becomes ready and may
+        complete it without running (returning its outcome), e.g. when an earlier run already
+        computed it. Tasks others wait for go first, so every backend's pretraining starts at once.
         """
         order = {b: i for i, b in reversed(list(enumerate(t.backend for t in tasks)))}
-        pending = sorted(tasks, key=lambda t: (order[t.backend], t.cell))
+        awaited = {c for t in tasks for c in t.after}
+        pending = sorted(tasks, key=lambda t: (t.cell not in awaited, order[t.backend], t.cell))
         status: dict[int, str] = {}
         busy: dict[Any, Task] = {}
 
@@ -78,13 +82,15 @@ class Scheduler:
         try:
             while pending or ready or busy:
                 for task in list(pending):
-                    dep = status.get(task.after) if task.after in known else "FINISHED"
-                    if dep is None:
+                    deps = {c: status.get(c) for c in task.after if c in known}
+                    if any(v is None for v in deps.values()):
                         continue
                     pending.remove(task)
-                    if dep != "FINISHED":
+                    bad = {c: v for c, v in deps.items() if v != "FINISHED"}
+                    if bad and task.strict:
+                        cell, how = next(iter(bad.items()))
                         finish(task, {"cell": task.cell, "status": "FAILED",
-                                      "error": f"cell {task.after}, which it starts from, ended {dep}"})
+                                      "error": f"cell {cell}, which it starts from, ended {how}"})
                         continue
                     skipped = resolve(task) if resolve is not None else None
                     if skipped is not None:

@@ -182,7 +182,6 @@ class Sweep:
             pool = make_pool(self.executor, self.address, self.jobs)
             scheduler = Scheduler(pool, self.jobs)
             self._run_cells(results, finished, client, exp_id, parent_id, scheduler, progress)
-            self._export_best(results, client, exp_id, scheduler)
         except KeyboardInterrupt:
             sweep.interrupted = True
             end_orphans(client, exp_id, parent_id, "KILLED")
@@ -205,17 +204,22 @@ class Sweep:
         return sweep
 
     def _run_cells(self, results, finished, client, exp_id, parent_id, scheduler, progress) -> None:
-        """Every cell in one schedule: a transfer cell becomes ready when its pretraining cell finished, so
-        a worker goes on with its own backend's cells instead of being restarted between phases."""
+        """Every cell in one schedule: a transfer cell becomes ready when its pretraining cell finished and
+        a group's ONNX export when its cells ended, so workers go on with their own backend's work instead
+        of being restarted between phases."""
         tasks = [Task(c.index, c.backend, self._spec_for(c), self._tags(c, parent_id), c.label, self._gpus(c),
-                      after=c.pretrain.index if c.pretrain is not None else None) for c in self.cells]
+                      after=(c.pretrain.index,) if c.pretrain is not None else ()) for c in self.cells]
+        exports = self._export_tasks(len(self.cells))
         if not self.quiet:
             pre = sum(c.role == PRETRAIN for c in self.cells)
             self.console.print(f"sweep {self.grid.name}: {len(tasks)} cells" + (f" ({pre} pretraining)" if pre else "")
-                               + f" on up to {self.jobs} {self.executor} worker(s)")
-        bar = progress.add_task("cells", total=len(tasks), info="") if progress is not None else None
+                               + f" on up to {self.jobs} {self.executor} worker(s)"
+                               + (f"; then ONNX export of the best cell of {len(exports)} group(s)" if exports else ""))
+        bar = progress.add_task("cells", total=len(tasks) + len(exports), info="") if progress is not None else None
 
         def resolve(task: Task) -> dict[str, Any] | None:
+            if task.kind == "export":
+                return self._pick_best(task, results, client, exp_id)
             res = results[task.cell]
             if res.cell.pretrain is not None:
                 source = results[res.cell.pretrain.index]
@@ -231,6 +235,11 @@ class Sweep:
                 progress.update(bar, info=task.label)
 
         def on_done(task: Task, outcome: dict[str, Any]) -> None:
+            if bar is not None:
+                progress.advance(bar)
+            if task.kind == "export":
+                self._export_done(task, outcome, results)
+                return
             res = results[task.cell]
             res.status = outcome.get("status", "FAILED")
             res.run_id = outcome.get("run_id")
@@ -242,8 +251,6 @@ class Sweep:
                                             res.error or res.status)
                 if res.status == "KILLED":
                     client.set_terminated(res.run_id, status="KILLED")
-            if bar is not None:
-                progress.advance(bar)
             if not self.quiet:
                 mark = {"FINISHED": "[green]done[/]", "KILLED": "[yellow]killed[/]"}.get(res.status, "[red]failed[/]")
                 if res.reused:
@@ -252,34 +259,49 @@ class Sweep:
                 took = "" if res.reused else f" ({outcome.get('seconds', 0):.1f}s)"
                 self.console.print(f"  {mark} {task.label}{took}{extra}", highlight=False, markup=True)
 
-        scheduler.run(tasks, on_start=on_start, on_done=on_done, resolve=resolve)
+        scheduler.run(tasks + exports, on_start=on_start, on_done=on_done, resolve=resolve)
 
-    def _export_best(self, results, client, exp_id, scheduler) -> None:
-        """``export.onnx: best``: export each group's best finished cell (by best_val_acc) after the grid."""
+    # -- export.onnx: best ----------------------------------------------------
+
+    def _export_tasks(self, first_id: int) -> list[Task]:
+        """One export per group (cells differing only in seed) whose spec says ``export.onnx: best``."""
         from tle.study.stats import group_key
 
-        wanted = [r for r in results.values() if r.cell.role != PRETRAIN and r.cell.spec.export.onnx == "best"
-                  and r.status == "FINISHED"]
-        if not wanted:
+        groups: dict[str, list[Cell]] = {}
+        for c in self.cells:
+            if c.role != PRETRAIN and c.spec.export.onnx == "best":
+                groups.setdefault(group_key(c.axes), []).append(c)
+        tasks = []
+        for i, members in enumerate(groups.values()):
+            head = members[0]
+            label = " ".join(f"{k}={v}" for k, v in head.axes.items() if k != "train.seed") or "all"
+            tasks.append(Task(first_id + i, head.backend, {}, {}, f"export best of {label}", self._gpus(head),
+                              kind="export", after=tuple(c.index for c in members), strict=False))
+        return tasks
+
+    def _pick_best(self, task: Task, results, client, exp_id) -> dict[str, Any] | None:
+        """The group's finished cell with the best best_val_acc; None runs the export, an outcome skips it."""
+        done = [results[i] for i in task.after if results[i].status == "FINISHED" and results[i].run_id]
+        runs = read_runs(client, [r.run_id for r in done], exp_id)
+        done = [r for r in done if r.run_id in runs]
+        if not done:
+            return {"cell": task.cell, "status": "FINISHED", "skipped": "no finished cell"}
+        best = max(done, key=lambda r: runs[r.run_id].metrics.get("best_val_acc", -1.0))
+        if "onnx_max_abs_diff" in runs[best.run_id].metrics:
+            return {"cell": task.cell, "status": "FINISHED", "run_id": best.run_id, "skipped": "exported earlier"}
+        task.run_id, task.label = best.run_id, f"best of its group: {best.cell.label}"
+        task.spec, task.cell_of = self._spec_for(best.cell), best.cell.index
+        return None
+
+    def _export_done(self, task: Task, outcome: dict[str, Any], results) -> None:
+        if outcome.get("status") == "FINISHED":
+            if not self.quiet and not outcome.get("skipped"):
+                diff = outcome.get("onnx_max_abs_diff")
+                self.console.print(f"  [green]exported[/] {task.label} (max |diff| {diff:.1e}, "
+                                   f"{outcome.get('seconds', 0):.1f}s)", highlight=False)
             return
-        runs = read_runs(client, [r.run_id for r in wanted], exp_id)
-        best: dict[str, CellResult] = {}
-        for r in wanted:
-            key = group_key(r.cell.axes)
-            score = runs[r.run_id].metrics.get("best_val_acc", -1.0) if r.run_id in runs else -1.0
-            if key not in best or score > runs[best[key].run_id].metrics.get("best_val_acc", -1.0):
-                best[key] = r
-        tasks = [Task(r.cell.index, r.cell.backend, self._spec_for(r.cell), {}, r.cell.label, self._gpus(r.cell),
-                      kind="export", run_id=r.run_id)
-                 for r in best.values() if "onnx_max_abs_diff" not in runs[r.run_id].metrics]
-        if not tasks:
-            return
+        res = results.get(getattr(task, "cell_of", -1))
+        if res is not None:  # the model trained, but the sweep did not deliver what it promised
+            res.status, res.error = "FAILED", f"ONNX export: {outcome.get('error', '')}"
         if not self.quiet:
-            self.console.print(f"export: the best of {len(best)} group(s), {len(tasks)} to export")
-
-        def on_done(task: Task, outcome: dict[str, Any]) -> None:
-            if outcome.get("status") != "FINISHED":
-                res = results[task.cell]
-                res.status, res.error = "FAILED", f"ONNX export: {outcome.get('error', '')}"
-
-        scheduler.run(tasks, on_start=lambda t: None, on_done=on_done)
+            self.console.print(f"  [red]export failed[/] {task.label}: {outcome.get('error', '')}", highlight=False)

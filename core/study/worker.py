@@ -58,6 +58,7 @@ def export(task: dict[str, Any], cache: DataCache) -> dict[str, Any]:
     from tle.export_run import export_finished_run
 
     outcome: dict[str, Any] = {"cell": task["cell"], "run_id": task["run_id"]}
+    started = time.perf_counter()
     try:
         outcome.update(status="FINISHED", onnx_max_abs_diff=export_finished_run(
             task["run_id"], task["spec"]["tracking"].get("uri"), load_data=cache))
@@ -65,6 +66,7 @@ def export(task: dict[str, Any], cache: DataCache) -> dict[str, Any]:
         raise _Interrupted({**outcome, "status": "KILLED", "error": "interrupted"}) from None
     except Exception as exc:
         outcome.update(status="FAILED", error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    outcome["seconds"] = time.perf_counter() - started
     return outcome
 
 
