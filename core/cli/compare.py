@@ -69,7 +69,8 @@ def _curves(rows, title, sweep, target, tracking_uri, plots, resolve_sweep) -> N
         err.print(f"curves: plots/val_acc_curves.png on parent run {parent.info.run_id}", highlight=False)
         if target is None:
             return
-    path = target or Path(f"tle-compare-{(title.split(' ', 1)[1]).replace('/', '_')}.png")
+    # Without a target, a file in the temp folder: a comparison must not litter the working directory.
+    path = target or Path(tempfile.gettempdir()) / f"tle-compare-{(title.split(' ', 1)[1]).replace('/', '_')}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     plots.compare_curves(rows, path, f"{title}: val_acc per epoch")
     err.print(f"curves: {path}", highlight=False)
