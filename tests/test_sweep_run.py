@@ -172,7 +172,11 @@ def test_compare_on_a_sweep_writes_curves_and_transfer_metrics(tmp_path):
                                                        "export": {"onnx": False}},
                                 "pretrain": {"dataset": {"source": "digits:0-4", "train": None}, "train": {"seed": 0}},
                                 "axes": {"strategy": ["scratch", "transfer:all"], "train.seed": [0, 1]}})
-    tle("--quiet", "sweep", path, "--tracking-uri", uri, check_rc=0)
+    table = json.loads(tle("--quiet", "sweep", path, "--tracking-uri", uri, "--format", "json", check_rc=0).stdout)
+    moved = next(g for g in table["groups"] if g["strategy"] == "transfer:all")
+    assert moved["seeds_compared"] == 2 and 0 <= moved["seeds_better_than_scratch"] <= 2
+    assert moved["delta_vs_scratch"] == pytest.approx(moved["test_acc_mean"] - next(
+        g for g in table["groups"] if g["strategy"] == "scratch")["test_acc_mean"])
     proc = tle("compare", "--sweep", "cmp", "--tracking-uri", uri, "--format", "json", check_rc=0)
     rows = {r["run_id"]: r for r in json.loads(proc.stdout)}
     cells = {r.info.run_id: r for r in runs_of(uri, "cmp", "tags.`tle.role` = 'cell'")}

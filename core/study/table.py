@@ -29,8 +29,10 @@ class Group:
     seconds: list[float] = field(default_factory=list)
     run_ids: list[str] = field(default_factory=list)
     statuses: list[str] = field(default_factory=list)
+    by_seed: dict[Any, float] = field(default_factory=dict)
     summary: Summary | None = None
     vs_scratch: Any = None  # stats.Difference
+    wins: tuple[int, int] | None = None  # seeds where it beat the scratch cell of the same seed, seeds compared
 
     def record(self, metric: str) -> dict[str, Any]:
         s = self.summary or Summary.of([])
@@ -41,6 +43,8 @@ class Group:
             rec.update({"delta_vs_scratch": _num(self.vs_scratch.delta),
                         "beyond_seed_spread": self.vs_scratch.beyond_spread,
                         "welch_p": _num(self.vs_scratch.p_value)})
+        if self.wins is not None:
+            rec.update({"seeds_better_than_scratch": self.wins[0], "seeds_compared": self.wins[1]})
         rec["run_ids"] = self.run_ids
         return rec
 
@@ -78,6 +82,8 @@ class SweepTable:
             mark = " ▲" if g.vs_scratch.delta > 0 else " ▼"
             if markup:
                 mark = f"[{'green' if g.vs_scratch.delta > 0 else 'red'}]{mark}[/]"
+        if g.wins is not None and g.wins[1] > 1:
+            mark += f" {g.wins[0]}/{g.wins[1]}"
         spread = f" ± {s.sd:.3f}" if s.n > 1 else ""
         secs = Summary.of(g.seconds).mean
         failed = sum(1 for st in g.statuses if st != "FINISHED")
@@ -148,6 +154,7 @@ def build_table(sweep, metric: str = "test_acc", rows: list[str] | None = None,
             g.run_ids.append(run.run_id)
         if res.status == "FINISHED" and run is not None and metric in run.metrics:
             g.values.append(run.metrics[metric])
+            g.by_seed[res.cell.spec.train.seed] = run.metrics[metric]
             if "wall_seconds" in run.metrics:
                 g.seconds.append(run.metrics["wall_seconds"])
     for g in groups.values():
@@ -159,9 +166,12 @@ def build_table(sweep, metric: str = "test_acc", rows: list[str] | None = None,
             base = groups.get(group_key({**g.axes, "strategy": "scratch"}))
             if base is not None and base.values and g.values:
                 g.vs_scratch = difference(g.values, base.values)
+                common = sorted(set(g.by_seed) & set(base.by_seed))
+                g.wins = (sum(g.by_seed[k] > base.by_seed[k] for k in common), len(common))
         if any(g.vs_scratch is not None for g in groups.values()):
             notes.append("▲/▼: differs from scratch (same row otherwise) by more than the seed spread, "
-                         "|Δ| > sd + sd_scratch; Welch's p in --format json/csv")
+                         "|Δ| > sd + sd_scratch; k/n: better than the scratch cell of the same seed on k of n "
+                         "seeds; Welch's p in --format json/csv")
     seeds = sorted({len(g.statuses) for g in groups.values()})
     title = (f"sweep {sweep.grid.name}: {metric} mean ± sd over seeds (n), mean time per run"
              if max(seeds or [1]) > 1 else f"sweep {sweep.grid.name}: {metric}, time per run")
