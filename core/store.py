@@ -24,7 +24,7 @@ from tle.errors import UserError
 # a run against a dead server should fail in seconds. The user's own settings win.
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
-PROBE_TIMEOUT = 5.0
+PROBE_TIMEOUT = 4.0
 LOCK_TIMEOUT = 300.0
 
 

@@ -6,6 +6,7 @@ MLflow is imported lazily: ``tle --help`` must stay fast.
 from __future__ import annotations
 
 import json
+import os
 import platform
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,14 +19,19 @@ from tle.loop import EpochRecord
 
 def configure(uri: str | None, experiment: str | None = None):
     """Point MLflow at ``uri`` (None keeps MLFLOW_TRACKING_URI or MLflow's default)."""
-    import mlflow
-
     from tle.store import absolute_uri, prepare, store_lock
+
+    # A dead server is reported before MLflow (seconds to import) is even loaded.
+    given = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if given:
+        prepare(absolute_uri(given))
+    import mlflow
 
     if uri:
         mlflow.set_tracking_uri(absolute_uri(uri))
     uri = mlflow.get_tracking_uri()
-    prepare(uri)
+    if not given:
+        prepare(uri)
     try:
         # The first touch creates/migrates a new SQLite store; only one process may do that at a time.
         with store_lock(uri):
