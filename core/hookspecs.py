@@ -217,6 +217,10 @@ def fuse(models, class_names, options):
     :param dict options: ``keep`` (fraction of each model's head units kept per class,
         default 0.5) and ``ratio`` (fraction of a unit's incoming weights that rank it,
         default 0.1); a backend may read more keys and must ignore unknown ones.
+        ``concatenate`` (True) asks for the full concatenation instead: every head unit of
+        every model in one model, the baseline the fused model is judged against. The core
+        asks it only of backends that list ``fuse-concatenate`` in their capabilities;
+        they may return ``None`` (then the baseline is skipped).
     :return: the fused native model, or ``None`` if the backend cannot fuse (the core
         then stops with a user error). The fused model's logits follow the ordered
         union of ``class_names``: the first model's classes, then each later model's
@@ -224,8 +228,9 @@ def fuse(models, class_names, options):
         :func:`export_onnx` and :func:`export_extras` must accept it.
 
     Raise :class:`tle.UserError` for models that cannot be fused together (name why).
-    The core evaluates the fused model beside each model alone and beside bagging
-    (per class, the largest logit among the models that know the class).
+    The core evaluates the fused model beside each model alone, beside bagging
+    (per class, the largest logit among the models that know the class) and beside the
+    concatenation when the backend gives one.
     """
 
 

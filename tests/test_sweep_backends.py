@@ -17,16 +17,17 @@ S1_GRID = ROOT / "examples" / "sweeps" / "s1_offline.yaml"
 def test_s1_grid_two_backends_nested_and_isolated(tmp_path):
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     grid = yaml.safe_load(S1_GRID.read_text())
-    grid["axes"].pop("train.seed")  # one seed is enough to check the shape (the example has three)
+    grid["axes"].pop("train.seed")  # one seed and one dataset check the shape (the example has more); CI time
+    grid["axes"]["dataset.source"] = ["digits:5-9"]
     path = tmp_path / "s1.yaml"
     path.write_text(yaml.safe_dump(grid))
     proc = tle("--quiet", "sweep", path, "--jobs", "2", "--tracking-uri", uri, "--format", "json",
                "--set", "train.epochs=1", "--set", "dataset.train=10", timeout=1200, check_rc=0)
     table = json.loads(proc.stdout)
-    assert table["cols"] == ["dataset.source"]
-    assert {(g["backend"], g["model"], g["strategy"], g["dataset"]) for g in table["groups"]} == {
-        (b, m, s, d) for b in ("torch", "keras") for m in ("vgg_small", "resnet_small")
-        for s in ("feature-extractor", "finetune:block5") for d in ("digits:5-9", "synthetic")}
+    assert table["cols"] == ["strategy"]
+    assert {(g["backend"], g["model"], g["strategy"]) for g in table["groups"]} == {
+        (b, m, s) for b in ("torch", "keras") for m in ("vgg_small", "resnet_small")
+        for s in ("feature-extractor", "finetune:block5")}
     assert all(g["n"] == 1 and g["failed"] == 0 and 0.0 <= g["test_acc_mean"] <= 1.0 for g in table["groups"])
 
     runs = runs_of(uri, "s1-offline")
@@ -35,7 +36,7 @@ def test_s1_grid_two_backends_nested_and_isolated(tmp_path):
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     cells = [r for r in children if r.data.tags["tle.role"] == "cell"]
     pretrains = [r for r in children if r.data.tags["tle.role"] == "pretrain"]
-    assert len(cells) == 16 and len(pretrains) == 4  # one backbone per backend and model, shared by its cells
+    assert len(cells) == 8 and len(pretrains) == 4  # one backbone per backend and model, shared by its cells
     assert all(r.info.status == "FINISHED" for r in children)
     for cell in cells:  # each transfer cell starts from its own backend's and model's pretraining run
         source = next(p for p in pretrains if cell.data.params["weights"] == f"runs:/{p.info.run_id}")

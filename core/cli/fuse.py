@@ -19,14 +19,16 @@ def fuse(
     tracking_uri: Annotated[Optional[str], Opt(help="MLflow tracking URI")] = None,
     experiment: Annotated[Optional[str], Opt(help="MLflow experiment of the new run (default: the first run's)")] = None,
     run_name: Annotated[Optional[str], Opt(help="MLflow run name")] = None,
+    export: Annotated[Optional[bool], Opt("--export/--no-export",
+                                          help="ONNX-export the fused model (default: as the first run did)")] = None,
     json_out: Annotated[bool, Opt("--json", help="print the result as JSON")] = False,
 ) -> None:
-    """Fuse runs into one model of the same size (S2); log it with bagging and each run alone."""
-    from tle.study.fusion import BAGGING, FUSED, run_fusion
+    """Fuse runs into one model of the same size (S2); log it with bagging, the concatenation and each run alone."""
+    from tle.study.fusion import BAGGING, CONCATENATION, FUSED, run_fusion
 
     result = run_fusion([r.removeprefix("runs:/").strip("/") for r in runs], keep=keep, ratio=ratio,
                         tracking_uri=tracking_uri, experiment=experiment, run_name=run_name, console=err,
-                        quiet=STATE["quiet"] or json_out)
+                        quiet=STATE["quiet"] or json_out, export=export)
     if json_out:
         print(json.dumps(result.as_dict()))
         return
@@ -35,8 +37,9 @@ def fuse(
     for task in result.tasks:
         table.add_column(task, justify="right")
     table.add_column("params", justify="right")
-    labels = [k for k in result.accuracy if k not in (BAGGING, FUSED)]
-    for label in labels + [BAGGING, FUSED]:
+    baselines = [k for k in (BAGGING, CONCATENATION, FUSED) if k in result.accuracy]
+    labels = [k for k in result.accuracy if k not in baselines]
+    for label in labels + baselines:
         who = f"{label} ({result.parents[labels.index(label)][:8]})" if label in labels else label
         table.add_row(who, *[f"{v:.4f}" for v in result.accuracy[label]], f"{result.sizes[label]:,}")
     out.print(table)

@@ -9,6 +9,8 @@ scores on every parent's task and on the union of the tasks:
 * each parent alone — it can only name its own classes;
 * bagging — every parent votes: per class, the largest logit among the
   parents that know the class (a spiking net's decision over both nets);
+* the full concatenation — every head unit of every parent in one model (twice
+  the head), asked of backends that list the ``fuse-concatenate`` capability;
 * the fused model — over the ordered union of the classes.
 
 Accuracy compares class *names*, so a class two runs share counts once. The
@@ -31,7 +33,7 @@ import yaml
 from tle.contracts import ExportMetadata, ResolvedWeights
 from tle.errors import UserError
 
-FUSED, BAGGING = "fused", "bagging"
+FUSED, BAGGING, CONCATENATION = "fused", "bagging", "concatenation"
 
 
 @dataclass
@@ -49,7 +51,7 @@ class FusionResult:
     run_id: str
     classes: list[str]
     tasks: list[str]  # task labels: each parent's dataset, then "union"
-    accuracy: dict[str, list[float]]  # A, B..., bagging, fused -> accuracy per task
+    accuracy: dict[str, list[float]]  # A, B..., bagging, [concatenation,] fused -> accuracy per task
     sizes: dict[str, int]  # model label -> parameters
     onnx_max_abs_diff: float | None = None
     parents: list[str] = field(default_factory=list)
@@ -117,7 +119,8 @@ def _load_parent(client, mlflow, run_id: str, backend_name: str | None, workdir:
 
 def run_fusion(run_ids: list[str], *, keep: float = 0.5, ratio: float = 0.1, tracking_uri: str | None = None,
                experiment: str | None = None, run_name: str | None = None, console=None,
-               quiet: bool = False) -> FusionResult:
+               quiet: bool = False, export: bool | None = None) -> FusionResult:
+    """``export``: ONNX-export the fused model (None: as the first run did)."""
     from tle.data import load_dataset
     from tle.plugins import load_backend
     from tle.tracking import configure, environment_tags, tracked_run
@@ -162,9 +165,13 @@ def run_fusion(run_ids: list[str], *, keep: float = 0.5, ratio: float = 0.1, tra
                           options={"keep": keep, "ratio": ratio})
         if fused is None:
             raise UserError(f"backend {backend.name!r} cannot fuse models", "fusion needs a backend with a fuse hook "
-                            "(spyketorch)")
+                            "(spyketorch, torch, keras)")
+        concatenated = None
+        if "fuse-concatenate" in backend.info.capabilities:
+            concatenated = hook.fuse(models=[p.model for p in parents], class_names=[p.class_names for p in parents],
+                                     options={"keep": keep, "ratio": ratio, "concatenate": True})
         classes = ordered_union([p.class_names for p in parents])
-        result = _score(hook, parents, fused, classes)
+        result = _score(hook, parents, fused, classes, concatenated)
         result.parents = list(run_ids)
         first = parents[0].spec
         mlflow_experiment = experiment or first.tracking.experiment
@@ -176,13 +183,13 @@ def run_fusion(run_ids: list[str], *, keep: float = 0.5, ratio: float = 0.1, tra
         name = run_name or f"{backend.name}-{first.model}-fusion"
         with tracked_run(mlflow, name=name, tags=tags) as run:
             result.run_id = run.run_id
-            _track(run, hook, parents, fused, classes, result, keep, ratio, workdir, console, quiet)
+            _track(run, hook, parents, fused, classes, result, keep, ratio, workdir, console, quiet, export)
         return result
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _score(hook, parents, fused, classes) -> FusionResult:
+def _score(hook, parents, fused, classes, concatenated=None) -> FusionResult:
     tasks = [p.spec.dataset.source for p in parents] + ["union"]
     images = [p.data.x_test for p in parents]
     truths = [[p.class_names[int(y)] for y in p.data.y_test] for p in parents]
@@ -199,15 +206,19 @@ def _score(hook, parents, fused, classes) -> FusionResult:
     accuracy[BAGGING] = [named_accuracy(bagging_scores([lp[k] for lp in per_parent], names, classes), classes, t)
                          for k, t in enumerate(truths)]
     bs = parents[0].spec.train.batch_size
-    fused_logits = [hook.evaluate(model=fused, images=x, labels=None, batch_size=bs).logits for x in images]
-    accuracy[FUSED] = [named_accuracy(s, classes, t) for s, t in zip(fused_logits, truths)]
+    combined = {CONCATENATION: concatenated} if concatenated is not None else {}
+    for label, model in {**combined, FUSED: fused}.items():
+        logits = [hook.evaluate(model=model, images=x, labels=None, batch_size=bs).logits for x in images]
+        accuracy[label] = [named_accuracy(s, classes, t) for s, t in zip(logits, truths)]
     sizes = {parent_label(i): p.size for i, p in enumerate(parents)}
     sizes[BAGGING] = sum(p.size for p in parents)
+    if concatenated is not None:
+        sizes[CONCATENATION] = sum(c.total for c in hook.count_parameters(model=concatenated))
     sizes[FUSED] = sum(c.total for c in hook.count_parameters(model=fused))
     return FusionResult("", classes, tasks, accuracy, sizes)
 
 
-def _track(run, hook, parents, fused, classes, result, keep, ratio, workdir, console, quiet) -> None:
+def _track(run, hook, parents, fused, classes, result, keep, ratio, workdir, console, quiet, export=None) -> None:
     from tle.runner import ParityError
     from tle.serving import check_parity, open_model
     from tle.weights import CLASS_NAMES_ARTIFACT, WEIGHTS_ARTIFACT
@@ -243,7 +254,7 @@ def _track(run, hook, parents, fused, classes, result, keep, ratio, workdir, con
     written = hook.export_extras(model=fused, directory=extras_dir) or []
     if written:
         run.artifact(extras_dir, "export")
-    if not first.export.onnx:
+    if not (first.export.onnx if export is None else export):
         return
     h, w, c = parents[0].data.input_shape
     sample = np.ascontiguousarray(union_x[: first.export.parity_batch])

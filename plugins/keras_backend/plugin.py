@@ -35,7 +35,7 @@ def backend_info():
                        framework_version=f"{keras_version or '-'} (tensorflow {tf_version or '-'})",
                        description="keras.applications CNNs with their own block names, Keras initialisers and heads",
                        status=status, devices=("cpu", "gpu"),
-                       capabilities=("onnx", "resume", "feature-cache", "gpu", "bf16"))
+                       capabilities=("onnx", "resume", "feature-cache", "gpu", "bf16", "fuse", "fuse-concatenate"))
 
 
 @hookimpl
@@ -131,6 +131,15 @@ def export_onnx(model, path, sample, metadata):
     from tle_keras.export import export
 
     return export(model, path, sample, metadata)
+
+
+@hookimpl
+def fuse(models, class_names, options):
+    from tle_keras.fusion import fuse as run
+
+    options = dict(options or {})
+    return run(list(models), [list(n) for n in class_names], keep=float(options.get("keep", 0.5)),
+               ratio=float(options.get("ratio", 0.1)), concatenate=bool(options.get("concatenate", False)))
 
 
 @hookimpl

@@ -28,7 +28,7 @@ def backend_info():
     return BackendInfo(name="torch", framework="pytorch", framework_version=torch_version or "-",
                        description="torchvision CNNs with Keras-style blocks, initialisers and heads",
                        status=status, devices=("cpu", "cuda"),
-                       capabilities=("onnx", "resume", "feature-cache", "cuda", "bf16"))
+                       capabilities=("onnx", "resume", "feature-cache", "cuda", "bf16", "fuse", "fuse-concatenate"))
 
 
 @hookimpl
@@ -124,6 +124,15 @@ def export_onnx(model, path, sample, metadata):
     from tle_torch.export import export
 
     return export(model, path, sample, metadata)
+
+
+@hookimpl
+def fuse(models, class_names, options):
+    from tle_torch.fusion import fuse as run
+
+    options = dict(options or {})
+    return run(list(models), [list(n) for n in class_names], keep=float(options.get("keep", 0.5)),
+               ratio=float(options.get("ratio", 0.1)), concatenate=bool(options.get("concatenate", False)))
 
 
 @hookimpl

@@ -1,0 +1,100 @@
+"""``tle fuse`` for CNNs: heads trained on one frozen backbone, merged into one head over the union of the classes.
+
+Only heads that read the same features can be fused, so the backbones (every
+non-head weight and BatchNorm statistic) must hash alike: the second run
+trained with ``--strategy feature-extractor --weights runs:/BACKBONE`` like the
+first. The ranking and the merge are ``tle.study.head_fusion``'s (shared with
+the keras backend); this file reads the heads out of a :class:`TleNet` and
+builds the fused one: the first model's backbone and a head of the same kind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+
+from tle import UserError
+from tle.contracts import ResolvedWeights
+from tle.spec import HeadSpec
+from tle.study.head_fusion import HeadArrays, check_kinds, merge
+from tle_torch.models import build
+from tle_torch.wrapper import HEAD, TleNet
+
+_LAYERS = {"dense": ("fc1", "fc2"), "linear": ("fc",)}
+
+
+def backbone_hash(net: TleNet) -> str:
+    digest = hashlib.sha256()
+    for key, value in sorted(net.state_dict().items()):
+        if key.startswith(f"{HEAD}."):
+            continue
+        t = value.detach().to("cpu").contiguous()
+        digest.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.flatten().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def head_kind(net: TleNet) -> str:
+    weighted = sorted({k.split(".")[0] for k, _ in net.head.named_parameters()})
+    for kind, layers in _LAYERS.items():
+        if weighted == sorted(layers):
+            return kind
+    return "original"
+
+
+def head_arrays(net: TleNet, kind: str, class_names: list[str]) -> HeadArrays:
+    def arr(t):
+        return t.detach().to("cpu", torch.float32).numpy()
+
+    if kind == "linear":
+        return HeadArrays(kind, arr(net.head.fc.weight), arr(net.head.fc.bias), list(class_names))
+    return HeadArrays(kind, arr(net.head.fc2.weight), arr(net.head.fc2.bias), list(class_names),
+                      arr(net.head.fc1.weight), arr(net.head.fc1.bias))
+
+
+def check(models: list[TleNet]) -> str:
+    labels = [f"model {chr(ord('A') + i)}" for i in range(len(models))]
+    first = models[0]
+    for label, other in zip(labels[1:], models[1:]):
+        if other.model_name != first.model_name or other.input_shape != first.input_shape:
+            raise UserError(f"cannot fuse {first.model_name} at {first.input_shape} with {label}, {other.model_name} "
+                            f"at {other.input_shape}", "fuse runs of the same model and image size")
+    kind = check_kinds([head_kind(m) for m in models], labels)
+    reference = backbone_hash(first)
+    for label, other in zip(labels[1:], models[1:]):
+        if backbone_hash(other) != reference:
+            raise UserError(f"{label}'s backbone weights differ from model A's, so their heads read different features",
+                            "train both with --strategy feature-extractor --weights runs:/BACKBONE_RUN")
+    return kind
+
+
+def fuse(models: list[TleNet], class_names: list[list[str]], keep: float = 0.5, ratio: float = 0.1,
+         concatenate: bool = False) -> TleNet:
+    if len(models) < 2:
+        raise UserError("fusion needs at least two models", "pass two run ids")
+    kind = check(models)
+    merged = merge([head_arrays(m, kind, n) for m, n in zip(models, class_names)], 1.0 if concatenate else keep, ratio)
+    first = models[0]
+    dropout = float(first.head.dropout.p) if kind == "dense" else 0.0
+    spec = HeadSpec(kind=kind, hidden=max(1, merged.units), dropout=dropout)
+    fused = build(first.model_name, len(merged.classes), merged.classes, first.input_shape, spec,
+                  ResolvedWeights(kind="none"), seed=0)
+    body = {k: v for k, v in first.state_dict().items() if not k.startswith(f"{HEAD}.")}
+    missing, unexpected = fused.load_state_dict(body, strict=False)
+    assert not unexpected and all(k.startswith(f"{HEAD}.") for k in missing), (missing, unexpected)
+    layers = _LAYERS[kind]
+    with torch.no_grad():
+        if kind == "dense":
+            _set(getattr(fused.head, layers[0]), merged.hidden_w, merged.hidden_b)
+        _set(getattr(fused.head, layers[-1]), merged.out_w, merged.out_b)
+    fused.new_head = []  # the head is trained knowledge: apply_init must not redraw it
+    fused.provenance = merged.provenance
+    device = next(first.parameters()).device
+    return fused.to(device).eval()
+
+
+def _set(layer: torch.nn.Linear, weight: np.ndarray, bias: np.ndarray) -> None:
+    layer.weight.copy_(torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32)))
+    layer.bias.copy_(torch.from_numpy(np.ascontiguousarray(bias, dtype=np.float32)))
