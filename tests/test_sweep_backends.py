@@ -19,15 +19,15 @@ def test_s1_grid_two_backends_nested_and_isolated(tmp_path):
     grid = yaml.safe_load(S1_GRID.read_text())
     grid["axes"].pop("train.seed")  # one seed and one dataset check the shape (the example has more); CI time
     grid["axes"]["dataset.source"] = ["digits:5-9"]
+    grid["axes"]["model"] = ["vgg_small"]
     path = tmp_path / "s1.yaml"
     path.write_text(yaml.safe_dump(grid))
     proc = tle("--quiet", "sweep", path, "--jobs", "2", "--tracking-uri", uri, "--format", "json",
                "--set", "train.epochs=1", "--set", "dataset.train=10", timeout=1200, check_rc=0)
     table = json.loads(proc.stdout)
     assert table["cols"] == ["strategy"]
-    assert {(g["backend"], g["model"], g["strategy"]) for g in table["groups"]} == {
-        (b, m, s) for b in ("torch", "keras") for m in ("vgg_small", "resnet_small")
-        for s in ("feature-extractor", "finetune:block5")}
+    assert {(g["backend"], g["strategy"]) for g in table["groups"]} == {
+        (b, s) for b in ("torch", "keras") for s in ("feature-extractor", "finetune:block5")}
     assert all(g["n"] == 1 and g["failed"] == 0 and 0.0 <= g["test_acc_mean"] <= 1.0 for g in table["groups"])
 
     runs = runs_of(uri, "s1-offline")
@@ -36,7 +36,7 @@ def test_s1_grid_two_backends_nested_and_isolated(tmp_path):
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     cells = [r for r in children if r.data.tags["tle.role"] == "cell"]
     pretrains = [r for r in children if r.data.tags["tle.role"] == "pretrain"]
-    assert len(cells) == 8 and len(pretrains) == 4  # one backbone per backend and model, shared by its cells
+    assert len(cells) == 4 and len(pretrains) == 2  # one backbone per backend and model, shared by its cells
     assert all(r.info.status == "FINISHED" for r in children)
     for cell in cells:  # each transfer cell starts from its own backend's and model's pretraining run
         source = next(p for p in pretrains if cell.data.params["weights"] == f"runs:/{p.info.run_id}")
@@ -65,7 +65,7 @@ RAY_GRID = {"name": "ray-vs-local",
                                                                           "train": 10},
                      "train": {"epochs": 1, "batch_size": 16}, "tracking": {"experiment": "ray-vs-local"}},
             "pretrain": {"dataset": {"source": "digits:0-4", "train": 20}, "train": {"seed": 0}},
-            "axes": {"strategy": ["scratch", "feature-extractor"], "train.seed": [0, 1]}}
+            "axes": {"strategy": ["scratch", "feature-extractor"], "train.seed": [0]}}
 
 
 def test_ray_executor_gives_the_local_table(tmp_path):
@@ -81,7 +81,7 @@ def test_ray_executor_gives_the_local_table(tmp_path):
         runs = runs_of(uri, "ray-vs-local")
         parent = next(r for r in runs if r.data.tags.get("tle.role") == "sweep")
         assert parent.data.tags["tle.executor"] == executor and parent.info.status == "FINISHED"
-        assert sum(r.data.tags.get("mlflow.parentRunId") == parent.info.run_id for r in runs) == 5
+        assert sum(r.data.tags.get("mlflow.parentRunId") == parent.info.run_id for r in runs) == 3
     assert tables["ray"].keys() == tables["local"].keys()
     for strategy, (n, acc) in tables["local"].items():
         assert tables["ray"][strategy][0] == n
