@@ -26,7 +26,7 @@ import copy
 import hashlib
 import itertools
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,6 @@ class Cell:
     spec: ExperimentSpec
     pretrain: Cell | None = None  # the pretraining cell this one starts from
     role: str = "cell"  # or "pretrain"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -67,7 +66,7 @@ class Cell:
 
     def with_weights(self, weights: str) -> Cell:
         spec = self.spec.model_copy(update={"weights": weights})
-        return Cell(self.index, self.axes, spec, self.pretrain, self.role, self.extra)
+        return Cell(self.index, self.axes, spec, self.pretrain, self.role)
 
 
 @dataclass

@@ -300,7 +300,7 @@ class Sweep:
                 self.console.print(f"  [green]exported[/] {task.label} (max |diff| {diff:.1e}, "
                                    f"{outcome.get('seconds', 0):.1f}s)", highlight=False)
             return
-        res = results.get(getattr(task, "cell_of", -1))
+        res = results.get(task.cell_of)
         if res is not None:  # the model trained, but the sweep did not deliver what it promised
             res.status, res.error = "FAILED", f"ONNX export: {outcome.get('error', '')}"
         if not self.quiet:
