@@ -26,6 +26,8 @@ class BackendInfo:
     status: str = "ok"
     devices: tuple[str, ...] = ("cpu",)
     capabilities: tuple[str, ...] = ()
+    # The initialiser a run uses when the spec names none (``tle run`` without ``--init``).
+    default_init: str = "glorot_uniform"
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ class Resume:
     history: History
     checkpoint: Path | None
     fingerprint: str | None = None  # of the data split the run started with
+    spec_key: str | None = None  # the run's tle.spec_key: a resumed run stays the cell it was
 
     def done(self, stage: int) -> int:
         return sum(1 for r in self.history.records if r.stage == stage)
@@ -53,7 +54,7 @@ def load_resume(run_id: str, tracking_uri: str | None, workdir: Path) -> Resume:
         raise UserError(f"run {run_id} has no spec.yaml", "it was not made by tle run; start a new run") from None
     checkpoint = artifact_files(run_id, CHECKPOINT_ARTIFACT, workdir)
     return Resume(run_id, spec, _history(client, run_id), checkpoint[0] if checkpoint else None,
-                  run.data.params.get("data.fingerprint"))
+                  run.data.params.get("data.fingerprint"), run.data.tags.get("tle.spec_key"))
 
 
 def _history(client, run_id: str) -> History:

@@ -24,6 +24,8 @@ from tle.spec import ExperimentSpec
 from tle.strategy import HEAD, Plan, Stage, build_plan
 from tle.weights import CLASS_NAMES_ARTIFACT, WEIGHTS_ARTIFACT, resolve_weights
 
+SPEC_KEY = "tle.spec_key"  # tag: ExperimentSpec.key() of the spec as given (a sweep's resume matches on it)
+
 
 class ParityError(RuntimeError):
     """The ONNX model disagrees with the framework beyond the tolerance."""
@@ -103,13 +105,16 @@ def run_experiment(spec: ExperimentSpec, console: Console | None = None, quiet: 
     """
     console = console or Console(stderr=True)
     started = time.perf_counter()
+    # Of the spec as given: a sweep matches its cells by it before any backend is loaded.
+    key = (resume.spec_key if resume is not None else None) or spec.key()
     backend, plan = prepare(spec)
+    spec = spec.with_defaults(backend.info.default_init)
     if resume is not None and "resume" not in backend.info.capabilities:
         raise UserError(f"backend {spec.backend!r} cannot resume runs", "start a new run instead")
     progress = make_progress(console, quiet)
     with progress if progress is not None else nullcontext():
-        return _run(spec, backend, plan, console, progress, quiet, started, resume, tags or {}, load_data,
-                    bool(spec.export.onnx) if export is None else export)
+        return _run(spec, backend, plan, console, progress, quiet, started, resume, {**(tags or {}), SPEC_KEY: key},
+                    load_data, bool(spec.export.onnx) if export is None else export)
 
 
 def _run(spec, backend, plan, console, progress, quiet, started, resume, extra_tags, load_data,
@@ -149,8 +154,7 @@ def _run(spec, backend, plan, console, progress, quiet, started, resume, extra_t
         tags = {"backend": spec.backend, "model": spec.model, "dataset": spec.dataset.source,
                 "strategy": str(plan.strategy), "init": str(spec.init), "weights": spec.weights,
                 "device": device, "framework": backend.info.framework,
-                "framework_version": backend.info.framework_version, "tle.spec_key": spec.key(),
-                **environment_tags(), **extra_tags}
+                "framework_version": backend.info.framework_version, **environment_tags(), **extra_tags}
         name = spec.tracking.run_name or default_run_name(spec)
         with tracked_run(mlflow, name=name, tags=tags, run_id=resume and resume.run_id) as run:
             if not quiet:

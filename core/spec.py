@@ -40,7 +40,8 @@ class DataSpec(_Strict):
 
     ``source`` is ``digits[:CLASSES]``, ``synthetic``, ``folder:PATH``,
     ``npz:PATH``, a built-in set (``mnist``, ``fashion_mnist``, ``cifar10``,
-    ``cifar100``) or a prefix a plugin registers. Split sizes are per class: an
+    ``cifar100``, ``emnist_letters``; ``mnist:0-4`` or ``emnist_letters:a-j``
+    keep those classes) or a prefix a plugin registers. Split sizes are per class: an
     int is a count, a float in (0, 1) a fraction; ``train: null`` takes the rest.
     """
 
@@ -154,7 +155,9 @@ class ExperimentSpec(_Strict):
     model: str
     dataset: DataSpec = Field(default_factory=DataSpec)
     strategy: str = "scratch"
-    init: InitSpec = Field(default_factory=lambda: InitSpec(name="glorot_uniform"))
+    # Unset: the backend's own default (``BackendInfo.default_init``: glorot_uniform for the CNNs,
+    # Mozafari's N(0.8, 0.05) for spiking synapses), filled in before the run is logged.
+    init: InitSpec | None = None
     weights: str = "none"
     head: HeadSpec = Field(default_factory=HeadSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
@@ -170,6 +173,10 @@ class ExperimentSpec(_Strict):
     @classmethod
     def _init(cls, value: Any) -> Any:
         return InitSpec.parse(value) if isinstance(value, str) else value
+
+    def with_defaults(self, default_init: str) -> ExperimentSpec:
+        """This spec with what its backend decides filled in (the initialiser)."""
+        return self if self.init is not None else self.model_copy(update={"init": InitSpec.parse(default_init)})
 
     @field_validator("backend", "model", "weights")
     @classmethod

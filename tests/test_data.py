@@ -402,3 +402,48 @@ def test_bad_digit_classes(classes):
 def test_unknown_source_lists_known_ones():
     with pytest.raises(UserError, match="unknown dataset source 'imagenet'.*folder:PATH"):
         load_dataset(spec("imagenet"), seed=0)
+
+
+def _idx_gz(path, header: int, payload: np.ndarray) -> None:
+    with gzip.open(path, "wb") as f:
+        f.write(bytes(header) + payload.astype(np.uint8).tobytes())
+
+
+def test_builtin_emnist_letters_from_cache_transposed_and_selected(keras_home):
+    folder = keras_home / "emnist"
+    folder.mkdir(parents=True)
+    for split, n in (("train", 52), ("test", 26)):
+        labels = np.arange(n) % 26 + 1  # NIST numbers the letters 1..26
+        images = np.zeros((n, 28, 28), np.uint8)
+        images[:, 0, 5] = 255  # stored transposed: this pixel is row 5, column 0 once read
+        _idx_gz(folder / f"emnist-letters-{split}-labels-idx1-ubyte.gz", 8, labels)
+        _idx_gz(folder / f"emnist-letters-{split}-images-idx3-ubyte.gz", 16, images)
+    ds = load_dataset(spec("emnist_letters", val=0.0), seed=0)
+    assert ds.class_names[:3] == ["a", "b", "c"] and len(ds.class_names) == 26
+    assert ds.sizes() == {"train": 52, "val": 0, "test": 26}
+    assert ds.x_train[0, 5, 0, 0] == 1.0 and ds.x_train[0, 0, 5, 0] == 0.0
+
+    ten = load_dataset(spec("emnist_letters:a-j", val=0.0), seed=0)
+    assert ten.class_names == list("abcdefghij")
+    assert ten.sizes() == {"train": 20, "val": 0, "test": 10}
+    assert sorted(set(ten.y_test.tolist())) == list(range(10))
+    picked = load_dataset(spec("emnist_letters:x,2", val=0.0), seed=0)
+    assert picked.class_names == ["c", "x"]  # names or indices, in the source's order
+    with pytest.raises(UserError, match=r"bad classes 'a-zz'.*its classes: a, b, c"):
+        load_dataset(spec("emnist_letters:a-zz"), seed=0)
+
+
+def test_builtin_class_selection_keeps_the_given_split(keras_home):
+    keras_home.mkdir(parents=True)
+    np.savez(keras_home / "mnist.npz", x_train=np.zeros((50, 28, 28), np.uint8), y_train=np.arange(50) % 10,
+             x_test=np.zeros((20, 28, 28), np.uint8), y_test=np.arange(20) % 10)
+    ds = load_dataset(spec("mnist:5-9", val=0.0), seed=0)
+    assert ds.class_names == ["5", "6", "7", "8", "9"]
+    assert ds.sizes() == {"train": 25, "val": 0, "test": 10}
+
+
+def test_builtin_emnist_offline_error_names_the_files(keras_home):
+    with pytest.raises(UserError) as err:
+        load_dataset(spec("emnist_letters:a-j"), seed=0)
+    msg = str(err.value)
+    assert "emnist-letters-train-images-idx3-ubyte.gz" in msg and "biometrics.nist.gov" in msg

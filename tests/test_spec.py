@@ -3,6 +3,7 @@
 import pytest
 
 from tle.errors import UserError
+from tle.initializers import InitSpec
 from tle.spec import ExperimentSpec, build_spec, read_spec_file
 
 
@@ -24,7 +25,11 @@ def test_toml(tmp_path):
 
 def test_defaults_follow_the_seeds():
     spec = ExperimentSpec(backend="b", model="m")
-    assert spec.init.name == "glorot_uniform"  # S0's "normalised initialisation"
+    assert spec.init is None  # the backend decides: glorot_uniform (S0's "normalised initialisation") for CNNs
+    assert spec.with_defaults("glorot_uniform").init.name == "glorot_uniform"
+    assert str(spec.with_defaults("normal:0.05").init) == "normal:0.05"
+    named = spec.model_copy(update={"init": InitSpec.parse("he_normal")})
+    assert named.with_defaults("normal:0.05").init.name == "he_normal"  # a named initialiser always wins
     assert (spec.train.finetune_lr, spec.train.finetune_epochs) == (1e-5, 2)  # S3
     assert (spec.head.kind, spec.head.hidden, spec.head.dropout) == ("dense", 256, 0.5)  # S0's head
 
@@ -38,7 +43,7 @@ def test_round_trip_yaml(tmp_path):
 
 
 def test_flat_params():
-    flat = build_spec({"backend": "numpy", "model": "mlp"}).flat()
+    flat = build_spec({"backend": "numpy", "model": "mlp"}).with_defaults("glorot_uniform").flat()
     assert flat["train.epochs"] == "5" and flat["dataset.source"] == "digits" and flat["init.name"] == "glorot_uniform"
     assert flat["head.init"] == "None"  # the backend's default for the head kind (HeadSpec.initializer)
 

@@ -41,6 +41,8 @@ def test_networks_train_above_chance_into_mlflow(s2):
     client = mlflow.MlflowClient()
     run_a = client.get_run(a["run_id"])
     assert run_a.data.tags["backend"] == "spyketorch" and run_a.info.status == "FINISHED"
+    # No --init: the backend's default, Mozafari's N(0.8, 0.05), is what ran and what was logged.
+    assert run_a.data.tags["init"] == "normal:0.05" and run_a.data.params["init.name"] == "normal"
     metrics = run_a.data.metrics
     # STDP moved the synapses towards their bounds (a layer drawn from N(0.8, 0.05) measures 0.64).
     assert 0 <= metrics["conv1_convergence"] < 0.3 and 0 <= metrics["conv2_convergence"] < 0.5

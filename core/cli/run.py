@@ -19,7 +19,7 @@ def run(
     backend: Annotated[Optional[str], Opt(help="backend name (see 'tle backends')")] = None,
     model: Annotated[Optional[str], Opt(help="model name (see 'tle models --backend B')")] = None,
     strategy: Annotated[Optional[str], Opt(help="scratch | feature-extractor | finetune:BLOCK | transfer:BLOCK|all")] = None,
-    dataset: Annotated[Optional[str], Opt(help="digits[:0-4] | synthetic | folder:PATH | npz:PATH | mnist ...")] = None,
+    dataset: Annotated[Optional[str], Opt(help="digits[:0-4] | synthetic | folder:PATH | npz:PATH | mnist[:0-4] | emnist_letters[:a-j] ...")] = None,
     init: Annotated[Optional[str], Opt(help="initialiser for re-initialised blocks, e.g. glorot_uniform, normal:0.05")] = None,
     weights: Annotated[Optional[str], Opt(help="none | imagenet | PATH | runs:/RUN_ID | models:/NAME/VERSION")] = None,
     head: Annotated[Optional[str], Opt(help="dense | linear | original")] = None,
@@ -77,6 +77,7 @@ def run(
         from tle.runner import run_experiment
 
         result = run_experiment(spec, console=err, quiet=STATE["quiet"])
+    spec = result.spec  # as run: with the backend's defaults filled in
     summary = {
         "run_id": result.run_id, "backend": spec.backend, "model": spec.model, "strategy": spec.strategy,
         "dataset": spec.dataset.source, "best_val_acc": result.best_val_acc, "test_acc": result.test.accuracy,

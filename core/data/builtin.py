@@ -1,9 +1,13 @@
-"""MNIST, Fashion-MNIST, CIFAR-10/100 from the Keras cache, without importing Keras.
+"""MNIST, Fashion-MNIST, CIFAR-10/100 and EMNIST letters from the Keras cache, without importing Keras.
 
 Files live where ``keras.datasets`` keeps them (``$KERAS_HOME`` or
 ``~/.keras``, then ``datasets/``), so a set either library downloaded serves
 both. When absent they are fetched from the URLs Keras uses; offline, the
 error names the file to place and where to get it.
+
+Keras has no EMNIST: its letters split (S2's second task) is read from the
+four IDX files of NIST's ``gzip.zip`` placed in ``datasets/emnist/``, and
+fetched from NIST's archive when they are not there.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import shutil
 import tarfile
 import urllib.error
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +28,8 @@ from tle.errors import UserError
 
 KERAS_BASE = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
 CIFAR_BASE = "https://www.cs.toronto.edu/~kriz/"
+EMNIST_ZIP = "https://biometrics.nist.gov/cs_links/EMNIST/gzip.zip"
+EMNIST_LETTERS = [chr(ord("a") + i) for i in range(26)]
 FASHION_NAMES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]
@@ -36,7 +43,8 @@ def datasets_dir() -> Path:
 def load_builtin(name: str):
     from tle.data.sources import arrays
 
-    loader = {"mnist": _mnist, "fashion_mnist": _fashion, "cifar10": _cifar10, "cifar100": _cifar100}[name]
+    loader = {"mnist": _mnist, "fashion_mnist": _fashion, "cifar10": _cifar10, "cifar100": _cifar100,
+              "emnist_letters": _emnist_letters}[name]
     parts, class_names = loader(datasets_dir())
     return arrays(parts, class_names, name)
 
@@ -60,6 +68,37 @@ def _fashion(root: Path):
         labels = read(f"{prefix}-labels-idx1", 8)
         parts.append((split, read(f"{prefix}-images-idx3", 16).reshape(len(labels), 28, 28), labels))
     return parts, FASHION_NAMES
+
+
+def _emnist_letters(root: Path):
+    names = [f"emnist-letters-{split}-{kind}-ubyte.gz" for split in ("train", "test")
+             for kind in ("images-idx3", "labels-idx1")]
+    # gzip.zip unpacked in place leaves its files in emnist/gzip/.
+    folder = next((f for f in (root / "emnist", root / "emnist" / "gzip") if (f / names[0]).is_file()),
+                  root / "emnist")
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        archive = _download(folder / "gzip.zip", EMNIST_ZIP, "emnist_letters", hint_path=folder / missing[0])
+        try:
+            with zipfile.ZipFile(archive) as z:
+                for n in missing:
+                    with z.open(f"gzip/{n}") as src, open(folder / n, "wb") as out:
+                        shutil.copyfileobj(src, out)
+        except (zipfile.BadZipFile, KeyError, OSError) as exc:
+            raise UserError(f"cannot extract the EMNIST letters files from {archive}: {exc}",
+                            "delete it so that it is downloaded again") from None
+
+    def read(name: str, offset: int) -> np.ndarray:
+        with gzip.open(folder / name, "rb") as f:
+            return np.frombuffer(f.read(), np.uint8, offset=offset)
+
+    parts = []
+    for split in ("train", "test"):
+        labels = read(f"emnist-letters-{split}-labels-idx1-ubyte.gz", 8).astype(np.int64) - 1  # 1..26 on disk
+        images = read(f"emnist-letters-{split}-images-idx3-ubyte.gz", 16).reshape(len(labels), 28, 28)
+        # NIST stores each image transposed relative to MNIST.
+        parts.append((split, np.ascontiguousarray(images.transpose(0, 2, 1)), labels))
+    return parts, EMNIST_LETTERS
 
 
 def _cifar10(root: Path):

@@ -23,8 +23,8 @@ from tle.progress import track
 from tle.spec import DataSpec, SyntheticSpec
 
 Loader = Callable[[str, DataSpec], tuple[np.ndarray, np.ndarray, list[str]]]
-BUILTIN = ("mnist", "fashion_mnist", "cifar10", "cifar100")
-KNOWN = ("digits[:CLASSES]", "synthetic", "folder:PATH", "npz:PATH", *BUILTIN)
+BUILTIN = ("mnist", "fashion_mnist", "cifar10", "cifar100", "emnist_letters")
+KNOWN = ("digits[:CLASSES]", "synthetic", "folder:PATH", "npz:PATH", *(f"{b}[:CLASSES]" for b in BUILTIN))
 # The progress display of the load in flight; sources that decode files show their loop on it.
 _progress: ContextVar[Progress | None] = ContextVar("tle_data_progress", default=None)
 
@@ -124,10 +124,11 @@ def open_source(spec: DataSpec, extra: dict[str, Loader]) -> Source:
         return folder(arg, spec)
     if prefix == "npz" and arg:
         return npz(arg)
-    if prefix in BUILTIN and not arg:
+    if prefix in BUILTIN:
         from tle.data.builtin import load_builtin
 
-        return load_builtin(prefix)
+        src = load_builtin(prefix)
+        return select_classes(src, arg, spec.source) if arg else src
     if prefix in extra:
         images, labels, names = extra[prefix](arg, spec)
         return arrays([(None, images, labels)], names, f"dataset {spec.source}")
@@ -166,6 +167,41 @@ def _digit_classes(arg: str) -> list[int]:
             "use digits, digits:0-4, digits:5-9 or digits:0,3,7 (at least two digits from 0-9)",
         )
     return sorted(chosen)
+
+
+def select_classes(src: Source, arg: str, what: str) -> Source:
+    """The samples of the classes ``arg`` names (``0-4``, ``a-j``, ``0,3,7``: class names, else indices),
+    relabelled 0..k-1 in the source's class order."""
+    names = list(src.class_names)
+    chosen = _chosen_classes(arg, names, what)
+    keep = np.flatnonzero(np.isin(src.labels, chosen))
+    labels = np.searchsorted(chosen, src.labels[keep]).astype(np.int64)
+    given = None
+    if src.given:
+        given = {s: np.searchsorted(keep, g[np.isin(g, keep)]) for s, g in src.given.items()}
+    return Source(labels, [names[i] for i in chosen], lambda idx: src.fetch(keep[idx]), given, src.skipped)
+
+
+def _chosen_classes(arg: str, names: list[str], what: str) -> np.ndarray:
+    def position(token: str) -> int | None:
+        if token in names:
+            return names.index(token)
+        return int(token) if token.isdigit() and int(token) < len(names) else None
+
+    chosen: set[int] = set()
+    for part in arg.split(","):
+        lo, dash, hi = part.strip().partition("-")
+        a, b = position(lo.strip()), position((hi if dash else lo).strip())
+        if a is None or b is None or a > b:
+            chosen.clear()
+            break
+        chosen.update(range(a, b + 1))
+    if len(chosen) < 2:
+        shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+        raise UserError(f"bad classes {arg!r} in {what}",
+                        f"name at least two classes by name or index, e.g. {what.partition(':')[0]}:0-4 "
+                        f"(its classes: {shown})")
+    return np.array(sorted(chosen), dtype=np.int64)
 
 
 # -- synthetic ------------------------------------------------------------------

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from tle.runner import SPEC_KEY
+
 PARENT_TAG = "mlflow.parentRunId"
-SPEC_KEY = "tle.spec_key"
 SWEEP_KEY = "tle.sweep.key"
 ROLE = "tle.role"
 CELL = "tle.sweep.cell"

@@ -3,7 +3,8 @@
 Every initialiser of ``tle.initializers`` draws, with Keras's formulas, the
 *deviation* of a synapse from Mozafari's mean 0.8; the result is clipped to
 [0, 1] (synapses stay non-negative). ``normal:0.05`` is therefore the paper's
-N(0.8, 0.05); the core's default ``glorot_uniform`` gives U(0.8 ± l) with
+N(0.8, 0.05), and the backend's default (``registry.DEFAULT_INIT``) when a run
+names no ``--init``; ``glorot_uniform`` gives U(0.8 ± l) with
 l = sqrt(6 / (fan_in + fan_out)) (±0.08 for mozafari's conv1); ``zeros``
 puts every synapse at 0.8. An initialiser centred on zero would leave half the
 synapses at 0 and most neurons silent, so the shift is what makes the core's

@@ -26,8 +26,9 @@ def build(name: str, class_names: list[str], input_shape, head, weights, seed: i
                         "use --weights none, or runs:/RUN_ID of an earlier spyketorch run")
     net = SpikingNet(name, arch, list(class_names), (h, w, c))
     apply_init(net, ["conv1", "conv2"], _mozafari(), seed)
-    # The head (conv3) is new unless the weights come from a run on these very classes.
-    apply_init(net, ["head"], head.initializer if head is not None else _mozafari(), seed)
+    # The head (conv3) is new unless the weights come from a run on these very classes. Unset, it is
+    # drawn like the rest of the network (a CNN's head default, glorot_uniform, is Keras's Dense's).
+    apply_init(net, ["head"], head.init if head is not None and head.init is not None else _mozafari(), seed)
     if kind == "file":
         source = str(getattr(weights, "source", "") or weights.path)
         if weights.path is None:
@@ -40,4 +41,4 @@ def build(name: str, class_names: list[str], input_shape, head, weights, seed: i
 def _mozafari():
     from tle.initializers import InitSpec
 
-    return InitSpec(name="normal", scale=0.05)
+    return InitSpec.parse(registry.DEFAULT_INIT)

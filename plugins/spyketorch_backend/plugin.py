@@ -26,7 +26,8 @@ def backend_info():
     status = "ok" if torch_version else "torch is not installed"
     return BackendInfo(name="spyketorch", framework="pytorch", framework_version=torch_version or "-",
                        description="SpykeTorch's spiking networks (DoG, latency coding, STDP, R-STDP), batched",
-                       status=status, devices=("cpu", "cuda"), capabilities=("onnx", "nir", "resume", "fuse", "cuda"))
+                       status=status, devices=("cpu", "cuda"), capabilities=("onnx", "nir", "resume", "fuse", "cuda"),
+                       default_init=registry.DEFAULT_INIT)
 
 
 @hookimpl

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from tle.contracts import ModelInfo, TrainingPhase
 
 BLOCKS = ("conv1", "conv2")
+# Mozafari et al.'s synapses, N(0.8, 0.05): ``normal`` draws the deviation from 0.8 (see ``init``).
+DEFAULT_INIT = "normal:0.05"
 
 
 @dataclass(frozen=True)
