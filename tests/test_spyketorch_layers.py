@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from tle_spyketorch import coding, competition, layers, plasticity  # noqa: E402
+from tle_spyketorch import coding, competition, layers, plasticity, race  # noqa: E402
 from tle_spyketorch.network import SpikingNet  # noqa: E402
 from tle_spyketorch.reference import Reference  # noqa: E402
 from tle_spyketorch.registry import ARCHS  # noqa: E402
@@ -73,7 +73,7 @@ def test_latency_coding_keeps_rank_order_and_fires_once():
         assert torch.all(torch.diff(s[fired][order]) >= 0)  # larger never fires later
         counts = torch.bincount(s[fired], minlength=15)
         assert counts.max() - counts.min() <= 1  # equal bins
-    trains = layers.trains(steps, 15).unflatten(0, (3, 15))
+    trains = layers.trains(steps, 0, 15).unflatten(0, (3, 15))
     assert torch.all(trains[:, 1:] >= trains[:, :-1])  # cumulative: once fired, stays 1
     assert torch.all(torch.diff(trains, dim=1).clamp_min(0).sum(dim=1) + trains[:, 0] <= 1)  # one onset at most
 
@@ -115,26 +115,33 @@ def test_learning_rate_schedule_doubles_to_the_cap():
 def test_k_winners_respect_the_inhibition_radius():
     rng = np.random.default_rng(1)
     score = torch.from_numpy(rng.random((4, 12, 9, 9)))
-    maps, ys, xs, valid = competition.k_winners(score, 5, 2)
+    maps, ys, xs, valid = competition.winners(score, 5, 2)
     assert valid.all()
     for n in range(4):
         assert score[n].max() == score[n, maps[n, 0], ys[n, 0], xs[n, 0]]
         assert len(set(maps[n].tolist())) == 5  # a map wins once
         for i in range(5):
+            # Pointwise inhibition: a winner is the best map at its position.
+            assert score[n, maps[n, i], ys[n, i], xs[n, i]] == score[n, :, ys[n, i], xs[n, i]].max()
             for j in range(i):
                 cheb = max(abs(int(ys[n, i] - ys[n, j])), abs(int(xs[n, i] - xs[n, j])))
                 assert cheb > 2
     # Fewer candidates than k: the rest are marked invalid.
     sparse = torch.zeros(1, 3, 5, 5, dtype=torch.float64)
     sparse[0, 1, 2, 2] = 1.0
-    assert competition.k_winners(sparse, 3, 1)[3].tolist() == [[True, False, False]]
+    assert competition.winners(sparse, 3, 1)[3].tolist() == [[True, False, False]]
+    # Equal priorities: the lower map wins, then the lower position (the flattened (map, y, x) order).
+    tied = torch.zeros(1, 3, 5, 5)
+    tied[0, 2, 0, 0] = tied[0, 1, 4, 4] = tied[0, 1, 3, 0] = 7.0
+    m, y, x, _ = competition.winners(tied, 2, 0)
+    assert (m.tolist(), y.tolist(), x.tolist()) == ([[1, 2]], [[3, 0]], [[0, 0]])
 
 
 def test_pointwise_inhibition_keeps_the_earliest_per_position():
     times = torch.tensor([[[[3]], [[1]], [[1]], [[15]]]])  # 4 maps at one position; map 3 silent
     pot = torch.tensor([[[[20.0]], [[16.0]], [[18.0]], [[0.0]]]])
-    score = competition.pointwise(competition.priority(times, pot, 15, 100))
-    assert score.flatten().nonzero().flatten().tolist() == [2]  # earliest, then the higher potential
+    maps, _, _, valid = competition.winners(competition.priority(times, pot, 15, 100), 2, 0)
+    assert maps[0, 0] == 2 and valid.tolist() == [[True, False]]  # earliest, then the higher potential
 
 
 def test_batched_inference_equals_the_step_by_step_simulation_exactly():
@@ -180,3 +187,29 @@ def test_batched_stdp_is_deterministic():
         net.stdp_step("conv1", torch.from_numpy(x), (0.05, -0.04))
     assert torch.equal(a.conv1, b.conv1)
 
+
+
+@pytest.mark.parametrize("block", ["conv1", "conv2"])
+def test_the_race_finds_the_winners_of_the_full_simulation(block):
+    x, _ = digits(n=48, size=28)  # mozafari's size: room for conv2's 8 winners before the last step
+    net = partly_trained(SpikingNet("mozafari", ARCHS["mozafari"], [str(c) for c in range(5)], (28, 28, 1)))
+    a, weight = net.arch, net.synapses(block)
+    threshold, k, radius = (a.threshold1, a.winners1, a.radius1) if block == "conv1" else (a.threshold2, a.winners2,
+                                                                                             a.radius2)
+    times = net.block_input(block, torch.from_numpy(x))
+    # Every step of every neuron: potentials, firing steps, priorities, pointwise inhibition, k winners.
+    pot = layers.potentials(times, weight, 0, a.timesteps)
+    out = layers.fire(pot, threshold)
+    full = competition.winners(competition.priority(out, layers.potential_at_fire(pot, out), a.timesteps,
+                                                    net.fan_in(block)), k, radius)
+    step, value, best = race.front(times, weight, threshold, a.timesteps, k, radius)
+    raced = competition.pick(competition.priority(step, value, a.timesteps, net.fan_in(block)), best,
+                             weight.shape[0], k, radius)
+    for got, want in zip(raced, full):
+        assert torch.equal(got, want)
+    maps, y, xs, valid = full
+    assert valid.float().mean() > 0.9  # a real competition, not empty samples
+    want_steps = out.flatten(1).gather(1, (maps * out.shape[2] + y) * out.shape[3] + xs)
+    assert torch.equal(step.flatten(1).gather(1, y * step.shape[2] + xs).long(), want_steps)
+    # Samples left before the last step: positions where the earliest spike came late were never simulated.
+    assert ((step == a.timesteps) & (out.amin(dim=1) < a.timesteps)).any()

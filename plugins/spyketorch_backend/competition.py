@@ -1,9 +1,10 @@
 """Lateral inhibition while a layer learns: pointwise inhibition, then k winners.
 
 A neuron's priority orders the competition: it fires earlier, or at the same
-step with a higher potential. Priorities are exact in float64 (steps and
-potentials on the 2**-10 grid), and ``max`` returns the first of equal values,
-so the winners are the same on every device and for every batch size.
+step with a higher potential. Priorities are exact (steps and potentials on the
+2**-10 grid), and ties go to the lower map, then the lower position (the
+order of a flattened ``(map, y, x)`` tensor), so the winners are the same on
+every device and for every batch size.
 """
 
 from __future__ import annotations
@@ -14,38 +15,48 @@ import torch
 def priority(times: torch.Tensor, pot_at_fire: torch.Tensor, timesteps: int, fan_in: int) -> torch.Tensor:
     """(T - firing step) * M + potential at that step; M = fan_in + 1 exceeds any potential (synapses <= 1,
     spikes 0/1). 0 for silent neurons."""
-    score = (timesteps - times).to(torch.float64) * float(fan_in + 1) + pot_at_fire.to(torch.float64)
+    # float32 holds the sum exactly while it stays below 2**24 on the 2**-10 grid (mozafari: below 2**23).
+    exact32 = (timesteps + 1) * (fan_in + 1) * 1024 < 2**24
+    dtype = torch.float32 if exact32 else torch.float64
+    score = (timesteps - times.to(dtype)) * float(fan_in + 1) + pot_at_fire.to(dtype)
     return torch.where(times < timesteps, score, torch.zeros_like(score))
 
 
-def pointwise(score: torch.Tensor) -> torch.Tensor:
-    """At each position only the map with the highest priority may fire; the others are inhibited (score 0)."""
-    best = score.argmax(dim=1, keepdim=True)
-    keep = torch.arange(score.shape[1], device=score.device).view(1, -1, 1, 1) == best
-    return torch.where(keep, score, torch.zeros_like(score))
+def winners(score: torch.Tensor, k: int, radius: int) -> tuple[torch.Tensor, ...]:
+    """Pointwise inhibition, then up to ``k`` winners per sample (see ``pick``).
 
-
-def k_winners(score: torch.Tensor, k: int, radius: int) -> tuple[torch.Tensor, ...]:
-    """Up to ``k`` winners per sample, one after another: each one silences its own map everywhere and
-    every map within ``radius`` (Chebyshev distance) of its position.
-
-    Returns ``(map, y, x, valid)``, each (N, k); ``valid`` is False where fewer than k neurons could win.
-    A loop over k, never over samples, and no value leaves the device.
+    ``score`` (N, C, H, W) is the priority, 0 for silent neurons. At each position only the map with the
+    highest priority (the first on ties) competes.
     """
-    n, c, h, w = score.shape
-    cs = torch.arange(c, device=score.device).view(1, c, 1, 1)
-    ys = torch.arange(h, device=score.device).view(1, 1, h, 1)
-    xs = torch.arange(w, device=score.device).view(1, 1, 1, w)
-    maps, rows, cols, valid = [], [], [], []
+    best, best_map = score.max(dim=1)
+    return pick(best, best_map, score.shape[1], k, radius)
+
+
+def pick(best: torch.Tensor, best_map: torch.Tensor, maps: int, k: int, radius: int) -> tuple[torch.Tensor, ...]:
+    """Up to ``k`` winners per sample among positions, one after another: each silences its own map everywhere
+    and every map within ``radius`` (Chebyshev distance) of its position.
+
+    ``best`` (N, H, W): each position's priority after pointwise inhibition (0: nothing fired there);
+    ``best_map``: the map it belongs to. Returns ``(map, y, x, valid)``, each (N, k); ``valid`` is False where
+    fewer than k neurons could win. A loop over k, never over samples, and no value leaves the device.
+    """
+    n, h, w = best.shape
+    key = best.reshape(n, h * w)
+    # Among equal priorities the flattened (map, y, x) order decides: the lower map, then the lower position.
+    order = best_map.reshape(n, h * w) * (h * w) + torch.arange(h * w, device=best.device)
+    ys = torch.arange(h, device=best.device).view(1, h, 1)
+    xs = torch.arange(w, device=best.device).view(1, 1, w)
+    last = torch.full_like(order, maps * h * w)
+    chosen_maps, rows, cols, valid = [], [], [], []
     for _ in range(k):
-        value, index = score.flatten(1).max(dim=1)
-        m, rest = index // (h * w), index % (h * w)
-        y, x = rest // w, rest % w
-        maps.append(m)
+        value = key.max(dim=1).values
+        first = torch.where(key == value[:, None], order, last).min(dim=1).values
+        m, index = first // (h * w), first % (h * w)
+        y, x = index // w, index % w
+        chosen_maps.append(m)
         rows.append(y)
         cols.append(x)
         valid.append(value > 0)
-        near = ((ys - y.view(n, 1, 1, 1)).abs() <= radius) & ((xs - x.view(n, 1, 1, 1)).abs() <= radius)
-        score = score.masked_fill((cs == m.view(n, 1, 1, 1)) | near, 0.0)
-    return tuple(torch.stack(v, dim=1) for v in (maps, rows, cols, valid))
-
+        near = ((ys - y.view(n, 1, 1)).abs() <= radius) & ((xs - x.view(n, 1, 1)).abs() <= radius)
+        key = key.masked_fill(near.view(n, -1) | (order // (h * w) == m[:, None]), 0.0)
+    return tuple(torch.stack(v, dim=1) for v in (chosen_maps, rows, cols, valid))

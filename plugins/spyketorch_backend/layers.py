@@ -22,27 +22,29 @@ def quantise(weight: torch.Tensor) -> torch.Tensor:
     return torch.round(weight * SYNAPSE_STEP) / SYNAPSE_STEP
 
 
-def trains(times: torch.Tensor, timesteps: int) -> torch.Tensor:
-    """Firing steps (N, C, H, W) -> cumulative spike trains folded into the batch: (N*T, C, H, W) float."""
-    steps = torch.arange(timesteps, device=times.device).view(1, timesteps, 1, 1, 1)
-    return (times.unsqueeze(1) <= steps).flatten(0, 1).to(torch.float32)
+def trains(times: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Firing steps (N, C, H, W) -> the cumulative spike trains of steps ``start..stop-1`` folded into the
+    batch: (N*(stop-start), C, H, W) float, channels-last (oneDNN's fast layout for these convolutions)."""
+    steps = torch.arange(start, stop, device=times.device).view(1, stop - start, 1, 1, 1)
+    spikes = (times.unsqueeze(1) <= steps).flatten(0, 1)
+    return spikes.to(memory_format=torch.channels_last).to(torch.float32)
 
 
-def potentials(times: torch.Tensor, weight: torch.Tensor, timesteps: int) -> torch.Tensor:
-    """Potentials at every step: (N, T, C_out, H', W')."""
-    out = F.conv2d(trains(times, timesteps), quantise(weight))
-    return out.unflatten(0, (times.shape[0], timesteps))
+def potentials(times: torch.Tensor, weight: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Potentials at steps ``start..stop-1``: (N, stop-start, C_out, H', W')."""
+    out = F.conv2d(trains(times, start, stop), quantise(weight).to(memory_format=torch.channels_last))
+    return out.unflatten(0, (times.shape[0], stop - start))
 
 
 def fire(pot: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Firing steps (N, C, H, W) from potentials over time (N, T, C, H, W); T = never."""
+    """Firing steps (N, C, H, W) counted from the first step of ``pot`` (N, S, C, H, W); S = not within it."""
     # Steps below threshold = the firing step (potentials never fall). Summing bytes with a byte
     # accumulator is ~10x faster on CPU than torch's default bool -> int64 reduction.
     return (pot < threshold).view(torch.uint8).sum(dim=1, dtype=torch.uint8).long()
 
 
 def potential_at_fire(pot: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
-    """Each neuron's potential at its firing step (at the last step for silent neurons)."""
+    """Each neuron's potential at its firing step (at the last step of ``pot`` for the others)."""
     index = times.clamp_max(pot.shape[1] - 1).unsqueeze(1)
     return pot.gather(1, index).squeeze(1)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tle_spyketorch import coding, competition, layers, plasticity
+from tle_spyketorch import coding, competition, layers, plasticity, race
 from tle_spyketorch.registry import Arch
 
 BLOCK_RULES = {"conv1": "STDP", "conv2": "STDP", "head": "R-STDP"}
@@ -98,8 +98,8 @@ class SpikingNet(nn.Module):
     def conv1_output(self, times: torch.Tensor) -> torch.Tensor:
         """conv1's pooled firing steps for input firing steps, without inhibition."""
         a = self.arch
-        pot = layers.potentials(times, self.conv1, a.timesteps)
-        return layers.pool_times(layers.fire(pot, a.threshold1), a.pool1, a.timesteps)
+        return layers.pool_times(race.firing_steps(times, self.conv1, a.threshold1, a.timesteps), a.pool1,
+                                 a.timesteps)
 
     @torch.no_grad()
     def stdp_step(self, block: str, images: torch.Tensor, rates: tuple[float, float]) -> None:
@@ -109,16 +109,15 @@ class SpikingNet(nn.Module):
     @torch.no_grad()
     def learn(self, block: str, times: torch.Tensor, rates: tuple[float, float]) -> None:
         """STDP on ``block`` from the firing steps of its input (see ``block_input``)."""
-        a, steps = self.arch, self.arch.timesteps
+        a = self.arch
         weight = self.synapses(block)
         threshold, k, radius = ((a.threshold1, a.winners1, a.radius1) if block == "conv1"
                                 else (a.threshold2, a.winners2, a.radius2))
-        pot = layers.potentials(times, weight, steps)
-        out = layers.fire(pot, threshold)
-        score = competition.priority(out, layers.potential_at_fire(pot, out), steps, self.fan_in(block))
-        winners = competition.k_winners(competition.pointwise(score), k, radius)
-        maps, y, x, _ = winners
-        out_times = out.flatten(1).gather(1, (maps * out.shape[2] + y) * out.shape[3] + x)
+        step, value, best = race.front(times, weight, threshold, a.timesteps, k, radius)
+        score = competition.priority(step, value, a.timesteps, self.fan_in(block))
+        winners = competition.pick(score, best, weight.shape[0], k, radius)
+        _, y, x, _ = winners
+        out_times = step.flatten(1).gather(1, y * step.shape[2] + x).long()
         plasticity.update(weight.data, times, winners, out_times, *rates, stabilise=True,
                           bounds=plasticity.STDP_BOUNDS)
 

@@ -31,14 +31,18 @@ def vgg_small(num_classes: int = 1000) -> VGG:
         nn.Linear(VGG_SMALL_HIDDEN, VGG_SMALL_HIDDEN), nn.ReLU(True), nn.Dropout(),
         nn.Linear(VGG_SMALL_HIDDEN, num_classes),
     )
-    # torchvision's own VGG initialisation, so the small model starts like the big ones.
+    # torchvision's own VGG initialisation for the convs, so the small model starts like the big ones. Its
+    # N(0, 0.01) for the hidden Linears does not train at this width (three such layers shrink the signal
+    # ~100x; under Adam every ReLU dies in the first steps, S1's pretraining stayed at chance): they take
+    # Keras's Dense default, Glorot uniform, as keras_backend's vgg_small does. The last one is N(0, 0.01).
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.xavier_uniform_(m.weight)
             nn.init.zeros_(m.bias)
+    nn.init.normal_(model.classifier[-1].weight, 0, 0.01)
     return model
 
 

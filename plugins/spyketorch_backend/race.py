@@ -1,0 +1,123 @@
+"""Which neuron fires first at each position of a learning layer: what pointwise inhibition and k winners need.
+
+A learning layer's competition reads, per position, only the map that fired
+earliest (the higher potential at that step, then the lower map, on ties). Two
+facts make that cheap to find without simulating every step:
+
+* potentials never fall (synapses non-negative, trains cumulative), so one
+  convolution at the middle step tells which neurons have fired by then; those
+  are few, and their exact firing steps come from their own inputs (a weighted
+  histogram of the input firing steps), not from more convolutions;
+* a neuron that fires after k winners of its sample have fired can neither win
+  nor inhibit one of them, so each sample leaves the simulation of the later
+  steps (one convolution per step) as soon as its winners are decided.
+
+All sums are exact (see ``coding``), so the result equals a full simulation of
+all T steps bit for bit, which the tests check.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from tle_spyketorch import competition, layers
+
+
+def front(times: torch.Tensor, weight: torch.Tensor, threshold: float, timesteps: int, k: int, radius: int):
+    """Per position, the earliest spike of a layer: ``(step, potential, map)``, each (N, H', W').
+
+    ``step`` is uint8 (``timesteps`` where nothing fired while the sample was simulated), ``potential`` the
+    potential of ``map`` at that step. ``times`` are the input firing steps (N, C, H, W).
+    """
+    n, _, hi, wi = times.shape
+    maps, kernel = weight.shape[0], weight.shape[-1]
+    h, w = hi - kernel + 1, wi - kernel + 1
+    fan_in = int(weight[0].numel())
+    synapses = layers.quantise(weight)
+    packed = synapses.contiguous(memory_format=torch.channels_last)
+    step = torch.full((n, h, w), timesteps, dtype=torch.uint8, device=times.device)
+    value = torch.zeros((n, h, w), dtype=torch.float32, device=times.device)
+    best = torch.zeros((n, h, w), dtype=torch.int64, device=times.device)
+
+    middle = timesteps // 2
+    pot = F.conv2d(layers.trains(times, middle, middle + 1), packed)
+    _resolve(times, synapses, pot >= threshold, threshold, middle, timesteps, fan_in, step, value, best)
+    active = _undecided(torch.arange(n, device=times.device), step, value, best, maps, timesteps, fan_in, k, radius)
+    for t in range(middle + 1, timesteps):
+        if not len(active):
+            break
+        pot = F.conv2d(layers.trains(times[active], t, t + 1), packed)
+        top, top_map = torch.where(pot >= threshold, pot, torch.full_like(pot, -1.0)).max(dim=1)
+        new = (step[active] == timesteps) & (top >= 0)
+        step[active] = torch.where(new, torch.full_like(top, t, dtype=torch.uint8), step[active])
+        value[active] = torch.where(new, top, value[active])
+        best[active] = torch.where(new, top_map, best[active])
+        active = _undecided(active, step, value, best, maps, timesteps, fan_in, k, radius)
+    return step, value, best
+
+
+def _undecided(active, step, value, best, maps, timesteps, fan_in, k, radius) -> torch.Tensor:
+    score = competition.priority(step[active], value[active], timesteps, fan_in)
+    decided = competition.pick(score, best[active], maps, k, radius)[3].all(dim=1)
+    return active[~decided]
+
+
+def firing_steps(times: torch.Tensor, weight: torch.Tensor, threshold: float, timesteps: int) -> torch.Tensor:
+    """Every neuron's firing step (N, maps, H', W'), uint8 (``timesteps`` = never), without inhibition: the
+    neurons that fired by the middle step from their inputs, then one convolution per later step."""
+    n, _, hi, wi = times.shape
+    kernel = weight.shape[-1]
+    synapses = layers.quantise(weight)
+    packed = synapses.contiguous(memory_format=torch.channels_last)
+    out = torch.full((n, weight.shape[0], hi - kernel + 1, wi - kernel + 1), timesteps, dtype=torch.uint8,
+                     device=times.device)
+    middle = timesteps // 2
+    pot = F.conv2d(layers.trains(times, middle, middle + 1), packed)
+    index, fire, _ = _exact(times, synapses, pot >= threshold, threshold, middle)
+    out[index] = fire.to(torch.uint8)
+    for t in range(middle + 1, timesteps):
+        pot = F.conv2d(layers.trains(times, t, t + 1), packed)
+        out = torch.where((out == timesteps) & (pot >= threshold), torch.full_like(out, t), out)
+    return out
+
+
+def _exact(times, synapses, fired, threshold: float, upto: int):
+    """The ``fired`` neurons (N, maps, H', W' mask; all fire by step ``upto``): their index ``(n, m, y, x)``,
+    exact firing step and potential at that step, computed from their own inputs."""
+    index = fired.nonzero(as_tuple=True)
+    n, m, y, x = index
+    kernel = synapses.shape[-1]
+    _, channels, h, w = times.shape
+    # Flat offsets of a receptive field's inputs from its corner: one gather for every neuron's inputs.
+    grid = torch.arange(channels * h * w, device=times.device).view(channels, h, w)[:, :kernel, :kernel]
+    corner = (n * channels * h + y) * w + x
+    inputs = torch.take(times, corner[:, None] + grid.reshape(1, -1))  # their inputs' firing steps
+    # The potential at steps 0..upto: a histogram of the synapses over their input's firing step, summed up.
+    hist = torch.zeros((len(n), upto + 2), dtype=torch.float32, device=times.device)
+    hist.scatter_add_(1, inputs.clamp_max(upto + 1).long(), synapses.view(synapses.shape[0], -1)[m])
+    pot = hist[:, :upto + 1].cumsum(dim=1)
+    fire = (pot < threshold).sum(dim=1)
+    return index, fire, pot.gather(1, fire[:, None])[:, 0]
+
+
+def _resolve(times, synapses, fired, threshold: float, upto: int, timesteps: int, fan_in: int, step, value,
+             best) -> None:
+    """Exact firing steps (<= ``upto``) of the ``fired`` neurons (N, maps, H', W') from their inputs; writes
+    each position's earliest one into ``step``/``value``/``best``."""
+    (n, m, y, x), fire, at_fire = _exact(times, synapses, fired, threshold, upto)
+    if not len(n):
+        return
+    # Per position the highest priority, then the lowest map: what pointwise inhibition keeps.
+    h, w = step.shape[1:]
+    pos = (n * h + y) * w + x
+    score = competition.priority(fire, at_fire, timesteps, fan_in)
+    top = torch.full((step.numel(),), -1.0, dtype=score.dtype, device=score.device)
+    top = top.scatter_reduce(0, pos, score, "amax")
+    tied = score == top[pos]
+    lowest = torch.full((step.numel(),), synapses.shape[0], dtype=torch.int64, device=score.device)
+    lowest = lowest.scatter_reduce(0, pos[tied], m[tied], "amin")
+    chosen = tied & (m == lowest[pos])
+    step.view(-1)[pos[chosen]] = fire[chosen].to(torch.uint8)
+    value.view(-1)[pos[chosen]] = at_fire[chosen]
+    best.view(-1)[pos[chosen]] = m[chosen]
