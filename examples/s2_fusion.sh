@@ -5,7 +5,8 @@
 #   tle fuse A B: the top half of each net's conv3 neurons per class, one net of the same size,
 #   beside bagging (both nets vote) and each net alone, on each task and on the union.
 # usage: examples/s2_fusion.sh [mozafari|mozafari_small]   (EPOCHS=10 BATCH=32 SOURCE_A=digits:0-4 SOURCE_B=digits:5-9)
-# With MNIST / EMNIST files in the Keras cache layout, SOURCE_A=mnist works the same way.
+# S2 itself (digits, then letters), with MNIST and EMNIST's files in the Keras cache layout (README, "Data"):
+#   SOURCE_A=mnist SOURCE_B=emnist_letters:a-j examples/s2_fusion.sh
 set -euo pipefail
 MODEL=${1:-mozafari}
 EPOCHS=${EPOCHS:-10}

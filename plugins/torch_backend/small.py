@@ -31,10 +31,10 @@ def vgg_small(num_classes: int = 1000) -> VGG:
         nn.Linear(VGG_SMALL_HIDDEN, VGG_SMALL_HIDDEN), nn.ReLU(True), nn.Dropout(),
         nn.Linear(VGG_SMALL_HIDDEN, num_classes),
     )
-    # torchvision's own VGG initialisation for the convs, so the small model starts like the big ones. Its
-    # N(0, 0.01) for the hidden Linears does not train at this width (three such layers shrink the signal
-    # ~100x; under Adam every ReLU dies in the first steps, S1's pretraining stayed at chance): they take
-    # Keras's Dense default, Glorot uniform, as keras_backend's vgg_small does. The last one is N(0, 0.01).
+    # torchvision's own VGG initialisation for the convs, so the small model starts like the big ones. The
+    # hidden Linears take Keras's Dense default, Glorot uniform, as keras_backend's vgg_small does: with
+    # torchvision's N(0, 0.01) at this width the classifier shrinks the signal ~100x and pretraining on
+    # digits 0-4 reached 0.69 instead of 0.96 (6 epochs, He-initialised convs). The last one is N(0, 0.01).
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
