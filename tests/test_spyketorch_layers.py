@@ -189,10 +189,16 @@ def test_batched_stdp_is_deterministic():
 
 
 
+@pytest.mark.parametrize("trained", [True, False], ids=["selective-synapses", "untrained-synapses"])
 @pytest.mark.parametrize("block", ["conv1", "conv2"])
-def test_the_race_finds_the_winners_of_the_full_simulation(block):
+def test_the_race_finds_the_winners_of_the_full_simulation(block, trained):
     x, _ = digits(n=48, size=28)  # mozafari's size: room for conv2's 8 winners before the last step
-    net = partly_trained(SpikingNet("mozafari", ARCHS["mozafari"], [str(c) for c in range(5)], (28, 28, 1)))
+    net = SpikingNet("mozafari", ARCHS["mozafari"], [str(c) for c in range(5)], (28, 28, 1))
+    g = torch.Generator().manual_seed(0)
+    for w in (net.conv1, net.conv2, net.head):
+        w.data.normal_(0.8, 0.05, generator=g).clamp_(0, 1)  # most neurons fire within a few steps
+    if trained:
+        partly_trained(net)  # few fire before the middle step
     a, weight = net.arch, net.synapses(block)
     threshold, k, radius = (a.threshold1, a.winners1, a.radius1) if block == "conv1" else (a.threshold2, a.winners2,
                                                                                              a.radius2)
@@ -213,3 +219,6 @@ def test_the_race_finds_the_winners_of_the_full_simulation(block):
     assert torch.equal(step.flatten(1).gather(1, y * step.shape[2] + xs).long(), want_steps)
     # Samples left before the last step: positions where the earliest spike came late were never simulated.
     assert ((step == a.timesteps) & (out.amin(dim=1) < a.timesteps)).any()
+    # Also without inhibition (conv1's output for conv2): every neuron's firing step.
+    if block == "conv1":
+        assert torch.equal(race.firing_steps(times, weight, threshold, a.timesteps).long(), out)

@@ -5,9 +5,11 @@ earliest (the higher potential at that step, then the lower map, on ties). Two
 facts make that cheap to find without simulating every step:
 
 * potentials never fall (synapses non-negative, trains cumulative), so one
-  convolution at the middle step tells which neurons have fired by then; those
-  are few, and their exact firing steps come from their own inputs (a weighted
-  histogram of the input firing steps), not from more convolutions;
+  convolution at the middle step tells which neurons have fired by then; once
+  STDP has made the synapses selective those are few (~0.1-1 %), and their
+  exact firing steps come from their own inputs (a weighted histogram of the
+  input firing steps), not from more convolutions. When many have (untrained
+  synapses all near 0.8), an earlier step is probed, down to step 0;
 * a neuron that fires after k winners of its sample have fired can neither win
   nor inhibit one of them, so each sample leaves the simulation of the later
   steps (one convolution per step) as soon as its winners are decided.
@@ -40,21 +42,46 @@ def front(times: torch.Tensor, weight: torch.Tensor, threshold: float, timesteps
     value = torch.zeros((n, h, w), dtype=torch.float32, device=times.device)
     best = torch.zeros((n, h, w), dtype=torch.int64, device=times.device)
 
-    middle = timesteps // 2
-    pot = F.conv2d(layers.trains(times, middle, middle + 1), packed)
-    _resolve(times, synapses, pot >= threshold, threshold, middle, timesteps, fan_in, step, value, best)
-    active = _undecided(torch.arange(n, device=times.device), step, value, best, maps, timesteps, fan_in, k, radius)
-    for t in range(middle + 1, timesteps):
+    everyone = torch.arange(n, device=times.device)
+    start, pot = _probe(times, packed, threshold, timesteps)
+    if start:
+        _resolve(times, synapses, pot >= threshold, threshold, start, timesteps, fan_in, step, value, best)
+    else:
+        _record(everyone, pot, 0, threshold, timesteps, step, value, best)
+    active = _undecided(everyone, step, value, best, maps, timesteps, fan_in, k, radius)
+    for t in range(start + 1, timesteps):
         if not len(active):
             break
         pot = F.conv2d(layers.trains(times[active], t, t + 1), packed)
-        top, top_map = torch.where(pot >= threshold, pot, torch.full_like(pot, -1.0)).max(dim=1)
-        new = (step[active] == timesteps) & (top >= 0)
-        step[active] = torch.where(new, torch.full_like(top, t, dtype=torch.uint8), step[active])
-        value[active] = torch.where(new, top, value[active])
-        best[active] = torch.where(new, top_map, best[active])
+        _record(active, pot, t, threshold, timesteps, step, value, best)
         active = _undecided(active, step, value, best, maps, timesteps, fan_in, k, radius)
     return step, value, best
+
+
+# Resolving a neuron from its inputs (gather, histogram) costs about this many times its share of one dense
+# convolution step (measured on 2 CPU cores): worth it while few neurons have fired by the probed step.
+SPARSE_COST = 64
+
+
+def _probe(times, packed, threshold: float, timesteps: int) -> tuple[int, torch.Tensor]:
+    """The step to start simulating from, and the potentials there: the middle step when few neurons have
+    fired by then (late firing: trained synapses), else an earlier one, down to step 0 (dense firing at the
+    start of training, when the winners are also decided within a few steps)."""
+    s = timesteps // 2
+    while True:
+        pot = F.conv2d(layers.trains(times, s, s + 1), packed)
+        if s == 0 or float((pot >= threshold).float().mean()) <= s / SPARSE_COST:
+            return s, pot
+        s //= 2
+
+
+def _record(active, pot, t: int, threshold: float, timesteps: int, step, value, best) -> None:
+    """Positions of the ``active`` samples where a neuron fires first at step ``t`` (potentials ``pot``)."""
+    top, top_map = torch.where(pot >= threshold, pot, torch.full_like(pot, -1.0)).max(dim=1)
+    new = (step[active] == timesteps) & (top >= 0)
+    step[active] = torch.where(new, torch.full_like(top, t, dtype=torch.uint8), step[active])
+    value[active] = torch.where(new, top, value[active])
+    best[active] = torch.where(new, top_map, best[active])
 
 
 def _undecided(active, step, value, best, maps, timesteps, fan_in, k, radius) -> torch.Tensor:
@@ -72,11 +99,13 @@ def firing_steps(times: torch.Tensor, weight: torch.Tensor, threshold: float, ti
     packed = synapses.contiguous(memory_format=torch.channels_last)
     out = torch.full((n, weight.shape[0], hi - kernel + 1, wi - kernel + 1), timesteps, dtype=torch.uint8,
                      device=times.device)
-    middle = timesteps // 2
-    pot = F.conv2d(layers.trains(times, middle, middle + 1), packed)
-    index, fire, _ = _exact(times, synapses, pot >= threshold, threshold, middle)
-    out[index] = fire.to(torch.uint8)
-    for t in range(middle + 1, timesteps):
+    start, pot = _probe(times, packed, threshold, timesteps)
+    if start:
+        index, fire, _ = _exact(times, synapses, pot >= threshold, threshold, start)
+        out[index] = fire.to(torch.uint8)
+    else:
+        out = torch.where(pot >= threshold, torch.zeros_like(out), out)
+    for t in range(start + 1, timesteps):
         pot = F.conv2d(layers.trains(times, t, t + 1), packed)
         out = torch.where((out == timesteps) & (pot >= threshold), torch.full_like(out, t), out)
     return out
