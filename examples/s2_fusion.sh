@@ -4,13 +4,16 @@
 #   net B: digits 5-9 with A's conv1-conv2 frozen, conv3 learned anew (feature-extractor)
 #   tle fuse A B: the top half of each net's conv3 neurons per class, one net of the same size,
 #   beside bagging (both nets vote) and each net alone, on each task and on the union.
-# usage: examples/s2_fusion.sh [mozafari|mozafari_small]   (EPOCHS=10 BATCH=32 SOURCE_A=digits:0-4 SOURCE_B=digits:5-9)
+# usage: examples/s2_fusion.sh [mozafari|mozafari_small]
+#   (EPOCHS=10 BATCH=32 SEEDS="0 1 2" SOURCE_A=digits:0-4 SOURCE_B=digits:5-9)
+# One A, B and fusion per seed (split, initialisation and shuffles), then mean ± sd over the seeds.
 # S2 itself (digits, then letters), with MNIST and EMNIST's files in the Keras cache layout (README, "Data"):
 #   SOURCE_A=mnist SOURCE_B=emnist_letters:a-j examples/s2_fusion.sh
 set -euo pipefail
 MODEL=${1:-mozafari}
 EPOCHS=${EPOCHS:-10}
 BATCH=${BATCH:-32}
+SEEDS=${SEEDS:-0 1 2}
 SOURCE_A=${SOURCE_A:-digits:0-4}
 SOURCE_B=${SOURCE_B:-digits:5-9}
 SIZE=$([ "$MODEL" = mozafari_small ] && echo 16 || echo 28)
@@ -19,7 +22,32 @@ run() { echo "+ tle run $*" >&2; tle --quiet run --backend spyketorch --model "$
           --image-size "$SIZE" --channels 1 --epochs "$EPOCHS" --batch-size "$BATCH" "$@"; }
 run_id() { python -c 'import json,sys; print(json.loads(sys.stdin.read().splitlines()[-1])["run_id"])'; }
 
-A=$(run --dataset "$SOURCE_A" --run-name "S2 net A" --json | run_id)
-B=$(run --dataset "$SOURCE_B" --strategy feature-extractor --weights "runs:/$A" --run-name "S2 net B" --json | run_id)
-echo "+ tle fuse $A $B" >&2
-tle fuse "$A" "$B" --keep 0.5 --ratio 0.1 --experiment "$EXP" --run-name "S2 fusion"
+for SEED in $SEEDS; do
+  A=$(run --dataset "$SOURCE_A" --seed "$SEED" --run-name "S2 net A seed $SEED" --json | run_id)
+  B=$(run --dataset "$SOURCE_B" --seed "$SEED" --strategy feature-extractor --weights "runs:/$A" \
+        --run-name "S2 net B seed $SEED" --json | run_id)
+  echo "+ tle fuse $A $B" >&2
+  tle fuse "$A" "$B" --keep 0.5 --ratio 0.1 --experiment "$EXP" --run-name "S2 fusion seed $SEED"
+done
+
+# The fusion runs of this experiment, read back from the store: test accuracy, mean ± sd over the seeds.
+EXP="$EXP" TASKS="$SOURCE_A,$SOURCE_B" python - <<'PY'
+import os
+
+import mlflow
+
+from tle.study.stats import Summary
+
+client = mlflow.MlflowClient()
+exp = client.get_experiment_by_name(os.environ["EXP"])
+runs = [r for r in client.search_runs([exp.experiment_id]) if "tle.parents" in r.data.tags]
+a, b = os.environ["TASKS"].split(",")
+print(f"\n**S2 offline: test accuracy, mean ± sd over {len(runs)} seeds**\n")
+print(f"| model | {a} | {b} | union | size |\n|---|---|---|---|---|")
+for model, size in (("A", "1×"), ("B", "1×"), ("bagging", "2×"), ("fused", "1×")):
+    cells = []
+    for task in ("task1", "task2", "union"):
+        s = Summary.of([r.data.metrics[f"{model}_acc_{task}"] for r in runs])
+        cells.append(f"{s.mean:.3f} ± {s.sd:.3f}")
+    print(f"| {model} | {' | '.join(cells)} | {size} |")
+PY
