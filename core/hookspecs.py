@@ -39,7 +39,9 @@ def backend_info():
     :return: a :class:`tle.contracts.BackendInfo`.
 
     Must not import the framework (``tle backends`` has to stay fast); read
-    versions with ``importlib.metadata`` instead.
+    versions with ``importlib.metadata`` instead. ``default_init`` is the
+    initialiser a run gets when its spec names none (``glorot_uniform``
+    unless the backend's weights live elsewhere, as spiking synapses do).
     """
 
 

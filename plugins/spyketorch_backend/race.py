@@ -58,8 +58,9 @@ def front(times: torch.Tensor, weight: torch.Tensor, threshold: float, timesteps
     return step, value, best
 
 
-# Resolving a neuron from its inputs (gather, histogram) costs about this many times its share of one dense
-# convolution step (measured on 2 CPU cores): worth it while few neurons have fired by the probed step.
+# Resolving a neuron from its inputs (gather, histogram) costs roughly this many times its share of one dense
+# convolution step (estimated from profiles on 2 CPU cores): resolving the neurons fired by step s replaces s
+# convolutions, so it pays while fewer than s / SPARSE_COST of them have fired.
 SPARSE_COST = 64
 
 
@@ -92,7 +93,7 @@ def _undecided(active, step, value, best, maps, timesteps, fan_in, k, radius) ->
 
 def firing_steps(times: torch.Tensor, weight: torch.Tensor, threshold: float, timesteps: int) -> torch.Tensor:
     """Every neuron's firing step (N, maps, H', W'), uint8 (``timesteps`` = never), without inhibition: the
-    neurons that fired by the middle step from their inputs, then one convolution per later step."""
+    neurons fired by the probed step (see ``_probe``) from their inputs, then one convolution per later step."""
     n, _, hi, wi = times.shape
     kernel = weight.shape[-1]
     synapses = layers.quantise(weight)
