@@ -86,9 +86,13 @@ def _record(active, pot, t: int, threshold: float, timesteps: int, step, value, 
 
 
 def _undecided(active, step, value, best, maps, timesteps, fan_in, k, radius) -> torch.Tensor:
-    score = competition.priority(step[active], value[active], timesteps, fan_in)
-    decided = competition.pick(score, best[active], maps, k, radius)[3].all(dim=1)
-    return active[~decided]
+    # Only a sample with k positions fired so far can have k winners: the others need no competition yet.
+    ready = active[(step[active] < timesteps).flatten(1).sum(dim=1) >= k]
+    if not len(ready):
+        return active
+    score = competition.priority(step[ready], value[ready], timesteps, fan_in)
+    decided = ready[competition.pick(score, best[ready], maps, k, radius)[3].all(dim=1)]
+    return active[~torch.isin(active, decided)]
 
 
 def firing_steps(times: torch.Tensor, weight: torch.Tensor, threshold: float, timesteps: int) -> torch.Tensor:
