@@ -84,6 +84,27 @@ def check_kinds(kinds: list[str], labels: list[str]) -> str:
     return kinds[0]
 
 
+def check_models(models: list, head_kind, backbone_hash) -> str:
+    """The head kind the ``models`` share, after checking that they can be fused: at least two, one model at
+    one input shape (``model_name``, ``input_shape``), heads of one rankable kind (``head_kind(model)``), and
+    one backbone (``backbone_hash(model)``), so that their heads read the same features."""
+    if len(models) < 2:
+        raise UserError("fusion needs at least two models", "pass two run ids")
+    labels = [f"model {chr(ord('A') + i)}" for i in range(len(models))]
+    first = models[0]
+    for label, other in zip(labels[1:], models[1:]):
+        if other.model_name != first.model_name or other.input_shape != first.input_shape:
+            raise UserError(f"cannot fuse {first.model_name} at {first.input_shape} with {label}, {other.model_name} "
+                            f"at {other.input_shape}", "fuse runs of the same model and image size")
+    kind = check_kinds([head_kind(m) for m in models], labels)
+    reference = backbone_hash(first)
+    for label, other in zip(labels[1:], models[1:]):
+        if backbone_hash(other) != reference:
+            raise UserError(f"{label}'s backbone weights differ from model A's, so their heads read different features",
+                            "train both with --strategy feature-extractor --weights runs:/BACKBONE_RUN")
+    return kind
+
+
 def merge(heads: list[HeadArrays], keep: float = 0.5, ratio: float = 0.1) -> MergedHead:
     """One head over the ordered union of the classes; ``keep=1`` gives the full concatenation."""
     if not (0 < keep <= 1 and 0 < ratio <= 1):

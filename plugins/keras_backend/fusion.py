@@ -16,10 +16,9 @@ import hashlib
 
 import numpy as np
 
-from tle import UserError
 from tle.contracts import ResolvedWeights
 from tle.spec import HeadSpec
-from tle.study.head_fusion import HeadArrays, check_kinds, merge
+from tle.study.head_fusion import HeadArrays, check_models, merge
 from tle_keras.heads import NEW_LAST
 from tle_keras.models import build
 from tle_keras.wrapper import HEAD, KerasNet
@@ -60,27 +59,9 @@ def head_arrays(knet: KerasNet, kind: str, class_names: list[str]) -> HeadArrays
     return HeadArrays(kind, out_w, out_b, list(class_names), hidden_w, hidden_b)
 
 
-def check(models: list[KerasNet]) -> str:
-    labels = [f"model {chr(ord('A') + i)}" for i in range(len(models))]
-    first = models[0]
-    for label, other in zip(labels[1:], models[1:]):
-        if other.model_name != first.model_name or other.input_shape != first.input_shape:
-            raise UserError(f"cannot fuse {first.model_name} at {first.input_shape} with {label}, {other.model_name} "
-                            f"at {other.input_shape}", "fuse runs of the same model and image size")
-    kind = check_kinds([head_kind(m) for m in models], labels)
-    reference = backbone_hash(first)
-    for label, other in zip(labels[1:], models[1:]):
-        if backbone_hash(other) != reference:
-            raise UserError(f"{label}'s backbone weights differ from model A's, so their heads read different features",
-                            "train both with --strategy feature-extractor --weights runs:/BACKBONE_RUN")
-    return kind
-
-
 def fuse(models: list[KerasNet], class_names: list[list[str]], keep: float = 0.5, ratio: float = 0.1,
          concatenate: bool = False) -> KerasNet:
-    if len(models) < 2:
-        raise UserError("fusion needs at least two models", "pass two run ids")
-    kind = check(models)
+    kind = check_models(models, head_kind, backbone_hash)
     merged = merge([head_arrays(m, kind, n) for m, n in zip(models, class_names)], 1.0 if concatenate else keep, ratio)
     first = models[0]
     dropout = float(first.net.get_layer("head_dropout").rate) if kind == "dense" else 0.0

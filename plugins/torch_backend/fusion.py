@@ -15,10 +15,9 @@ import hashlib
 import numpy as np
 import torch
 
-from tle import UserError
 from tle.contracts import ResolvedWeights
 from tle.spec import HeadSpec
-from tle.study.head_fusion import HeadArrays, check_kinds, merge
+from tle.study.head_fusion import HeadArrays, check_models, merge
 from tle_torch.models import build
 from tle_torch.wrapper import HEAD, TleNet
 
@@ -54,27 +53,9 @@ def head_arrays(net: TleNet, kind: str, class_names: list[str]) -> HeadArrays:
                       arr(net.head.fc1.weight), arr(net.head.fc1.bias))
 
 
-def check(models: list[TleNet]) -> str:
-    labels = [f"model {chr(ord('A') + i)}" for i in range(len(models))]
-    first = models[0]
-    for label, other in zip(labels[1:], models[1:]):
-        if other.model_name != first.model_name or other.input_shape != first.input_shape:
-            raise UserError(f"cannot fuse {first.model_name} at {first.input_shape} with {label}, {other.model_name} "
-                            f"at {other.input_shape}", "fuse runs of the same model and image size")
-    kind = check_kinds([head_kind(m) for m in models], labels)
-    reference = backbone_hash(first)
-    for label, other in zip(labels[1:], models[1:]):
-        if backbone_hash(other) != reference:
-            raise UserError(f"{label}'s backbone weights differ from model A's, so their heads read different features",
-                            "train both with --strategy feature-extractor --weights runs:/BACKBONE_RUN")
-    return kind
-
-
 def fuse(models: list[TleNet], class_names: list[list[str]], keep: float = 0.5, ratio: float = 0.1,
          concatenate: bool = False) -> TleNet:
-    if len(models) < 2:
-        raise UserError("fusion needs at least two models", "pass two run ids")
-    kind = check(models)
+    kind = check_models(models, head_kind, backbone_hash)
     merged = merge([head_arrays(m, kind, n) for m, n in zip(models, class_names)], 1.0 if concatenate else keep, ratio)
     first = models[0]
     dropout = float(first.head.dropout.p) if kind == "dense" else 0.0
