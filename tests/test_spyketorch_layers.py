@@ -205,9 +205,9 @@ def test_the_race_finds_the_winners_of_the_full_simulation(block, trained):
     times = net.block_input(block, torch.from_numpy(x))
     # Every step of every neuron: potentials, firing steps, priorities, pointwise inhibition, k winners.
     pot = layers.potentials(times, weight, 0, a.timesteps)
-    out = layers.fire(pot, threshold)
-    full = competition.winners(competition.priority(out, layers.potential_at_fire(pot, out), a.timesteps,
-                                                    net.fan_in(block)), k, radius)
+    out = (pot < threshold).sum(dim=1)  # potentials never fall: the steps below threshold = the firing step
+    at_fire = pot.gather(1, out.clamp_max(a.timesteps - 1).unsqueeze(1)).squeeze(1)
+    full = competition.winners(competition.priority(out, at_fire, a.timesteps, net.fan_in(block)), k, radius)
     step, value, best = race.front(times, weight, threshold, a.timesteps, k, radius)
     raced = competition.pick(competition.priority(step, value, a.timesteps, net.fan_in(block)), best,
                              weight.shape[0], k, radius)

@@ -3,7 +3,7 @@
 Potentials of a conv layer at step t are the convolution of the cumulative
 input train at t. Synapses are non-negative and trains cumulative, so
 potentials never fall: a neuron's firing step is the first step at which its
-potential reaches the threshold, i.e. ``T - (number of steps at or above it)``.
+potential reaches the threshold (``race`` finds those steps for learning layers).
 With no inhibition (inference, and every layer that is not learning) the
 state at the last step depends only on the spikes at the last step, so the
 inference path needs one convolution per layer instead of T.
@@ -34,19 +34,6 @@ def potentials(times: torch.Tensor, weight: torch.Tensor, start: int, stop: int)
     """Potentials at steps ``start..stop-1``: (N, stop-start, C_out, H', W')."""
     out = F.conv2d(trains(times, start, stop), quantise(weight).to(memory_format=torch.channels_last))
     return out.unflatten(0, (times.shape[0], stop - start))
-
-
-def fire(pot: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Firing steps (N, C, H, W) counted from the first step of ``pot`` (N, S, C, H, W); S = not within it."""
-    # Steps below threshold = the firing step (potentials never fall). Summing bytes with a byte
-    # accumulator is ~10x faster on CPU than torch's default bool -> int64 reduction.
-    return (pot < threshold).view(torch.uint8).sum(dim=1, dtype=torch.uint8).long()
-
-
-def potential_at_fire(pot: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
-    """Each neuron's potential at its firing step (at the last step of ``pot`` for the others)."""
-    index = times.clamp_max(pot.shape[1] - 1).unsqueeze(1)
-    return pot.gather(1, index).squeeze(1)
 
 
 def pool_times(times: torch.Tensor, pool: tuple[int, int, int], timesteps: int) -> torch.Tensor:

@@ -21,7 +21,6 @@ all T steps bit for bit, which the tests check.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from tle_spyketorch import competition, layers
 
@@ -37,13 +36,12 @@ def front(times: torch.Tensor, weight: torch.Tensor, threshold: float, timesteps
     h, w = hi - kernel + 1, wi - kernel + 1
     fan_in = int(weight[0].numel())
     synapses = layers.quantise(weight)
-    packed = synapses.contiguous(memory_format=torch.channels_last)
     step = torch.full((n, h, w), timesteps, dtype=torch.uint8, device=times.device)
     value = torch.zeros((n, h, w), dtype=torch.float32, device=times.device)
     best = torch.zeros((n, h, w), dtype=torch.int64, device=times.device)
 
     everyone = torch.arange(n, device=times.device)
-    start, pot = _probe(times, packed, threshold, timesteps)
+    start, pot = _probe(times, weight, threshold, timesteps)
     if start:
         _resolve(times, synapses, pot >= threshold, threshold, start, timesteps, fan_in, step, value, best)
     else:
@@ -52,7 +50,7 @@ def front(times: torch.Tensor, weight: torch.Tensor, threshold: float, timesteps
     for t in range(start + 1, timesteps):
         if not len(active):
             break
-        pot = F.conv2d(layers.trains(times[active], t, t + 1), packed)
+        pot = layers.potentials(times[active], weight, t, t + 1)[:, 0]
         _record(active, pot, t, threshold, timesteps, step, value, best)
         active = _undecided(active, step, value, best, maps, timesteps, fan_in, k, radius)
     return step, value, best
@@ -64,13 +62,13 @@ def front(times: torch.Tensor, weight: torch.Tensor, threshold: float, timesteps
 SPARSE_COST = 64
 
 
-def _probe(times, packed, threshold: float, timesteps: int) -> tuple[int, torch.Tensor]:
+def _probe(times, weight, threshold: float, timesteps: int) -> tuple[int, torch.Tensor]:
     """The step to start simulating from, and the potentials there: the middle step when few neurons have
     fired by then (late firing: trained synapses), else an earlier one, down to step 0 (dense firing at the
     start of training, when the winners are also decided within a few steps)."""
     s = timesteps // 2
     while True:
-        pot = F.conv2d(layers.trains(times, s, s + 1), packed)
+        pot = layers.potentials(times, weight, s, s + 1)[:, 0]
         if s == 0 or float((pot >= threshold).float().mean()) <= s / SPARSE_COST:
             return s, pot
         s //= 2
@@ -100,18 +98,16 @@ def firing_steps(times: torch.Tensor, weight: torch.Tensor, threshold: float, ti
     neurons fired by the probed step (see ``_probe``) from their inputs, then one convolution per later step."""
     n, _, hi, wi = times.shape
     kernel = weight.shape[-1]
-    synapses = layers.quantise(weight)
-    packed = synapses.contiguous(memory_format=torch.channels_last)
     out = torch.full((n, weight.shape[0], hi - kernel + 1, wi - kernel + 1), timesteps, dtype=torch.uint8,
                      device=times.device)
-    start, pot = _probe(times, packed, threshold, timesteps)
+    start, pot = _probe(times, weight, threshold, timesteps)
     if start:
-        index, fire, _ = _exact(times, synapses, pot >= threshold, threshold, start)
+        index, fire, _ = _exact(times, layers.quantise(weight), pot >= threshold, threshold, start)
         out[index] = fire.to(torch.uint8)
     else:
         out = torch.where(pot >= threshold, torch.zeros_like(out), out)
     for t in range(start + 1, timesteps):
-        pot = F.conv2d(layers.trains(times, t, t + 1), packed)
+        pot = layers.potentials(times, weight, t, t + 1)[:, 0]
         out = torch.where((out == timesteps) & (pot >= threshold), torch.full_like(out, t), out)
     return out
 
