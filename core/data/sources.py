@@ -117,7 +117,7 @@ def _finish(images: np.ndarray, spec: DataSpec) -> np.ndarray:
 def open_source(spec: DataSpec, extra: dict[str, Loader]) -> Source:
     prefix, _, arg = spec.source.partition(":")
     if prefix == "digits":
-        return digits(arg)
+        return digits(arg, spec.source)
     if prefix == "synthetic" and not arg:
         return synthetic(spec.synthetic)
     if prefix == "folder" and arg:
@@ -139,34 +139,13 @@ def open_source(spec: DataSpec, extra: dict[str, Loader]) -> Source:
 # -- digits ---------------------------------------------------------------------
 
 
-def digits(arg: str) -> Source:
+def digits(arg: str, what: str) -> Source:
     from sklearn.datasets import load_digits
 
-    chosen = _digit_classes(arg)
     bunch = load_digits()
-    mask = np.isin(bunch.target, chosen)
-    images = bunch.images[mask].astype(np.float32)[..., None] / 16.0
-    labels = np.searchsorted(chosen, bunch.target[mask]).astype(np.int64)
-    return Source(labels, [str(d) for d in chosen], lambda idx: images[idx])
-
-
-def _digit_classes(arg: str) -> list[int]:
-    """``""`` -> all ten; ``0-4``, ``0,3,7`` or ``0-2,7``; returned sorted."""
-    if not arg:
-        return list(range(10))
-    chosen: set[int] = set()
-    for part in arg.split(","):
-        lo, dash, hi = part.strip().partition("-")
-        if not lo.isdigit() or (dash and not hi.isdigit()) or not 0 <= int(lo) <= int(hi or lo) <= 9:
-            chosen.clear()
-            break
-        chosen.update(range(int(lo), int(hi or lo) + 1))
-    if len(chosen) < 2:
-        raise UserError(
-            f"bad digit classes {arg!r}",
-            "use digits, digits:0-4, digits:5-9 or digits:0,3,7 (at least two digits from 0-9)",
-        )
-    return sorted(chosen)
+    images = bunch.images.astype(np.float32)[..., None] / 16.0
+    src = Source(bunch.target.astype(np.int64), [str(d) for d in range(10)], lambda idx: images[idx])
+    return select_classes(src, arg, what) if arg else src
 
 
 def select_classes(src: Source, arg: str, what: str) -> Source:
