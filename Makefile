@@ -18,8 +18,12 @@ $(STAMP): pyproject.toml examples/numpy_backend/pyproject.toml
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh $(ARGS)
 
+# Two pytest workers, a test file each at a time (module fixtures stay in one process), each with half the
+# cores: one process alone keeps 2 cores only ~55 % busy (waits on subprocesses, stores, servers).
+TEST_THREADS ?= $(shell $(PYTHON) -c 'import os; print(max(1, (os.cpu_count() or 2) // 2))')
+
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	OMP_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) build *.egg-info
