@@ -22,9 +22,16 @@ def quantise(weight: torch.Tensor) -> torch.Tensor:
     return torch.round(weight * SYNAPSE_STEP) / SYNAPSE_STEP
 
 
+def step_layout(times: torch.Tensor) -> torch.Tensor:
+    """Firing steps as the per-step convolutions read them fastest: uint8 (steps <= 255), channels-last."""
+    return times.to(torch.uint8).contiguous(memory_format=torch.channels_last)
+
+
 def trains(times: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     """Firing steps (N, C, H, W) -> the cumulative spike trains of steps ``start..stop-1`` folded into the
     batch: (N*(stop-start), C, H, W) float, channels-last (oneDNN's fast layout for these convolutions)."""
+    if stop - start == 1:  # one comparison straight into the convolution's layout
+        return (times <= start).to(torch.float32, memory_format=torch.channels_last)
     steps = torch.arange(start, stop, device=times.device).view(1, stop - start, 1, 1, 1)
     spikes = (times.unsqueeze(1) <= steps).flatten(0, 1)
     return spikes.to(memory_format=torch.channels_last).to(torch.float32)

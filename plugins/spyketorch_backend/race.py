@@ -41,44 +41,53 @@ def front(times: torch.Tensor, weight: torch.Tensor, threshold: float, timesteps
     best = torch.zeros((n, h, w), dtype=torch.int64, device=times.device)
 
     everyone = torch.arange(n, device=times.device)
-    start, pot = _probe(times, weight, threshold, timesteps)
+    steps = layers.step_layout(times)
+    start, pot, fired = _probe(steps, weight, threshold, timesteps)
     if start:
-        _resolve(times, synapses, pot >= threshold, threshold, start, timesteps, fan_in, step, value, best)
+        _resolve(steps, synapses, fired, threshold, start, timesteps, fan_in, step, value, best)
     else:
         _record(everyone, pot, 0, threshold, timesteps, step, value, best)
     active = _undecided(everyone, step, value, best, maps, timesteps, fan_in, k, radius)
     for t in range(start + 1, timesteps):
         if not len(active):
             break
-        pot = layers.potentials(times[active], weight, t, t + 1)[:, 0]
+        pot = layers.potentials(steps if len(active) == n else steps[active], weight, t, t + 1)[:, 0]
         _record(active, pot, t, threshold, timesteps, step, value, best)
         active = _undecided(active, step, value, best, maps, timesteps, fan_in, k, radius)
     return step, value, best
 
 
 # Resolving a neuron from its inputs (gather, histogram) costs roughly this many times its share of one dense
-# convolution step (estimated from profiles on 2 CPU cores): resolving the neurons fired by step s replaces s
-# convolutions, so it pays while fewer than s / SPARSE_COST of them have fired.
-SPARSE_COST = 64
+# convolution step (measured on 2 CPU cores: ~250 for conv1, ~500 for conv2): resolving the neurons fired by
+# step s replaces s convolutions, so it pays while fewer than s / SPARSE_COST of them have fired.
+SPARSE_COST = 256
 
 
-def _probe(times, weight, threshold: float, timesteps: int) -> tuple[int, torch.Tensor]:
-    """The step to start simulating from, and the potentials there: the middle step when few neurons have
-    fired by then (late firing: trained synapses), else an earlier one, down to step 0 (dense firing at the
+def _probe(steps, weight, threshold: float, timesteps: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """The step to start simulating from, the potentials there and which neurons have fired: the middle step
+    when few have (late firing: trained synapses), else an earlier one, down to step 0 (dense firing at the
     start of training, when the winners are also decided within a few steps)."""
     s = timesteps // 2
     while True:
-        pot = layers.potentials(times, weight, s, s + 1)[:, 0]
-        if s == 0 or float((pot >= threshold).float().mean()) <= s / SPARSE_COST:
-            return s, pot
+        pot = layers.potentials(steps, weight, s, s + 1)[:, 0]
+        fired = pot >= threshold
+        if s == 0 or int(fired.count_nonzero()) * SPARSE_COST <= fired.numel() * s:
+            return s, pot, fired
         s //= 2
 
 
 def _record(active, pot, t: int, threshold: float, timesteps: int, step, value, best) -> None:
     """Positions of the ``active`` samples where a neuron fires first at step ``t`` (potentials ``pot``)."""
-    top, top_map = torch.where(pot >= threshold, pot, torch.full_like(pot, -1.0)).max(dim=1)
-    new = (step[active] == timesteps) & (top >= 0)
-    step[active] = torch.where(new, torch.full_like(top, t, dtype=torch.uint8), step[active])
+    # The highest potential at a position is above threshold exactly when any is: no masked copy needed.
+    top, top_map = pot.max(dim=1)
+    if len(active) == len(step):
+        new = (step == timesteps) & (top >= threshold)
+        step.masked_fill_(new, t)
+        value.copy_(torch.where(new, top, value))
+        best.copy_(torch.where(new, top_map, best))
+        return
+    new = (step[active] == timesteps) & (top >= threshold)
+    step[active] = step[active].masked_fill(new, t)
     value[active] = torch.where(new, top, value[active])
     best[active] = torch.where(new, top_map, best[active])
 
@@ -96,46 +105,42 @@ def _undecided(active, step, value, best, maps, timesteps, fan_in, k, radius) ->
 def firing_steps(times: torch.Tensor, weight: torch.Tensor, threshold: float, timesteps: int) -> torch.Tensor:
     """Every neuron's firing step (N, maps, H', W'), uint8 (``timesteps`` = never), without inhibition: the
     neurons fired by the probed step (see ``_probe``) from their inputs, then one convolution per later step."""
-    n, _, hi, wi = times.shape
-    kernel = weight.shape[-1]
-    out = torch.full((n, weight.shape[0], hi - kernel + 1, wi - kernel + 1), timesteps, dtype=torch.uint8,
-                     device=times.device)
-    start, pot = _probe(times, weight, threshold, timesteps)
+    steps = layers.step_layout(times)
+    start, pot, fired = _probe(steps, weight, threshold, timesteps)
+    # Potentials never fall, so a neuron not fired by ``start`` fires at start + 1 + (later steps below threshold):
+    # one comparison and one add per step.
+    out = torch.full_like(pot, start + 1, dtype=torch.uint8)
+    for t in range(start + 1, timesteps):
+        out += layers.potentials(steps, weight, t, t + 1)[:, 0] < threshold
     if start:
-        index, fire, _ = _exact(times, layers.quantise(weight), pot >= threshold, threshold, start)
+        index, fire, _ = _exact(steps, layers.quantise(weight), fired, threshold, start)
         out[index] = fire.to(torch.uint8)
     else:
-        out = torch.where(pot >= threshold, torch.zeros_like(out), out)
-    for t in range(start + 1, timesteps):
-        pot = layers.potentials(times, weight, t, t + 1)[:, 0]
-        out = torch.where((out == timesteps) & (pot >= threshold), torch.full_like(out, t), out)
-    return out
+        out.masked_fill_(fired, 0)
+    return out.contiguous()
 
 
-def _exact(times, synapses, fired, threshold: float, upto: int):
+def _exact(steps, synapses, fired, threshold: float, upto: int):
     """The ``fired`` neurons (N, maps, H', W' mask; all fire by step ``upto``): their index ``(n, m, y, x)``,
-    exact firing step and potential at that step, computed from their own inputs."""
+    exact firing step and potential at that step, computed from their own inputs (``steps``: input firing steps)."""
     index = fired.nonzero(as_tuple=True)
     n, m, y, x = index
     kernel = synapses.shape[-1]
-    _, channels, h, w = times.shape
-    # Flat offsets of a receptive field's inputs from its corner: one gather for every neuron's inputs.
-    grid = torch.arange(channels * h * w, device=times.device).view(channels, h, w)[:, :kernel, :kernel]
-    corner = (n * channels * h + y) * w + x
-    inputs = torch.take(times, corner[:, None] + grid.reshape(1, -1))  # their inputs' firing steps
+    # Each neuron's receptive field, through a view of every field: no offsets tensor, one gather.
+    inputs = steps.unfold(2, kernel, 1).unfold(3, kernel, 1).permute(0, 2, 3, 1, 4, 5)[n, y, x].flatten(1)
     # The potential at steps 0..upto: a histogram of the synapses over their input's firing step, summed up.
-    hist = torch.zeros((len(n), upto + 2), dtype=torch.float32, device=times.device)
+    hist = torch.zeros((len(n), upto + 2), dtype=torch.float32, device=steps.device)
     hist.scatter_add_(1, inputs.clamp_max(upto + 1).long(), synapses.view(synapses.shape[0], -1)[m])
     pot = hist[:, :upto + 1].cumsum(dim=1)
     fire = (pot < threshold).sum(dim=1)
     return index, fire, pot.gather(1, fire[:, None])[:, 0]
 
 
-def _resolve(times, synapses, fired, threshold: float, upto: int, timesteps: int, fan_in: int, step, value,
+def _resolve(steps, synapses, fired, threshold: float, upto: int, timesteps: int, fan_in: int, step, value,
              best) -> None:
     """Exact firing steps (<= ``upto``) of the ``fired`` neurons (N, maps, H', W') from their inputs; writes
     each position's earliest one into ``step``/``value``/``best``."""
-    (n, m, y, x), fire, at_fire = _exact(times, synapses, fired, threshold, upto)
+    (n, m, y, x), fire, at_fire = _exact(steps, synapses, fired, threshold, upto)
     if not len(n):
         return
     # Per position the highest priority, then the lowest map: what pointwise inhibition keeps.
