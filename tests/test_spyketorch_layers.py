@@ -222,3 +222,36 @@ def test_the_race_finds_the_winners_of_the_full_simulation(block, trained):
     # Also without inhibition (conv1's output for conv2): every neuron's firing step.
     if block == "conv1":
         assert torch.equal(race.firing_steps(times, weight, threshold, a.timesteps).long(), out)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("block", ["conv1", "conv2"])
+def test_cuda_reproduces_the_cpu(block):
+    """Coding, winners, firing steps and logits on CUDA equal the CPU's: every sum is exact (DoG on a 1/256
+    grid, synapses on 2**-10, even under TF32), so the order CUDA adds in cannot matter. Only the weight
+    updates' products may round apart."""
+    x, y = digits(n=48, size=28)
+    exact, updated = {}, {}
+    for device in ("cpu", "cuda"):
+        net = SpikingNet("mozafari", ARCHS["mozafari"], [str(c) for c in range(5)], (28, 28, 1))
+        g = torch.Generator().manual_seed(0)
+        for w in (net.conv1, net.conv2, net.head):
+            w.data.normal_(0.8, 0.05, generator=g).clamp_(0, 1)
+        partly_trained(net)
+        net.to(device)
+        images, labels = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+        a = net.arch
+        threshold, k, radius = ((a.threshold1, a.winners1, a.radius1) if block == "conv1"
+                                else (a.threshold2, a.winners2, a.radius2))
+        times = net.block_input(block, images)
+        front = race.front(times, net.synapses(block), threshold, a.timesteps, k, radius)
+        logits = net(images)
+        decided = net.rstdp_step(images, labels, (0.5, 0.5))
+        net.learn(block, times, (0.05, -0.04))
+        exact[device] = [t.cpu() for t in (times, *front, logits, decided)]
+        updated[device] = [net.synapses(block).detach().cpu(), net.head.detach().cpu()]
+    for got, want in zip(exact["cuda"], exact["cpu"]):
+        assert torch.equal(got, want)
+    for got, want in zip(updated["cuda"], updated["cpu"]):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
