@@ -77,16 +77,30 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def seconds(fn, device: str) -> float:
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
 def rate(fn, n_images: int, device: str, repeat: int = 3) -> float:
     fn()  # warm-up
     sync(device)
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
+    return n_images / min(seconds(fn, device) for _ in range(repeat))
+
+
+def alternating(sides: list[tuple], rounds: int = 5) -> list[float]:
+    """Images/s of each ``(fn, n_images, device)`` side, timed in turn round after round, best round of each:
+    on shared cores a neighbour's burst then slows every side alike instead of deciding a ratio."""
+    for fn, _, dev in sides:
         fn()
-        sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return n_images / best
+        sync(dev)
+    best = [float("inf")] * len(sides)
+    for _ in range(rounds):
+        for i, (fn, _, dev) in enumerate(sides):
+            best[i] = min(best[i], seconds(fn, dev))
+    return [n / t for (_, n, _), t in zip(sides, best)]
 
 
 def dense_macs(a, classes: int) -> dict[str, float]:
@@ -170,16 +184,16 @@ def throughput(args) -> None:
             ("results identical (logits, batch-1 STDP)", f"{same_logits}, {same_stdp}"),
             (f"dense conv throughput ({device})", f"{dense / 1e9:.1f} G MAC/s")]
     for phase in batched:
-        # Best of several rounds: on shared cores a neighbour's burst must not decide the ratio.
-        b = rate(batched[phase], len(x), device, repeat=5)
-        s = rate(single[phase], len(per_image), "cpu", repeat=2)
+        sides = [(batched[phase], len(x), device), (single[phase], len(per_image), "cpu")]
+        if phase in passes:
+            sides.append((passes[phase], len(x), device))
+        b, s, *p = alternating(sides)
         rows.append((f"{phase}: batched {len(x)} / one at a time (img/s)", f"{b:,.0f} / {s:,.1f} = {b / s:.1f}x"))
         rows.append((f"{phase}: dense-equivalent MAC/s (share of dense conv)",
                      f"{b * macs[phase] / 1e9:.1f} G ({b * macs[phase] / dense:.1f}x)"))
-        if phase in passes:
-            p = rate(passes[phase], len(x), device, repeat=5)
+        if p:
             rows.append((f"{phase}: a training pass, input coded once per phase (img/s)",
-                         f"{p:,.0f} / {s:,.1f} = {p / s:.1f}x"))
+                         f"{p[0]:,.0f} / {s:,.1f} = {p[0] / s:.1f}x"))
         if phase in QUOTED:
             rows.append((f"{phase}: batched / issue's independent one-at-a-time ({QUOTED[phase]} img/s)",
                          f"{b / QUOTED[phase]:.1f}x"))

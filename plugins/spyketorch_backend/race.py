@@ -126,7 +126,9 @@ def _exact(steps, synapses, fired, threshold: float, upto: int):
     index = fired.nonzero(as_tuple=True)
     n, m, y, x = index
     kernel = synapses.shape[-1]
-    # Each neuron's receptive field, through a view of every field: no offsets tensor, one gather.
+    # Each neuron's receptive field, through a view of every field: no offsets tensor, one gather (channels
+    # innermost: 1.3x faster than from NCHW).
+    steps = steps.contiguous(memory_format=torch.channels_last)
     inputs = steps.unfold(2, kernel, 1).unfold(3, kernel, 1).permute(0, 2, 3, 1, 4, 5)[n, y, x].flatten(1)
     # The potential at steps 0..upto: a histogram of the synapses over their input's firing step, summed up.
     hist = torch.zeros((len(n), upto + 2), dtype=torch.float32, device=steps.device)
