@@ -180,8 +180,11 @@ def test_sigint_ends_run_killed_then_resume_finishes_it(store, tmp_path, backend
     experiment = f"e2e-kill-{backend}"
     cmd = [sys.executable, "-m", "tle", "--quiet", "run", "--backend", backend, *args, "--epochs", str(epochs),
            "--experiment", experiment]
+    # Ctrl-C at a terminal reaches a process whose SIGINT is at its default. A test session started in the
+    # background of a non-interactive shell ignores SIGINT, and its children would inherit that.
     proc = subprocess.Popen(cmd, env={**os.environ, "MLFLOW_TRACKING_URI": store}, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 120
         run = None
