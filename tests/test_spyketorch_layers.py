@@ -13,8 +13,6 @@ from tle_spyketorch.network import SpikingNet  # noqa: E402
 from tle_spyketorch.reference import Reference  # noqa: E402
 from tle_spyketorch.registry import ARCHS  # noqa: E402
 
-SMALL = ARCHS["mozafari_small"]
-
 
 def digits(classes=range(5), size=16, n=None):
     from tle_torch.testing import digits_dataset  # the suite's fixed digits split
@@ -23,12 +21,18 @@ def digits(classes=range(5), size=16, n=None):
     return (d.x_train[:n], d.y_train[:n]) if n else (d.x_train, d.y_train)
 
 
-def small_net(classes=5, seed=0):
-    net = SpikingNet("mozafari_small", SMALL, [str(c) for c in range(classes)], (16, 16, 1))
+def small_net(classes=5, seed=0, model="mozafari_small"):
+    """Mozafari's N(0.8, 0.05) synapses, clipped to [0, 1]."""
+    size = ARCHS[model].size
+    net = SpikingNet(model, ARCHS[model], [str(c) for c in range(classes)], (size, size, 1))
     g = torch.Generator().manual_seed(seed)
     for w in (net.conv1, net.conv2, net.head):
         w.data.normal_(0.8, 0.05, generator=g).clamp_(0, 1)
     return net
+
+
+def mozafari_net():
+    return small_net(model="mozafari")
 
 
 def partly_trained(net, seed=0):
@@ -193,15 +197,11 @@ def test_batched_stdp_is_deterministic():
 @pytest.mark.parametrize("block", ["conv1", "conv2"])
 def test_the_race_finds_the_winners_of_the_full_simulation(block, trained):
     x, _ = digits(n=48, size=28)  # mozafari's size: room for conv2's 8 winners before the last step
-    net = SpikingNet("mozafari", ARCHS["mozafari"], [str(c) for c in range(5)], (28, 28, 1))
-    g = torch.Generator().manual_seed(0)
-    for w in (net.conv1, net.conv2, net.head):
-        w.data.normal_(0.8, 0.05, generator=g).clamp_(0, 1)  # most neurons fire within a few steps
+    net = mozafari_net()  # most neurons fire within a few steps
     if trained:
         partly_trained(net)  # few fire before the middle step
     a, weight = net.arch, net.synapses(block)
-    threshold, k, radius = (a.threshold1, a.winners1, a.radius1) if block == "conv1" else (a.threshold2, a.winners2,
-                                                                                             a.radius2)
+    threshold, k, radius = a.competition(block)
     times = net.block_input(block, torch.from_numpy(x))
     # Every step of every neuron: potentials, firing steps, priorities, pointwise inhibition, k winners.
     pot = layers.potentials(times, weight, 0, a.timesteps)
@@ -234,16 +234,10 @@ def test_cuda_reproduces_the_cpu(block):
     x, y = digits(n=48, size=28)
     exact, updated = {}, {}
     for device in ("cpu", "cuda"):
-        net = SpikingNet("mozafari", ARCHS["mozafari"], [str(c) for c in range(5)], (28, 28, 1))
-        g = torch.Generator().manual_seed(0)
-        for w in (net.conv1, net.conv2, net.head):
-            w.data.normal_(0.8, 0.05, generator=g).clamp_(0, 1)
-        partly_trained(net)
-        net.to(device)
+        net = partly_trained(mozafari_net()).to(device)
         images, labels = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
         a = net.arch
-        threshold, k, radius = ((a.threshold1, a.winners1, a.radius1) if block == "conv1"
-                                else (a.threshold2, a.winners2, a.radius2))
+        threshold, k, radius = a.competition(block)
         times = net.block_input(block, images)
         front = race.front(times, net.synapses(block), threshold, a.timesteps, k, radius)
         logits = net(images)

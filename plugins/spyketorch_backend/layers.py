@@ -40,12 +40,9 @@ def step_layout(times: torch.Tensor) -> torch.Tensor:
 def trains(times: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     """Firing steps (N, C, H, W) -> the cumulative spike trains of steps ``start..stop-1`` folded into the
     batch: (N*(stop-start), C, H, W) float, in the convolution's fast ``layout``."""
-    fmt = layout(times.shape[1])
-    if stop - start == 1:  # one comparison straight into the convolution's layout
-        return (times <= start).to(torch.float32, memory_format=fmt)
     steps = torch.arange(start, stop, device=times.device).view(1, stop - start, 1, 1, 1)
     spikes = (times.unsqueeze(1) <= steps).flatten(0, 1)
-    return spikes.to(memory_format=fmt).to(torch.float32)
+    return spikes.to(torch.float32, memory_format=layout(times.shape[1]))
 
 
 def potentials(times: torch.Tensor, weight: torch.Tensor, start: int, stop: int) -> torch.Tensor:

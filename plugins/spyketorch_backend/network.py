@@ -111,8 +111,7 @@ class SpikingNet(nn.Module):
         """STDP on ``block`` from the firing steps of its input (see ``block_input``)."""
         a = self.arch
         weight = self.synapses(block)
-        threshold, k, radius = ((a.threshold1, a.winners1, a.radius1) if block == "conv1"
-                                else (a.threshold2, a.winners2, a.radius2))
+        threshold, k, radius = a.competition(block)
         step, value, best = race.front(times, weight, threshold, a.timesteps, k, radius)
         score = competition.priority(step, value, a.timesteps, self.fan_in(block))
         winners = competition.pick(score, best, weight.shape[0], k, radius)

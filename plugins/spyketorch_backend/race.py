@@ -51,7 +51,7 @@ def front(times: torch.Tensor, weight: torch.Tensor, threshold: float, timesteps
     for t in range(start + 1, timesteps):
         if not len(active):
             break
-        pot = layers.potentials(steps if len(active) == n else steps[active], weight, t, t + 1)[:, 0]
+        pot = layers.potentials(steps[active], weight, t, t + 1)[:, 0]
         _record(active, pot, t, threshold, timesteps, step, value, best)
         active = _undecided(active, step, value, best, maps, timesteps, fan_in, k, radius)
     return step, value, best
@@ -80,12 +80,6 @@ def _record(active, pot, t: int, threshold: float, timesteps: int, step, value, 
     """Positions of the ``active`` samples where a neuron fires first at step ``t`` (potentials ``pot``)."""
     # The highest potential at a position is above threshold exactly when any is: no masked copy needed.
     top, top_map = pot.max(dim=1)
-    if len(active) == len(step):
-        new = (step == timesteps) & (top >= threshold)
-        step.masked_fill_(new, t)
-        value.copy_(torch.where(new, top, value))
-        best.copy_(torch.where(new, top_map, best))
-        return
     new = (step[active] == timesteps) & (top >= threshold)
     step[active] = step[active].masked_fill(new, t)
     value[active] = torch.where(new, top, value[active])

@@ -105,8 +105,7 @@ class Reference:
             trains = _pool(s1, a.pool1)
             times = _first_spikes(trains)
         weight = self.net.synapses(block)
-        threshold, k, radius = ((a.threshold1, a.winners1, a.radius1) if block == "conv1"
-                                else (a.threshold2, a.winners2, a.radius2))
+        threshold, k, radius = a.competition(block)
         w = weight.detach().cpu().clone()
         pot, spikes = _layer(trains, w, threshold)
         winners = _winners(pot, spikes, k, radius)

@@ -42,6 +42,12 @@ class Arch:
     stdp_passes: tuple[int, int] = (8, 8)
     rate_every: int = 500  # samples between doublings of the STDP rates (the paper's 500)
 
+    def competition(self, block: str) -> tuple[float, int, int]:
+        """A learning block's threshold, number of winners and inhibition radius."""
+        if block == "conv1":
+            return self.threshold1, self.winners1, self.radius1
+        return self.threshold2, self.winners2, self.radius2
+
 
 ARCHS: dict[str, Arch] = {
     "mozafari": Arch(size=28, maps1=30, maps2=250, kernel3=5),
