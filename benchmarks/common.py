@@ -19,7 +19,8 @@ from tle.strategy import build_plan
 def build(spec: ExperimentSpec, data, weights: ResolvedWeights | None = None):
     backend = load_backend(spec.backend)
     info = backend.model(spec.model)
-    plan = build_plan(spec.strategy, info.blocks, epochs=spec.train.epochs, lr=spec.train.lr)
+    plan = build_plan(spec.strategy, info.blocks, epochs=spec.train.epochs, lr=spec.train.lr,
+                      batchnorm=spec.train.batchnorm)
     model = backend.hook.load_backbone(model=spec.model, num_classes=data.num_classes,
                                        class_names=data.class_names, input_shape=data.input_shape, head=spec.head,
                                        weights=weights or ResolvedWeights(kind="none"), device=spec.train.device,
@@ -36,7 +37,7 @@ def tle_epoch_seconds(spec: ExperimentSpec, data, weights: ResolvedWeights | Non
     """
     backend, plan, model = build(spec, data, weights)
     stage = plan.stages[0]
-    backend.hook.freeze_policy(model=model, trainable=dict(stage.trainable))
+    backend.hook.freeze_policy(model=model, trainable=dict(stage.trainable), fixed_stats=stage.fixed_stats)
     history = History()
     loop = TrainLoop(stage, step_offset=0, history=history, on_epoch=lambda record: None)
     t0 = time.perf_counter()

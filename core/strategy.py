@@ -12,6 +12,14 @@ nets use ``conv1``..). Grammar::
     transfer:all                 every block pretrained, all trainable
 
 The head (``head``) is always new and always trainable.
+
+Normalisation statistics (BatchNorm's running mean and variance) follow
+``batchnorm``: ``frozen`` keeps those of every block that starts pretrained
+fixed (inference mode) in every stage, while its gamma/beta train when the
+block does, as the Keras transfer-learning guide prescribes; ``train``
+re-estimates them on the new data whenever the block trains (PyTorch's
+fine-tuning tutorial). Frozen blocks and re-initialised ones are the same in
+both modes: the first keep their statistics, the second learn them.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ _ALIASES = {"freeze": "feature-extractor", "feature_extractor": "feature-extract
             "fine-tune": "finetune", "fine_tune": "finetune"}
 _BLOCK = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 GRAMMAR = "scratch, feature-extractor (freeze), finetune:BLOCK, transfer:BLOCK, transfer:all"
+BATCHNORM = ("frozen", "train")
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,9 @@ class Stage:
     trainable: dict[str, bool]  # every block and HEAD
     epochs: int
     lr: float
+    # Blocks whose normalisation statistics stay as they are in this stage (inference mode): every
+    # frozen block, and with batchnorm "frozen" every block that starts pretrained.
+    fixed_stats: tuple[str, ...] = ()
 
     @property
     def trainable_blocks(self) -> list[str]:
@@ -95,28 +107,39 @@ class Plan:
 
 
 def build_plan(strategy: Strategy | str, blocks: list[str] | tuple[str, ...], *, epochs: int, lr: float,
-               finetune_epochs: int = 2, finetune_lr: float = 1e-5, model: str = "the model") -> Plan:
+               finetune_epochs: int = 2, finetune_lr: float = 1e-5, batchnorm: str = "frozen",
+               model: str = "the model") -> Plan:
     strategy = parse_strategy(strategy) if isinstance(strategy, str) else strategy
     blocks = tuple(blocks)
     if strategy.block and strategy.block != "all" and strategy.block not in blocks:
         raise UserError(f"strategy {strategy} names block {strategy.block!r}, which {model} does not have",
                         f"its blocks are {', '.join(blocks)}")
+    if batchnorm not in BATCHNORM:
+        raise UserError(f"unknown batchnorm mode {batchnorm!r}", f"use one of {', '.join(BATCHNORM)}")
+
+    kind = strategy.kind
+    if kind == "scratch":
+        pretrained: tuple[str, ...] = ()
+    elif kind == "transfer":
+        pretrained = blocks[:len(blocks) if strategy.block == "all" else blocks.index(strategy.block) + 1]
+    else:
+        pretrained = blocks
+    keep_stats = set(pretrained) if batchnorm == "frozen" else set()
 
     def stage(index: int, name: str, trainable: set[str], n: int, rate: float) -> Stage:
         flags = {b: b in trainable for b in blocks}
         flags[HEAD] = True
-        return Stage(index, name, flags, n, rate)
+        fixed = tuple(b for b in blocks if not flags[b] or b in keep_stats)
+        return Stage(index, name, flags, n, rate, fixed)
 
     everything = set(blocks)
-    kind = strategy.kind
+    rest = tuple(b for b in blocks if b not in pretrained) + (HEAD,)
     if kind == "scratch":
-        return Plan(strategy, blocks, (), blocks + (HEAD,), (stage(0, "train", everything, epochs, lr),))
+        return Plan(strategy, blocks, pretrained, rest, (stage(0, "train", everything, epochs, lr),))
     if kind == "feature-extractor":
-        return Plan(strategy, blocks, blocks, (HEAD,), (stage(0, "head", set(), epochs, lr),))
+        return Plan(strategy, blocks, pretrained, rest, (stage(0, "head", set(), epochs, lr),))
     if kind == "finetune":
         tail = set(blocks[blocks.index(strategy.block):])
         stages = (stage(0, "head", set(), epochs, lr), stage(1, "finetune", tail, finetune_epochs, finetune_lr))
-        return Plan(strategy, blocks, blocks, (HEAD,), stages)
-    upto = len(blocks) if strategy.block == "all" else blocks.index(strategy.block) + 1
-    pretrained, rest = blocks[:upto], blocks[upto:]
-    return Plan(strategy, blocks, pretrained, rest + (HEAD,), (stage(0, "train", everything, epochs, lr),))
+        return Plan(strategy, blocks, pretrained, rest, stages)
+    return Plan(strategy, blocks, pretrained, rest, (stage(0, "train", everything, epochs, lr),))

@@ -100,13 +100,13 @@ def test_vgg16_trainable_counts_per_strategy():
     for strategy, stages in want_trainable.items():
         plan = build_plan(strategy, list(blocks), epochs=1, lr=1e-3)
         for stage, on in zip(plan.stages, stages, strict=True):
-            P.freeze_policy(model=knet, trainable=dict(stage.trainable))
+            P.freeze_policy(model=knet, trainable=dict(stage.trainable), fixed_stats=stage.fixed_stats)
             got = counts(knet)
             assert got[HEAD] == (head, head)
             for b, total in blocks.items():
                 assert got[b] == (total, total if b in on else 0), (strategy, stage.index, b)
     # S3: everything before block5_conv1 frozen, block5 trainable, in Keras's own layer names.
-    P.freeze_policy(model=knet, trainable=dict(build_plan("finetune:block5", list(blocks), epochs=1, lr=1).stages[1]
+    P.freeze_policy(model=knet, fixed_stats=(), trainable=dict(build_plan("finetune:block5", list(blocks), epochs=1, lr=1).stages[1]
                                                 .trainable))
     assert [layer.name for layer in knet.layers_of("block5") if layer.weights] == [
         "block5_conv1", "block5_conv2", "block5_conv3"]
@@ -162,7 +162,7 @@ def test_initialiser_std_matches_spec():
 def test_frozen_batchnorm_stays_in_inference_mode(digits):
     knet = build("resnet_small", shape=digits.input_shape)
     P.freeze_policy(model=knet, trainable={"block1": False, "block2": False, "block3": True, "block4": True,
-                                           "block5": True, HEAD: True})
+                                           "block5": True, HEAD: True}, fixed_stats=("block1", "block2"))
     frozen, live = knet.net.get_layer("conv1_bn"), knet.net.get_layer("conv3_block1_1_bn")
     frozen_before = [np.asarray(v).copy() for v in frozen.weights]
     live_before = np.asarray(live.moving_mean).copy()
@@ -175,6 +175,27 @@ def test_frozen_batchnorm_stays_in_inference_mode(digits):
     P.train(model=knet, data=digits, stage=stage, train=TrainSpec(epochs=1, cache_features=False), loop=loop)
     assert all(np.array_equal(a, np.asarray(v)) for a, v in zip(frozen_before, frozen.weights))
     assert not np.array_equal(live_before, np.asarray(live.moving_mean))
+
+
+@child
+@pytest.mark.parametrize("batchnorm", ["frozen", "train"])
+def test_batchnorm_statistics_of_pretrained_trainable_blocks(digits, batchnorm):
+    # finetune:block4: block2 stays frozen, blocks 4-5 start pretrained and train in stage 2.
+    knet = build("resnet_small", shape=digits.input_shape)
+    plan = build_plan("finetune:block4", knet.block_names, epochs=1, lr=1e-3, finetune_epochs=1, finetune_lr=1e-3,
+                      batchnorm=batchnorm)
+    frozen, live = knet.net.get_layer("conv2_block1_1_bn"), knet.net.get_layer("conv5_block1_1_bn")
+    stats = lambda layer: [np.asarray(v).copy() for v in (layer.moving_mean, layer.moving_variance)]  # noqa: E731
+    frozen_before, live_before, gamma_before = stats(frozen), stats(live), np.asarray(live.gamma).copy()
+    spec = TrainSpec(epochs=1, batch_size=64, cache_features=False, batchnorm=batchnorm)  # every block, every batch
+    for stage in plan.stages:
+        P.freeze_policy(model=knet, trainable=dict(stage.trainable), fixed_stats=stage.fixed_stats)
+        loop, _ = loop_for(stage)
+        P.train(model=knet, data=digits, stage=stage, train=spec, loop=loop)
+    assert all(np.array_equal(a, b) for a, b in zip(stats(frozen), frozen_before))
+    kept = all(np.array_equal(a, b) for a, b in zip(stats(live), live_before))
+    assert kept is (batchnorm == "frozen")  # bit-identical when frozen, re-estimated when trained
+    assert not np.array_equal(np.asarray(live.gamma), gamma_before)  # gamma trains in both modes
 
 
 @child
@@ -283,7 +304,7 @@ def test_feature_cache_matches_full_forward(digits):
         knet = build("resnet_small", shape=digits.input_shape, seed=0)
         plan = build_plan("feature-extractor", knet.block_names, epochs=3, lr=3e-3)
         stage = plan.stages[0]
-        P.freeze_policy(model=knet, trainable=dict(stage.trainable))
+        P.freeze_policy(model=knet, trainable=dict(stage.trainable), fixed_stats=stage.fixed_stats)
         loop, records = loop_for(stage)
         out = P.train(model=knet, data=digits, stage=stage, train=TrainSpec(cache_features=cache), loop=loop)
         results[cache] = (out["cached_blocks"], records[-1].metrics["val_acc"], records[-1].metrics["train_loss"])

@@ -124,7 +124,7 @@ def test_vgg16_trainable_parameters_per_stage(vgg16, strategy, stage_trainable):
     plan = build_plan(strategy, vgg16.block_names, epochs=1, lr=1e-3)
     assert len(plan.stages) == len(stage_trainable)
     for stage, backbone in zip(plan.stages, stage_trainable):
-        plugin.freeze_policy(model=vgg16, trainable=dict(stage.trainable))
+        plugin.freeze_policy(model=vgg16, trainable=dict(stage.trainable), fixed_stats=stage.fixed_stats)
         counts = plugin.count_parameters(model=vgg16)
         check_counts(stage, counts, "torch")
         assert [c.name for c in counts] == [*vgg16.block_names, HEAD]
@@ -226,7 +226,7 @@ def test_batchnorm_reset_by_apply_init():
 def test_frozen_blocks_run_in_eval_mode():
     net = build("resnet_small")
     trainable = {b: b == "block5" for b in net.block_names} | {HEAD: True}
-    plugin.freeze_policy(model=net, trainable=trainable)
+    plugin.freeze_policy(model=net, trainable=trainable, fixed_stats=())
     net.train()
     assert not net.body["block1"].training and not net.body["block1"].bn1.training
     assert net.body["block5"].training and net.head.training

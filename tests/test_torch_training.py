@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -31,18 +32,18 @@ def digits59():
     return digits_dataset(range(5, 10), size=32, seed=0)
 
 
-def prepared(model, data, strategy, weights=NONE, seed=0, head=None, device="cpu"):
+def prepared(model, data, strategy, weights=NONE, seed=0, head=None, device="cpu", batchnorm="frozen"):
     """What the runner does before training: load (drawing the head), then init the plan's fresh blocks."""
     net = plugin.load_backbone(model=model, num_classes=data.num_classes, class_names=data.class_names,
                                input_shape=data.input_shape,
                                head=head or HeadSpec(), weights=weights, device=device, seed=seed)
-    plan = build_plan(strategy, net.block_names, epochs=2, lr=1e-3)
+    plan = build_plan(strategy, net.block_names, epochs=2, lr=1e-3, batchnorm=batchnorm)
     plugin.apply_init(model=net, blocks=[b for b in plan.reinit if b != HEAD], init=GLOROT, seed=seed)
     return net, plan
 
 
 def run_stage(net, data, stage, spec, **loop_args):
-    plugin.freeze_policy(model=net, trainable=dict(stage.trainable))
+    plugin.freeze_policy(model=net, trainable=dict(stage.trainable), fixed_stats=stage.fixed_stats)
     loop, records = recording_loop(stage, **loop_args)
     result = plugin.train(model=net, data=data, stage=stage, train=spec, loop=loop)
     return records, result
@@ -80,7 +81,7 @@ def test_cached_frozen_prefix_matches_uncached(digits04, model, strategy):
         net, plan = prepared(model, digits04, strategy, seed=3)
         spec = TrainSpec(batch_size=32, cache_features=cache, seed=3)
         for stage in plan.stages:
-            stage = Stage(stage.index, stage.name, stage.trainable, 2, 1e-3)
+            stage = replace(stage, epochs=2, lr=1e-3)
             records, result = run_stage(net, digits04, stage, spec)
             want = plan.frozen_prefix(stage) if cache else 0
             assert result["cached_blocks"] == want
@@ -97,18 +98,21 @@ def test_augmentation_disables_the_cache(digits04):
     assert result["cached_blocks"] == 0
 
 
-def test_frozen_batchnorm_keeps_its_running_stats(digits04):
-    net, plan = prepared("resnet_small", digits04, "finetune:block5")
+@pytest.mark.parametrize("batchnorm", ["frozen", "train"])
+def test_batchnorm_statistics_of_pretrained_trainable_blocks(digits04, batchnorm):
+    # finetune:block4: block2 stays frozen, blocks 4-5 start pretrained and train in stage 2.
+    net, plan = prepared("resnet_small", digits04, "finetune:block4", batchnorm=batchnorm)
     frozen_bn = net.body["block2"].layer1[0].bn1
     open_bn = net.body["block5"].layer4[0].bn1
-    before = frozen_bn.running_mean.clone(), frozen_bn.running_var.clone(), int(frozen_bn.num_batches_tracked)
-    open_before = open_bn.running_mean.clone()
-    spec = TrainSpec(batch_size=64, cache_features=False)  # run the frozen blocks in every batch
+    stats = lambda bn: [t.clone() for t in (bn.running_mean, bn.running_var, bn.num_batches_tracked)]  # noqa: E731
+    frozen_before, open_before, gamma_before = stats(frozen_bn), stats(open_bn), open_bn.weight.detach().clone()
+    spec = TrainSpec(batch_size=64, cache_features=False, batchnorm=batchnorm)  # every block in every batch
     for stage in plan.stages:
-        run_stage(net, digits04, Stage(stage.index, stage.name, stage.trainable, 1, 1e-3), spec)
-    assert torch.equal(frozen_bn.running_mean, before[0]) and torch.equal(frozen_bn.running_var, before[1])
-    assert int(frozen_bn.num_batches_tracked) == before[2]
-    assert not torch.equal(open_bn.running_mean, open_before)  # block5 trained in stage 2
+        run_stage(net, digits04, replace(stage, epochs=1, lr=1e-3), spec)
+    assert all(torch.equal(a, b) for a, b in zip(stats(frozen_bn), frozen_before))
+    kept = all(torch.equal(a, b) for a, b in zip(stats(open_bn), open_before))
+    assert kept is (batchnorm == "frozen")  # bit-identical when frozen, re-estimated when trained
+    assert not torch.equal(open_bn.weight.detach(), gamma_before)  # gamma trains in both modes
 
 
 def test_only_trainable_parameters_reach_the_optimizer(digits04):

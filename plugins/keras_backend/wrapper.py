@@ -9,7 +9,12 @@ sharing the same layers.
 Freeze state is ``layer.trainable`` per block. Keras 3 runs a BatchNormalization
 layer whose ``trainable`` is False in inference mode even inside ``fit`` (it
 uses and keeps its moving statistics), which is what the contract asks of
-frozen blocks; ``tests/test_keras_backend.py`` checks it.
+frozen blocks; ``tests/test_keras_backend.py`` checks it. A trainable block in
+the stage's ``fixed_stats`` (``train.batchnorm: frozen``) needs inference-mode
+BatchNorm with trainable gamma/beta, which ``trainable`` cannot say: its
+BatchNormalization layers get a ``call`` that passes ``training=False``, what
+the Keras transfer-learning guide does by calling the base model with
+``training=False``.
 """
 
 from __future__ import annotations
@@ -52,6 +57,19 @@ class KerasNet:
             n += 1
         return n
 
+    def fix_stats(self, blocks) -> None:
+        """BatchNorm of ``blocks`` in inference mode from now on (statistics kept); the others' restored."""
+        import keras
+
+        fixed = set(blocks)
+        for block, layers in self.block_layers.items():
+            for layer in layers:
+                if isinstance(layer, keras.layers.BatchNormalization):
+                    if block in fixed:
+                        object.__setattr__(layer, "call", _inference_call(layer))
+                    else:
+                        vars(layer).pop("call", None)
+
     def prefix_model(self, k: int):
         import keras
 
@@ -62,3 +80,12 @@ class KerasNet:
         import keras
 
         return keras.Model(self.cuts[k], self.net.output) if k else self.net
+
+
+def _inference_call(layer):
+    base = type(layer).call
+
+    def call(inputs, training=None, mask=None):
+        return base(layer, inputs, training=False, mask=mask)
+
+    return call

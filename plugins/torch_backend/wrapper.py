@@ -11,7 +11,10 @@ source (ImageNet, a file, an earlier run) fits every dataset.
 
 Freeze state: ``trainable`` per block. ``train()`` keeps frozen blocks in eval
 mode, so BatchNorm layers of frozen blocks use and keep their running
-statistics during training, as Keras does for ``trainable = False``.
+statistics during training, as Keras does for ``trainable = False``. Blocks in
+``fixed_stats`` (the stage's, see ``tle.strategy``) keep only their BatchNorm
+layers in eval mode: the running statistics stay, gamma/beta still train, and
+dropout elsewhere in the block stays on.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class TleNet(nn.Module):
         # "body.block1.features_0" -> "features.0": names the torchvision layer in error messages.
         self.tv_paths = dict(tv_paths)
         self.trainable = {b: True for b in [*self.body.keys(), HEAD]}
+        self.fixed_stats: set[str] = set()
         self.normalise = normalise
         mean, std = (IMAGENET_MEAN, IMAGENET_STD) if normalise else ((0.0,) * 3, (1.0,) * 3)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
@@ -74,6 +78,10 @@ class TleNet(nn.Module):
             for name, block in self.body.items():
                 if not self.trainable.get(name, True):
                     block.eval()
+                elif name in self.fixed_stats:
+                    for m in block.modules():
+                        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                            m.eval()
             if not self.trainable.get(HEAD, True):
                 self.head.eval()
         return self
