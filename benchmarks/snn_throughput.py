@@ -31,12 +31,6 @@ from tle_spyketorch.reference import Reference  # noqa: E402
 from tle_spyketorch.registry import ARCHS  # noqa: E402
 
 
-# An independent one-image-at-a-time implementation of this network, measured on this project's 2-core CPU
-# (quoted in issue 9): images/s per phase. The Reference above is ~2x faster than it (its T steps run as one
-# convolution batch and its winners are found in NumPy), so the ratios against it are the conservative ones.
-QUOTED = {"encoding": 150, "STDP conv1": 108, "STDP conv2": 35, "R-STDP conv3": 23, "inference": 21}
-
-
 def digits(size: int, classes=range(10)):
     from tle_torch.testing import digits_dataset
 
@@ -194,9 +188,6 @@ def throughput(args) -> None:
         if p:
             rows.append((f"{phase}: a training pass, input coded once per phase (img/s)",
                          f"{p[0]:,.0f} / {s:,.1f} = {p[0] / s:.1f}x"))
-        if phase in QUOTED:
-            rows.append((f"{phase}: batched / issue's independent one-at-a-time ({QUOTED[phase]} img/s)",
-                         f"{b / QUOTED[phase]:.1f}x"))
     report(f"spiking {args.model} throughput, batched vs one image at a time (T={a.timesteps})", rows)
 
 
