@@ -139,3 +139,43 @@ class ExportMetadata:
         }
         props.update({f"tle.{k}": str(v) for k, v in self.extra.items()})
         return props
+
+
+@dataclass(frozen=True)
+class FuseOptions:
+    """What ``tle fuse`` asks of a backend's ``fuse`` hook (see ``tle.hookspecs.fuse``).
+
+    ``keep``: the fraction of each model's head units kept per class; ``ratio``: the fraction of a
+    unit's largest incoming weights that rank it (S2: 10 %); ``concatenate``: every head unit of every
+    model instead (the baseline the fused model is judged against); ``normalise``: put the models'
+    scores on one scale from their weights alone (no data), so that no model outvotes the others on
+    every image only because its scores are larger (bagging applies the same factors).
+    """
+
+    keep: float = 0.5
+    ratio: float = 0.1
+    concatenate: bool = False
+    normalise: bool = True
+
+    @classmethod
+    def of(cls, options: Any) -> FuseOptions:
+        """``options`` as given to the hook: a :class:`FuseOptions`, a dict of its fields (unknown keys
+        ignored), or ``None`` (the defaults)."""
+        if isinstance(options, cls):
+            return options
+        known = {k: v for k, v in dict(options or {}).items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+@dataclass
+class Fused:
+    """A ``fuse`` hook's answer when the fused model rescaled its parents' scores (``normalise``).
+
+    ``scales[i]``: the factor the fused model applied to model ``i``'s scores (its logits, for a
+    spiking net its potentials); the core multiplies model ``i``'s logits by it before bagging, so
+    that bagging and the fused model compare the models on the same scale. A hook may instead return
+    the bare model (every factor 1).
+    """
+
+    model: Any
+    scales: tuple[float, ...] = ()

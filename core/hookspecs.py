@@ -215,19 +215,26 @@ def fuse(models, class_names, options):
 
     :param list models: native models built by :func:`load_backbone` from finished runs
         (each with its own head kept), in the order the user named the runs.
-    :param list[list[str]] class_names: each model's class names, in label order.
-    :param dict options: ``keep`` (fraction of each model's head units kept per class,
-        default 0.5) and ``ratio`` (fraction of a unit's incoming weights that rank it,
-        default 0.1); a backend may read more keys and must ignore unknown ones.
-        ``concatenate`` (True) asks for the full concatenation instead: every head unit of
-        every model in one model, the baseline the fused model is judged against. The core
-        asks it only of backends that list ``fuse-concatenate`` in their capabilities;
-        they may return ``None`` (then the baseline is skipped).
-    :return: the fused native model, or ``None`` if the backend cannot fuse (the core
-        then stops with a user error). The fused model's logits follow the ordered
-        union of ``class_names``: the first model's classes, then each later model's
-        new classes in their order. :func:`evaluate`, :func:`save_weights`,
-        :func:`export_onnx` and :func:`export_extras` must accept it.
+    :param list[list[str]] class_names: each model's classes as the fusion names them, in label
+        order. With ``tle fuse --align names`` they are the runs' own class names; with
+        ``--align index`` (S2's protocol: class k of every run shares output k) every model gets
+        the same list, output k named after the runs' classes k (``0/a``), so that a backend
+        fuses by these names and never by the models' own.
+    :param tle.contracts.FuseOptions options: ``keep`` (fraction of each model's head units
+        kept per class, default 0.5), ``ratio`` (fraction of a unit's incoming weights that
+        rank it, default 0.1), ``normalise`` (put the models' scores on one scale, from their
+        weights alone). ``concatenate`` (True) asks for the full concatenation instead: every
+        head unit of every model in one model, the baseline the fused model is judged against.
+        The core asks it only of backends that list ``fuse-concatenate`` in their
+        capabilities; they may return ``None`` (then the baseline is skipped). Read it with
+        ``FuseOptions.of(options)``, which also takes a dict.
+    :return: the fused native model, or a :class:`tle.contracts.Fused` holding it with the
+        factor it applied to each model's scores (``normalise``; the core applies the same
+        factors before bagging), or ``None`` if the backend cannot fuse (the core then stops
+        with a user error). The fused model's logits follow the ordered union of
+        ``class_names``: the first model's classes, then each later model's new classes in
+        their order. :func:`evaluate`, :func:`save_weights`, :func:`export_onnx` and
+        :func:`export_extras` must accept it.
 
     Raise :class:`tle.UserError` for models that cannot be fused together (name why).
     The core evaluates the fused model beside each model alone, beside bagging

@@ -5,7 +5,9 @@
 #   net B:    digits 5-9, the same frozen backbone, its own dense head
 #   tle fuse A B: the top half of each head's hidden units (ranked by the sum of their largest 10 %
 #   incoming |weights|) in one head of the same hidden size over the ten classes, beside each net
-#   alone, bagging (both vote) and the full concatenation (every hidden unit of both), ONNX-checked.
+#   alone, bagging (both vote) and the full concatenation (every hidden unit of both), ONNX-checked;
+#   once --align index (S2's protocol: class k of A and of B share output k, five outputs, each task on
+#   its own labels) and once --align names (the union of the names: ten outputs, every image against all).
 # usage: examples/cnn_fusion.sh [torch|keras]   (MODEL=vgg_small SIZE=32 EPOCHS=6 HEAD_EPOCHS=8 TRAIN=40)
 set -euo pipefail
 BACKEND=${1:-torch}
@@ -29,5 +31,8 @@ heads() { run --dataset "$1" --strategy feature-extractor --weights "runs:/$BACK
             --lr 3e-3 --run-name "$2" | run_id; }
 A=$(heads digits:0-4 "net A (0-4)")
 B=$(heads digits:5-9 "net B (5-9)")
-echo "+ tle fuse $A $B" >&2
-tle fuse "$A" "$B" --keep 0.5 --ratio 0.1 --export --experiment "$EXP" --run-name "CNN fusion"
+for ALIGN in ${ALIGNS:-index names}; do
+  echo "+ tle fuse $A $B --align $ALIGN" >&2
+  tle fuse "$A" "$B" --align "$ALIGN" --keep 0.5 --ratio 0.1 --export --experiment "$EXP" \
+    --run-name "CNN fusion ($ALIGN)"
+done

@@ -2,10 +2,14 @@
 # S2 offline: knowledge fusion of two spiking networks (Mozafari et al.'s SNN, spyketorch backend).
 #   net A: digits 0-4 from scratch (STDP conv1, STDP conv2, R-STDP conv3)
 #   net B: digits 5-9 with A's conv1-conv2 frozen, conv3 learned anew (feature-extractor)
-#   tle fuse A B: the top half of each net's conv3 neurons per class, one net of the same size,
-#   beside bagging (both nets vote) and each net alone, on each task and on the union.
+#   tle fuse A B --align index: S2's protocol. Class k of A and class k of B share output k (output 0 is
+#   digit 0 on a 0-4 image, digit 5 on a 5-9 image); per output the top 10 of A's and the top 10 of B's
+#   conv3 neurons, one net of the same size, beside bagging (both nets vote) and each net alone, each task
+#   scored on its own labels. ALIGN=names fuses over the union of the class names instead (ten outputs
+#   here, every image against all of them: not what S2 measured). NORMALISE=--no-normalise leaves each
+#   net's potentials on its own scale (see tle fuse --help).
 # usage: examples/s2_fusion.sh [mozafari|mozafari_small]
-#   (EPOCHS=10 BATCH=32 SEEDS="0 1 2" SOURCE_A=digits:0-4 SOURCE_B=digits:5-9)
+#   (EPOCHS=10 BATCH=32 SEEDS="0 1 2" SOURCE_A=digits:0-4 SOURCE_B=digits:5-9 ALIGN=index NORMALISE=--normalise)
 # One A, B and fusion per seed (split, initialisation and shuffles), then mean ± sd over the seeds.
 # S2 itself (digits, then letters), with MNIST and EMNIST's files in the Keras cache layout (README, "Data"):
 #   SOURCE_A=mnist SOURCE_B=emnist_letters:a-j examples/s2_fusion.sh
@@ -16,8 +20,10 @@ BATCH=${BATCH:-32}
 SEEDS=${SEEDS:-0 1 2}
 SOURCE_A=${SOURCE_A:-digits:0-4}
 SOURCE_B=${SOURCE_B:-digits:5-9}
+ALIGN=${ALIGN:-index}
+NORMALISE=${NORMALISE:---normalise}
 SIZE=$([ "$MODEL" = mozafari_small ] && echo 16 || echo 28)
-EXP="s2-$MODEL-$(date +%Y%m%d-%H%M%S)"
+EXP="s2-$MODEL-$ALIGN-$(date +%Y%m%d-%H%M%S)"
 run() { echo "+ tle run $*" >&2; tle --quiet run --backend spyketorch --model "$MODEL" --experiment "$EXP" \
           --image-size "$SIZE" --channels 1 --epochs "$EPOCHS" --batch-size "$BATCH" "$@"; }
 run_id() { python -c 'import json,sys; print(json.loads(sys.stdin.read().splitlines()[-1])["run_id"])'; }
@@ -26,12 +32,13 @@ for SEED in $SEEDS; do
   A=$(run --dataset "$SOURCE_A" --seed "$SEED" --run-name "S2 net A seed $SEED" --json | run_id)
   B=$(run --dataset "$SOURCE_B" --seed "$SEED" --strategy feature-extractor --weights "runs:/$A" \
         --run-name "S2 net B seed $SEED" --json | run_id)
-  echo "+ tle fuse $A $B" >&2
-  tle fuse "$A" "$B" --keep 0.5 --ratio 0.1 --experiment "$EXP" --run-name "S2 fusion seed $SEED"
+  echo "+ tle fuse $A $B --align $ALIGN $NORMALISE" >&2
+  tle fuse "$A" "$B" --align "$ALIGN" "$NORMALISE" --keep 0.5 --ratio 0.1 --experiment "$EXP" \
+    --run-name "S2 fusion seed $SEED"
 done
 
 # The fusion runs of this experiment, read back from the store: test accuracy, mean ± sd over the seeds.
-EXP="$EXP" TASKS="$SOURCE_A,$SOURCE_B" python - <<'PY'
+EXP="$EXP" TASKS="$SOURCE_A,$SOURCE_B" ALIGN="$ALIGN" python - <<'PY'
 import os
 
 import mlflow
@@ -42,8 +49,14 @@ client = mlflow.MlflowClient()
 exp = client.get_experiment_by_name(os.environ["EXP"])
 runs = [r for r in client.search_runs([exp.experiment_id]) if "tle.parents" in r.data.tags]
 a, b = os.environ["TASKS"].split(",")
-print(f"\n**S2 offline: test accuracy, mean ± sd over {len(runs)} seeds**\n")
-print(f"| model | {a} | {b} | union | size |\n|---|---|---|---|---|")
+align = os.environ["ALIGN"]
+both = "both (each on its own labels)" if align == "index" else "union"
+print(f"\n**S2 offline, --align {align}: test accuracy, mean ± sd over {len(runs)} seeds**\n")
+for r in sorted(runs, key=lambda r: r.data.tags.get("mlflow.runName", "")):
+    m = r.data.metrics
+    print(f"- {r.data.tags.get('mlflow.runName')}: " + ", ".join(
+        f"{k} {m[k + '_acc_task1']:.3f} / {m[k + '_acc_task2']:.3f}" for k in ("A", "B", "bagging", "fused")))
+print(f"\n| model | {a} | {b} | {both} | size |\n|---|---|---|---|---|")
 for model, size in (("A", "1×"), ("B", "1×"), ("bagging", "2×"), ("fused", "1×")):
     cells = []
     for task in ("task1", "task2", "union"):

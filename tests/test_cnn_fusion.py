@@ -108,6 +108,32 @@ def test_concatenation_and_linear_heads_reproduce_each_model_on_its_classes():
     assert np.allclose(out[:, :3], logits(la, x), atol=1e-5) and np.allclose(out[:, 3:], logits(lb, x), atol=1e-5)
 
 
+def test_index_alignment_puts_class_k_of_every_model_on_output_k():
+    """S2's protocol for heads: output k reads A's kept units through A's class-k weights and B's through B's
+    (each halved, the biases averaged), so the full concatenation's logit k is the mean of A's and B's."""
+    from tle.study.fusion import aligned_names
+
+    names = aligned_names([A_CLASSES, ["a", "b", "c"]], "index")
+    assert names == [["0/a", "1/b", "2/c"]] * 2
+    a = build(A_CLASSES, seed=1)
+    b = sibling(a, ["a", "b", "c"], seed=2)
+    with torch.no_grad():
+        a.head.fc2.bias.uniform_(-1, 1)
+        b.head.fc2.bias.uniform_(-1, 1)
+    fused = plugin.fuse(models=[a, b], class_names=names, options={"keep": 0.5})
+    assert fused.num_classes == 3 and fused.head.fc1.out_features == 8
+    w2 = fused.head.fc2.weight.detach()
+    for parent, source in enumerate((a, b)):
+        top = ranked(source.head.fc1.weight.detach().numpy(), 0.1)[:4]
+        cols = [i for i, (p, _) in enumerate(fused.provenance) if p == parent]
+        assert [u for p, u in fused.provenance if p == parent] == top
+        assert torch.allclose(w2[:, cols], source.head.fc2.weight.detach()[:, top] / 2)
+    assert torch.allclose(fused.head.fc2.bias.detach(), (a.head.fc2.bias.detach() + b.head.fc2.bias.detach()) / 2)
+    x = images()
+    both = plugin.fuse(models=[a, b], class_names=names, options={"concatenate": True})
+    assert np.allclose(logits(both, x), (logits(a, x) + logits(b, x)) / 2, atol=1e-5)
+
+
 def test_fusion_refuses_other_backbones_heads_and_models():
     a = build(A_CLASSES, seed=1)
     with pytest.raises(UserError, match="backbone weights differ") as err:
@@ -150,7 +176,7 @@ def fused_runs(store, one_thread):
     # Heads train on cached features of the frozen backbone: the whole train split costs little.
     a = run("digits:0-4", "feature-extractor", f"runs:/{backbone.run_id}", epochs=8, lr=3e-3, train=None)
     b = run("digits:5-9", "feature-extractor", f"runs:/{backbone.run_id}", epochs=8, lr=3e-3, train=None)
-    proc = tle("--quiet", "fuse", a.run_id, b.run_id, "--export", "--json",
+    proc = tle("--quiet", "fuse", a.run_id, b.run_id, "--align", "names", "--export", "--json",
                env={"MLFLOW_TRACKING_URI": store, **one_thread}, check_rc=0)
     return backbone, a, b, json.loads(proc.stdout)
 
@@ -196,6 +222,25 @@ def test_tle_fuse_logs_a_fused_run_beside_bagging_and_the_concatenation(fused_ru
     onnx_file = [f for f in artifact_files(fused["run_id"], "model", tmp_path / "onnx") if f.suffix == ".onnx"][0]
     x = images(8)
     assert np.allclose(open_model(onnx_file, prefer_gpu=False).logits(x), logits(again, x), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_tle_fuse_align_index_scores_each_task_on_its_own_labels(fused_runs, store, one_thread):
+    import mlflow
+
+    _, a, b, names = fused_runs
+    proc = tle("--quiet", "fuse", a.run_id, b.run_id, "--align", "index", "--json",
+               env={"MLFLOW_TRACKING_URI": store, **one_thread}, check_rc=0)
+    fused = json.loads(proc.stdout)
+    print(json.dumps(fused))
+    acc, union = fused["accuracy"], names["accuracy"]
+    assert fused["align"] == "index" and fused["classes"] == [f"{k}/{k + 5}" for k in range(5)]
+    assert fused["sizes"]["fused"] == fused["sizes"]["A"]  # one model's size: five outputs, 256 hidden units
+    assert acc["A"][0] == union["A"][0] and acc["B"][1] == union["B"][1]  # each alone, on its own task, unchanged
+    assert 0 < acc["A"][1] < 0.5 and 0 < acc["B"][0] < 0.5  # the other's images, answered with its own indices
+    assert acc["fused"][0] > 0.5 and acc["bagging"][1] >= union["bagging"][1] - 0.02, (acc, union)
+    run = mlflow.MlflowClient().get_run(fused["run_id"])
+    assert run.data.params["fusion.align"] == "index" and run.data.metrics["fused_acc_task1"] == acc["fused"][0]
 
 
 @pytest.mark.slow

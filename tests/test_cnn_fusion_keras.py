@@ -152,7 +152,8 @@ def test_tle_fuse_logs_a_fused_run_beside_bagging_and_the_concatenation(store):
     # Heads train on cached features of the frozen backbone: the whole train split costs little.
     a = run("digits:0-4", "feature-extractor", f"runs:/{backbone.run_id}", epochs=8, lr=3e-3, train=None)
     b = run("digits:5-9", "feature-extractor", f"runs:/{backbone.run_id}", epochs=8, lr=3e-3, train=None)
-    fused = json.loads(tle("--quiet", "fuse", a.run_id, b.run_id, "--export", "--json", env=env, check_rc=0).stdout)
+    fused = json.loads(tle("--quiet", "fuse", a.run_id, b.run_id, "--align", "names", "--export", "--json", env=env,
+                           check_rc=0).stdout)
     acc = fused["accuracy"]
     print(json.dumps(fused))
     assert list(acc) == ["A", "B", "bagging", "concatenation", "fused"]
@@ -183,3 +184,13 @@ def test_tle_fuse_logs_a_fused_run_beside_bagging_and_the_concatenation(store):
     proc = tle("fuse", a.run_id, other.run_id, env=env)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "backbone weights differ" in proc.stderr
+
+    # --align index (S2's protocol): five outputs, class k of A and of B on output k, each task on its own labels.
+    index = json.loads(tle("--quiet", "fuse", a.run_id, b.run_id, "--align", "index", "--json", env=env,
+                           check_rc=0).stdout)
+    print(json.dumps(index))
+    assert index["align"] == "index" and index["classes"] == [f"{k}/{k + 5}" for k in range(5)]
+    assert index["sizes"]["fused"] == index["sizes"]["A"]  # one model's size: same outputs, same hidden layer
+    iacc = index["accuracy"]
+    assert iacc["A"][0] == acc["A"][0] and iacc["A"][1] > 0  # A answers 5-9 images with its own indices
+    assert iacc["fused"][0] > 0.5 and iacc["bagging"][1] >= acc["bagging"][1] - 0.02, (iacc, acc)

@@ -27,7 +27,8 @@ def s2(store):
     a = run(env, "--dataset", "digits:0-4", "--epochs", 3)
     b = run(env, "--dataset", "digits:5-9", "--epochs", 3, "--strategy", "feature-extractor",
             "--weights", f"runs:/{a['run_id']}")
-    fused = json.loads(tle("--quiet", "fuse", a["run_id"], b["run_id"], "--json", env=env, check_rc=0).stdout)
+    fused = json.loads(tle("--quiet", "fuse", a["run_id"], b["run_id"], "--align", "names", "--json", env=env,
+                           check_rc=0).stdout)
     return env, a, b, fused
 
 

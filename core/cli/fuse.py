@@ -16,6 +16,12 @@ def fuse(
     runs: Annotated[list[str], typer.Argument(help="two or more finished run ids (RUN_A RUN_B ...)")],
     keep: Annotated[float, Opt(help="fraction of each run's head units kept per class")] = 0.5,
     ratio: Annotated[float, Opt(help="fraction of a unit's largest incoming weights that rank it")] = 0.1,
+    align: Annotated[str, Opt(help="index: S2's protocol, class k of every run shares output k and each task is "
+                                   "scored on its own labels (the runs need as many classes); names: the union "
+                                   "of the class names, every image against all of them")] = "index",
+    normalise: Annotated[bool, Opt("--normalise/--no-normalise",
+                                   help="put the runs' scores on one scale from their weights (no data) before "
+                                        "fusing and bagging")] = True,
     tracking_uri: Annotated[Optional[str], Opt(help="MLflow tracking URI")] = None,
     experiment: Annotated[Optional[str], Opt(help="MLflow experiment of the new run (default: the first run's)")] = None,
     run_name: Annotated[Optional[str], Opt(help="MLflow run name")] = None,
@@ -26,13 +32,15 @@ def fuse(
     """Fuse runs into one model of the same size (S2); log it with bagging, the concatenation and each run alone."""
     from tle.study.fusion import BAGGING, CONCATENATION, FUSED, run_fusion
 
-    result = run_fusion([r.removeprefix("runs:/").strip("/") for r in runs], keep=keep, ratio=ratio,
-                        tracking_uri=tracking_uri, experiment=experiment, run_name=run_name, console=err,
+    result = run_fusion([r.removeprefix("runs:/").strip("/") for r in runs], keep=keep, ratio=ratio, align=align,
+                        normalise=normalise, tracking_uri=tracking_uri, experiment=experiment, run_name=run_name, console=err,
                         quiet=STATE["quiet"] or json_out, export=export)
     if json_out:
         print(json.dumps(result.as_dict()))
         return
-    table = Table(title=f"fusion run {result.run_id} (keep {keep:g}, ratio {ratio:g}): test accuracy")
+    scaled = ", scales " + " ".join(f"{s:.4g}" for s in result.scales) if any(s != 1 for s in result.scales) else ""
+    table = Table(title=f"fusion run {result.run_id} (--align {align}, keep {keep:g}, ratio {ratio:g}{scaled}): "
+                        "test accuracy")
     table.add_column("model")
     for task in result.tasks:
         table.add_column(task, justify="right")

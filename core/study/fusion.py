@@ -6,17 +6,33 @@ and its test split is reloaded from its spec (checked against the logged data
 fingerprint). The backend's ``fuse`` hook merges the models; the core then
 scores on every parent's task and on the union of the tasks:
 
-* each parent alone — it can only name its own classes;
-* bagging — every parent votes: per class, the largest logit among the
-  parents that know the class (a spiking net's decision over both nets);
+* each parent alone;
+* bagging — every parent votes: per output, the largest logit among the
+  parents that have it (a spiking net's decision over both nets);
 * the full concatenation — every head unit of every parent in one model (twice
   the head), asked of backends that list the ``fuse-concatenate`` capability;
-* the fused model — over the ordered union of the classes.
+* the fused model.
 
-Accuracy compares class *names*, so a class two runs share counts once. The
-result is a new MLflow run tagged with its parents: metrics per model and
-task, the fused model's weights (usable as ``--weights runs:/ID``), its ONNX
-model after the parity check, and the backend's extra exports.
+How the parents' outputs meet (``align``):
+
+* ``index`` — S2's protocol: the parents have as many classes, and class k of
+  every parent shares output k (output 0 is digit 0 on a digit image, letter a
+  on a letter image). Each parent's task is scored on its own labels over these
+  outputs, so a parent alone answers the other's images with its own indices
+  (S2's B: ~8 % on digits). The fused outputs are named after the parents'
+  classes k joined by ``/`` (``0/a``), one name where they agree.
+* ``names`` — the union of the class names: each parent's classes stay apart
+  (twice the outputs for disjoint tasks), every image competes with all of
+  them, and a class two runs share counts once. A parent alone cannot name the
+  other's classes. This is not what S2 measured.
+
+With ``normalise`` the backend puts the parents' scores on one scale from
+their weights alone (a spiking net's potentials grow with its synapses' mass,
+so the net with the heavier synapses answers every image), and bagging applies
+the same factors. The result is a new MLflow run tagged with its parents and
+its alignment: metrics per model and task, the fused model's weights (usable
+as ``--weights runs:/ID``), its ONNX model after the parity check, and the
+backend's extra exports.
 """
 
 from __future__ import annotations
@@ -30,10 +46,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from tle.contracts import ExportMetadata, ResolvedWeights
+from tle.contracts import ExportMetadata, Fused, FuseOptions, ResolvedWeights
 from tle.errors import UserError
 
 FUSED, BAGGING, CONCATENATION = "fused", "bagging", "concatenation"
+ALIGNS = ("index", "names")
 
 
 @dataclass
@@ -44,6 +61,7 @@ class Parent:
     data: object
     model: object = None
     size: int = 0
+    names: list[str] = field(default_factory=list)  # its classes as the fusion names them (per ``align``)
 
 
 @dataclass
@@ -55,10 +73,13 @@ class FusionResult:
     sizes: dict[str, int]  # model label -> parameters
     onnx_max_abs_diff: float | None = None
     parents: list[str] = field(default_factory=list)
+    align: str = "index"
+    scales: list[float] = field(default_factory=list)  # the factor each parent's scores were put on one scale by
 
     def as_dict(self) -> dict:
-        return {"run_id": self.run_id, "parents": self.parents, "classes": self.classes, "tasks": self.tasks,
-                "accuracy": self.accuracy, "sizes": self.sizes, "onnx_max_abs_diff": self.onnx_max_abs_diff}
+        return {"run_id": self.run_id, "parents": self.parents, "align": self.align, "classes": self.classes,
+                "tasks": self.tasks, "accuracy": self.accuracy, "sizes": self.sizes, "scales": self.scales,
+                "onnx_max_abs_diff": self.onnx_max_abs_diff}
 
 
 def parent_label(index: int) -> str:
@@ -71,6 +92,34 @@ def ordered_union(class_names: list[list[str]]) -> list[str]:
     for names in class_names:
         out += [str(c) for c in names if str(c) not in out]
     return out
+
+
+def aligned_names(class_names: list[list[str]], align: str) -> list[list[str]]:
+    """Each parent's classes as the fusion names them: their own (``names``), or per index k one name shared by
+    every parent, its classes k joined by ``/`` (``index``). ``index`` needs as many classes in every parent, and
+    a class two parents share at the same index (else it would mean two outputs)."""
+    if align not in ALIGNS:
+        raise UserError(f"--align {align!r} is not one of {', '.join(ALIGNS)}",
+                        "--align index (S2: class k of every run shares output k) or names (the union of names)")
+    names = [[str(c) for c in n] for n in class_names]
+    if align == "names":
+        return names
+    counts = [len(n) for n in names]
+    if len(set(counts)) != 1:
+        sizes = ", ".join(f"{parent_label(i)} {c}" for i, c in enumerate(counts))
+        raise UserError(f"--align index needs runs with as many classes, these have {sizes}",
+                        "fuse them with --align names (the union of the class names)")
+    where: dict[str, tuple[int, int]] = {}
+    for i, n in enumerate(names):
+        for k, c in enumerate(n):
+            if c in where and where[c][1] != k:
+                j, other = where[c]
+                raise UserError(f"class {c!r} is class {other} of run {parent_label(j)} and class {k} of run "
+                                f"{parent_label(i)}, so --align index would give it two outputs",
+                                "fuse them with --align names (the union of the class names)")
+            where.setdefault(c, (i, k))
+    shared = ["/".join(dict.fromkeys(n[k] for n in names)) for k in range(counts[0])]
+    return [list(shared) for _ in names]
 
 
 def bagging_scores(logits: list[np.ndarray], class_names: list[list[str]], classes: list[str]) -> np.ndarray:
@@ -117,10 +166,13 @@ def _load_parent(client, mlflow, run_id: str, backend_name: str | None, workdir:
     return spec, json.loads(names[0].read_text()), weights[0], run.data.params.get("data.fingerprint")
 
 
-def run_fusion(run_ids: list[str], *, keep: float = 0.5, ratio: float = 0.1, tracking_uri: str | None = None,
-               experiment: str | None = None, run_name: str | None = None, console=None,
-               quiet: bool = False, export: bool | None = None) -> FusionResult:
-    """``export``: ONNX-export the fused model (None: as the first run did)."""
+def run_fusion(run_ids: list[str], *, keep: float = 0.5, ratio: float = 0.1, align: str = "index",
+               normalise: bool = True, tracking_uri: str | None = None, experiment: str | None = None,
+               run_name: str | None = None, console=None, quiet: bool = False,
+               export: bool | None = None) -> FusionResult:
+    """``align``: ``index`` (S2: class k of every run shares output k) or ``names`` (the union of the class
+    names); ``normalise``: the backend puts the runs' scores on one scale; ``export``: ONNX-export the fused
+    model (None: as the first run did). Every refusal comes before a run is created."""
     from tle.data import load_dataset
     from tle.plugins import load_backend
     from tle.tracking import configure, environment_tags, tracked_run
@@ -131,6 +183,7 @@ def run_fusion(run_ids: list[str], *, keep: float = 0.5, ratio: float = 0.1, tra
         raise UserError("the same run is named twice", "fuse different runs")
     if not (0 < keep <= 1 and 0 < ratio <= 1):
         raise UserError(f"--keep {keep} and --ratio {ratio} must lie in (0, 1]", "e.g. --keep 0.5 --ratio 0.1")
+    aligned_names([["x"], ["y"]], align)  # an unknown --align fails before the store is opened
     mlflow = configure(tracking_uri)
     client = mlflow.MlflowClient()
     workdir = Path(tempfile.mkdtemp(prefix="tle-fuse-"))
@@ -160,39 +213,54 @@ def run_fusion(run_ids: list[str], *, keep: float = 0.5, ratio: float = 0.1, tra
         shapes = {p.data.input_shape for p in parents}
         if len(shapes) != 1:
             raise UserError(f"the runs saw images of different shapes {sorted(shapes)}", "fuse runs on one image size")
+        for parent, names in zip(parents, aligned_names([p.class_names for p in parents], align)):
+            parent.names = names
         hook = backend.hook
-        fused = hook.fuse(models=[p.model for p in parents], class_names=[p.class_names for p in parents],
-                          options={"keep": keep, "ratio": ratio})
+        options = FuseOptions(keep=keep, ratio=ratio, normalise=normalise)
+        models, names = [p.model for p in parents], [p.names for p in parents]
+        fused, scales = _unwrap(hook.fuse(models=models, class_names=names, options=options), len(parents))
         if fused is None:
             raise UserError(f"backend {backend.name!r} cannot fuse models", "fusion needs a backend with a fuse hook "
                             "(spyketorch, torch, keras)")
         concatenated = None
         if "fuse-concatenate" in backend.info.capabilities:
-            concatenated = hook.fuse(models=[p.model for p in parents], class_names=[p.class_names for p in parents],
-                                     options={"keep": keep, "ratio": ratio, "concatenate": True})
-        classes = ordered_union([p.class_names for p in parents])
-        result = _score(hook, parents, fused, classes, concatenated)
-        result.parents = list(run_ids)
+            concatenated, _ = _unwrap(hook.fuse(models=models, class_names=names,
+                                                options=FuseOptions(keep, ratio, True, normalise)), len(parents))
+        classes = ordered_union(names)
+        result = _score(hook, parents, fused, classes, concatenated, scales)
+        result.parents, result.align, result.scales = list(run_ids), align, scales
         first = parents[0].spec
         mlflow_experiment = experiment or first.tracking.experiment
         configure(tracking_uri, mlflow_experiment)
         tags = {"backend": backend.name, "model": first.model, "strategy": "fusion",
                 "dataset": " + ".join(p.spec.dataset.source for p in parents), "tle.parents": ",".join(run_ids),
+                "tle.fusion.align": align,
                 **{f"tle.parent.{i}": r for i, r in enumerate(run_ids)}, "framework": backend.info.framework,
                 "framework_version": backend.info.framework_version, **environment_tags()}
         name = run_name or f"{backend.name}-{first.model}-fusion"
         with tracked_run(mlflow, name=name, tags=tags) as run:
             result.run_id = run.run_id
-            _track(run, hook, parents, fused, classes, result, keep, ratio, workdir, console, quiet, export)
+            _track(run, hook, parents, fused, classes, result, keep, ratio, normalise, workdir, console, quiet,
+                   export)
         return result
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _score(hook, parents, fused, classes, concatenated=None) -> FusionResult:
+def _unwrap(answer, parents: int) -> tuple[object, list[float]]:
+    """A ``fuse`` hook's answer as (model, the factor per parent its scores were scaled by)."""
+    if isinstance(answer, Fused):
+        scales = [float(s) for s in answer.scales] or [1.0] * parents
+        if len(scales) != parents or not all(np.isfinite(s) and s > 0 for s in scales):
+            raise ValueError(f"the fuse hook gave scales {scales} for {parents} models (one positive each)")
+        return answer.model, scales
+    return answer, [1.0] * parents
+
+
+def _score(hook, parents, fused, classes, concatenated=None, scales=None) -> FusionResult:
     tasks = [p.spec.dataset.source for p in parents] + ["union"]
     images = [p.data.x_test for p in parents]
-    truths = [[p.class_names[int(y)] for y in p.data.y_test] for p in parents]
+    truths = [[p.names[int(y)] for y in p.data.y_test] for p in parents]
     images.append(np.concatenate(images))
     truths.append([t for truth in truths for t in truth])
     accuracy: dict[str, list[float]] = {}
@@ -201,10 +269,11 @@ def _score(hook, parents, fused, classes, concatenated=None) -> FusionResult:
         bs = p.spec.train.batch_size
         logits = [hook.evaluate(model=p.model, images=x, labels=None, batch_size=bs).logits for x in images]
         per_parent.append(logits)
-        accuracy[parent_label(i)] = [named_accuracy(s, p.class_names, t) for s, t in zip(logits, truths)]
-    names = [p.class_names for p in parents]
-    accuracy[BAGGING] = [named_accuracy(bagging_scores([lp[k] for lp in per_parent], names, classes), classes, t)
-                         for k, t in enumerate(truths)]
+        accuracy[parent_label(i)] = [named_accuracy(s, p.names, t) for s, t in zip(logits, truths)]
+    names = [p.names for p in parents]
+    scales = scales or [1.0] * len(parents)  # a positive factor per parent: its own decisions stay as they were
+    accuracy[BAGGING] = [named_accuracy(bagging_scores([lp[k] * f for lp, f in zip(per_parent, scales)], names,
+                                                       classes), classes, t) for k, t in enumerate(truths)]
     bs = parents[0].spec.train.batch_size
     combined = {CONCATENATION: concatenated} if concatenated is not None else {}
     for label, model in {**combined, FUSED: fused}.items():
@@ -218,14 +287,17 @@ def _score(hook, parents, fused, classes, concatenated=None) -> FusionResult:
     return FusionResult("", classes, tasks, accuracy, sizes)
 
 
-def _track(run, hook, parents, fused, classes, result, keep, ratio, workdir, console, quiet, export=None) -> None:
+def _track(run, hook, parents, fused, classes, result, keep, ratio, normalise, workdir, console, quiet,
+           export=None) -> None:
     from tle.runner import ParityError
     from tle.serving import check_parity, open_model
     from tle.weights import CLASS_NAMES_ARTIFACT, WEIGHTS_ARTIFACT
 
     first = parents[0].spec
     run.params({"fusion.keep": keep, "fusion.ratio": ratio, "fusion.parents": ",".join(result.parents),
-                "fusion.classes": len(classes), **{f"fusion.task{i + 1}": t for i, t in enumerate(result.tasks[:-1])}})
+                "fusion.align": result.align, "fusion.normalise": normalise, "fusion.classes": len(classes),
+                **{f"fusion.task{i + 1}": t for i, t in enumerate(result.tasks[:-1])},
+                **{f"fusion.scale.{parent_label(i)}": f"{s:.6g}" for i, s in enumerate(result.scales)}})
     metrics = {}
     for label, values in result.accuracy.items():
         for i, value in enumerate(values):
@@ -233,7 +305,7 @@ def _track(run, hook, parents, fused, classes, result, keep, ratio, workdir, con
             metrics[f"{label}_acc_{task}"] = value
     metrics.update({f"{label}_params": size for label, size in result.sizes.items()})
     union_x = np.concatenate([p.data.x_test for p in parents])
-    union_y = np.asarray([classes.index(p.class_names[int(y)]) for p in parents for y in p.data.y_test])
+    union_y = np.asarray([classes.index(p.names[int(y)]) for p in parents for y in p.data.y_test])
     evaluation = hook.evaluate(model=fused, images=union_x, labels=union_y, batch_size=first.train.batch_size)
     metrics["test_acc"] = result.accuracy[FUSED][-1]
     metrics["test_loss"] = evaluation.loss

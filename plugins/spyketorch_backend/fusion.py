@@ -9,6 +9,19 @@ is still the class. Classes known to fewer networks than others are topped up
 with their networks' next-ranked neurons, so every class has as many neurons.
 conv1-conv2 are copied: the networks must share them (network B trained with
 ``--strategy feature-extractor --weights runs:/NET_A``).
+
+The classes are the ones the core names (``class_names``): with ``tle fuse
+--align index`` every network's class k has one name, so each output gets
+``keep`` of every network's neurons for it (S2: 10 of A's and 10 of B's).
+
+``normalise``: a decision neuron's final potential is the sum of its synapses
+over the input spikes, and with conv1-conv2 shared both networks see the same
+spikes, so the network whose conv3 synapses are heavier on the whole answers
+every image with larger potentials (the mass of a net's synapses follows how
+its R-STDP went, not what the image is). Each network's synapses are scaled so
+that its mean conv3 synapse is the lightest network's: one positive factor per
+network, from its weights alone, so each network's own decisions stay exactly
+as they were and the synapses stay within [0, 1].
 """
 
 from __future__ import annotations
@@ -28,11 +41,12 @@ def importance(head: torch.Tensor, ratio: float) -> torch.Tensor:
     return flat.topk(k, dim=1).values.sum(dim=1)
 
 
-def ranked(net: SpikingNet, ratio: float) -> dict[str, list[int]]:
-    """Per class, the net's neuron indices, most important first (ties: lower index first)."""
+def ranked(net: SpikingNet, ratio: float, class_names: list[str] | None = None) -> dict[str, list[int]]:
+    """Per class (``class_names``, default the net's own), the net's neuron indices, most important first
+    (ties: lower index first)."""
     score = importance(net.head, ratio).cpu()
     out = {}
-    for ci, name in enumerate(net.class_names):
+    for ci, name in enumerate(class_names or net.class_names):
         idx = torch.arange(ci * net.per_class, (ci + 1) * net.per_class)
         order = sorted(idx.tolist(), key=lambda i: (-float(score[i]), i))
         out[name] = order
@@ -46,7 +60,21 @@ def union(class_names: list[list[str]]) -> list[str]:
     return seen
 
 
-def fuse(models: list, keep: float = 0.5, ratio: float = 0.1) -> SpikingNet:
+def scales(models: list) -> list[float]:
+    """Per network, the factor that brings its mean conv3 synapse to the lightest network's (the lightest: 1)."""
+    means = [float(m.head.detach().double().mean()) for m in models]
+    if min(means) <= 0:
+        return [1.0] * len(models)
+    return [min(means) / mean for mean in means]
+
+
+def fuse(models: list, keep: float = 0.5, ratio: float = 0.1, class_names: list[list[str]] | None = None,
+         normalise: bool = False) -> SpikingNet:
+    """``class_names``: each network's classes as the fusion names them (default their own); ``normalise``: scale
+    each network's synapses by :func:`scales` (the fused net's ``scales`` records the factors)."""
+    names = [[str(c) for c in n] for n in class_names] if class_names is not None else [m.class_names for m in models]
+    if len(names) != len(models) or any(len(n) != m.num_classes for n, m in zip(names, models)):
+        raise ValueError("fuse needs one class name per class of every network")
     if len(models) < 2:
         raise UserError("fusion needs at least two networks", "pass two run ids")
     first = models[0]
@@ -59,13 +87,14 @@ def fuse(models: list, keep: float = 0.5, ratio: float = 0.1) -> SpikingNet:
                             "train the second with --strategy feature-extractor --weights runs:/FIRST_RUN")
     if not 0 < keep <= 1 or not 0 < ratio <= 1:
         raise UserError(f"--keep {keep} and --ratio {ratio} must lie in (0, 1]", "e.g. --keep 0.5 --ratio 0.1")
-    classes = union([m.class_names for m in models])
-    rankings = [ranked(m, ratio) for m in models]
+    classes = union(names)
+    rankings = [ranked(m, ratio, n) for m, n in zip(models, names)]
     shares = [max(1, round(keep * m.per_class)) for m in models]
-    wanted = max(sum(s for m, s in zip(models, shares) if c in m.class_names) for c in classes)
+    wanted = max(sum(s for n, s in zip(names, shares) if c in n) for c in classes)
+    factors = scales(models) if normalise else [1.0] * len(models)
     rows: list[tuple[int, int]] = []  # (network, neuron) per fused neuron
     for c in classes:
-        owners = [i for i, m in enumerate(models) if c in m.class_names]
+        owners = [i for i, n in enumerate(names) if c in n]
         taken = {i: shares[i] for i in owners}
         while sum(taken.values()) < wanted:  # top up from the owners' next-ranked neurons, in turn
             room = [i for i in owners if taken[i] < models[i].per_class]
@@ -79,7 +108,8 @@ def fuse(models: list, keep: float = 0.5, ratio: float = 0.1) -> SpikingNet:
     with torch.no_grad():
         fused.conv1.copy_(first.conv1)
         fused.conv2.copy_(first.conv2)
-        fused.head.copy_(torch.stack([models[i].head[n].to(first.device) for i, n in rows]))
+        fused.head.copy_(torch.stack([models[i].head[n].to(first.device) * factors[i] for i, n in rows]))
     fused.new_head = False
     fused.provenance = rows
+    fused.scales = factors
     return fused

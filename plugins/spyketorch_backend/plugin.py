@@ -133,7 +133,10 @@ def export_extras(model, directory):
 
 @hookimpl
 def fuse(models, class_names, options):
+    from tle.contracts import Fused, FuseOptions
     from tle_spyketorch.fusion import fuse as run
 
-    options = dict(options or {})
-    return run(list(models), keep=float(options.get("keep", 0.5)), ratio=float(options.get("ratio", 0.1)))
+    o = FuseOptions.of(options)
+    fused = run(list(models), keep=float(o.keep), ratio=float(o.ratio), class_names=[list(n) for n in class_names],
+                normalise=o.normalise)
+    return Fused(fused, tuple(fused.scales))

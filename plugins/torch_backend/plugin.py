@@ -128,11 +128,12 @@ def export_onnx(model, path, sample, metadata):
 
 @hookimpl
 def fuse(models, class_names, options):
+    from tle.contracts import FuseOptions
     from tle_torch.fusion import fuse as run
 
-    options = dict(options or {})
-    return run(list(models), [list(n) for n in class_names], keep=float(options.get("keep", 0.5)),
-               ratio=float(options.get("ratio", 0.1)), concatenate=bool(options.get("concatenate", False)))
+    o = FuseOptions.of(options)
+    return run(list(models), [list(n) for n in class_names], keep=float(o.keep), ratio=float(o.ratio),
+               concatenate=bool(o.concatenate))  # no data-free rescaling of CNN logits helped: o.normalise is moot
 
 
 @hookimpl
