@@ -21,7 +21,8 @@ def fuse(
                                    "of the class names, every image against all of them")] = "index",
     normalise: Annotated[bool, Opt("--normalise/--no-normalise",
                                    help="put the runs' scores on one scale from their weights (no data) before "
-                                        "fusing and bagging")] = True,
+                                        "fusing and bagging: spyketorch scales each net's conv3 synapses to the "
+                                        "lightest net's mean; torch and keras apply no factor")] = True,
     tracking_uri: Annotated[Optional[str], Opt(help="MLflow tracking URI")] = None,
     experiment: Annotated[Optional[str], Opt(help="MLflow experiment of the new run (default: the first run's)")] = None,
     run_name: Annotated[Optional[str], Opt(help="MLflow run name")] = None,
@@ -33,8 +34,8 @@ def fuse(
     from tle.study.fusion import BAGGING, CONCATENATION, FUSED, run_fusion
 
     result = run_fusion([r.removeprefix("runs:/").strip("/") for r in runs], keep=keep, ratio=ratio, align=align,
-                        normalise=normalise, tracking_uri=tracking_uri, experiment=experiment, run_name=run_name, console=err,
-                        quiet=STATE["quiet"] or json_out, export=export)
+                        normalise=normalise, tracking_uri=tracking_uri, experiment=experiment, run_name=run_name,
+                        console=err, quiet=STATE["quiet"] or json_out, export=export)
     if json_out:
         print(json.dumps(result.as_dict()))
         return
