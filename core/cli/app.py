@@ -41,6 +41,26 @@ def parse_sets(items: list[str]) -> dict[str, object]:
 
 
 
+def output_file(path: Path, flag: str, suffix: str | None = None) -> Path:
+    """One rule for every file a command writes: missing folders are created, a folder or a file in the
+    way is a user error (checked before any work is done)."""
+    from pathlib import Path as _Path
+
+    path = _Path(path)
+    if suffix is not None and path.suffix.lower() != suffix:
+        raise UserError(f"{flag} {path} is not a {suffix} file", f"e.g. {flag} out{suffix}")
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder", f"name a file in it, e.g. {path / ('out' + (suffix or ''))}")
+    blocker = next((p for p in [path.parent, *path.parent.parents] if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UserError(f"cannot write {flag} {path}: {blocker} is a file, not a folder", "choose another path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the folder of {flag} {path} ({exc.strerror})", "choose another path") from None
+    return path
+
+
 def fmt(value, spec: str, suffix: str = "") -> str:
     if value is None:
         return "-"

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 from rich.table import Table
 
-from tle.cli.app import Opt, app, err, fmt, out
+from tle.cli.app import Opt, app, err, fmt, out, output_file
 from tle.errors import UserError
 
 COLUMNS = ("name", "status", "backend", "model", "strategy", "dataset", "seed", "best_val_acc", "test_acc",
@@ -39,6 +39,8 @@ def compare(
         raise UserError(f"unknown --format {fmt_!r}", f"choose one of {', '.join(FORMATS)}")
     if sweep and experiment:
         raise UserError("give --experiment or --sweep, not both", "a sweep's cells are in its own experiment")
+    if curves is not None:
+        curves = output_file(curves, "--curves", ".png")
     rows = load_runs(experiment or "tle", tracking_uri, sweep=sweep, filter_string=filter_)
     title = f"sweep {sweep}" if sweep else f"experiment {experiment or 'tle'}"
     if rows:

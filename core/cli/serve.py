@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from tle.cli.app import Opt, app, out
+from tle.cli.app import Opt, app, out, output_file
 from tle.errors import UserError
 
 
@@ -46,10 +46,9 @@ def export(
 
     from tle.serving import open_model
 
+    target = output_file(output or Path(f"{run_id.split('/')[-1][:12]}.onnx"), "-o/--output")
     with tempfile.TemporaryDirectory() as tmp:
         src = _onnx_from(run_id if run_id.startswith("runs:/") else f"runs:/{run_id}", tracking_uri, Path(tmp))
-        target = output or Path(f"{run_id.split('/')[-1][:12]}.onnx")
-        target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, target)
         for side in src.parent.glob(src.name + ".data"):
             shutil.copyfile(side, target.with_name(target.name + ".data"))

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 from rich.table import Table
 
-from tle.cli.app import STATE, Opt, app, err, out
+from tle.cli.app import STATE, Opt, app, err, out, output_file
 from tle.errors import UserError
 
 FORMATS = ("table", "markdown", "csv", "json")
@@ -70,10 +70,7 @@ def init_study(
     backends = study.select_backends(backend, hook, model)
     data = _dataset(dataset or "digits", image_size, channels, model, backends[0]) if model else None
     plot = plot or Path(f"init-study-{model}.png" if model else "init-study.png")
-    if plot.suffix.lower() != ".png":
-        raise UserError(f"--plot {plot} is not a .png file", "e.g. --plot init-study.png")
-    if not plot.parent.is_dir():
-        raise UserError(f"the folder of --plot {plot} does not exist", "create it or choose another path")
+    plot = output_file(plot, "--plot", ".png")
 
     from tle.progress import make_progress
 

@@ -30,11 +30,12 @@ def sweep(
 ) -> None:
     """Run a grid of experiments (any spec field by dotted key) and print their table."""
     from tle.study.grid import load_grid
-    from tle.study.table import FORMATS
+    from tle.study.table import FORMATS, layout
 
     if fmt not in FORMATS:
         raise UserError(f"unknown --format {fmt!r}", f"choose one of {', '.join(FORMATS)}")
     grid = load_grid(grid_file, parse_sets(set_ or []))
+    layout(grid, _split(rows), _split(cols))  # a bad --rows/--cols fails before any cell runs
     if dry_run:
         from tle.study.sweep import check_cells
 
@@ -50,6 +51,7 @@ def sweep(
     result = runner.run()
     table = build_table(result, metric=metric, rows=_split(rows), cols=_split(cols))
     record(result, table)
+    _check_metric(result, metric)
     if fmt == "table":
         out.print(table.rich())
         for note in table.notes:
@@ -65,6 +67,16 @@ def sweep(
         for r in failed[:10]:
             err.print(f"  {r.status.lower()}: {r.cell.label}: {r.error}", highlight=False, markup=False)
         raise typer.Exit(1)
+
+
+def _check_metric(result, metric: str) -> None:
+    """A metric no finished cell logged would print a table of '-': say so instead (backends log their own
+    metrics, so the name can only be checked against what the cells logged)."""
+    runs = [run for r in result.results if r.status == "FINISHED" and (run := result.run_of(r)) is not None]
+    if runs and not any(metric in run.metrics for run in runs):
+        logged = sorted({m for run in runs for m in run.metrics if not m.startswith("seconds_")})
+        raise UserError(f"no cell of the sweep logged the metric {metric!r}",
+                        f"choose one they logged: {', '.join(logged[:12])}{' ...' if len(logged) > 12 else ''}")
 
 
 def _split(text: str | None) -> list[str] | None:

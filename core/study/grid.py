@@ -149,7 +149,7 @@ def load_grid(path: str | Path, overrides: dict[str, Any] | None = None) -> Grid
     base = raw.get("base") or {}
     if isinstance(base, str):
         base_path = Path(base) if Path(base).is_absolute() else path.parent / base
-        base = read_spec_file(base_path)
+        base = read_spec_file(base_path, given_by=f"'base:' in {path}")
     if not isinstance(base, dict):
         raise UserError(f"{path}: 'base' must be a mapping of spec fields or a spec file path", "fix the sweep file")
     base = copy.deepcopy(base)
@@ -169,6 +169,10 @@ def load_grid(path: str | Path, overrides: dict[str, Any] | None = None) -> Grid
     for key, values in axes.items():
         if not isinstance(values, list) or not values:
             raise UserError(f"{path}: axis {key!r} must be a non-empty list", f"write {key}: [a, b]")
+        repeated = sorted({repr(v) for v in values if values.count(v) > 1})
+        if repeated:
+            raise UserError(f"{path}: axis {key!r} lists {', '.join(repeated)} more than once",
+                            "each value once: a repeated value would run the same cell twice")
         if key.split(".")[0] == "tracking":
             raise UserError(f"{path}: axis {key!r} varies where runs are tracked",
                             "a sweep keeps its cells in one experiment; set tracking under 'base'")

@@ -136,13 +136,9 @@ class SweepTable:
 def build_table(sweep, metric: str = "test_acc", rows: list[str] | None = None,
                 cols: list[str] | None = None) -> SweepTable:
     """Group a finished sweep's cells by their axes (seed folded in) and lay them out."""
-    varying = [k for k in sweep.grid.varying if k != SEED_AXIS]
-    cols = _resolve(cols, varying) if cols is not None else _default_cols(varying)
-    rows = _resolve(rows, varying) if rows is not None else [k for k in varying if k not in cols]
+    rows, cols, missing = layout(sweep.grid, rows, cols)
     notes = []
-    missing = [k for k in varying if k not in rows and k not in cols]
     if missing:
-        rows = rows + missing  # never average over an axis the reader did not ask to fold
         notes.append(f"rows also split by {', '.join(short(k) for k in missing)} (varying, not in --rows/--cols)")
     groups: dict[str, Group] = {}
     for res in sweep.cells:
@@ -183,6 +179,16 @@ def _default_cols(varying: list[str]) -> list[str]:
         if key in varying:
             return [key]
     return []
+
+
+def layout(grid, rows: list[str] | None, cols: list[str] | None) -> tuple[list[str], list[str], list[str]]:
+    """The table's row and column axes for ``grid`` (a UserError for a name that is not a varying axis),
+    checked before a sweep runs. The third list holds the varying axes added to the rows unasked."""
+    varying = [k for k in grid.varying if k != SEED_AXIS]
+    cols = _resolve(cols, varying) if cols is not None else _default_cols(varying)
+    rows = _resolve(rows, varying) if rows is not None else [k for k in varying if k not in cols]
+    missing = [k for k in varying if k not in rows and k not in cols]
+    return rows + missing, cols, missing  # never average over an axis the reader did not ask to fold
 
 
 def _resolve(keys: list[str], varying: list[str]) -> list[str]:

@@ -52,7 +52,8 @@ class Net:
         if tuple(images.shape[1:]) != self.input_shape:
             raise UserError(f"images of shape {tuple(images.shape[1:])} do not fit {self.model} built for "
                             f"{self.input_shape}", "use the image size and channels the model was built with")
-        return np.ascontiguousarray(images, dtype=np.float32).reshape(len(images), -1)
+        # The width is given, not inferred: an empty split (val 0) is a (0, width) array, not an error.
+        return np.ascontiguousarray(images, dtype=np.float32).reshape(len(images), int(np.prod(self.input_shape)))
 
     def forward(self, x: np.ndarray, start: int = 0, stop: int | None = None,
                 rng: np.random.Generator | None = None, cache: list | None = None) -> np.ndarray:
