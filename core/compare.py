@@ -66,6 +66,10 @@ def load_runs(experiment: str | None = "tle", tracking_uri: str | None = None, l
     except Exception as exc:
         raise UserError(f"bad --filter {filter_string!r}: {str(exc).splitlines()[0]}",
                         "use MLflow's syntax, e.g. \"metrics.test_acc > 0.5 and tags.backend = 'torch'\"") from None
+    if not any(r.data.tags.get("tle.role") != "sweep" for r in runs):
+        what = f"sweep {sweep!r}" if sweep else f"experiment {experiment or 'tle'!r}"
+        raise UserError(f"no runs to compare in {what}" + (f" matching {filter_string!r}" if filter_string else ""),
+                        "run some first ('tle run', 'tle sweep') or loosen --filter")
     rows = []
     for r in runs:
         if r.data.tags.get("tle.role") == "sweep":

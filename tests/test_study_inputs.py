@@ -3,6 +3,9 @@
 Real CLI processes against real SQLite stores; the example NumPy backend keeps the runs that must happen short.
 """
 
+import csv
+import io
+
 import pytest
 import yaml
 
@@ -91,3 +94,17 @@ def test_an_output_path_under_a_file_is_refused_and_missing_folders_are_made(tmp
     tle("--quiet", "init-study", "--backend", "numpy", "--seed", "0", "--samples", "10",
         "--plot", tmp_path / "new" / "dir" / "i.png", "--tracking-uri", uri, check_rc=0)
     assert (tmp_path / "new" / "dir" / "i.png").is_file()
+
+
+def test_compare_of_nothing_is_an_error_and_a_failed_cell_says_what_it_was(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    grid = write_grid(tmp_path, axes={"dataset.source": ["digits:5-9", f"folder:{tmp_path / 'missing'}"]})
+    tle("--quiet", "sweep", grid, "--tracking-uri", uri, check_rc=1)  # one cell fails: no such folder
+    one_line_error(tle("compare", "--experiment", "inputs", "--filter", "tags.backend = 'keras'", "--tracking-uri",
+                       uri), "no runs to compare", "tags.backend")
+    proc = tle("compare", "--experiment", "inputs", "--format", "csv", "--tracking-uri", uri, check_rc=0)
+    rows = list(csv.DictReader(io.StringIO(proc.stdout)))
+    assert sorted(r["status"] for r in rows) == ["FAILED", "FINISHED"]
+    for row in rows:
+        assert (row["backend"], row["model"], row["strategy"]) == ("numpy", "mlp", "scratch"), row
+        assert row["dataset"] in ("digits:5-9", f"folder:{tmp_path / 'missing'}"), row

@@ -80,8 +80,19 @@ def end_orphans(client, experiment_id: str, parent_id: str, status: str) -> int:
     return len(running)
 
 
-def record_failure(client, experiment_id: str, name: str, tags: dict[str, str], error: str) -> str:
-    """A FAILED child run for a cell that failed before its run existed (e.g. a data error)."""
-    run = client.create_run(experiment_id, run_name=name, tags={**tags, "tle.error": error[:5000]})
+def record_failure(client, experiment_id: str, name: str, tags: dict[str, str], error: str,
+                   spec: dict | None = None) -> str:
+    """A FAILED child run for a cell that failed before its run existed (e.g. a data error).
+
+    Tagged with what the cell was (``spec``), as a run is, so that it reads like one in the UI and in compare.
+    """
+    described = {}
+    if spec:
+        dataset = spec.get("dataset")
+        described = {"backend": spec.get("backend"), "model": spec.get("model"), "strategy": spec.get("strategy"),
+                     "weights": spec.get("weights"),
+                     "dataset": dataset.get("source") if isinstance(dataset, dict) else dataset}
+    run = client.create_run(experiment_id, run_name=name, tags={
+        **{k: str(v) for k, v in described.items() if v is not None}, **tags, "tle.error": error[:5000]})
     client.set_terminated(run.info.run_id, status="FAILED")
     return run.info.run_id

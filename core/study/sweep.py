@@ -248,7 +248,7 @@ class Sweep:
             res.outcome = outcome
             if res.status != "FINISHED" and res.run_id is None:
                 res.run_id = record_failure(client, exp_id, task.spec["tracking"]["run_name"], task.tags,
-                                            res.error or res.status)
+                                            res.error or res.status, spec=task.spec)
                 if res.status == "KILLED":
                     client.set_terminated(res.run_id, status="KILLED")
             if not self.quiet:
