@@ -108,3 +108,14 @@ def test_compare_of_nothing_is_an_error_and_a_failed_cell_says_what_it_was(tmp_p
     for row in rows:
         assert (row["backend"], row["model"], row["strategy"]) == ("numpy", "mlp", "scratch"), row
         assert row["dataset"] in ("digits:5-9", f"folder:{tmp_path / 'missing'}"), row
+
+
+def test_global_flags_after_the_command_and_jobs_auto(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    proc = tle("sweep", write_grid(tmp_path), "--tracking-uri", uri, "--format", "json", check_rc=0)
+    assert "--jobs auto: 2 worker(s)" in proc.stderr or "--jobs auto: 1 worker(s) (1 cores" in proc.stderr
+    quiet = tle("sweep", write_grid(tmp_path), "--tracking-uri", uri, "--format", "json", "--quiet", check_rc=0)
+    assert "--jobs auto" not in quiet.stderr and "reused" in quiet.stderr  # the same cells, found in the store
+    one_line_error(tle("sweep", write_grid(tmp_path), "--jobs", "many", "--tracking-uri", uri), "--jobs 'many'")
+    debug = tle("plan", "--backend", "numpy", "--model", "mlp", "--classes", "0", "--debug")
+    assert debug.returncode != 0 and "Traceback" in debug.stderr

@@ -34,6 +34,22 @@ def _click_exceptions():
     return exceptions
 
 
+GLOBAL_FLAGS = {"--quiet": "quiet", "-q": "quiet", "--debug": "debug"}
+
+
+def _global_flags(argv: list[str]) -> list[str]:
+    """``--quiet``/``-q`` and ``--debug`` anywhere before a ``--``, before or after the command (``tle --quiet sweep
+    G`` and ``tle sweep G --quiet`` alike): set here and taken out, so every command accepts them."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    rest = []
+    for i, arg in enumerate(argv):
+        if i < end and arg in GLOBAL_FLAGS:
+            STATE[GLOBAL_FLAGS[arg]] = True
+        else:
+            rest.append(arg)
+    return rest
+
+
 def main(argv: list[str] | None = None) -> None:
     click = _click_exceptions()
 
@@ -44,7 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     # MLflow resets its logger's level on import, so the environment is the reliable switch.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    STATE["debug"] = "--debug" in argv or os.environ.get("TLE_DEBUG") == "1"
+    argv = _global_flags(argv)
+    STATE["debug"] = STATE["debug"] or os.environ.get("TLE_DEBUG") == "1"
     signal.signal(signal.SIGTERM, _on_sigterm)
     code = 0
     try:

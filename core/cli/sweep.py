@@ -15,7 +15,8 @@ from tle.errors import UserError
 @app.command()
 def sweep(
     grid_file: Annotated[Path, typer.Argument(help="sweep file: base spec + axes (+ cells, pretrain)")],
-    jobs: Annotated[int, Opt("--jobs", "-j", help="cells running at once (warm workers, one backend each)")] = 1,
+    jobs: Annotated[str, Opt("--jobs", "-j", help="cells running at once (warm workers, one backend each); "
+                                               "auto: one per core this process may use, at most one per cell")] = "auto",
     executor: Annotated[str, Opt(help="local | ray")] = "local",
     address: Annotated[Optional[str], Opt(help="Ray cluster address (default: start Ray on this machine)")] = None,
     gpus_per_cell: Annotated[Optional[float], Opt(help="GPUs each Ray cell asks for (default: 1 if device is cuda)")] = None,
@@ -46,8 +47,12 @@ def sweep(
     from tle.study.sweep import Sweep
     from tle.study.table import build_table
 
+    jobs, why = _jobs(jobs, len(grid.cells()))
+
     runner = Sweep(grid, executor=executor, jobs=jobs, address=address, tracking_uri=tracking_uri,
                    gpus_per_cell=gpus_per_cell, console=err, quiet=STATE["quiet"])
+    if why and not STATE["quiet"]:
+        err.print(why, highlight=False)
     result = runner.run()
     table = build_table(result, metric=metric, rows=_split(rows), cols=_split(cols))
     record(result, table)
@@ -67,6 +72,23 @@ def sweep(
         for r in failed[:10]:
             err.print(f"  {r.status.lower()}: {r.cell.label}: {r.error}", highlight=False, markup=False)
         raise typer.Exit(1)
+
+
+def _jobs(text: str, cells: int) -> tuple[int, str]:
+    """The number of workers, and for ``auto`` the line that says how it was chosen."""
+    if text.strip().lower() == "auto":
+        from tle.study.local import usable_cores
+
+        cores = usable_cores()
+        jobs = max(1, min(cores, cells))
+        return jobs, f"--jobs auto: {jobs} worker(s) ({cores} cores, {cells} cells)"
+    try:
+        jobs = int(text)
+    except ValueError:
+        raise UserError(f"--jobs {text!r} is not a number", "give --jobs auto or a count, e.g. --jobs 2") from None
+    if jobs < 1:
+        raise UserError(f"--jobs {jobs} must be at least 1", "use --jobs auto or 1 or more")
+    return jobs, ""
 
 
 def _check_metric(result, metric: str) -> None:

@@ -52,10 +52,18 @@ class LocalWorker:
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. a container's or taskset's share)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def thread_env(jobs: int) -> dict[str, str]:
     """Split the cores between the workers: frameworks that each spin one thread per core slow to a crawl
     when several share the machine. The user's own settings win."""
-    per = max(1, (os.cpu_count() or 1) // max(1, jobs))
+    per = max(1, usable_cores() // max(1, jobs))
     return {k: str(per) for k in THREAD_VARS if k not in os.environ} if jobs > 1 else {}
 
 
