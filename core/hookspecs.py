@@ -118,12 +118,15 @@ def apply_init(model, blocks, init, seed):
 
 
 @hookspec(firstresult=True)
-def freeze_policy(model, trainable):
-    """Make exactly the blocks with ``trainable[name] is True`` trainable.
+def freeze_policy(model, trainable, fixed_stats):
+    """Make exactly the blocks with ``trainable[name] is True`` trainable; called before each stage.
 
     :param dict[str, bool] trainable: every block and ``head``.
-
-    Normalisation layers of frozen blocks run in inference mode, as in Keras.
+    :param tuple[str, ...] fixed_stats: the blocks whose normalisation statistics (BatchNorm's running
+        mean and variance) must stay exactly as they are during the stage: their normalisation layers
+        run in inference mode, while their scale and shift still train when the block is trainable
+        (``train.batchnorm``, see :mod:`tle.strategy`). Every frozen block is in it. The other blocks
+        re-estimate their statistics in training mode. A backend without normalisation layers ignores it.
     """
 
 

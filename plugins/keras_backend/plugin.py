@@ -80,12 +80,13 @@ def apply_init(model, blocks, init, seed):
 
 
 @hookimpl
-def freeze_policy(model, trainable):
+def freeze_policy(model, trainable, fixed_stats):
     for block in model.trainable:
         flag = trainable.get(block) is True
         model.trainable[block] = flag
         for layer in model.layers_of(block):
             layer.trainable = flag
+    model.fix_stats(fixed_stats or ())
     return True
 
 

@@ -76,13 +76,14 @@ def apply_init(model, blocks, init, seed):
 
 
 @hookimpl
-def freeze_policy(model, trainable):
+def freeze_policy(model, trainable, fixed_stats):
+    model.fixed_stats = set(fixed_stats or ())
     for block in model.trainable:
         flag = trainable.get(block) is True
         model.trainable[block] = flag
         for p in model.module_of(block).parameters():
             p.requires_grad_(flag)
-    model.train(model.training)  # put newly frozen blocks into eval mode now
+    model.train(model.training)  # put newly frozen blocks (and fixed statistics) into eval mode now
     return True
 
 
