@@ -148,7 +148,7 @@ def throughput(args) -> None:
         "inference": lambda: net(x),
     }
     # What a training pass costs once its phase has coded the layer's input (the layers below do not learn
-    # during the phase, so train.stdp_phase computes their spikes once for up to stdp_passes passes).
+    # during the phase, so train.stdp_phase computes their spikes once for all the passes it makes).
     passes = {
         "STDP conv1": same_start("conv1", lambda: net.learn("conv1", conv1_in, rates)),
         "STDP conv2": same_start("conv2", lambda: net.learn("conv2", conv2_in, rates)),

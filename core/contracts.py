@@ -35,19 +35,21 @@ class TrainingPhase:
     """One step of a model that trains layer by layer inside every stage (spiking nets).
 
     Within a stage, the phases whose ``block`` is trainable run one after the
-    other, in this order. ``passes`` bounds the passes over the training data
-    of a phase that runs before the stage's first epoch (unsupervised STDP,
-    which may stop early once converged); ``None`` means the phase runs for
+    other, in this order. A ``presented`` phase runs before the stage's first
+    epoch (unsupervised STDP): it presents training images until its layer
+    has converged or ``train.stdp.presentations`` images were presented,
+    however many passes over the set that takes. Otherwise the phase runs for
     the stage's epochs and reports them through the loop.
     """
 
     block: str  # a backbone block or ``head``
     rule: str  # the learning rule, e.g. ``STDP`` or ``R-STDP``
-    passes: int | None = None
+    presented: bool = False
 
-    def describe(self, epochs: int) -> str:
-        return f"{self.rule} ≤{self.passes} pass{'es' if self.passes != 1 else ''}" if self.passes is not None \
-            else f"{self.rule} {epochs} ep"
+    def describe(self, epochs: int, presentations: int) -> str:
+        if self.presented:
+            return f"{self.rule} to convergence, ≤{presentations:,} images"
+        return f"{self.rule} {epochs} ep"
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,8 @@ class TrainLoop:
     def __init__(self, stage: Stage, *, step_offset: int, history: History,
                  on_epoch: Callable[[EpochRecord], None], progress: Progress | None = None,
                  patience: int | None = None, start_epoch: int = 0, checkpoint_path: Path | None = None,
-                 resume_from: Path | None = None):
+                 resume_from: Path | None = None,
+                 on_warning: Callable[[str, dict[str, str]], None] | None = None):
         self.stage = stage
         self.step_offset = step_offset
         self.history = history
@@ -61,6 +62,8 @@ class TrainLoop:
         self.checkpoint_path = checkpoint_path
         self.resume_from = resume_from
         self._on_epoch = on_epoch
+        self._on_warning = on_warning
+        self.warnings: list[str] = []
         self._progress = progress
         self._patience = patience
         self._best = -math.inf
@@ -108,6 +111,13 @@ class TrainLoop:
         else:
             self._since_best += 1
             self.should_stop = self._since_best >= self._patience
+
+    def warn(self, message: str, tags: dict[str, str] | None = None) -> None:
+        """A finding the user must see although the run goes on (e.g. a layer that did not converge): printed,
+        and logged as the run's ``tle.warning`` tag (every warning of the run, one per line) with ``tags``."""
+        self.warnings.append(message)
+        if self._on_warning is not None:
+            self._on_warning(message, dict(tags or {}))
 
     def track(self, iterable: Iterable[T], total: int | None = None, description: str = "working") -> Iterator[T]:
         """Iterate with a progress bar: for a backend's one-off passes, e.g. computing cached features."""

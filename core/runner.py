@@ -193,6 +193,16 @@ def _train_and_report(spec, backend, plan, data, model, run, console, progress, 
         if checkpoint is not None and checkpoint.parent.is_dir():
             run.artifact(checkpoint.parent, CHECKPOINT_ARTIFACT)
 
+    warnings: list[str] = []
+
+    def on_warning(message: str, tags: dict[str, str]) -> None:
+        # Shown even with --quiet: the run goes on, but its result is not what the user asked for.
+        from rich.markup import escape
+
+        console.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+        warnings.append(message)
+        run.tags({**tags, "tle.warning": "\n".join(warnings)[:5000]})
+
     all_counts: list[list[BlockCount]] = []
     step = 0
     train_started = time.perf_counter()
@@ -210,7 +220,7 @@ def _train_and_report(spec, backend, plan, data, model, run, console, progress, 
             continue
         loop = TrainLoop(stage, step_offset=step, history=history, on_epoch=on_epoch, progress=progress,
                          patience=spec.train.early_stopping, start_epoch=done, checkpoint_path=checkpoint,
-                         resume_from=resume_from)
+                         resume_from=resume_from, on_warning=on_warning)
         hook.train(model=model, data=data, stage=stage, train=spec.train, loop=loop)
         loop.close()
         resume_from = None  # only the first stage trained after an interruption starts from the checkpoint

@@ -108,6 +108,20 @@ class HeadSpec(_Strict):
         return InitSpec(name="normal", scale=0.01) if self.kind == "original" else InitSpec(name="glorot_uniform")
 
 
+class StdpSpec(_Strict):
+    """Layer-by-layer unsupervised phases (a spiking net's STDP on conv1, then conv2); CNN backends ignore it.
+
+    Each such phase presents training images, reshuffled each pass over the set, until its layer has
+    converged (the backend's criterion) or ``presentations`` images have been presented: a small set is
+    presented more often, so every set size gets the same plasticity. Mozafari et al.'s rates double every
+    500 presentations, so a layer takes about as many presentations to converge whatever the set size: on
+    digits, ~3,000 for the 28 px network's conv1 and ~5,500 for its conv2. The default leaves a margin over
+    that (a fixed 8 passes over 541 images was 4,328 and left conv2 unconverged).
+    """
+
+    presentations: int = Field(8000, ge=0, description="images presented to each STDP layer at most")
+
+
 class TrainSpec(_Strict):
     epochs: int = Field(5, ge=1)
     batch_size: int = Field(32, ge=1)
@@ -124,6 +138,7 @@ class TrainSpec(_Strict):
     cache_features: bool = True
     checkpoint: bool = Field(True, description="write a checkpoint each epoch so --resume can continue the run")
     augment: bool = False
+    stdp: StdpSpec = Field(default_factory=StdpSpec)
 
     @field_validator("device")
     @classmethod

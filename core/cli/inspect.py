@@ -51,6 +51,8 @@ def plan(
     classes: Annotated[int, Opt(help="number of classes of the new head")] = 10,
     head: Annotated[str, Opt(help="dense | linear | original")] = "dense",
     epochs: Annotated[int, Opt(help="epochs of the first stage")] = 5,
+    stdp_presentations: Annotated[Optional[int], Opt(help="images presented to each STDP layer at most "
+                                                          "(train.stdp.presentations; spiking models)")] = None,
     json_out: Annotated[bool, Opt("--json", help="print the plan as JSON")] = False,
 ) -> None:
     """Show which blocks start pretrained and which train in each stage, with parameter counts."""
@@ -59,7 +61,9 @@ def plan(
     from tle.spec import build_spec
 
     spec = build_spec({"backend": backend, "model": model, "strategy": strategy, "weights": "imagenet",
-                       "head": {"kind": head}, "train": {"epochs": epochs}})
+                       "head": {"kind": head}, "train": {"epochs": epochs}},
+                      {"train.stdp.presentations": stdp_presentations})
+    budget = spec.train.stdp.presentations
     be, the_plan = prepare(spec)
     info = be.model(model)
     side = image_size or info.default_size or 32
@@ -76,7 +80,8 @@ def plan(
     if json_out:
         print(json.dumps({"strategy": str(the_plan.strategy), "input": [side, side, channels], "stages": [
             {"index": s.index, "name": s.name, "epochs": s.epochs, "lr": s.lr,
-             "phases": [{"block": p.block, "rule": p.rule, "passes": p.passes} for p in _phases(info, s)],
+             "phases": [{"block": p.block, "rule": p.rule, "presentations": budget if p.presented else None}
+                        for p in _phases(info, s)],
              "blocks": [{"name": c.name, "total": c.total, "trainable": c.trainable,
                          "start": _start(the_plan, c.name)} for c in counts]} for s, counts in stages]}))
         return
@@ -92,7 +97,7 @@ def plan(
         for stage, counts in stages:
             c = counts[i]
             rule = {p.block: p for p in _phases(info, stage)}.get(name)
-            how = f" · {rule.describe(stage.epochs)}" if rule is not None else ""
+            how = f" · {rule.describe(stage.epochs, budget)}" if rule is not None else ""
             cells.append(f"[green]train {c.trainable:,}{how}[/]" if c.trainable else "[dim]frozen[/]")
         table.add_row(name, f"{stages[0][1][i].total:,}", _start(the_plan, name), *cells)
     total = sum(c.total for c in stages[0][1])

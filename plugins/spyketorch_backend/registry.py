@@ -38,8 +38,6 @@ class Arch:
     pool2: tuple[int, int, int] = (3, 3, 2)
     per_class: int = 20  # conv3 maps per class: class = map index // per_class
     timesteps: int = 15
-    # At most this many passes over the training data for conv1, conv2 (STDP stops once converged).
-    stdp_passes: tuple[int, int] = (8, 8)
     rate_every: int = 500  # samples between doublings of the STDP rates (the paper's 500)
 
     def competition(self, block: str) -> tuple[float, int, int]:
@@ -53,7 +51,7 @@ ARCHS: dict[str, Arch] = {
     "mozafari": Arch(size=28, maps1=30, maps2=250, kernel3=5),
     # Sized for 2-core CI: 16 px (digits resized), fewer maps and winners, same rules.
     "mozafari_small": Arch(size=16, maps1=16, maps2=64, kernel3=3, winners1=3, radius1=2, winners2=5,
-                           stdp_passes=(3, 3), rate_every=60),
+                           rate_every=60),
 }
 
 DESCRIPTIONS = {
@@ -63,7 +61,8 @@ DESCRIPTIONS = {
 
 
 def phases(arch: Arch) -> tuple[TrainingPhase, ...]:
-    return (TrainingPhase("conv1", "STDP", arch.stdp_passes[0]), TrainingPhase("conv2", "STDP", arch.stdp_passes[1]),
+    # conv1 and conv2 learn before the first epoch until converged or train.stdp.presentations images were shown.
+    return (TrainingPhase("conv1", "STDP", presented=True), TrainingPhase("conv2", "STDP", presented=True),
             TrainingPhase("head", "R-STDP"))
 
 
