@@ -43,7 +43,7 @@ def sweep(
         check_cells(grid.cells())
         _print_cells(grid)
         return
-    from tle.study.report import record
+    from tle.study.report import ending, record
     from tle.study.sweep import Sweep
     from tle.study.table import build_table
 
@@ -54,8 +54,9 @@ def sweep(
     if why and not STATE["quiet"]:
         err.print(why, highlight=False)
     result = runner.run()
-    table = build_table(result, metric=metric, rows=_split(rows), cols=_split(cols))
-    record(result, table)
+    with ending(result):  # the parent ends FINISHED/FAILED here, or KILLED/FAILED if this is interrupted
+        table = build_table(result, metric=metric, rows=_split(rows), cols=_split(cols))
+        record(result, table)
     _check_metric(result, metric)
     if fmt == "table":
         out.print(table.rich())

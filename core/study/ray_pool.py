@@ -20,6 +20,48 @@ from tle.errors import UserError
 from tle.study.schedule import Task
 
 
+PROBE_SECONDS = 3.0
+DEFAULT_PORTS = {"ray": 10001, "gcs": 6379}  # Ray client server, GCS
+
+
+def probe_address(address: str, timeout: float = PROBE_SECONDS) -> None:
+    """A plain TCP connect to a Ray address (``HOST:PORT`` or ``ray://HOST:PORT``) within ``timeout``: a one-line
+    UserError when nothing listens there, instead of Ray's GCS client retrying for minutes. ``auto`` and
+    ``local`` (Ray finds or starts a cluster on this machine) are not probed."""
+    import socket
+
+    text = address.strip()
+    if text in ("auto", "local"):
+        return
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "gcs", text
+    elif scheme != "ray":
+        raise UserError(f"--address {address!r} is not a Ray address", "give HOST:6379 or ray://HOST:10001")
+    hostport = rest.split("/", 1)[0]
+    if hostport.startswith("["):  # [IPv6]:PORT
+        host, _, tail = hostport[1:].partition("]")
+        port_text = tail[1:] if tail.startswith(":") else ""
+    else:
+        host, _, port_text = hostport.rpartition(":") if ":" in hostport else (hostport, "", "")
+    try:
+        port = int(port_text) if port_text else DEFAULT_PORTS[scheme]
+    except ValueError:
+        raise UserError(f"--address {address!r}: {port_text!r} is not a port", "give HOST:6379 or ray://HOST:10001") from None
+    if not host:
+        raise UserError(f"--address {address!r} names no host", "give HOST:6379 or ray://HOST:10001")
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return
+    except (socket.timeout, TimeoutError):
+        reason = f"no answer within {timeout:.0f}s"
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+    raise UserError(f"nothing answers at the Ray address {address} ({host}:{port}: {reason})",
+                    "start the cluster there (ray start --head), check --address, or drop --address to run Ray "
+                    "on this machine")
+
+
 def _actor_class(ray):
     @ray.remote
     class CellActor:
@@ -49,6 +91,8 @@ class RayPool:
         try:
             ray.init(address=address or None, num_cpus=num_cpus if not address else None, include_dashboard=False,
                      ignore_reinit_error=True, log_to_driver=False, configure_logging=True, logging_level="ERROR")
+        except SystemExit:  # Ray's own SIGTERM handler, while it waits for the cluster: end as a SIGTERM does
+            raise KeyboardInterrupt from None
         except Exception as exc:
             raise UserError(f"cannot start or join Ray at {address or 'this machine'}: "
                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",

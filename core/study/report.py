@@ -3,7 +3,25 @@
 from __future__ import annotations
 
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+
+
+@contextmanager
+def ending(sweep):
+    """Whatever stops the sweep between its last cell and :func:`record` (Ctrl-C, SIGTERM, an error) still
+    ends its parent run: KILLED or FAILED with ``tle.error``."""
+    try:
+        yield
+    except BaseException as exc:
+        from tle.study.store import end_sweep, quiet_signals
+        from tle.tracking import configure
+
+        with quiet_signals():
+            client = configure(sweep.uri).MlflowClient()
+            exp_id = client.get_run(sweep.parent_id).info.experiment_id
+            end_sweep(client, exp_id, sweep.parent_id, exc)
+        raise
 
 
 def record(sweep, table) -> None:
@@ -31,6 +49,9 @@ def record(sweep, table) -> None:
         if group.summary is not None and group.summary.n:
             name = "_".join(str(v) for v in group.axes.values()) or "all"
             client.log_metric(sweep.parent_id, _metric_name(f"{table.metric}_mean.{name}"), group.summary.mean)
+    if not sweep.ok:
+        bad = len(cells) - counts["cells_finished"]
+        client.set_tag(sweep.parent_id, "tle.error", f"{bad} of {len(cells)} cells did not finish")
     client.set_terminated(sweep.parent_id, status="FINISHED" if sweep.ok else "FAILED")
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +40,8 @@ def open_parent(client, experiment_id: str, name: str, key: str, tags: dict[str,
     if found:
         run_id = found[0].info.run_id
         client.update_run(run_id, status="RUNNING")
+        if "tle.error" in found[0].data.tags:  # how it ended last time
+            client.delete_tag(run_id, "tle.error")
         return run_id, True
     run = client.create_run(experiment_id, run_name=name, tags={**tags, SWEEP_KEY: key, ROLE: "sweep"})
     return run.info.run_id, False
@@ -78,6 +83,32 @@ def end_orphans(client, experiment_id: str, parent_id: str, status: str) -> int:
         client.set_tag(run.info.run_id, "tle.error", "interrupted: the sweep stopped its worker")
         client.set_terminated(run.info.run_id, status=status)
     return len(running)
+
+
+def end_sweep(client, experiment_id: str, parent_id: str, exc: BaseException) -> None:
+    """End a sweep that ``exc`` stopped: Ctrl-C/SIGTERM -> KILLED, anything else -> FAILED; its cells still
+    RUNNING the same, each with ``tle.error``."""
+    killed = isinstance(exc, KeyboardInterrupt)
+    status = "KILLED" if killed else "FAILED"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    reason = "interrupted" if killed else f"{type(exc).__name__}: {first}".rstrip(": ")
+    end_orphans(client, experiment_id, parent_id, status)
+    client.set_tag(parent_id, "tle.error", reason[:5000])
+    client.set_terminated(parent_id, status=status)
+
+
+@contextmanager
+def quiet_signals():
+    """Hold off Ctrl-C and SIGTERM while a sweep writes how it ended (a second signal would leave runs RUNNING)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def record_failure(client, experiment_id: str, name: str, tags: dict[str, str], error: str,

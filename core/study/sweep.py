@@ -19,8 +19,8 @@ from rich.console import Console
 from tle.errors import UserError
 from tle.study.grid import PRETRAIN, Cell, Grid
 from tle.study.schedule import Scheduler, Task
-from tle.study.store import (CELL, PARENT_TAG, ROLE, CellRun, end_orphans, finished_by_key, open_parent, read_runs,
-                             record_failure)
+from tle.study.store import (CELL, PARENT_TAG, ROLE, CellRun, end_sweep, finished_by_key, open_parent, quiet_signals,
+                             read_runs, record_failure)
 
 EXECUTORS = ("local", "ray")
 
@@ -62,9 +62,11 @@ def check_cells(cells: list[Cell]) -> None:
     """Every backend, model and strategy of the grid exists: user errors before any run starts."""
     from tle.runner import prepare
 
-    seen: set[tuple[str, str, str, bool]] = set()
+    seen: set[tuple] = set()
     for cell in cells:
-        sig = (cell.spec.backend, cell.spec.model, cell.spec.strategy, cell.spec.weights == "none")
+        t = cell.spec.train  # what prepare() reads: a cell differing in any of it is checked on its own
+        sig = (cell.spec.backend, cell.spec.model, cell.spec.strategy, cell.spec.weights == "none", t.epochs, t.lr,
+               t.finetune_epochs, t.finetune_lr, t.batchnorm)
         if sig in seen:
             continue
         seen.add(sig)
@@ -109,6 +111,13 @@ class Sweep:
         if executor == "ray" and address and sqlite_path(self.uri) is not None:
             raise UserError(f"a sweep on the Ray cluster {address} cannot track into the local file {self.uri}",
                             "start an MLflow server reachable from every node and pass --tracking-uri http://HOST:5000")
+        from tle.store import prepare
+
+        prepare(self.uri)  # a dead tracking server: one line now, not MLflow's retries after cells ran
+        if executor == "ray" and address:
+            from tle.study.ray_pool import probe_address
+
+            probe_address(address)  # nothing listening: one line in seconds, not Ray's minutes of retries
         self.experiment = base.tracking.experiment
         self.executor, self.jobs, self.address = executor, jobs, address
         self.gpus = gpus_per_cell
@@ -159,47 +168,56 @@ class Sweep:
     # -- running --------------------------------------------------------------
 
     def run(self) -> SweepResult:
+        """Run the cells. The executor is joined before the parent run exists (an unreachable cluster creates no
+        run); from then on the parent and every cell end FINISHED, FAILED (with ``tle.error``) or KILLED
+        (Ctrl-C, SIGTERM), whatever ends the sweep."""
         from tle.progress import make_progress
-        from tle.tracking import configure
 
         started = time.perf_counter()
+        pool = make_pool(self.executor, self.address, self.jobs)
+        try:
+            return self._run_on(pool, started, make_progress(self.console, self.quiet))
+        finally:
+            if hasattr(pool, "close"):
+                with quiet_signals():
+                    pool.close()
+
+    def _run_on(self, pool, started: float, progress) -> SweepResult:
+        from tle.tracking import configure
+
         mlflow = configure(self.uri, self.experiment)
         client = mlflow.MlflowClient()
         exp_id = mlflow.get_experiment_by_name(self.experiment).experiment_id
-        parent_id, reopened = open_parent(client, exp_id, self.grid.name, self.grid.key(),
-                                          {"tle.sweep": self.grid.name, "tle.executor": self.executor})
-        if not reopened:
-            client.log_text(parent_id, self.grid.source, "sweep.yaml")
-            client.log_param(parent_id, "axes", json.dumps({k: v for k, v in self.grid.axes.items()}, default=str)[:6000])
-        results = {c.index: CellResult(c) for c in self.cells}
-        finished = finished_by_key(client, exp_id)
-        sweep = SweepResult(self.grid, parent_id, self.experiment, self.uri, list(results.values()))
-        progress = make_progress(self.console, self.quiet)
-        pool = scheduler = None
+        parent_id = None
+        scheduler = None
         try:
+            parent_id, reopened = open_parent(client, exp_id, self.grid.name, self.grid.key(),
+                                              {"tle.sweep": self.grid.name, "tle.executor": self.executor})
+            if not reopened:
+                client.log_text(parent_id, self.grid.source, "sweep.yaml")
+                client.log_param(parent_id, "axes",
+                                 json.dumps({k: v for k, v in self.grid.axes.items()}, default=str)[:6000])
+            results = {c.index: CellResult(c) for c in self.cells}
+            finished = finished_by_key(client, exp_id)
+            sweep = SweepResult(self.grid, parent_id, self.experiment, self.uri, list(results.values()))
             if progress is not None:
                 progress.start()
-            pool = make_pool(self.executor, self.address, self.jobs)
             scheduler = Scheduler(pool, self.jobs)
             self._run_cells(results, finished, client, exp_id, parent_id, scheduler, progress)
-        except KeyboardInterrupt:
-            sweep.interrupted = True
-            end_orphans(client, exp_id, parent_id, "KILLED")
-            client.set_terminated(parent_id, status="KILLED")
-            raise
-        except BaseException:
-            end_orphans(client, exp_id, parent_id, "FAILED")
-            client.set_terminated(parent_id, status="FAILED")
+            scheduler.close()  # in the try: a signal while the idle workers stop still ends the parent
+            scheduler = None
+            sweep.results = [results[c.index] for c in self.cells]
+            sweep.runs = read_runs(client, [r.run_id for r in sweep.results], exp_id)
+        except BaseException as exc:
+            if parent_id is not None:
+                with quiet_signals():
+                    end_sweep(client, exp_id, parent_id, exc)
             raise
         finally:
             if progress is not None:
                 progress.stop()
             if scheduler is not None:
                 scheduler.close()
-            if pool is not None and hasattr(pool, "close"):
-                pool.close()
-        sweep.results = [results[c.index] for c in self.cells]
-        sweep.runs = read_runs(client, [r.run_id for r in sweep.results], exp_id)
         sweep.wall_seconds = time.perf_counter() - started
         return sweep
 
