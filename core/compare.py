@@ -79,6 +79,7 @@ def load_runs(experiment: str | None = "tle", tracking_uri: str | None = None, l
         row.update({t: r.data.tags.get(t, "") for t in TAGS})
         row.update({m: r.data.metrics.get(m) for m in METRICS})
         row["params"] = dict(r.data.params)
+        row["axes"] = {k[5:]: v for k, v in r.data.tags.items() if k.startswith("axis.")}  # a sweep cell's place
         curve = sorted(client.get_metric_history(r.info.run_id, "val_acc"), key=lambda m: m.step)
         row["val_curve"] = [m.value for m in curve]
         rows.append(row)

@@ -66,28 +66,39 @@ def confusion_matrix(matrix: np.ndarray, class_names: list[str], path: Path, tit
     return path
 
 
+def curve_label(row: dict) -> str:
+    """A run's legend entry in the compare curves: its strategy, or ``pretraining`` for a sweep's pretraining run
+    (which trains from scratch on another task and must not read as a scratch cell)."""
+    return "pretraining" if row.get("role") == "pretrain" else (row["strategy"] or "?")
+
+
 def compare_curves(rows: list[dict], path: Path, title: str) -> Path:
-    """val_acc per epoch, one line per run, one panel per backend; a colour per strategy across panels."""
+    """val_acc per epoch, one line per run, one panel per backend; a colour per strategy across panels, the
+    pretraining runs grey and dashed. The legend entries are also written into the PNG (text chunk ``Legend``)."""
     backends = sorted({r["backend"] or "?" for r in rows if r["val_curve"]}) or ["?"]
-    strategies = sorted({r["strategy"] or "?" for r in rows})
-    colours = {s: f"C{i % 10}" for i, s in enumerate(strategies)}
+    labels = sorted({curve_label(r) for r in rows} - {"pretraining"})
+    colours = {s: f"C{i % 10}" for i, s in enumerate(labels)} | {"pretraining": "0.45"}
     fig = _figure(figsize=(5.2 * len(backends), 4))
     axes = fig.subplots(1, len(backends), squeeze=False, sharey=True)[0]
     fig.subplots_adjust(left=0.08 / len(backends) ** 0.5, right=0.98, bottom=0.13, top=0.86, wspace=0.08)
+    legend = []
     for ax, backend in zip(axes, backends):
-        seen = set()
+        seen: list[str] = []
         for r in rows:
             if (r["backend"] or "?") != backend or not r["val_curve"]:
                 continue
-            strategy = r["strategy"] or "?"
-            ax.plot(range(1, len(r["val_curve"]) + 1), r["val_curve"], "-o", markersize=2.5, linewidth=1.2,
-                    color=colours[strategy], alpha=0.75, label=None if strategy in seen else strategy)
-            seen.add(strategy)
+            label = curve_label(r)
+            ax.plot(range(1, len(r["val_curve"]) + 1), r["val_curve"], "--o" if label == "pretraining" else "-o",
+                    markersize=2.5, linewidth=1.2, color=colours[label], alpha=0.75,
+                    label=None if label in seen else label)
+            if label not in seen:
+                seen.append(label)
         ax.set_title(backend)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
+        legend.append(f"{backend}: {', '.join(seen)}")
     axes[0].set_ylabel("val_acc")
     fig.suptitle(title)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, metadata={"Title": title, "Legend": "; ".join(legend)})
     return path

@@ -177,7 +177,7 @@ def test_compare_on_a_sweep_writes_curves_and_transfer_metrics(tmp_path):
     assert moved["seeds_compared"] == 2 and 0 <= moved["seeds_better_than_scratch"] <= 2
     assert moved["delta_vs_scratch"] == pytest.approx(moved["test_acc_mean"] - next(
         g for g in table["groups"] if g["strategy"] == "scratch")["test_acc_mean"])
-    proc = tle("compare", "--sweep", "cmp", "--tracking-uri", uri, "--format", "json", check_rc=0)
+    proc = tle("compare", "--sweep", "cmp", "--runs", "--tracking-uri", uri, "--format", "json", check_rc=0)
     rows = {r["run_id"]: r for r in json.loads(proc.stdout)}
     cells = {r.info.run_id: r for r in runs_of(uri, "cmp", "tags.`tle.role` = 'cell'")}
     assert set(cells) <= set(rows) and len(cells) == 4
@@ -193,6 +193,6 @@ def test_compare_on_a_sweep_writes_curves_and_transfer_metrics(tmp_path):
         assert client.get_run(run_id).data.metrics["transfer_jumpstart"] == pytest.approx(row["jumpstart"])
     parent = next(r for r in runs_of(uri, "cmp") if r.data.tags.get("tle.role") == "sweep")
     assert [a.path for a in client.list_artifacts(parent.info.run_id, "plots")] == ["plots/val_acc_curves.png"]
-    md = tle("compare", "--sweep", parent.info.run_id, "--tracking-uri", uri, "--format", "markdown",
+    md = tle("compare", "--sweep", parent.info.run_id, "--runs", "--tracking-uri", uri, "--format", "markdown",
              "--filter", "tags.strategy = 'transfer:all'", check_rc=0).stdout
     assert md.count("| transfer:all |") == 2 and "| scratch |" not in md

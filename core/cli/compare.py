@@ -29,8 +29,15 @@ def compare(
     tracking_uri: Annotated[Optional[str], Opt(help="MLflow tracking URI")] = None,
     fmt_: Annotated[str, Opt("--format", help="table | markdown | csv | json")] = "table",
     json_out: Annotated[bool, Opt("--json", help="same as --format json")] = False,
+    runs: Annotated[bool, Opt("--runs", help="one row per run (the default without --sweep)")] = False,
+    cells: Annotated[bool, Opt("--cells", help="one row per cell, mean ± sd over seeds (the default with --sweep)")]
+    = False,
 ) -> None:
-    """Runs side by side across backends, with transfer metrics against scratch and overlaid curves."""
+    """Runs side by side across backends, with transfer metrics against scratch and overlaid curves.
+
+    With --sweep: one row per cell (backend × model × strategy × dataset, and any other field that varies), mean ±
+    sd over seeds of test accuracy and of each transfer metric, marked ▲/▼ as the sweep table is; --runs for one row
+    per run."""
     from tle import plots
     from tle.compare import load_runs, public, resolve_sweep
 
@@ -39,13 +46,17 @@ def compare(
         raise UserError(f"unknown --format {fmt_!r}", f"choose one of {', '.join(FORMATS)}")
     if sweep and experiment:
         raise UserError("give --experiment or --sweep, not both", "a sweep's cells are in its own experiment")
+    if runs and cells:
+        raise UserError("give --runs or --cells, not both", "--runs: one row per run; --cells: one row per cell")
     if curves is not None:
         curves = output_file(curves, "--curves", ".png")
     rows = load_runs(experiment or "tle", tracking_uri, sweep=sweep, filter_string=filter_)
     title = f"sweep {sweep}" if sweep else f"experiment {experiment or 'tle'}"
     if rows:
         _curves(rows, title, sweep, curves, tracking_uri, plots, resolve_sweep)
-    if fmt_ == "json":
+    if cells or (sweep and not runs):
+        _print_cells(rows, title, fmt_)
+    elif fmt_ == "json":
         print(json.dumps([public(r) for r in rows]))
     elif fmt_ == "csv":
         print(_csv(rows), end="")
@@ -57,6 +68,21 @@ def compare(
             err.print("jump/speedup/asym: jumpstart, epochs-to-90%-of-best speed-up and asymptote gain against "
                       "the scratch run with the same spec but strategy and weights (same seed in a sweep)",
                       highlight=False)
+
+
+def _print_cells(rows, title, fmt_) -> None:
+    from tle import compare_cells as cc
+
+    found = cc.cell_rows(rows)
+    if fmt_ == "json":
+        print(cc.to_json(found, title))
+    elif fmt_ == "csv":
+        print(cc.to_csv(found), end="")
+    elif fmt_ == "markdown":
+        print(cc.markdown(found, title), end="")
+    else:
+        out.print(cc.rich_table(found, title))
+        err.print(cc.RULE, highlight=False)
 
 
 def _curves(rows, title, sweep, target, tracking_uri, plots, resolve_sweep) -> None:

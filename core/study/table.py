@@ -77,13 +77,7 @@ class SweepTable:
             failed = g is not None and any(st != "FINISHED" for st in g.statuses)
             return ("[red]failed[/]" if markup else "failed") if failed else "-"
         s = g.summary
-        mark = ""
-        if g.vs_scratch is not None and g.vs_scratch.beyond_spread:
-            mark = " ▲" if g.vs_scratch.delta > 0 else " ▼"
-            if markup:
-                mark = f"[{'green' if g.vs_scratch.delta > 0 else 'red'}]{mark}[/]"
-        if g.wins is not None and g.wins[1] > 1:
-            mark += f" {g.wins[0]}/{g.wins[1]}"
+        mark = marks(g.vs_scratch, g.wins, markup)
         spread = f" ± {s.sd:.3f}" if s.n > 1 else ""
         secs = Summary.of(g.seconds).mean
         failed = sum(1 for st in g.statuses if st != "FINISHED")
@@ -131,6 +125,18 @@ class SweepTable:
         for r in row_keys:
             table.add_row(*[str(v) for v in r], *[self.text(cells.get((r, c))) for c in col_keys])
         return table
+
+
+def marks(diff, wins: tuple[int, int] | None = None, markup: bool = True) -> str:
+    """The ▲/▼ rule: " ▲"/" ▼" when ``diff`` (a stats.Difference) exceeds the seed spread, then " k/n" seeds won."""
+    mark = ""
+    if diff is not None and diff.beyond_spread:
+        mark = " ▲" if diff.delta > 0 else " ▼"
+        if markup:
+            mark = f"[{'green' if diff.delta > 0 else 'red'}]{mark}[/]"
+    if wins is not None and wins[1] > 1:
+        mark += f" {wins[0]}/{wins[1]}"
+    return mark
 
 
 def build_table(sweep, metric: str = "test_acc", rows: list[str] | None = None,
