@@ -34,6 +34,40 @@ def _onnx_from(ref: str, tracking_uri: str | None, dst: Path) -> Path:
     return found[0]
 
 
+def _run_onnx(ref: str, tracking_uri: str | None, dst: Path) -> Path:
+    """:func:`_onnx_from`, and for a finished run trained without export (``--no-export``, a sweep's cell that was
+    not the best of its group) first the ONNX model built from its logged weights in a worker of its backend,
+    with the parity check, logged to that run."""
+    path = Path(ref)
+    if path.suffix == ".onnx" or path.exists():
+        return _onnx_from(ref, tracking_uri, dst)
+    from tle.tracking import artifact_files, configure
+
+    mlflow = configure(tracking_uri)
+    run_id = ref[len("runs:/"):].strip("/").split("/")[0] if ref.startswith("runs:/") else ref
+    try:
+        run = mlflow.MlflowClient().get_run(run_id)
+    except Exception:
+        return _onnx_from(ref, tracking_uri, dst)  # not a run: the usual one-line error
+    found = [f for f in artifact_files(run_id, "model", dst) or [] if f.suffix == ".onnx"]
+    if found:
+        return found[0]
+    if artifact_files(run_id, "weights", dst / "weights") is None:
+        raise UserError(f"run {run_id} has neither an ONNX model nor weights to build one from",
+                        "run it again with --export")
+    if run.info.status != "FINISHED":
+        raise UserError(f"run {run_id} ended {run.info.status} without an ONNX model",
+                        f"resume it (tle run --resume {run_id}) or run it again")
+    from tle.cli.app import err
+    from tle.export_run import export_in_worker
+
+    backend = run.data.tags.get("backend") or run.data.params.get("backend", "")
+    err.print(f"run {run_id} has no ONNX model: building it from its weights in a {backend} worker", highlight=False)
+    diff = export_in_worker(run_id, backend, mlflow.get_tracking_uri())
+    err.print(f"exported with parity max |diff| {diff:.1e}; logged to run {run_id}", highlight=False)
+    return _onnx_from(ref, tracking_uri, dst)
+
+
 @app.command()
 def export(
     run_id: Annotated[str, typer.Argument(help="run id (or runs:/ID)")],
@@ -48,7 +82,7 @@ def export(
 
     target = output_file(output or Path(f"{run_id.split('/')[-1][:12]}.onnx"), "-o/--output")
     with tempfile.TemporaryDirectory() as tmp:
-        src = _onnx_from(run_id if run_id.startswith("runs:/") else f"runs:/{run_id}", tracking_uri, Path(tmp))
+        src = _run_onnx(run_id if run_id.startswith("runs:/") else f"runs:/{run_id}", tracking_uri, Path(tmp))
         shutil.copyfile(src, target)
         for side in src.parent.glob(src.name + ".data"):
             shutil.copyfile(side, target.with_name(target.name + ".data"))
@@ -85,7 +119,7 @@ def predict(
     if not files:
         raise UserError("no image files found", f"give files ending in {', '.join(sorted(IMAGE_SUFFIXES))}")
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_model = open_model(_onnx_from(model, tracking_uri, Path(tmp)), prefer_gpu=not cpu)
+        onnx_model = open_model(_run_onnx(model, tracking_uri, Path(tmp)), prefer_gpu=not cpu)
         size, ch = onnx_model.image_size, onnx_model.channels
         batch = np.stack([load_image(f, size=size, channels=ch) for f in files])
         probs = softmax(onnx_model.logits(batch))
