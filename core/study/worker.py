@@ -24,6 +24,7 @@ from typing import Any
 from tle.errors import UserError
 
 DATA_CACHE = 4  # datasets kept per worker (a sweep's cells usually share one or two)
+REUSE_MODELS = "TLE_REUSE_MODELS"  # set while a cell runs (see execute)
 
 
 class DataCache:
@@ -83,8 +84,18 @@ def execute(task: dict[str, Any], cache: DataCache) -> dict[str, Any]:
         spec = ExperimentSpec.model_validate(task["spec"])
         # "best" means the sweep exports the best cells afterwards.
         tags = {**(task.get("tags") or {}), "tle.worker": f"{socket.gethostname()}:{os.getpid()}"}
-        result = run_experiment(spec, console=Console(stderr=True), quiet=True, tags=tags,
-                                load_data=cache, export=spec.export.onnx is True)
+        # Cells run one after another and none keeps its model: a backend may hand this cell the model it
+        # built for an earlier cell of the same architecture, reset to a new build's state (REUSE_MODELS;
+        # TLE_REUSE_MODELS=0 in the worker's environment turns it off).
+        reuse = os.environ.get(REUSE_MODELS) != "0"
+        if reuse:
+            os.environ[REUSE_MODELS] = "1"
+        try:
+            result = run_experiment(spec, console=Console(stderr=True), quiet=True, tags=tags,
+                                    load_data=cache, export=spec.export.onnx is True)
+        finally:
+            if reuse:
+                os.environ.pop(REUSE_MODELS, None)
     except KeyboardInterrupt as exc:
         outcome.update(status="KILLED", run_id=getattr(exc, "tle_run_id", None), error="interrupted")
         raise _Interrupted(outcome) from None

@@ -31,10 +31,11 @@ def frozen_features(knet, arrays, k: int, batch_size: int, track=None) -> list[n
                       "(> TLE_KERAS_CACHE_GB); running the frozen blocks every epoch instead", stacklevel=2)
         return None
     track = track or (lambda it, total, description: it)
+    run = knet.inference(k)  # prefix(x, training=False), traced once per model and k
     out = []
     for name, a in zip(("train", "val", "test"), arrays):
         starts = range(0, len(a), batch_size)
-        parts = [np.asarray(prefix(a[i:i + batch_size], training=False), dtype=np.float32)
+        parts = [np.asarray(run(np.ascontiguousarray(a[i:i + batch_size], dtype=np.float32)), dtype=np.float32)
                  for i in track(starts, len(starts), f"caching blocks 1-{k} ({name})")]
         out.append(np.concatenate(parts) if parts else np.zeros((0, *prefix.output.shape[1:]), np.float32))
     return out

@@ -1,7 +1,19 @@
-"""Building a :class:`KerasNet`: input + preprocessing, the backbone, its block map, a head, starting weights."""
+"""Building a :class:`KerasNet`: input + preprocessing, the backbone, its block map, a head, starting weights.
+
+Reuse in a warm sweep worker: while ``TLE_REUSE_MODELS=1`` (``tle.study.worker``
+sets it around each cell, when the previous cell's model is no longer used),
+the KerasNet built last is kept, and a cell asking for the same architecture
+(model, classes, input shape, head, precision) gets it back with the state of a
+model built just now for this cell: the new one is built as before (same seed,
+same draws) and its variables are copied in. What is saved is ``fit``'s traced
+train step (``KerasNet.trainers``), several seconds per new model. Anything
+else that builds models (fusion, export, ``tle inspect``) never sets it, so its
+models are never shared.
+"""
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 
 from tle import UserError
@@ -16,9 +28,33 @@ from tle_keras.wrapper import HEAD, KerasNet
 
 keras = _keras()
 
+REUSE_ENV = "TLE_REUSE_MODELS"
+_kept: dict = {}  # {"key": ..., "knet": KerasNet}: the last model built while reuse was on
+
 
 def build(name: str, num_classes: int, input_shape, head, weights, seed: int, class_names=None,
           precision: str = "auto") -> KerasNet:
+    fresh = _build(name, num_classes, input_shape, head, weights, seed, class_names, precision)
+    if os.environ.get(REUSE_ENV) != "1":
+        return fresh
+    key = (name, int(num_classes), fresh.input_shape, head.kind, head.hidden, head.dropout,
+           keras.mixed_precision.global_policy().name)
+    kept = _kept.get("knet")
+    if kept is not None and _kept["key"] == key and kept.signature() == fresh.signature():
+        kept.reset_from(fresh)
+        return kept
+    _kept.clear()
+    _kept.update(key=key, knet=fresh)
+    return fresh
+
+
+def forget() -> None:
+    """Drop the kept model (tests; a worker that wants its memory back)."""
+    _kept.clear()
+
+
+def _build(name: str, num_classes: int, input_shape, head, weights, seed: int, class_names,
+           precision: str) -> KerasNet:
     if name in registry.UNAVAILABLE:
         raise UserError(f"model {name!r} is not available in the keras backend: {registry.UNAVAILABLE[name][1]}",
                         "use --backend torch for it")

@@ -33,6 +33,10 @@ keras = _keras()
 tf = _tf()
 
 LOSS_EVERY = 20  # batches between loss values shown by the progress bar
+TRAINERS = 4  # compiled stage models (traced train steps) kept per KerasNet, the most recently used
+# Train steps per call of the traced function (one tf.while_loop): the same steps in the same order, so the
+# same numbers, with Keras's Python and callbacks once per 8 batches instead of every batch.
+STEPS_PER_EXECUTION = 8
 
 
 def make_optimizer(spec, lr: float):
@@ -97,15 +101,20 @@ class LoopBridge(keras.callbacks.Callback):
     def __init__(self, loop, knet, steps: int, stage: int):
         super().__init__()
         self.loop, self.knet, self.steps, self.stage = loop, knet, steps, stage
+        self.done = 0  # batches of this epoch reported so far (Keras reports every STEPS_PER_EXECUTION)
 
     def on_epoch_begin(self, epoch, logs=None):
+        self.done = 0
         self.loop.epoch_start(epoch, self.steps)
 
     def on_train_batch_end(self, batch, logs=None):
+        # ``batch`` is the last step of the execution; the epoch's last execution may stop short of it.
+        end = min(batch + 1, self.steps)
+        n, self.done = end - self.done, end
         shown = None
-        if logs and ((batch + 1) % LOSS_EVERY == 0 or batch + 1 == self.steps):
+        if logs and (end == self.steps or end // LOSS_EVERY > (end - n) // LOSS_EVERY):
             shown = float(logs.get("loss", math.nan))
-        self.loop.batch_end(1, shown)
+        self.loop.batch_end(n, shown)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -116,6 +125,52 @@ class LoopBridge(keras.callbacks.Callback):
         self.loop.epoch_end(epoch, {k: float(v) for k, v in metrics.items() if v is not None})
         if self.loop.should_stop:
             self.model.stop_training = True
+
+
+def trainer(knet, k: int, spec, lr: float):
+    """The compiled model of blocks k+1.. and the head for this freeze configuration, and its optimiser.
+
+    A configuration this KerasNet has trained before (an earlier cell of a warm sweep worker, see
+    ``models.py``) gets the same model back, its train step already traced, and the same optimiser with
+    every variable set back to its value right after ``build`` and the stage's learning rate: what a
+    new optimiser would start from. ``fit`` resets the metrics at every epoch. The key holds everything
+    the trace depends on: the input (k), which blocks train, which BatchNorms are fixed, the optimiser's
+    kind and constants, the precision policy.
+    """
+    policy = keras.mixed_precision.global_policy().name
+    key = (k, tuple(sorted(b for b, on in knet.trainable.items() if on)), tuple(sorted(knet.fixed)),
+           spec.optimizer, float(spec.weight_decay or 0.0), float(spec.momentum), policy)
+    kept = knet.trainers.get(key)
+    if kept is not None:
+        model, optimizer, initial = kept
+        for variable, value in zip(optimizer.variables, initial, strict=True):
+            variable.assign(np.full(tuple(variable.shape), value[0], value[1]) if isinstance(value, tuple) else value)
+        optimizer.learning_rate = lr
+        knet.trainers.move_to_end(key)
+        return model, optimizer
+    model = knet.stage_model(k)
+    optimizer = make_optimizer(spec, lr)
+    model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="acc")],
+                  steps_per_execution=STEPS_PER_EXECUTION)
+    # Built here, its variables exist before fit traces train_step; built inside the trace, TensorFlow
+    # traces the step a second time (about a quarter of a small model's first epoch).
+    optimizer.build(model.trainable_variables)
+    if policy != "mixed_float16":  # compile wraps that one in a loss-scale optimiser with state of its own
+        knet.trainers[key] = (model, optimizer, [_initial(v) for v in optimizer.variables])
+        while len(knet.trainers) > TRAINERS:
+            knet.trainers.popitem(last=False)
+    return model, optimizer
+
+
+def _initial(variable):
+    """A variable's value to restore later: ``(value, dtype)`` when every element is the same (moments start at
+    zero), else a copy."""
+    value = np.asarray(variable)
+    flat = value.reshape(-1)
+    if flat.size and (flat == flat[0]).all():
+        return (flat[0].item(), value.dtype)
+    return value.copy()
 
 
 def fit(knet, data, stage, spec, loop) -> dict:
@@ -131,16 +186,10 @@ def fit(knet, data, stage, spec, loop) -> dict:
         x_train, x_val = data.x_train, data.x_val
     else:
         x_train, x_val = cached
-    model = knet.tail_model(start_block)
+    model, optimizer = trainer(knet, start_block, spec, stage.lr)
     if not model.trainable_weights:
         raise RuntimeError(f"stage {stage.index} of {knet.model_name} has no trainable parameters")
-    optimizer = make_optimizer(spec, stage.lr)
-    model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="acc")])
     knet.optimizer = optimizer
-    # Built here, its variables exist before fit traces train_step; built inside the trace, TensorFlow
-    # traces the step a second time (about a quarter of a small model's first epoch).
-    optimizer.build(model.trainable_variables)
     if resumed_stage == stage.index:  # a checkpoint of an earlier stage holds another optimiser
         load_optimizer_state(loop.resume_from, optimizer, model.trainable_variables)
 
@@ -168,8 +217,8 @@ def evaluate(knet, images, labels, batch_size: int) -> Evaluation:
     if len(x) == 0:
         return Evaluation(loss=math.nan, logits=np.zeros((0, knet.num_classes), np.float32))
     bs = max(1, int(batch_size))
-    logits = np.concatenate([np.asarray(knet.net(x[i:i + bs], training=False), dtype=np.float32)
-                             for i in range(0, len(x), bs)])
+    infer = knet.inference()
+    logits = np.concatenate([np.asarray(infer(x[i:i + bs]), dtype=np.float32) for i in range(0, len(x), bs)])
     if labels is None:
         return Evaluation(loss=math.nan, logits=logits)
     y = np.asarray(labels, dtype=np.int64)

@@ -15,6 +15,12 @@ BatchNorm with trainable gamma/beta, which ``trainable`` cannot say: its
 BatchNormalization layers get a ``call`` that passes ``training=False``, what
 the Keras transfer-learning guide does by calling the base model with
 ``training=False``.
+
+A warm sweep worker hands a cell the KerasNet it built for an earlier cell of
+the same architecture (``models.py``): ``reset_from`` gives it a freshly built
+twin's state, variable for variable (weights, BatchNorm statistics, dropout
+seeds), and ``trainers`` keeps the compiled stage models whose train step
+``fit`` has already traced, one per freeze configuration (``train.py``).
 """
 
 from __future__ import annotations
@@ -41,6 +47,10 @@ class KerasNet:
         # trainable, so counts stay right whatever the freeze state is later.
         self.capable = {v.path for v in net.trainable_weights}
         self.optimizer = None  # the last stage's, for checkpoints and tests
+        self.fixed = frozenset()  # blocks whose BatchNorm runs in inference mode (fix_stats)
+        # Compiled stage models with their traced train/test steps, by freeze configuration (train.py).
+        self.trainers: OrderedDict = OrderedDict()
+        self._traced: dict = {}  # inference of the whole net (key None) and of blocks 1..k (key k), traced once
 
     @property
     def block_names(self) -> list[str]:
@@ -61,7 +71,7 @@ class KerasNet:
         """BatchNorm of ``blocks`` in inference mode from now on (statistics kept); the others' restored."""
         import keras
 
-        fixed = set(blocks)
+        fixed = self.fixed = frozenset(blocks)
         for block, layers in self.block_layers.items():
             for layer in layers:
                 if isinstance(layer, keras.layers.BatchNormalization):
@@ -69,6 +79,40 @@ class KerasNet:
                         object.__setattr__(layer, "call", _inference_call(layer))
                     else:
                         vars(layer).pop("call", None)
+
+    def signature(self) -> tuple:
+        """What must match for one KerasNet to take another's state: its layers and their variables' shapes."""
+        return (tuple((type(layer).__name__, layer.name) for layer in self.net.layers),
+                tuple((tuple(v.shape), str(v.dtype)) for v in self.net.variables))
+
+    def reset_from(self, fresh: "KerasNet") -> None:
+        """Become ``fresh`` (a model just built the same way): its variables, seeds, head and class names, and
+        the state a new build starts in (every block trainable, no BatchNorm patched)."""
+        for mine, theirs in zip(self.net.variables, fresh.net.variables, strict=True):
+            mine.assign(theirs)
+        self.new_head = list(fresh.new_head)
+        self.class_names = fresh.class_names
+        self.optimizer = None
+        for block, layers in self.block_layers.items():
+            self.trainable[block] = True
+            for layer in layers:
+                layer.trainable = True
+        self.fix_stats(())
+
+    def inference(self, k: int | None = None):
+        """``net(x, training=False)`` (or blocks 1..k's, for the feature cache) as one traced function for
+        batches of any size, kept with the model: the same logits as the eager call, without Keras's per-layer
+        Python on every batch. Inference mode does not depend on the freeze state, so one trace serves all."""
+        fn = self._traced.get(k)
+        if fn is None:
+            from tle_keras.runtime import tf as _tf
+
+            tf = _tf()
+            model = self.net if k is None else self.prefix_model(k)
+            fn = tf.function(lambda x: model(x, training=False),
+                             input_signature=[tf.TensorSpec((None, *self.input_shape), tf.float32)])
+            self._traced[k] = fn
+        return fn
 
     def prefix_model(self, k: int):
         import keras
@@ -80,6 +124,13 @@ class KerasNet:
         import keras
 
         return keras.Model(self.cuts[k], self.net.output) if k else self.net
+
+    def stage_model(self, k: int):
+        """A model of its own for one freeze configuration of ``fit`` (compiling ``net`` itself would drop the
+        train step traced for another configuration); layers shared with ``net``."""
+        import keras
+
+        return keras.Model(self.cuts[k] if k else self.net.input, self.net.output)
 
 
 def _inference_call(layer):
