@@ -67,13 +67,31 @@ def check_counts(plan_stage: Stage, counts: list[BlockCount], backend: str) -> N
                                f"{'trainable' if want else 'frozen'}")
 
 
+def check_splits(data) -> None:
+    """Split sizes a run can use, checked before MLflow is touched.
+
+    The result of a run is its test accuracy, so the test split must hold an image; training needs two
+    (BatchNorm cannot train on one) and every class; an empty validation split is allowed (val metrics NaN).
+    """
+    sizes = data.sizes()
+    shown = ", ".join(f"{k} {v}" for k, v in sizes.items())
+    fix = "raise --max-per-class or give dataset.train/val/test as counts per class (e.g. --set dataset.test=2)"
+    if sizes["test"] == 0:
+        raise UserError(f"the test split of {data.name} is empty ({shown} images)", fix)
+    missing = sorted(set(range(data.num_classes)) - set(np.asarray(data.y_train).tolist()))
+    if sizes["train"] < 2 or missing:
+        what = f"{sizes['train']} image(s)" if sizes["train"] < 2 else \
+            f"no image of class {', '.join(data.class_names[i] for i in missing[:5])}"
+        raise UserError(f"the training split of {data.name} has {what} ({shown} images)", fix)
+
+
 def prepare(spec: ExperimentSpec) -> tuple[Backend, Plan]:
     """Everything that can be checked without data or a framework."""
     backend = load_backend(spec.backend)
     info = backend.model(spec.model)
     t = spec.train
     plan = build_plan(spec.strategy, info.blocks, epochs=t.epochs, lr=t.lr, finetune_epochs=t.finetune_epochs,
-                      finetune_lr=t.finetune_lr, model=f"{spec.backend}/{spec.model}")
+                      finetune_lr=t.finetune_lr, batchnorm=t.batchnorm, model=f"{spec.backend}/{spec.model}")
     if plan.strategy.needs_pretrained and spec.weights == "none":
         raise UserError(f"strategy {plan.strategy} starts from pretrained blocks but --weights is none",
                         "pass --weights imagenet, a weights file, runs:/RUN_ID or models:/NAME/VERSION")
@@ -128,6 +146,7 @@ def _run(spec, backend, plan, console, progress, quiet, started, resume, extra_t
     data = (load_data or load_dataset)(spec.dataset, seed=spec.train.seed, extra_sources=backend.dataset_sources(),
                                        progress=progress)
     clock.lap("data")
+    check_splits(data)
     h, w, c = data.input_shape
     if min(h, w) < info.min_size:
         raise UserError(f"{spec.model} needs images of at least {info.min_size}px, the data is {h}x{w}",
@@ -207,7 +226,7 @@ def _train_and_report(spec, backend, plan, data, model, run, console, progress, 
     step = 0
     train_started = time.perf_counter()
     for stage in plan.stages:
-        hook.freeze_policy(model=model, trainable=dict(stage.trainable))
+        hook.freeze_policy(model=model, trainable=dict(stage.trainable), fixed_stats=stage.fixed_stats)
         counts = list(hook.count_parameters(model=model))
         check_counts(stage, counts, spec.backend)
         all_counts.append(counts)

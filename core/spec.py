@@ -135,6 +135,9 @@ class TrainSpec(_Strict):
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     early_stopping: int | None = Field(None, ge=1, description="patience in epochs on val_acc; null = off")
+    # One meaning in every backend (see tle.strategy): "frozen" keeps the BatchNorm statistics of blocks that
+    # start pretrained fixed while their gamma/beta train; "train" re-estimates them on the new data.
+    batchnorm: Literal["frozen", "train"] = Field("frozen", description="BatchNorm statistics of pretrained blocks")
     cache_features: bool = True
     checkpoint: bool = Field(True, description="write a checkpoint each epoch so --resume can continue the run")
     augment: bool = False
@@ -153,6 +156,14 @@ class TrackingSpec(_Strict):
     uri: str | None = Field(None, description="MLflow tracking URI; null = MLFLOW_TRACKING_URI or MLflow's default")
     experiment: str = "tle"
     run_name: str | None = None
+
+    @field_validator("experiment")
+    @classmethod
+    def _experiment(cls, value: str) -> str:
+        # An empty name would log into MLflow's "Default" experiment without a word.
+        if not value.strip():
+            raise ValueError("the MLflow experiment name is empty; give one, e.g. --experiment s1")
+        return value.strip()
     registered_model: str | None = Field(None, description="register the ONNX model under this name")
 
 
@@ -228,11 +239,14 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def read_spec_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML or TOML spec file into a dict, turning every failure into a UserError."""
+def read_spec_file(path: str | Path, given_by: str = "-c/--config") -> dict[str, Any]:
+    """Read a YAML or TOML spec file into a dict, turning every failure into a UserError.
+
+    ``given_by`` names where the path came from, for the error's hint.
+    """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"spec file {path} does not exist", "check the path given to -c/--config")
+        raise UserError(f"spec file {path} does not exist", f"check the path given to {given_by}")
     text = path.read_text(encoding="utf-8", errors="replace")
     try:
         if path.suffix.lower() == ".toml":

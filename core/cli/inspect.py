@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 from rich.table import Table
 
 from tle.cli.app import Opt, app, out
+from tle.errors import UserError
 
 
 @app.command()
@@ -53,6 +54,7 @@ def plan(
     epochs: Annotated[int, Opt(help="epochs of the first stage")] = 5,
     stdp_presentations: Annotated[Optional[int], Opt(help="images presented to each STDP layer at most "
                                                           "(train.stdp.presentations; spiking models)")] = None,
+    batchnorm: Annotated[str, Opt(help="frozen | train: BatchNorm statistics of pretrained blocks")] = "frozen",
     json_out: Annotated[bool, Opt("--json", help="print the plan as JSON")] = False,
 ) -> None:
     """Show which blocks start pretrained and which train in each stage, with parameter counts."""
@@ -60,8 +62,12 @@ def plan(
     from tle.runner import check_counts, prepare
     from tle.spec import build_spec
 
+    if classes < 2:
+        raise UserError(f"--classes {classes}: a classifier needs at least two classes", "give --classes 2 or more")
+    if image_size is not None and image_size < 1:
+        raise UserError(f"--image-size {image_size} is not a size", "give a side in pixels, e.g. --image-size 32")
     spec = build_spec({"backend": backend, "model": model, "strategy": strategy, "weights": "imagenet",
-                       "head": {"kind": head}, "train": {"epochs": epochs}},
+                       "head": {"kind": head}, "train": {"epochs": epochs, "batchnorm": batchnorm}},
                       {"train.stdp.presentations": stdp_presentations})
     budget = spec.train.stdp.presentations
     be, the_plan = prepare(spec)
@@ -73,13 +79,14 @@ def plan(
                                    precision="fp32", seed=0)
     stages = []
     for stage in the_plan.stages:
-        be.hook.freeze_policy(model=native, trainable=dict(stage.trainable))
+        be.hook.freeze_policy(model=native, trainable=dict(stage.trainable), fixed_stats=stage.fixed_stats)
         counts = list(be.hook.count_parameters(model=native))
         check_counts(stage, counts, backend)
         stages.append((stage, counts))
     if json_out:
         print(json.dumps({"strategy": str(the_plan.strategy), "input": [side, side, channels], "stages": [
-            {"index": s.index, "name": s.name, "epochs": s.epochs, "lr": s.lr,
+            {"index": s.index, "name": s.name, "epochs": s.epochs, "lr": s.lr, "batchnorm": spec.train.batchnorm,
+             "fixed_stats": list(s.fixed_stats), "learned_stats": _learned_stats(s),
              "phases": [{"block": p.block, "rule": p.rule, "presentations": budget if p.presented else None}
                         for p in _phases(info, s)],
              "blocks": [{"name": c.name, "total": c.total, "trainable": c.trainable,
@@ -105,6 +112,7 @@ def plan(
     table.add_row("total", f"{total:,}", "", *["" for _ in stages])
     table.add_row("trainable", "", "", *[f"{sum(c.trainable for c in counts):,}" for _, counts in stages])
     table.add_row("frozen", "", "", *[f"{sum(c.total - c.trainable for c in counts):,}" for _, counts in stages])
+    table.add_row(f"BN stats ({spec.train.batchnorm})", "", "", *[_stats_cell(stage) for stage, _ in stages])
     if info.phases:
         # Layer-by-layer training: say in which order the trainable blocks learn within each stage.
         table.add_row("phases", "", "", *[" → ".join(f"{p.block} {p.rule}" for p in _phases(info, stage))
@@ -115,6 +123,20 @@ def plan(
 def _phases(info, stage) -> list:
     """The model's training phases that run in ``stage`` (those whose block trains), in order."""
     return [p for p in info.phases if stage.trainable.get(p.block)]
+
+
+def _learned_stats(stage) -> list[str]:
+    return [b for b, on in stage.trainable.items() if on and b not in stage.fixed_stats]
+
+
+def _stats_cell(stage) -> str:
+    """Which trainable blocks re-estimate their normalisation statistics in this stage, which keep them."""
+    kept = [b for b in stage.fixed_stats if stage.trainable.get(b)]
+    parts = [f"kept: {' '.join(kept)}"] if kept else []
+    learned = _learned_stats(stage)
+    if learned:
+        parts.append(f"learned: {' '.join(learned)}")
+    return "\n".join(parts)
 
 
 def _start(the_plan, block: str) -> str:
