@@ -220,13 +220,13 @@ def test_training_reports_each_epoch_and_resumes_exactly(tmp_path):
 # -- through the CLI: S2 in small, aligned by index ---------------------------------------------------------------
 
 
-def _cli_run(env, *args):
+def _cli_run(env, *args, seed=0):
     import json
 
     from conftest import tle
 
     proc = tle("--quiet", "run", "--backend", "spyketorch", "--model", "mozafari", "--image-size", 28, "--channels", 1,
-               "--batch-size", 32, "--seed", 0, "--experiment", "snn-align", *args, "--json", env=env, check_rc=0)
+               "--batch-size", 32, "--seed", seed, "--experiment", "snn-align", *args, "--json", env=env, check_rc=0)
     return json.loads(proc.stdout.strip().splitlines()[-1])["run_id"]
 
 
@@ -237,16 +237,20 @@ def s2_index(store):
     from conftest import tle
 
     env = {"MLFLOW_TRACKING_URI": store}
-    # examples/s2_fusion.sh's seed 0. Not mozafari_small: its fused net measured 0.11 / 0.14 below bagging (4 epochs),
-    # the half of its neurons that fusion prunes carries more of its decisions.
-    a = _cli_run(env, "--dataset", "digits:0-4", "--epochs", 10)
-    b = _cli_run(env, "--dataset", "digits:5-9", "--epochs", 10, "--strategy", "feature-extractor",
-                 "--weights", f"runs:/{a}")
-    out = {}
-    for align, flag in (("index", "--normalise"), ("index", "--no-normalise"), ("names", "--normalise")):
-        proc = tle("--quiet", "fuse", a, b, "--align", align, flag, "--json", env=env, check_rc=0)
-        out[align, flag] = json.loads(proc.stdout)
-    return env, a, b, out
+    # examples/s2_fusion.sh's seeds 0-2. Not mozafari_small: its fused net measured 0.11 / 0.14 below bagging
+    # (4 epochs), the half of its neurons that fusion prunes carries more of its decisions.
+    out, pairs = {}, []
+    for seed in (0, 1, 2):
+        a = _cli_run(env, "--dataset", "digits:0-4", "--epochs", 10, seed=seed)
+        b = _cli_run(env, "--dataset", "digits:5-9", "--epochs", 10, "--strategy", "feature-extractor",
+                     "--weights", f"runs:/{a}", seed=seed)
+        pairs.append((a, b))
+        modes = (("index", "--normalise"), ("index", "--no-normalise"), ("names", "--normalise")) if seed == 0 \
+            else (("index", "--normalise"),)
+        for align, flag in modes:
+            proc = tle("--quiet", "fuse", a, b, "--align", align, flag, "--json", env=env, check_rc=0)
+            out[align, flag, seed] = json.loads(proc.stdout)
+    return env, *pairs[0], out
 
 
 @pytest.mark.slow
@@ -254,18 +258,21 @@ def test_index_fusion_stays_near_bagging_on_both_tasks(s2_index):
     import mlflow
 
     _, a, b, out = s2_index
-    fused = out["index", "--normalise"]
+    fused = out["index", "--normalise", 0]
     acc = fused["accuracy"]
     print({k: v["accuracy"] for k, v in out.items()})
     assert fused["align"] == "index" and fused["classes"] == [f"{k}/{k + 5}" for k in range(5)]
     assert fused["tasks"] == ["digits:0-4", "digits:5-9", "union"]
     # Each net alone answers the other's images with its own indices (S2's B on digits): near chance, not 0.
     assert acc["A"][0] > 0.6 and acc["B"][1] > 0.5 and 0 < acc["A"][1] < 0.5 and 0 < acc["B"][0] < 0.5, acc
-    # S2: fusion costs a few points against bagging, on both tasks (S2: 3-4). Measured on this pair: 0.08 and 0.02
-    # normalised; unnormalised 0.11 on the first task; mozafari_small 0.11 / 0.14.
+    # S2: fusion costs a few points against bagging, on both tasks (S2: 3-4). On 540 training images one seed's
+    # gap varies (measured 0.09 / 0.12, 0.08 / 0.03, -0.02 / 0.03 over seeds 0-2), so the mean over the three
+    # seeds is what is held to 0.08 (measured 0.05 / 0.06); every fused net is well above chance (0.2).
+    seeds = [out["index", "--normalise", seed]["accuracy"] for seed in (0, 1, 2)]
     for task in (0, 1):
-        assert abs(acc["fused"][task] - acc["bagging"][task]) < 0.1, acc
-        assert acc["fused"][task] > 0.4, acc  # chance is 0.2
+        gap = sum(s["bagging"][task] - s["fused"][task] for s in seeds) / len(seeds)
+        assert gap < 0.08, (task, gap, seeds)
+        assert all(s["fused"][task] > 0.5 for s in seeds), seeds
     assert fused["sizes"]["fused"] == fused["sizes"]["A"]
     run = mlflow.MlflowClient().get_run(fused["run_id"])
     assert run.data.params["fusion.align"] == "index" and run.data.tags["tle.fusion.align"] == "index"
@@ -273,8 +280,8 @@ def test_index_fusion_stays_near_bagging_on_both_tasks(s2_index):
     assert run.data.metrics["fused_acc_task2"] == acc["fused"][1] and "bagging_acc_task1" in run.data.metrics
     assert min(fused["scales"]) < 1.0 and max(fused["scales"]) == 1.0
     # Without the normalisation the nets keep their own scales (factors 1); by names each image meets 10 classes.
-    assert out["index", "--no-normalise"]["scales"] == [1.0, 1.0]
-    names = out["names", "--normalise"]
+    assert out["index", "--no-normalise", 0]["scales"] == [1.0, 1.0]
+    names = out["names", "--normalise", 0]
     assert names["align"] == "names" and names["classes"] == [str(d) for d in range(10)]
     assert names["accuracy"]["A"][1] == 0.0 and names["accuracy"]["B"][0] == 0.0
 
