@@ -21,7 +21,7 @@ from typing import Any
 from tle.compare import TRANSFER
 from tle.study.grid import PRETRAIN, short
 from tle.study.stats import Difference, Summary, difference
-from tle.study.table import marks
+from tle.study.table import against_scratch, marks
 
 # Params that differ between the seeds of one cell.
 PER_SEED = ("train.seed", "tracking.", "train.checkpoint", "export.", "data.")
@@ -62,12 +62,7 @@ class CellRow:
     def record(self) -> dict[str, Any]:
         rec: dict[str, Any] = {"role": self.role, **self.ident, **self.axes, "n": self.test.n, "failed": self.failed,
                                "test_acc_mean": _num(self.test.mean), "test_acc_sd": _num(self.test.sd)}
-        if self.vs_scratch is not None:
-            rec.update({"delta_vs_scratch": _num(self.vs_scratch.delta),
-                        "beyond_seed_spread": self.vs_scratch.beyond_spread,
-                        "welch_p": _num(self.vs_scratch.p_value)})
-        if self.wins is not None:
-            rec.update({"seeds_better_than_scratch": self.wins[0], "seeds_compared": self.wins[1]})
+        rec.update(against_scratch(self.vs_scratch, self.wins))
         for k, (s, diff) in self.transfer.items():
             rec.update({f"{k}_mean": _num(s.mean), f"{k}_sd": _num(s.sd), f"{k}_n": s.n,
                         f"{k}_beyond_sd": bool(diff is not None and diff.beyond_spread)})

@@ -39,14 +39,20 @@ class Group:
         rec = {**{short(k): v for k, v in self.axes.items()}, "n": s.n, f"{metric}_mean": _num(s.mean),
                f"{metric}_sd": _num(s.sd), "seconds_mean": _num(Summary.of(self.seconds).mean),
                "failed": sum(1 for st in self.statuses if st != "FINISHED")}
-        if self.vs_scratch is not None:
-            rec.update({"delta_vs_scratch": _num(self.vs_scratch.delta),
-                        "beyond_seed_spread": self.vs_scratch.beyond_spread,
-                        "welch_p": _num(self.vs_scratch.p_value)})
-        if self.wins is not None:
-            rec.update({"seeds_better_than_scratch": self.wins[0], "seeds_compared": self.wins[1]})
+        rec.update(against_scratch(self.vs_scratch, self.wins))
         rec["run_ids"] = self.run_ids
         return rec
+
+
+def against_scratch(vs_scratch, wins: tuple[int, int] | None) -> dict[str, Any]:
+    """A group's comparison with its scratch group, as record fields (none where there is no scratch group)."""
+    rec: dict[str, Any] = {}
+    if vs_scratch is not None:
+        rec.update({"delta_vs_scratch": _num(vs_scratch.delta), "beyond_seed_spread": vs_scratch.beyond_spread,
+                    "welch_p": _num(vs_scratch.p_value)})
+    if wins is not None:
+        rec.update({"seeds_better_than_scratch": wins[0], "seeds_compared": wins[1]})
+    return rec
 
 
 @dataclass
