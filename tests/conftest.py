@@ -19,6 +19,17 @@ def pytest_collection_modifyitems(config, items):
         items[:] = kept
 
 
+def run_own_process(path, timeout=900, durations=None, env=None) -> None:
+    """Run the own_process tests of the test file ``path`` in a child pytest (TLE_KERAS_INPROC=1); fail with its
+    output unless every one of them passed."""
+    extra = [f"--durations={durations}"] if durations else []
+    proc = subprocess.run([sys.executable, "-m", "pytest", str(path), "-q", "-x", "-p", "no:cacheprovider", *extra],
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {}), "TLE_KERAS_INPROC": "1"})
+    assert proc.returncode == 0, proc.stdout[-12000:] + proc.stderr[-4000:]
+    print(proc.stdout[-3000:])
+
+
 def tle(*args, env=None, cwd=None, timeout=600, check_rc=None):
     """Run the real CLI in a subprocess, as a user would."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **(env or {})}

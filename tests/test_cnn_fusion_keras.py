@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from importlib.util import find_spec
 
 import numpy as np
 import pytest
+
+from conftest import run_own_process
 
 IN_CHILD = os.environ.get("TLE_KERAS_INPROC") == "1"
 pytestmark = pytest.mark.skipif(find_spec("tensorflow") is None or find_spec("keras") is None,
@@ -28,11 +28,7 @@ A_CLASSES, B_CLASSES = ["0", "1", "2"], ["3", "4", "5", "6"]
 
 @pytest.mark.skipif(IN_CHILD, reason="this is the child")
 def test_keras_fusion_in_own_process():
-    proc = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-x", "-p", "no:cacheprovider",
-                           "--durations=5"], capture_output=True, text=True, timeout=900,
-                          env={**os.environ, **ONE_THREAD, "TLE_KERAS_INPROC": "1"})
-    assert proc.returncode == 0, proc.stdout[-12000:] + proc.stderr[-4000:]
-    print(proc.stdout[-3000:])
+    run_own_process(__file__, durations=5, env=ONE_THREAD)
 
 
 def build(classes, seed=0, kind="dense", hidden=8, model="vgg_small"):

@@ -9,13 +9,12 @@ starts a child pytest (``TLE_KERAS_INPROC=1``) that runs the tests marked
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from importlib.util import find_spec
 
 import numpy as np
 import pytest
 
+from conftest import run_own_process
 from tle.contracts import ResolvedWeights
 from tle.initializers import InitSpec
 from tle.spec import HeadSpec
@@ -29,9 +28,7 @@ child = pytest.mark.own_process
 
 @pytest.mark.skipif(IN_CHILD, reason="this is the child")
 def test_keras_init_study_in_own_process():
-    proc = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-x", "-p", "no:cacheprovider"],
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "TLE_KERAS_INPROC": "1"})
-    assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-4000:]
+    run_own_process(__file__, timeout=600)
 
 
 @pytest.fixture(scope="module")

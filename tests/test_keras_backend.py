@@ -24,6 +24,7 @@ pytestmark = pytest.mark.skipif(find_spec("tensorflow") is None or find_spec("ke
 # Deselected (not skipped) in the parent by conftest.py; the child pytest process runs them.
 child = pytest.mark.own_process
 
+from conftest import run_own_process  # noqa: E402
 from tle import UserError  # noqa: E402
 from tle.contracts import ExportMetadata, ResolvedWeights  # noqa: E402
 from tle.initializers import InitSpec  # noqa: E402
@@ -60,11 +61,7 @@ def digits():
 
 @pytest.mark.skipif(IN_CHILD, reason="this is the child")
 def test_keras_backend_in_own_process():
-    proc = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-x", "-p", "no:cacheprovider",
-                           "--durations=8"], capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "TLE_KERAS_INPROC": "1"})
-    assert proc.returncode == 0, proc.stdout[-12000:] + proc.stderr[-4000:]
-    print(proc.stdout[-3000:])
+    run_own_process(__file__, durations=8)
 
 
 def test_plugin_import_does_not_load_tensorflow():

@@ -17,8 +17,6 @@ Like tests/test_keras_backend.py they run in a child pytest process
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from importlib.util import find_spec
 
 import numpy as np
@@ -29,6 +27,7 @@ pytestmark = pytest.mark.skipif(find_spec("tensorflow") is None or find_spec("ke
                                 reason="tensorflow/keras not installed")
 child = pytest.mark.own_process
 
+from conftest import run_own_process  # noqa: E402
 from tle.contracts import ResolvedWeights  # noqa: E402
 from tle.initializers import InitSpec  # noqa: E402
 from tle.loop import History, TrainLoop  # noqa: E402
@@ -38,11 +37,7 @@ from tle.strategy import HEAD, build_plan  # noqa: E402
 
 @pytest.mark.skipif(IN_CHILD, reason="this is the child")
 def test_keras_reuse_in_own_process():
-    proc = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-x", "-p", "no:cacheprovider",
-                           "--durations=5"], capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "TLE_KERAS_INPROC": "1"})
-    assert proc.returncode == 0, proc.stdout[-12000:] + proc.stderr[-4000:]
-    print(proc.stdout[-3000:])
+    run_own_process(__file__, durations=5)
 
 
 @pytest.fixture(scope="module")
