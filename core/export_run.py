@@ -12,38 +12,22 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import yaml
 from rich.console import Console
 
 from tle.errors import UserError
-from tle.plugins import load_backend
-from tle.spec import build_spec
 
 
 def export_finished_run(run_id: str, tracking_uri: str | None = None, load_data=None) -> float:
     """Export run ``run_id``'s model, check parity, log it to the run; returns the max |diff|."""
-    from tle.data import load_dataset
     from tle.runner import export_and_check
+    from tle.stored_run import rebuild
     from tle.tracking import Tracker, configure
-    from tle.weights import resolve_weights
 
     mlflow = configure(tracking_uri)
-    try:
-        spec = build_spec(yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{run_id}/spec.yaml")))
-    except UserError:
-        raise
-    except Exception:
-        raise UserError(f"run {run_id} has no spec.yaml in {mlflow.get_tracking_uri()}",
-                        "export runs made by tle run or tle sweep") from None
-    backend = load_backend(spec.backend)
-    data = (load_data or load_dataset)(spec.dataset, seed=spec.train.seed, extra_sources=backend.dataset_sources())
     workdir = Path(tempfile.mkdtemp(prefix="tle-export-"))
     try:
-        weights = resolve_weights(f"runs:/{run_id}", spec.backend, workdir)
-        model = backend.hook.load_backbone(model=spec.model, num_classes=data.num_classes,
-                                           class_names=list(data.class_names), input_shape=data.input_shape,
-                                           head=spec.head, weights=weights, device=spec.train.device,
-                                           precision=spec.train.precision, seed=spec.train.seed)
+        stored = rebuild(run_id, mlflow, workdir, load_data, doing="export")
+        spec, backend, data, model = stored.spec, stored.backend, stored.data, stored.model
         run = mlflow.start_run(run_id=run_id)
         try:
             return export_and_check(spec, backend.hook, model, data, Tracker(mlflow, run), workdir,

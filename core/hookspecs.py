@@ -192,6 +192,20 @@ def save_weights(model, directory):
 
 
 @hookspec(firstresult=True)
+def portable_weights(model):
+    """The model's weights as the portable dict of :mod:`tle.portable` (torchvision keys, torch layouts).
+
+    Fires when another framework needs this run's weights: ``--weights runs:/ID`` of a run of this
+    backend given to a run of another one, and ``tle convert``. It runs in this backend's own process.
+    A backend whose models have no counterpart elsewhere returns ``None`` (the caller says so in one line).
+    :func:`load_backbone` must accept the file :func:`tle.portable.write` makes of the result
+    (``weights.path`` ending in ``.tle.npz``) for the same model name.
+
+    :return: ``dict[str, numpy.ndarray]`` or ``None``.
+    """
+
+
+@hookspec(firstresult=True)
 def export_onnx(model, path, sample, metadata):
     """Export ``model`` to the ONNX file ``path`` with a dynamic batch axis.
 

@@ -158,7 +158,7 @@ def _run(spec, backend, plan, console, progress, quiet, started, resume, extra_t
     clock.lap("tracking")
     workdir = Path(tempfile.mkdtemp(prefix="tle-run-"))
     try:
-        weights = resolve_weights(spec.weights, spec.backend, workdir)
+        weights = resolve_weights(spec.weights, spec.backend, workdir, model=spec.model)
         hook = backend.hook
         device = hook.resolve_device(device=spec.train.device) or "cpu"
         model = hook.load_backbone(model=spec.model, num_classes=data.num_classes,

@@ -5,7 +5,9 @@ a path must exist; ``runs:/ID`` and ``models:/NAME/VERSION`` (or
 ``models:/NAME@ALIAS``) are looked up in the tracking store and the run's
 ``weights/`` artifact, saved by the backend's ``save_weights`` hook, is
 downloaded to a local file. This is how a backbone trained by one experiment
-feeds the next, offline.
+feeds the next, offline. A run of another backend (same model name, so the
+same architecture) is handed over as a portable file (``tle.portable``) that
+its own backend writes in a worker process.
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ CLASS_NAMES_ARTIFACT = "class_names.json"
 FORMS = "none, imagenet, a file path, runs:/RUN_ID or models:/NAME/VERSION"
 
 
-def resolve_weights(text: str, backend: str, workdir: Path | None = None) -> ResolvedWeights:
+def resolve_weights(text: str, backend: str, workdir: Path | None = None, model: str | None = None) -> ResolvedWeights:
+    """``model``: the architecture the weights are for; a run of another backend must be of the same one."""
     if text in ("none", "imagenet"):
         return ResolvedWeights(kind=text, source=text)
     if text.startswith("runs:/"):
-        return _from_run(text[len("runs:/"):].strip("/").split("/")[0], text, backend, workdir)
+        return _from_run(text[len("runs:/"):].strip("/").split("/")[0], text, backend, workdir, model)
     if text.startswith("models:/"):
-        return _from_run(_registered_run_id(text), text, backend, workdir)
+        return _from_run(_registered_run_id(text), text, backend, workdir, model)
     path = Path(text).expanduser()
     if not path.exists():
         raise UserError(f"weights file {text!r} does not exist", f"use one of: {FORMS}")
@@ -64,7 +67,7 @@ def _registered_run_id(text: str) -> str:
     return version.run_id
 
 
-def _from_run(run_id: str, source: str, backend: str, workdir: Path | None) -> ResolvedWeights:
+def _from_run(run_id: str, source: str, backend: str, workdir: Path | None, model: str | None) -> ResolvedWeights:
     import mlflow
 
     client = _client()
@@ -74,10 +77,9 @@ def _from_run(run_id: str, source: str, backend: str, workdir: Path | None) -> R
         raise UserError(f"run {run_id!r} not found in the tracking store {mlflow.get_tracking_uri()}",
                         "check the run id, or point --tracking-uri at the store that holds it") from None
     run_backend = run.data.tags.get("backend")
-    if run_backend and run_backend != backend:
-        raise UserError(f"weights in {source} were trained with backend {run_backend!r}, not {backend!r}",
-                        f"use --backend {run_backend}, or a run of backend {backend}")
     target = Path(tempfile.mkdtemp(prefix="tle-weights-", dir=workdir))
+    if run_backend and run_backend != backend:
+        return _from_other_backend(run, source, run_backend, model, target)
     files = artifact_files(run_id, WEIGHTS_ARTIFACT, target)
     if files is None:
         raise UserError(f"run {run_id} has no {WEIGHTS_ARTIFACT}/ artifact",
@@ -93,3 +95,21 @@ def _class_names(run_id: str, target: Path) -> tuple[str, ...] | None:
         return tuple(json.loads(files[0].read_text())) if files else None
     except ValueError:
         return None
+
+
+def _from_other_backend(run, source: str, run_backend: str, model: str | None, target: Path) -> ResolvedWeights:
+    """A run of another framework: its backend writes the portable file (tle.portable) in a process of its own."""
+    import mlflow
+
+    from tle.convert import portable_of_run
+
+    run_model = run.data.tags.get("model")
+    if model is not None and run_model and run_model != model:
+        raise UserError(f"weights in {source} are a {run_backend} {run_model}, not a {model}",
+                        f"use --model {run_model}: across frameworks weights fit the same architecture only")
+    if run.info.status != "FINISHED":
+        raise UserError(f"run {run.info.run_id} is {run.info.status}; only finished runs give weights to another "
+                        "framework", "use a finished run")
+    written = portable_of_run(run.info.run_id, run_backend, mlflow.get_tracking_uri(), target)
+    return ResolvedWeights(kind="file", source=source, path=Path(written["path"]),
+                           class_names=_class_names(run.info.run_id, target))

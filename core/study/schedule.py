@@ -21,14 +21,16 @@ class Task:
     tags: dict[str, str] = field(default_factory=dict)
     label: str = ""
     gpus: float = 0.0
-    kind: str = "run"  # or "export": export a finished run's model (``run_id``) to ONNX
+    kind: str = "run"  # "export": a finished run's model (``run_id``) to ONNX; "portable"/"convert": tle.convert
     run_id: str | None = None
     after: tuple[int, ...] = ()  # cells (a pretraining run; an export's group) that must end first
     strict: bool = True  # fail without running when one of ``after`` did not finish
     cell_of: int | None = None  # for an export: the cell whose run it exports
+    options: dict[str, Any] = field(default_factory=dict)  # what a task other than a cell needs (tle.convert)
 
     def message(self) -> dict[str, Any]:
-        return {"cell": self.cell, "spec": self.spec, "tags": self.tags, "kind": self.kind, "run_id": self.run_id}
+        return {"cell": self.cell, "spec": self.spec, "tags": self.tags, "kind": self.kind, "run_id": self.run_id,
+                "options": self.options}
 
 
 class Pool(Protocol):

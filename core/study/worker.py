@@ -52,6 +52,10 @@ def handle(task: dict[str, Any], cache: DataCache) -> dict[str, Any]:
     """One message: run a cell, or export a finished run's model (a sweep's ``export.onnx: best``)."""
     if task.get("kind") == "export":
         return export(task, cache)
+    if task.get("kind") in ("portable", "convert"):
+        from tle.convert import handle_task
+
+        return handle_task(task, cache)
     return execute(task, cache)
 
 

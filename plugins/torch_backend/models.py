@@ -8,6 +8,8 @@ import torch
 from torch import nn
 
 from tle import UserError
+from tle.portable import check_model, is_portable
+from tle.portable import read as read_portable
 from tle_torch import blocks as block_maps
 from tle_torch import registry
 from tle_torch import weights as weight_files
@@ -24,7 +26,7 @@ def build(name: str, num_classes: int, class_names: list[str], input_shape, head
                         "set dataset.channels to 1 or 3")
     kind = getattr(weights, "kind", "none") if weights is not None else "none"
     source = str(getattr(weights, "source", "") or getattr(weights, "path", ""))
-    state = None
+    state = portable = None
     # Construction draws from torch's global generator; fork it so the seed fixes the model
     # without disturbing the caller's random stream.
     with torch.random.fork_rng(devices=[]):
@@ -39,8 +41,12 @@ def build(name: str, num_classes: int, class_names: list[str], input_shape, head
         if kind == "file":
             if weights.path is None:
                 raise UserError(f"weights {source!r} resolved to no file", "give a .pt/.pth path or runs:/RUN_ID")
-            state = weight_files.read_state_dict(weights.path, source or str(weights.path))
-            if not weight_files.is_tle_layout(state):
+            if is_portable(weights.path):
+                portable = read_portable(weights.path, source)
+                check_model(portable, name, source)
+            else:
+                state = weight_files.read_state_dict(weights.path, source or str(weights.path))
+            if state is not None and not weight_files.is_tle_layout(state):
                 weight_files.load_torchvision_layout(tv, name, state, source, bmap)
                 state = None
         body: OrderedDict[str, nn.Sequential] = OrderedDict()
@@ -59,6 +65,10 @@ def build(name: str, num_classes: int, class_names: list[str], input_shape, head
     apply_init(net, ["head"], head.initializer, seed)
     if state is not None:
         weight_files.load_tle_layout(net, state, source, weights.class_names, class_names)
+    elif portable is not None:
+        from tle_torch.portable import from_portable
+
+        from_portable(net, portable, source, class_names)
     return net
 
 

@@ -1,0 +1,35 @@
+"""``tle convert RUN --to BACKEND``: one run's model in another framework, checked logit for logit."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from tle.cli.app import STATE, Opt, app, err, out
+
+
+@app.command()
+def convert(
+    run_id: Annotated[str, typer.Argument(help="run id (or runs:/ID) of the model to convert")],
+    to: Annotated[str, Opt("--to", help="the backend to convert it to (keras, torch, ...)")],
+    tracking_uri: Annotated[Optional[str], Opt(help="MLflow tracking URI")] = None,
+    as_json: Annotated[bool, Opt("--json", help="print the result as JSON")] = False,
+) -> None:
+    """Store a run's model as a new run of another backend: native weights, ONNX model, and the max |logit
+    difference| against the source on its test images (above 1e-4 the command fails, exit 1)."""
+    from tle.convert import TOLERANCE, convert_run, dumps
+    from tle.tracking import configure
+
+    mlflow = configure(tracking_uri)
+    run_id = run_id[len("runs:/"):].strip("/").split("/")[0] if run_id.startswith("runs:/") else run_id
+    if not STATE["quiet"] and not as_json:
+        err.print(f"converting run {run_id} to {to} (each framework in a worker process of its own)", highlight=False)
+    result = convert_run(run_id, to, mlflow.get_tracking_uri())
+    if as_json:
+        out.print_json(dumps(result))
+        return
+    out.print(f"run {result['run_id']}: {result['backend']} {result['model']} from {result['source_backend']} run "
+              f"{run_id}; max |logit diff| {result['max_abs_diff']:.2e} on {result['images']} test images "
+              f"(≤ {TOLERANCE:g}), test_acc {result['test_acc']:.3f}, ONNX parity {result['onnx_max_abs_diff']:.1e}, "
+              f"{result['seconds']:.1f} s", highlight=False)

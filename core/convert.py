@@ -1,0 +1,234 @@
+"""Weights across frameworks: a run's portable weights, and ``tle convert RUN --to BACKEND``.
+
+Each framework works in a worker process of its own (``python -m
+tle.study.worker BACKEND``): TensorFlow and torch's exporter must never share
+a process. The source backend rebuilds the run's model and writes its
+portable file (:mod:`tle.portable`) with its logits on the run's test images;
+the target backend builds the same architecture from that file, checks its
+own logits against them, and stores the result as a new run of its own (native
+weights, ONNX model, parity) tagged with the run it came from.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tle.errors import UserError
+
+TOLERANCE = 1e-4  # max |logit difference| a conversion may show (DESIGN.md: weights cross frameworks to 1e-4)
+CONVERTED_FROM = "tle.converted_from"
+CONVERTED_FROM_BACKEND = "tle.converted_from_backend"
+DIFF_METRIC = "convert_max_abs_diff"
+
+
+class ConversionMismatch(RuntimeError):
+    """The converted model's logits differ from the source's beyond the tolerance (exit 1: a bug, not a user's)."""
+
+
+# -- in a worker of one backend -------------------------------------------------
+
+
+def handle_task(task: dict[str, Any], cache) -> dict[str, Any]:
+    outcome: dict[str, Any] = {"cell": task["cell"], "run_id": task.get("run_id")}
+    started = time.perf_counter()
+    uri = task["spec"]["tracking"].get("uri")
+    try:
+        if task["kind"] == "portable":
+            outcome.update(status="FINISHED", **write_portable(task["run_id"], uri, Path(task["options"]["out"]),
+                                                               logits=task["options"].get("logits", False),
+                                                               load_data=cache))
+        else:
+            outcome.update(status="FINISHED", **convert_here(task["run_id"], task["options"], uri, load_data=cache))
+    except KeyboardInterrupt:
+        raise
+    except UserError as exc:
+        outcome.update(status="FAILED", error=str(exc), user_error=True)
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        outcome.update(status="FAILED", error=f"{type(exc).__name__}: {first}", mismatch=isinstance(
+            exc, ConversionMismatch), new_run_id=getattr(exc, "tle_run_id", None))
+    outcome["seconds"] = time.perf_counter() - started
+    return outcome
+
+
+def write_portable(run_id: str, tracking_uri: str | None, out: Path, logits: bool = False,
+                   load_data=None) -> dict[str, Any]:
+    """The run's weights as a portable file in ``out`` (and its test logits when asked): in the run's backend."""
+    from tle.portable import PortableWeights, write
+    from tle.stored_run import rebuild
+    from tle.tracking import configure
+
+    mlflow = configure(tracking_uri)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    stored = rebuild(run_id, mlflow, out, load_data)
+    arrays = stored.backend.hook.portable_weights(model=stored.model)
+    if arrays is None:
+        raise UserError(f"backend {stored.spec.backend!r} cannot give the weights of {stored.spec.model} to "
+                        "another framework", f"use a run of the same backend ({stored.spec.backend})")
+    path = write(out / f"{run_id}.tle.npz", PortableWeights(
+        model=stored.spec.model, arrays=arrays, head=stored.spec.head.kind,
+        class_names=tuple(stored.data.class_names), backend=stored.spec.backend))
+    result: dict[str, Any] = {"path": str(path), "model": stored.spec.model, "source_backend": stored.spec.backend,
+                              "export_seconds": time.perf_counter() - started}
+    if logits:
+        evaluation = stored.backend.hook.evaluate(model=stored.model, images=stored.data.x_test, labels=None,
+                                                  batch_size=stored.spec.train.batch_size)
+        np.save(out / "source_logits.npy", np.asarray(evaluation.logits, dtype=np.float32))
+        result["logits"] = str(out / "source_logits.npy")
+    return result
+
+
+def convert_here(run_id: str, options: dict[str, Any], tracking_uri: str | None, load_data=None) -> dict[str, Any]:
+    """In the target backend: build the model from the portable file, check logits, store it as a new run."""
+    from rich.console import Console
+
+    from tle.contracts import ResolvedWeights
+    from tle.data import load_dataset
+    from tle.plugins import load_backend
+    from tle.portable import read
+    from tle.runner import default_run_name, export_and_check
+    from tle.stored_run import SPEC_ARTIFACT, read_spec
+    from tle.tracking import configure, environment_tags, tracked_run
+    from tle.weights import CLASS_NAMES_ARTIFACT, WEIGHTS_ARTIFACT
+
+    mlflow = configure(tracking_uri)
+    source_spec = read_spec(mlflow, run_id, "convert")
+    spec = source_spec.model_copy(update={"backend": options["to"], "weights": f"runs:/{run_id}"})
+    backend = load_backend(spec.backend)
+    backend.model(spec.model)
+    data = (load_data or load_dataset)(spec.dataset, seed=spec.train.seed, extra_sources=backend.dataset_sources())
+    portable = read(options["path"])
+    started = time.perf_counter()
+    model = backend.hook.load_backbone(
+        model=spec.model, num_classes=data.num_classes, class_names=list(data.class_names),
+        input_shape=data.input_shape, head=spec.head, device=spec.train.device, precision=spec.train.precision,
+        seed=spec.train.seed, weights=ResolvedWeights(kind="file", source=f"runs:/{run_id}", path=Path(options["path"]),
+                                                      class_names=portable.class_names))
+    import_seconds = time.perf_counter() - started
+    evaluation = backend.hook.evaluate(model=model, images=data.x_test, labels=data.y_test,
+                                       batch_size=spec.train.batch_size)
+    reference = np.load(options["logits"])
+    ours = np.asarray(evaluation.logits, dtype=np.float32)
+    diff = float(np.max(np.abs(ours - reference))) if ours.shape == reference.shape else float("inf")
+    accuracy = float(np.mean(np.argmax(ours, axis=1) == data.y_test)) if len(ours) else float("nan")
+
+    tags = {"backend": spec.backend, "model": spec.model, "dataset": spec.dataset.source,
+            "strategy": spec.strategy, "init": str(spec.init), "weights": spec.weights,
+            "framework": backend.info.framework, "framework_version": backend.info.framework_version,
+            CONVERTED_FROM: run_id, CONVERTED_FROM_BACKEND: source_spec.backend, **environment_tags()}
+    workdir = Path(tempfile.mkdtemp(prefix="tle-convert-"))
+    try:
+        with tracked_run(mlflow, name=f"{default_run_name(spec)}-from-{source_spec.backend}", tags=tags) as run:
+            run.params(spec.flat())
+            run.params({"data.fingerprint": data.fingerprint(), "data.num_classes": data.num_classes})
+            run.text(spec.to_yaml(), SPEC_ARTIFACT)
+            run.json(data.class_names, CLASS_NAMES_ARTIFACT)
+            run.metrics({DIFF_METRIC: diff, "test_acc": accuracy, "convert_import_seconds": import_seconds,
+                         "convert_export_seconds": float(options.get("export_seconds", 0.0))})
+            if not diff <= TOLERANCE:
+                raise ConversionMismatch(f"{spec.backend}'s {spec.model} differs from run {run_id}'s "
+                                         f"{source_spec.backend} model by {diff:.3g} on {len(ours)} test images "
+                                         f"(tolerance {TOLERANCE:g})")
+            folder = workdir / WEIGHTS_ARTIFACT
+            folder.mkdir()
+            backend.hook.save_weights(model=model, directory=folder)
+            run.artifact(folder, WEIGHTS_ARTIFACT)
+            onnx_diff = export_and_check(spec, backend.hook, model, data, run, workdir, Console(stderr=True),
+                                         quiet=True)
+            return {"new_run_id": run.run_id, "max_abs_diff": diff, "onnx_max_abs_diff": onnx_diff,
+                    "test_acc": accuracy, "images": int(len(ours)), "import_seconds": import_seconds}
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+# -- from the caller's process --------------------------------------------------
+
+
+def in_worker(backend: str, kind: str, run_id: str, tracking_uri: str, options: dict[str, Any],
+              timeout: float = 1800.0) -> dict[str, Any]:
+    """One task in a fresh worker process of ``backend``; its outcome (a UserError with its reason when it failed)."""
+    from tle.study.local import LocalPool
+    from tle.study.schedule import Task
+
+    pool = LocalPool(1)
+    worker = pool.start(backend)
+    try:
+        pool.submit(worker, Task(0, backend, {"backend": backend, "tracking": {"uri": tracking_uri}},
+                                 kind=kind, run_id=run_id, options=options))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for _, outcome in pool.wait(timeout=1.0):
+                if outcome.get("status") == "KILLED":
+                    raise KeyboardInterrupt
+                return outcome
+        raise UserError(f"the {backend} worker took over {timeout:.0f}s for run {run_id}", "try again")
+    except KeyboardInterrupt:
+        pool.interrupt({worker: None}, grace=10.0)
+        raise
+    finally:
+        pool.stop(worker)
+
+
+def portable_of_run(run_id: str, backend: str, tracking_uri: str, out: Path, logits: bool = False) -> dict[str, Any]:
+    """:func:`write_portable` in a worker of the run's own ``backend``."""
+    outcome = in_worker(backend, "portable", run_id, tracking_uri, {"out": str(out), "logits": logits})
+    if outcome.get("status") != "FINISHED":
+        error = outcome.get("error", "")
+        if outcome.get("user_error"):
+            raise UserError(error)  # already 'what; what to do'
+        raise UserError(f"cannot read run {run_id}'s weights in {backend}: {error}", "check the run with tle show")
+    return outcome
+
+
+def convert_run(run_id: str, to: str, tracking_uri: str) -> dict[str, Any]:
+    """``tle convert``: the run's model in backend ``to``, checked and stored; returns what the command prints."""
+    import mlflow
+
+    from tle.plugins import load_backend
+
+    client = mlflow.MlflowClient(tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except Exception:
+        raise UserError(f"run {run_id!r} not found in the tracking store {tracking_uri}",
+                        "check the run id, or point --tracking-uri at the store that holds it") from None
+    source = run.data.tags.get("backend")
+    model = run.data.tags.get("model")
+    if not source or not model:
+        raise UserError(f"run {run_id} was not made by tle run (no backend/model tags)", "convert a tle run")
+    if source == to:
+        raise UserError(f"run {run_id} is already a {to} run", "choose another --to backend")
+    load_backend(to).model(model)  # a UserError naming the models it has
+    started = time.perf_counter()
+    folder = Path(tempfile.mkdtemp(prefix="tle-convert-"))
+    try:
+        exported = portable_of_run(run_id, source, tracking_uri, folder, logits=True)
+        outcome = in_worker(to, "convert", run_id, tracking_uri,
+                            {"to": to, "path": exported["path"], "logits": exported["logits"],
+                             "export_seconds": exported.get("export_seconds", 0.0)})
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    if outcome.get("status") != "FINISHED":
+        error = outcome.get("error", "")
+        if outcome.get("user_error"):
+            raise UserError(error)  # already 'what; what to do'
+        if outcome.get("mismatch"):
+            raise ConversionMismatch(error.split(": ", 1)[-1])
+        raise RuntimeError(error)
+    return {"run_id": outcome["new_run_id"], "source_run_id": run_id, "source_backend": source, "backend": to,
+            "model": model, "max_abs_diff": outcome["max_abs_diff"], "onnx_max_abs_diff": outcome["onnx_max_abs_diff"],
+            "test_acc": outcome["test_acc"], "images": outcome["images"],
+            "export_seconds": exported.get("export_seconds"), "import_seconds": outcome.get("import_seconds"),
+            "seconds": time.perf_counter() - started}
+
+
+def dumps(result: dict[str, Any]) -> str:
+    return json.dumps(result, indent=2)
