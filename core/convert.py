@@ -40,10 +40,12 @@ def handle_task(task: dict[str, Any], cache) -> dict[str, Any]:
     started = time.perf_counter()
     uri = task["spec"]["tracking"].get("uri")
     try:
-        if task["kind"] == "portable":
+        if task["kind"] == "portable" and task.get("run_id"):
             outcome.update(status="FINISHED", **write_portable(task["run_id"], uri, Path(task["options"]["out"]),
                                                                logits=task["options"].get("logits", False),
                                                                load_data=cache))
+        elif task["kind"] == "portable":
+            outcome.update(status="FINISHED", **write_portable_of_weights(task["spec"]["backend"], task["options"]))
         else:
             outcome.update(status="FINISHED", **convert_here(task["run_id"], task["options"], uri, load_data=cache))
     except KeyboardInterrupt:
@@ -84,6 +86,52 @@ def write_portable(run_id: str, tracking_uri: str | None, out: Path, logits: boo
         np.save(out / "source_logits.npy", np.asarray(evaluation.logits, dtype=np.float32))
         result["logits"] = str(out / "source_logits.npy")
     return result
+
+
+def write_portable_of_weights(backend_name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Weights this backend reads natively (``imagenet`` from its hub cache, a file of its own format) as a portable
+    file, for a model of ``options["model"]`` with the asking run's head and input shape: in this backend."""
+    from tle.contracts import ResolvedWeights
+    from tle.plugins import load_backend
+    from tle.portable import PortableWeights, write
+    from tle.spec import HeadSpec
+
+    backend = load_backend(backend_name)
+    backend.model(options["model"])
+    text = options["weights"]
+    weights = ResolvedWeights(kind="imagenet", source=text) if text == "imagenet" else ResolvedWeights(
+        kind="file", source=options.get("source", text), path=Path(text))
+    model = backend.hook.load_backbone(model=options["model"], num_classes=int(options["num_classes"]),
+                                       class_names=[str(i) for i in range(int(options["num_classes"]))],
+                                       input_shape=tuple(options["input_shape"]),
+                                       head=HeadSpec.model_validate(options["head"]), weights=weights,
+                                       device="cpu", precision="fp32", seed=0)
+    arrays = backend.hook.portable_weights(model=model)
+    out = Path(options["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    path = write(out / f"{options['model']}-{'imagenet' if text == 'imagenet' else Path(text).stem}.tle.npz",
+                 PortableWeights(model=options["model"], arrays=arrays, head=options["head"].get("kind", "dense"),
+                                 class_names=None, backend=backend_name, extra={"from": text}))
+    return {"path": str(path)}
+
+
+def portable_from_backend(backend: str, weights: str, model: str, head, input_shape, num_classes: int,
+                          out: Path, source: str | None = None) -> Path:
+    """``weights`` that ``backend`` reads natively (``imagenet``, a ``.pth`` file...) as a portable file, written by
+    that backend in a worker of its own: how Keras takes torchvision's ImageNet file or a user's state dict."""
+    import mlflow
+
+    options = {"weights": weights, "model": model, "head": head.model_dump(mode="json"),
+               "input_shape": [int(v) for v in input_shape], "num_classes": int(num_classes), "out": str(out),
+               "source": source or weights}
+    outcome = in_worker(backend, "portable", "", mlflow.get_tracking_uri(), options)
+    if outcome.get("status") != "FINISHED":
+        error = outcome.get("error", "")
+        if outcome.get("user_error"):
+            raise UserError(error)  # already 'what; what to do'
+        raise UserError(f"{backend} could not read {source or weights} for {model}: {error}",
+                        f"check that {backend} reads it (tle run --backend {backend} --weights ...)")
+    return Path(outcome["path"])
 
 
 def convert_here(run_id: str, options: dict[str, Any], tracking_uri: str | None, load_data=None) -> dict[str, Any]:

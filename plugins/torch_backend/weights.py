@@ -172,6 +172,12 @@ def load_tle_layout(net, state: dict[str, torch.Tensor], source: str, saved_clas
             and all(tuple(state[k].shape) == tuple(own[k].shape) for k in head_keys)):
         chosen.update({k: state[k] for k in head_keys})
         net.new_head = []
+    else:
+        # The original head's pretrained layers (VGG's fc1/fc2) come along as Keras's loader brings them: only its
+        # new last layer is drawn for the new classes.
+        new = tuple(f"head.{part}." for part in net.new_head)
+        chosen.update({k: state[k] for k in head_keys if k in state and not k.startswith(new)
+                       and tuple(state[k].shape) == tuple(own[k].shape)})
     net.load_state_dict(chosen, strict=False)
     if missing:
         warnings.warn(f"{source} has no weights for {', '.join(missing)} of {net.model_name}; those blocks start fresh",
