@@ -46,11 +46,15 @@ _STARTS: dict[str, list[tuple[str, ...]]] = {
 
 def _key(name: str) -> str:
     fam = registry.family(name)
-    return name if fam == "mobilenet" else fam
+    return registry.application(name) if fam == "mobilenet" else fam
 
 
-def cut_tensors(name: str, net, backbone_in, backbone_out) -> list:
-    """``[block1 input, block2 input, ..., block5 input, backbone output]`` as tensors of ``net``'s graph."""
+def cut_tensors(name: str, net, backbone_in, backbone_out, starts=None) -> list:
+    """``[block1 input, block2 input, ..., block5 input, backbone output]`` as tensors of ``net``'s graph.
+
+    ``starts``: the inputs of block2..block5 when the builder knows them (``torchvision_layout.py``)."""
+    if starts is not None:
+        return [backbone_in, *starts, backbone_out]
     cuts = [backbone_in]
     for options in _STARTS[_key(name)]:
         layer = next((net.get_layer(o) for o in options if _has(net, o)), None)

@@ -41,9 +41,15 @@ def build_head(keras, kind: str, name: str, x, num_classes: int, hidden: int, dr
     """
     L = keras.layers
     fam = registry.family(name)
+    torchvision = registry.layout(name) == "torchvision"
     if kind == "original":
+        if torchvision:
+            return _torchvision_original(keras, fam, x, num_classes, initializer)
         return _original(keras, name, fam, x, num_classes, initializer)
-    x = L.Flatten(name="head_flatten")(x) if fam == "vgg" else L.GlobalAveragePooling2D(name="head_pool")(x)
+    if torchvision and fam == "densenet":
+        x = L.ReLU(name="head_relu")(x)  # torchvision's DenseNet applies it in forward, after features.norm5
+    flatten = fam in ("vgg", "alexnet")
+    x = L.Flatten(name="head_flatten")(x) if flatten else L.GlobalAveragePooling2D(name="head_pool")(x)
     if kind == "dense":
         x = L.Dense(hidden, activation="relu", kernel_initializer=initializer("head_fc1"), name="head_fc1")(x)
         x = L.Dropout(dropout, name="head_dropout")(x)
@@ -54,6 +60,37 @@ def build_head(keras, kind: str, name: str, x, num_classes: int, hidden: int, dr
         raise ValueError(f"unknown head kind {kind!r}")
     logits = L.Dense(num_classes, kernel_initializer=initializer(NEW_LAST), dtype="float32", name=NEW_LAST)(x)
     return logits, new, []
+
+
+def _torchvision_original(keras, fam, x, num_classes, initializer):
+    """torchvision's own classifier, its module paths as layer names (``classifier_0`` = ``classifier.0``)."""
+    from tle_keras.torchvision_layout import AdaptiveAvgPool
+
+    L = keras.layers
+    if fam in ("vgg", "alexnet"):
+        x = AdaptiveAvgPool(7 if fam == "vgg" else 6, name="avgpool")(x)
+        x = L.Flatten(name="flatten")(x)  # (h, w, c) order; portable.py reorders the rows to torch's (c, h, w)
+        if fam == "vgg":  # Linear ReLU Dropout Linear ReLU Dropout Linear
+            parts = ["dense", "relu", "dropout", "dense", "relu", "dropout"]
+        else:  # Dropout Linear ReLU Dropout Linear ReLU Linear
+            parts = ["dropout", "dense", "relu", "dropout", "dense", "relu"]
+        reused = []
+        for i, part in enumerate(parts):
+            name = f"classifier_{i}"
+            if part == "dense":
+                x = L.Dense(4096, name=name)(x)
+                reused.append(name)
+            elif part == "relu":
+                x = L.ReLU(name=name)(x)
+            else:
+                x = L.Dropout(0.5, name=name)(x)
+    else:
+        if fam == "densenet":
+            x = L.ReLU(name="relu")(x)
+        x = L.GlobalAveragePooling2D(name="avgpool")(x)
+        reused = []
+    logits = L.Dense(num_classes, kernel_initializer=initializer(NEW_LAST), dtype="float32", name=NEW_LAST)(x)
+    return logits, [NEW_LAST], reused
 
 
 def _original(keras, name, fam, x, num_classes, initializer):
@@ -72,7 +109,7 @@ def _original(keras, name, fam, x, num_classes, initializer):
         x = L.Dense(4096, activation="relu", name="fc1")(x)
         x = L.Dense(4096, activation="relu", name="fc2")(x)
         reused = ["fc1", "fc2"]
-    elif name.startswith("mobilenet_v3"):
+    elif registry.application(name).startswith("mobilenet_v3"):
         x = L.GlobalAveragePooling2D(keepdims=True, name="avg_pool")(x)
         x = L.Conv2D(1024 if name.endswith("small") else 1280, 1, use_bias=True, name="conv_2")(x)
         x = L.Activation("hard_swish", name="conv_2_hard_swish")(x)

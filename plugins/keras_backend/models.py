@@ -68,8 +68,8 @@ def _build(name: str, num_classes: int, input_shape, head, weights, seed: int, c
     kind = getattr(weights, "kind", "none") if weights is not None else "none"
     if kind not in ("none", "imagenet", "file"):
         raise UserError(f"unknown weights kind {kind!r}", "use none, imagenet, a .h5/.keras file or runs:/RUN_ID")
-    if kind == "imagenet" and name in registry.SMALL:
-        weight_files.require_imagenet(name, h)  # raises: the small models have none
+    if kind == "imagenet" and registry.layout(name) != "keras":
+        weight_files.require_imagenet(name, h)  # raises: no Keras ImageNet file for these architectures
     keras.utils.set_random_seed(int(seed))
     # Mixed precision only where it pays (on a GPU) and unless fp32 is asked for; the logits stay float32.
     policies = {"auto": "mixed_bfloat16", "bf16": "mixed_bfloat16", "fp16": "mixed_float16", "fp32": "float32"}
@@ -77,22 +77,28 @@ def _build(name: str, num_classes: int, input_shape, head, weights, seed: int, c
 
     inputs = keras.Input((h, w, c), name="images")
     x = Preprocess(mode_for(name, registry.family(name)), name="preprocess")(inputs)
+    starts = None  # block2..block5 inputs, when the builder knows them
     if name in registry.SMALL:
         from tle_keras.small import BUILDERS
 
         y = BUILDERS[name](x)
+    elif registry.layout(name) == "torchvision":
+        from tle_keras.torchvision_layout import build as build_torchvision
+
+        y, starts = build_torchvision(name, x)
     else:
         y = _application(name, x, h, w, kind)
     head_init = head.initializer  # glorot_uniform, or N(0, 0.01) for "original", unless head.init is set
     logits, new_head, _ = build_head(keras, head.kind, name, y, int(num_classes), head.hidden, head.dropout,
                                      lambda layer: initializer(head_init, derived_seed(seed, HEAD, layer)))
     net = keras.Model(inputs, logits, name=f"tle_{name}")
-    cuts = block_maps.cut_tensors(name, net, x, y)
+    cuts = block_maps.cut_tensors(name, net, x, y, starts)
     layers: OrderedDict[str, list] = OrderedDict()
     for i, block in enumerate(registry.BLOCKS):
         layers[block] = block_maps.segment_layers(keras, cuts[i], cuts[i + 1])
     layers[HEAD] = block_maps.segment_layers(keras, cuts[-1], logits)
     knet = KerasNet(name, registry.family(name), net, cuts, layers, new_head, num_classes, (h, w, c), class_names)
+    knet.head_kind = head.kind  # which torch head module paths the head's layers have (portable.py)
     if kind == "imagenet" and head.kind == "original":
         top = weight_files.require_imagenet(name, h, top=True)
         named, _ = weight_files.read_named(top, str(top))
@@ -112,7 +118,7 @@ def _application(name: str, x, h: int, w: int, kind: str):
     if kind == "imagenet":
         weight_files.require_imagenet(name, h)
         args["weights"] = "imagenet"
-    if name.startswith("mobilenet_v3"):
+    if registry.application(name).startswith("mobilenet_v3"):
         args["include_preprocessing"] = True  # its Rescaling layer maps 0..255 to what its weights expect
     try:
         return ctor(**args).output

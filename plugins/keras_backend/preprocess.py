@@ -4,11 +4,13 @@ Every model takes float32 NHWC in [0, 1] (the core's data and the exported
 ONNX graph's input) and turns it into what its weights expect:
 
 =========== ===================================================================
-caffe       VGG, ResNet: x * 255, RGB -> BGR, minus ImageNet's BGR mean
-            (``keras.applications.vgg16.preprocess_input``)
-torch       DenseNet: (x - ImageNet mean) / ImageNet std
-tf          MobileNetV2: x * 2 - 1
-scale255    MobileNetV3: x * 255 (the application holds its own Rescaling layer)
+caffe       keras_vgg16/19, keras_resnet*: x * 255, RGB -> BGR, minus ImageNet's
+            BGR mean (``keras.applications.vgg16.preprocess_input``)
+torch       keras_densenet*, and every torchvision-layout model (alexnet, vgg*,
+            resnet*, densenet*): (x - ImageNet mean) / ImageNet std, what
+            the torch backend's wrapper applies
+tf          keras_mobilenet_v2: x * 2 - 1
+scale255    keras_mobilenet_v3_*: x * 255 (the application holds its own Rescaling layer)
 none        vgg_small, resnet_small: the data as it is
 =========== ===================================================================
 
@@ -64,8 +66,13 @@ class Preprocess(keras.layers.Layer):
 
 
 def mode_for(name: str, family: str) -> str:
-    if name in ("vgg_small", "resnet_small"):
+    from tle_keras import registry
+
+    layout = registry.layout(name)
+    if layout == "small":
         return "none"
+    if layout == "torchvision":
+        return "torch"  # torchvision's weights expect ImageNet mean/std, as tle_torch.wrapper applies
     if family == "mobilenet":
-        return MODES["mobilenet_v2" if name == "mobilenet_v2" else "mobilenet_v3"]
+        return MODES["mobilenet_v2" if registry.application(name) == "mobilenet_v2" else "mobilenet_v3"]
     return MODES[family]

@@ -39,6 +39,7 @@ _V2_ROWS = (96, 128, 160, 192, 224)
 def imagenet_file(name: str, size: int = 224, top: bool = False) -> tuple[str, str]:
     """(file name in Keras's cache, URL) of keras.applications' ImageNet weights for ``name``."""
     fam = registry.family(name)
+    name = registry.application(name)  # keras_vgg16 -> vgg16: Keras's own file names
     if fam in ("vgg", "resnet", "densenet"):
         folder = {"vgg": name, "resnet": "resnet", "densenet": "densenet"}[fam]
         fname = f"{name}_weights_tf_dim_ordering_tf_kernels{'' if top else '_notop'}.h5"
@@ -63,6 +64,10 @@ def require_imagenet(name: str, size: int, top: bool = False) -> Path:
     if name in registry.SMALL:
         raise UserError(f"{name} has no ImageNet weights (it is a small test-sized model)",
                         "use --weights none, a weights file, or runs:/RUN_ID of an earlier run")
+    if registry.layout(name) == "torchvision":
+        raise UserError(f"ImageNet weights for {name} (torchvision's layout) are not available in the keras backend "
+                        "yet", f"use --model keras_{name} for keras.applications' architecture and weights, or "
+                               f"--backend torch" if f"keras_{name}" in registry.names() else "use --backend torch")
     fname, url = imagenet_file(name, size, top)
     for folder in keras_cache_dirs():
         if (folder / fname).is_file():
