@@ -86,6 +86,18 @@ class Tracker:
     def json(self, obj: Any, name: str) -> None:
         self._mlflow.log_text(json.dumps(obj, indent=2), name)
 
+    def datasets(self, data) -> None:
+        """The run's train/val/test splits as MLflow dataset inputs (the UI's Dataset column; searchable by name and
+        digest): name = the data source, digest = the split fingerprint and the split, context = the split."""
+        from mlflow.data import from_numpy
+
+        fingerprint = data.fingerprint()
+        splits = [(s, *data.split(s)) for s in ("train", "val", "test")]
+        self._mlflow.log_inputs(
+            datasets=[from_numpy(x, source=dataset_source(data.name), targets=y, name=data.name,
+                                 digest=f"{fingerprint}-{s}") for s, x, y in splits],
+            contexts=[s for s, _, _ in splits], tags_list=[{} for _ in splits])
+
     def onnx_model(self, path: Path, sample, logits, registered_name: str | None) -> None:
         import onnx
         from mlflow.models import infer_signature
@@ -162,3 +174,42 @@ def _mark(exc: BaseException, run_id: str) -> None:
         exc.tle_run_id = run_id  # type: ignore[attr-defined]
     except AttributeError:
         pass
+
+
+_SOURCE_CLASS: list[type] = []
+
+
+def dataset_source(source: str):
+    """Where a split came from, as tle names it (``digits:0-4``, ``folder:/data/ships``), as an MLflow dataset source.
+    The class is made on first use: MLflow is imported lazily."""
+    if not _SOURCE_CLASS:
+        from mlflow.data.dataset_source import DatasetSource
+
+        class TleDatasetSource(DatasetSource):
+            def __init__(self, source: str):
+                self.source = source
+
+            @staticmethod
+            def _get_source_type() -> str:
+                return "tle"
+
+            def load(self, **kwargs):
+                raise NotImplementedError("tle datasets are loaded by tle.data.load_dataset from the run's spec")
+
+            @staticmethod
+            def _can_resolve(raw_source) -> bool:
+                return False
+
+            @classmethod
+            def _resolve(cls, raw_source):
+                return cls(str(raw_source))
+
+            def to_dict(self) -> dict:
+                return {"source": self.source}
+
+            @classmethod
+            def from_dict(cls, source_dict: dict):
+                return cls(source_dict["source"])
+
+        _SOURCE_CLASS.append(TleDatasetSource)
+    return _SOURCE_CLASS[0](source)

@@ -74,6 +74,13 @@ def test_same_split_for_the_same_spec(digits_runs, store):
     params = {b: client.get_run(r["run_id"]).data.params for b, r in digits_runs.items()}
     assert params["torch"]["data.fingerprint"] == params["keras"]["data.fingerprint"]
     assert params["torch"]["data.train_size"] == params["keras"]["data.train_size"]
+    # The same splits are MLflow dataset inputs of both runs (the UI's Dataset column): one per split.
+    for b, r in digits_runs.items():
+        inputs = client.get_run(r["run_id"]).inputs.dataset_inputs
+        seen = {t.value: d.dataset for d in inputs for t in d.tags if t.key == "mlflow.data.context"}
+        assert sorted(seen) == ["test", "train", "val"], b
+        assert {d.name for d in seen.values()} == {"digits"}
+        assert {d.digest for d in seen.values()} == {f"{params[b]['data.fingerprint']}-{s}" for s in seen}
 
 
 PLAN_CODE = """
@@ -160,3 +167,41 @@ def test_onnx_models_of_both_backends_serve_in_tle_predict(digits_runs, image_fo
     for b in BACKENDS:
         assert np.mean([preds[b][f] == truth[f] for f in truth]) > 0.6, b
     assert np.mean([preds["torch"][f] == preds["keras"][f] for f in truth]) > 0.6
+
+
+@pytest.mark.parametrize("source", BACKENDS)
+def test_convert_gives_the_other_framework_the_same_function(digits_runs, store, source):
+    """``tle convert``: the other backend's vgg_small, built from the run's portable weights, gives the source's
+    logits on the run's test images within 1e-4, and lands as a new FINISHED run with native weights and an
+    ONNX model that serves."""
+    target = "keras" if source == "torch" else "torch"
+    run = digits_runs[source]
+    proc = tle("--quiet", "convert", run["run_id"], "--to", target, "--json", env={"MLFLOW_TRACKING_URI": store},
+               check_rc=0)
+    out = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert out["backend"] == target and out["source_run_id"] == run["run_id"]
+    assert out["max_abs_diff"] <= 1e-4 and out["images"] > 300, out
+    assert out["test_acc"] == pytest.approx(run["test_acc"], abs=0.01), out
+    converted = MlflowClient(store).get_run(out["run_id"])
+    assert converted.info.status == "FINISHED"
+    assert converted.data.tags["tle.converted_from"] == run["run_id"] and converted.data.tags["backend"] == target
+    assert converted.data.metrics["convert_max_abs_diff"] == pytest.approx(out["max_abs_diff"])
+    assert converted.data.metrics["onnx_max_abs_diff"] < 1e-4
+    artifacts = {a.path for a in MlflowClient(store).list_artifacts(out["run_id"])}
+    assert {"weights", "model", "spec.yaml"} <= artifacts, artifacts
+
+
+def test_keras_trains_on_a_torch_runs_backbone(digits_runs, store, tmp_path):
+    """``--weights runs:/TORCH_RUN`` in a keras run: torch's backbone (and its head: same classes) goes into Keras's
+    vgg_small, and a frozen-backbone run keeps torch's accuracy (chance is 0.1). Another architecture is refused
+    before anything runs."""
+    torch_run = digits_runs["torch"]["run_id"]
+    common = ("--backend", "keras", "--model", "vgg_small", "--dataset", "digits", "--image-size", 32, "--epochs", 3,
+              "--batch-size", 32, "--lr", 1e-3, "--seed", 0, "--experiment", "cross", "--no-export",
+              "--strategy", "feature-extractor")
+    env = {"MLFLOW_TRACKING_URI": store}
+    transferred = run_json(*common, "--weights", f"runs:/{torch_run}", env=env, cwd=tmp_path)
+    assert transferred["test_acc"] > 0.8, transferred
+    bad = tle("--quiet", "run", *common[:2], "--model", "resnet_small", *common[4:], "--weights",
+              f"runs:/{torch_run}", env=env, cwd=tmp_path)
+    assert bad.returncode == 2 and "not a resnet_small" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
