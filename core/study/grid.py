@@ -17,7 +17,11 @@ start from pretrained blocks when the file has a ``pretrain`` section) gets
 ``runs:/ID`` of a pretraining run built from the same cell with the
 ``pretrain`` overrides on top (strategy ``scratch`` unless given); identical
 pretraining specs run once. A cell whose strategy needs no pretrained blocks
-(``scratch``) starts from nothing.
+(``scratch``) starts from nothing. ``pretrain: {backend: torch}`` pretrains
+with one backend for the cells of every backend (the spec is otherwise the
+same, so one run serves them all): its weights cross frameworks as a portable
+file (``tle.portable``), and the framework is the only difference between
+the backends' cells.
 """
 
 from __future__ import annotations
