@@ -18,6 +18,7 @@ from collections import OrderedDict
 
 from tle import UserError
 from tle_keras import blocks as block_maps
+from tle_keras import foreign
 from tle_keras import registry
 from tle_keras import weights as weight_files
 from tle_keras.heads import build_head
@@ -68,8 +69,8 @@ def _build(name: str, num_classes: int, input_shape, head, weights, seed: int, c
     kind = getattr(weights, "kind", "none") if weights is not None else "none"
     if kind not in ("none", "imagenet", "file"):
         raise UserError(f"unknown weights kind {kind!r}", "use none, imagenet, a .h5/.keras file or runs:/RUN_ID")
-    if kind == "imagenet" and registry.layout(name) != "keras":
-        weight_files.require_imagenet(name, h)  # raises: no Keras ImageNet file for these architectures
+    if kind == "imagenet" and name in registry.SMALL:
+        weight_files.require_imagenet(name, h)  # raises: the small models have none
     keras.utils.set_random_seed(int(seed))
     # Mixed precision only where it pays (on a GPU) and unless fp32 is asked for; the logits stay float32.
     policies = {"auto": "mixed_bfloat16", "bf16": "mixed_bfloat16", "fp16": "mixed_float16", "fp32": "float32"}
@@ -99,15 +100,19 @@ def _build(name: str, num_classes: int, input_shape, head, weights, seed: int, c
     layers[HEAD] = block_maps.segment_layers(keras, cuts[-1], logits)
     knet = KerasNet(name, registry.family(name), net, cuts, layers, new_head, num_classes, (h, w, c), class_names)
     knet.head_kind = head.kind  # which torch head module paths the head's layers have (portable.py)
-    if kind == "imagenet" and head.kind == "original":
+    if kind == "file" and weights.path is None:
+        raise UserError(f"weights {weights.source!r} resolved to no file", "give a file path or runs:/RUN_ID")
+    path = getattr(weights, "path", None)
+    if foreign.wants_torch(name, kind, path):
+        foreign.load_through_torch(knet, weights, head, class_names)
+    elif kind == "file" and foreign.is_portable(path):
+        foreign.load_portable(knet, path, str(weights.source or path), class_names, head)
+    elif kind == "imagenet" and head.kind == "original":
         top = weight_files.require_imagenet(name, h, top=True)
         named, _ = weight_files.read_named(top, str(top))
         weight_files._load_reused_top(knet, named, str(top))
-    if kind == "file":
-        if weights.path is None:
-            raise UserError(f"weights {weights.source!r} resolved to no file", "give a file path or runs:/RUN_ID")
-        names = weights.class_names
-        if weight_files.load_file(knet, weights.path, str(weights.source or weights.path), names):
+    elif kind == "file":
+        if weight_files.load_file(knet, weights.path, str(weights.source or weights.path), weights.class_names):
             knet.new_head = []
     return knet
 
