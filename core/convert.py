@@ -22,7 +22,7 @@ import numpy as np
 
 from tle.errors import UserError
 
-TOLERANCE = 1e-4  # max |logit difference| a conversion may show (DESIGN.md: weights cross frameworks to 1e-4)
+TOLERANCE = 1e-4  # max |logit difference| a conversion may show; the ONNX parity check's atol
 CONVERTED_FROM = "tle.converted_from"
 CONVERTED_FROM_BACKEND = "tle.converted_from_backend"
 DIFF_METRIC = "convert_max_abs_diff"

@@ -1,7 +1,7 @@
 """Weights every framework reads: the portable file, in torchvision's names and torch's array layout.
 
-A model name is one architecture in every backend (DESIGN.md "Same name, same
-meaning"), so one weight file can serve all of them. The file is a NumPy
+A model name is one architecture in every backend (README, "One weight file,
+every framework"), so one weight file can serve all of them. The file is a NumPy
 ``.npz`` (no framework needed to read or write it) holding:
 
 * the backbone under torchvision's ``state_dict()`` keys of that model

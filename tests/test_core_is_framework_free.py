@@ -1,4 +1,4 @@
-"""The core must never import a deep-learning framework (DESIGN.md)."""
+"""The core must never import a deep-learning framework: backends own them (README, "Backends")."""
 
 import ast
 import subprocess

@@ -8,11 +8,6 @@ pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 pytest.importorskip("onnxscript")
 
-try:
-    from tle.data import load_dataset  # noqa: F401  (written by another part of the project)
-except ImportError:  # pragma: no cover
-    pytest.skip("tle.data.load_dataset is not available yet", allow_module_level=True)
-
 from tle.runner import run_experiment  # noqa: E402
 from tle.spec import build_spec  # noqa: E402
 

@@ -27,7 +27,7 @@ _MODELS: dict[str, tuple[str, int, int, str]] = {
     "resnet_small": ("resnet", 32, 32, "CPU-sized ResNet (torchvision BasicBlock), widths 8/16/32/64, one block per layer"),
 }
 
-# Models that have ImageNet weights in torchvision (the small ones do not).
+# The CPU-sized models (tle_torch.small): torchvision has no ImageNet weights for them.
 SMALL = ("vgg_small", "resnet_small")
 
 
