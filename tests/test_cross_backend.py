@@ -125,10 +125,10 @@ for text in {inits!r}:
 print(json.dumps(out))
 """
 EXTRACT = {
-    # The first conv of block5 (block5_conv1, 3x3x512x512) in each framework's own layout.
+    # The first conv of block5 (torchvision's features.24, 3x3x512x512) in each framework's own layout.
     "torch": "import torch; w = next(m for m in net.body['block5'].modules() "
              "if isinstance(m, torch.nn.Conv2d)).weight.detach().numpy()",
-    "keras": "w = net.net.get_layer('block5_conv1').kernel.numpy()",
+    "keras": "w = net.net.get_layer('features_24').kernel.numpy()",
 }
 
 

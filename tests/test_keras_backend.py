@@ -73,12 +73,16 @@ def test_plugin_import_does_not_load_tensorflow():
 
 def test_registry_lists_unavailable_models_with_reason():
     infos = {m.name: m for m in P.register_models()}
-    for name in ("vgg16", "vgg19", "resnet50", "resnet101", "resnet152", "densenet121", "densenet169",
-                 "densenet201", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "vgg_small",
+    # torchvision's names (its architectures, built in Keras), keras.applications' own under keras_*, the small ones.
+    for name in ("alexnet", "vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn",
+                 "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "densenet121", "densenet161",
+                 "densenet169", "densenet201", "keras_vgg16", "keras_vgg19", "keras_resnet50", "keras_resnet101",
+                 "keras_resnet152", "keras_densenet121", "keras_densenet169", "keras_densenet201",
+                 "keras_mobilenet_v2", "keras_mobilenet_v3_small", "keras_mobilenet_v3_large", "vgg_small",
                  "resnet_small"):
         assert infos[name].available and infos[name].blocks == tuple(f"block{i}" for i in range(1, 6))
-    for name in ("alexnet", "densenet161", "vgg11", "vgg16_bn", "resnet18", "resnet34"):
-        assert not infos[name].available and "keras.applications has no" in infos[name].reason
+    for name in ("mobilenet_v3_small", "mobilenet_v3_large"):
+        assert not infos[name].available and f"keras_{name}" in infos[name].reason
     assert P.backend_info().status == "ok"
 
 
@@ -102,17 +106,17 @@ def test_vgg16_trainable_counts_per_strategy():
             assert got[HEAD] == (head, head)
             for b, total in blocks.items():
                 assert got[b] == (total, total if b in on else 0), (strategy, stage.index, b)
-    # S3: everything before block5_conv1 frozen, block5 trainable, in Keras's own layer names.
+    # S3: everything before block5's first conv frozen, block5 trainable (torchvision's features.24 .. 28).
     P.freeze_policy(model=knet, fixed_stats=(), trainable=dict(build_plan("finetune:block5", list(blocks), epochs=1, lr=1).stages[1]
                                                 .trainable))
     assert [layer.name for layer in knet.layers_of("block5") if layer.weights] == [
-        "block5_conv1", "block5_conv2", "block5_conv3"]
-    assert not knet.net.get_layer("block4_conv3").trainable and knet.net.get_layer("block5_conv1").trainable
+        "features_24", "features_26", "features_28"]
+    assert not knet.net.get_layer("features_21").trainable and knet.net.get_layer("features_24").trainable
 
 
 @child
-@pytest.mark.parametrize("name", ["resnet50", "densenet121", "mobilenet_v2", "mobilenet_v3_small",
-                                  "mobilenet_v3_large"])
+@pytest.mark.parametrize("name", ["keras_resnet50", "keras_densenet121", "keras_mobilenet_v2",
+                                  "keras_mobilenet_v3_small", "keras_mobilenet_v3_large"])
 def test_block_maps_cover_the_application(name):
     import keras
 
@@ -122,14 +126,14 @@ def test_block_maps_cover_the_application(name):
     non_trainable = sum(int(np.prod(v.shape)) for v in knet.net.non_trainable_weights)
     assert sum(t for t, _ in got.values()) == knet.net.count_params() - non_trainable
     first = {b: next(layer.name for layer in knet.layers_of(b) if layer.weights) for b in knet.block_names}
-    expect = {"resnet50": ["conv1_conv", "conv2_block1_1_conv", "conv3_block1_1_conv", "conv4_block1_1_conv",
+    expect = {"keras_resnet50": ["conv1_conv", "conv2_block1_1_conv", "conv3_block1_1_conv", "conv4_block1_1_conv",
                            "conv5_block1_1_conv"],
-              "densenet121": ["conv1_conv", "conv2_block1_0_bn", "conv3_block1_0_bn", "conv4_block1_0_bn",
+              "keras_densenet121": ["conv1_conv", "conv2_block1_0_bn", "conv3_block1_0_bn", "conv4_block1_0_bn",
                               "conv5_block1_0_bn"],
-              "mobilenet_v2": ["Conv1", "block_1_expand", "block_3_expand", "block_6_expand", "block_13_expand"]}
+              "keras_mobilenet_v2": ["Conv1", "block_1_expand", "block_3_expand", "block_6_expand", "block_13_expand"]}
     if name in expect:
         assert list(first.values()) == expect[name]
-    if name.startswith("mobilenet"):
+    if name.startswith("keras_mobilenet"):
         # Grouped by stride: every block after the first starts with the unit that halves the resolution.
         for b in knet.block_names[1:]:
             assert any(getattr(layer, "strides", (1, 1)) == (2, 2) for layer in knet.layers_of(b)
@@ -139,7 +143,7 @@ def test_block_maps_cover_the_application(name):
 @child
 def test_initialiser_std_matches_spec():
     knet = build("vgg16")
-    layer = knet.net.get_layer("block5_conv1")  # 3x3x512x512: 2.4M weights
+    layer = knet.net.get_layer("features_24")  # block5's first conv, 3x3x512x512: 2.4M weights
     fan = 3 * 3 * 512
     for text in ("glorot_uniform", "he_normal", "lecun_normal", "normal:0.02", "uniform:0.1", "glorot_normal"):
         init = InitSpec.parse(text)
@@ -212,7 +216,7 @@ def test_vgg_small_learns_digits(digits):
 
 @child
 @pytest.mark.parametrize("name,channels", [("vgg_small", 1), ("resnet_small", 3), ("densenet121", 3),
-                                           ("mobilenet_v2", 1)])
+                                           ("keras_mobilenet_v2", 1)])
 def test_onnx_parity(name, channels, tmp_path):
     import onnxruntime as ort
 
@@ -316,7 +320,7 @@ def test_imagenet_offline_names_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     monkeypatch.setenv("TLE_OFFLINE", "1")
     with pytest.raises(UserError) as info:
-        build("vgg16", weights=ResolvedWeights(kind="imagenet", source="imagenet"))
+        build("keras_vgg16", weights=ResolvedWeights(kind="imagenet", source="imagenet"))
     text = str(info.value) + str(getattr(info.value, "hint", "")) + repr(info.value.args)
     assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in text
     assert "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/" in text
@@ -326,7 +330,7 @@ def test_imagenet_offline_names_the_file(tmp_path, monkeypatch):
 
 @child
 def test_original_head():
-    knet = build("vgg16", head=HeadSpec(kind="original"))
+    knet = build("keras_vgg16", head=HeadSpec(kind="original"))
     assert [layer.name for layer in knet.layers_of(HEAD) if layer.weights] == ["fc1", "fc2", "head_logits"]
     assert knet.new_head == ["head_logits"]
     assert np.asarray(knet.net.get_layer("head_logits").kernel).std() == pytest.approx(0.01, rel=0.05)

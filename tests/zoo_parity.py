@@ -3,16 +3,18 @@ benchmarks/keras_zoo_parity.py).
 
 TensorFlow and torch never share a process (DESIGN.md, known facts): the torch
 side runs as ``python tests/zoo_parity.py torch|load CASES.json DIR`` in a
-process of its own and exchanges ``.npz`` files with the Keras side:
+process of its own (``run_torch``) and exchanges ``.npz`` files with the Keras side:
 
-* ``torch``: for each case, the torch backend's model (``tle_torch.models.build``:
+* for each case, the torch backend's model (``tle_torch.models.build``:
   torchvision's model cut into blocks, the head, ImageNet mean/std) with random
   weights and random BatchNorm statistics, its logits on a fixed batch, its
   weights under portable keys (torchvision's, ``head.`` + the head path) and its
   parameter counts per block -> ``DIR/<case>.npz``;
-* ``load``: reads ``DIR/<case>.keras.npz`` (portable weights + the batch written
+* ``back``: reads ``DIR/<case>.keras.npz`` (portable weights + the batch written
   by the Keras side), loads them into the torch model and writes its logits to
-  ``DIR/<case>.torch_logits.npy``.
+  ``DIR/<case>.torch_logits.npy``;
+* ``plans``: the torch backend's ``tle plan --json``; ``pools``: torch's
+  adaptive average pooling on random maps.
 """
 
 from __future__ import annotations
@@ -46,6 +48,33 @@ def _portable_key(net, key: str) -> str:
     return key if key.startswith("head.") else net.torchvision_name(key)
 
 
+def randomise_torch(net) -> None:
+    """Non-trivial BatchNorm (statistics and affine far from 0/1, so a swapped or dropped array shows), biases,
+    and logits of order one: the last BatchNorm of each residual branch damped (else 50 random residual units
+    grow the signal to 1e7 and an absolute tolerance means nothing) and every Linear Glorot-drawn (the original
+    head's N(0, 0.01) layer gives logits of 0.05)."""
+    import torch
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    with torch.no_grad():
+        last = set()
+        for m in net.modules():
+            if isinstance(m, BasicBlock):
+                last.add(m.bn2)
+            elif isinstance(m, Bottleneck):
+                last.add(m.bn3)
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.1, 0.3) if m in last else m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+            elif isinstance(m, torch.nn.Linear):
+                torch.nn.init.xavier_uniform_(m.weight)
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and m.bias is not None:
+                m.bias.uniform_(-0.1, 0.1)
+
+
 def torch_side(cases, out: Path) -> None:
     import torch
 
@@ -56,16 +85,7 @@ def torch_side(cases, out: Path) -> None:
         model, size, head = case[:3]
         torch.manual_seed(1)
         net = _torch_net(model, size, head)
-        with torch.no_grad():
-            # Non-trivial BatchNorm: statistics and affine far from 0/1, so a swapped or dropped array shows.
-            for m in net.modules():
-                if isinstance(m, torch.nn.BatchNorm2d):
-                    m.running_mean.uniform_(-0.2, 0.2)
-                    m.running_var.uniform_(0.5, 1.5)
-                    m.weight.uniform_(0.5, 1.5)
-                    m.bias.uniform_(-0.2, 0.2)
-                elif isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and m.bias is not None:
-                    m.bias.uniform_(-0.1, 0.1)
+        randomise_torch(net)
         rng = np.random.default_rng(0)
         x = rng.uniform(0, 1, (BATCH, size, size, 3)).astype(np.float32)
         with torch.no_grad():
@@ -75,6 +95,22 @@ def torch_side(cases, out: Path) -> None:
         counts = [(c.name, c.total, c.trainable) for c in count_parameters(model=net)]
         np.savez(out / f"{case_id(case)}.npz", __x__=x, __logits__=logits,
                  __counts__=np.frombuffer(json.dumps(counts).encode(), dtype=np.uint8), **arrays)
+
+
+POOLS = ((5, 7), (3, 6), (13, 7), (1, 7), (7, 7), (9, 6), (2, 6))  # (input side, output side)
+
+
+def pool_side(cases, out: Path) -> None:
+    """torch's adaptive_avg_pool2d on random maps (NHWC in the file), for the Keras AdaptiveAvgPool layer."""
+    import torch
+
+    rng = np.random.default_rng(3)
+    result = {}
+    for side, size in POOLS:
+        x = rng.normal(size=(2, side, side + 1, 4)).astype(np.float32)
+        y = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(x).permute(0, 3, 1, 2), size)
+        result[f"x{side}_{size}"], result[f"y{side}_{size}"] = x, y.permute(0, 2, 3, 1).numpy()
+    np.savez(out / "pools.npz", **result)
 
 
 def load_side(cases, out: Path) -> None:
@@ -102,14 +138,35 @@ def load_side(cases, out: Path) -> None:
         np.save(out / f"{case_id(case)}.torch_logits.npy", logits)
 
 
-def run_torch(mode: str, cases, out: Path, timeout: int = 600) -> None:
-    """The torch side in a plain Python process (no TensorFlow in it)."""
+def plan_side(models, out: Path, size: int = 32) -> None:
+    """``tle plan --json`` of the torch backend for ``models`` -> ``DIR/plans.json``."""
+    from typer.testing import CliRunner
+
+    from tle.cli import app
+
+    plans = {}
+    for model in models:
+        result = CliRunner().invoke(app, plan_args(model, "torch", size))
+        assert result.exit_code == 0, result.output
+        plans[model] = json.loads(result.stdout.strip().splitlines()[-1])
+    (out / "plans.json").write_text(json.dumps(plans))
+
+
+def plan_args(model: str, backend: str, size: int = 32) -> list[str]:
+    return ["plan", "--backend", backend, "--model", model, "--strategy", "finetune:block5",
+            "--image-size", str(size), "--json"]
+
+
+def run_torch(out: Path, cases=(), back=(), plans=(), pools: bool = False, timeout: int = 900) -> None:
+    """The torch side in one plain Python process (no TensorFlow in it): ``load`` the Keras side's files of
+    ``back``, write the torch models of ``cases``, the plans of ``plans`` and the pooling checks."""
     import os
     import subprocess
 
-    spec = out / f"cases-{mode}.json"
-    spec.write_text(json.dumps([list(c) for c in cases]))
-    proc = subprocess.run([sys.executable, __file__, mode, str(spec), str(out)], capture_output=True, text=True,
+    job = out / "job.json"
+    job.write_text(json.dumps({"cases": [list(c) for c in cases], "back": [list(c) for c in back],
+                               "plans": list(plans), "pools": pools}))
+    proc = subprocess.run([sys.executable, __file__, str(job), str(out)], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
 
@@ -141,7 +198,7 @@ def keras_counts(knet) -> list[tuple]:
 
 
 def randomise_keras(knet, seed: int = 2) -> None:
-    """Random BatchNorm statistics/affine and biases in a Keras model (the keras -> torch direction)."""
+    """Random BatchNorm statistics/affine, biases and Dense kernels in a Keras model (keras -> torch)."""
     rng = np.random.default_rng(seed)
     for layer in knet.net.layers:
         kind = type(layer).__name__
@@ -151,10 +208,27 @@ def randomise_keras(knet, seed: int = 2) -> None:
                                zip((gamma, beta, mean, var), ((0.5, 1.5), (-0.2, 0.2), (-0.2, 0.2), (0.5, 1.5)))])
         elif kind in ("Conv2D", "Dense") and layer.use_bias:
             kernel, bias = layer.get_weights()
+            if kind == "Dense":  # Glorot, as randomise_torch: the original head's N(0, 0.01) gives tiny logits
+                limit = np.sqrt(6.0 / sum(kernel.shape))
+                kernel = rng.uniform(-limit, limit, kernel.shape).astype(np.float32)
             layer.set_weights([kernel, rng.uniform(-0.1, 0.1, bias.shape).astype(np.float32)])
 
 
+def write_keras(case, knet, out: Path, seed: int) -> np.ndarray:
+    """Random weights in the Keras model of ``case``; its portable arrays and batch for the torch side to load;
+    return its logits."""
+    from tle_keras import portable
+
+    randomise_keras(knet, seed)
+    x = np.random.default_rng(5).uniform(0, 1, (BATCH, case[1], case[1], 3)).astype(np.float32)
+    np.savez(out / f"{case_id(case)}.keras.npz", __x__=x, **portable.to_portable(knet))
+    return np.asarray(knet.net(x, training=False))
+
+
 if __name__ == "__main__":
-    mode, cases_file, directory = sys.argv[1:4]
-    chosen = [tuple(c) for c in json.loads(Path(cases_file).read_text())]
-    {"torch": torch_side, "load": load_side}[mode](chosen, Path(directory))
+    spec, directory = json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2])
+    load_side([tuple(c) for c in spec["back"]], directory)
+    torch_side([tuple(c) for c in spec["cases"]], directory)
+    plan_side(spec["plans"], directory)
+    if spec["pools"]:
+        pool_side([], directory)
