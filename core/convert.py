@@ -124,6 +124,8 @@ def portable_from_backend(backend: str, weights: str, model: str, head, input_sh
     options = {"weights": weights, "model": model, "head": head.model_dump(mode="json"),
                "input_shape": [int(v) for v in input_shape], "num_classes": int(num_classes), "out": str(out),
                "source": source or weights}
+    from tle.worker_task import in_worker
+
     outcome = in_worker(backend, "portable", "", mlflow.get_tracking_uri(), options)
     if outcome.get("status") != "FINISHED":
         error = outcome.get("error", "")
@@ -200,33 +202,10 @@ def convert_here(run_id: str, options: dict[str, Any], tracking_uri: str | None,
 # -- from the caller's process --------------------------------------------------
 
 
-def in_worker(backend: str, kind: str, run_id: str, tracking_uri: str, options: dict[str, Any],
-              timeout: float = 1800.0) -> dict[str, Any]:
-    """One task in a fresh worker process of ``backend``; its outcome (a UserError with its reason when it failed)."""
-    from tle.study.local import LocalPool
-    from tle.study.schedule import Task
-
-    pool = LocalPool(1)
-    worker = pool.start(backend)
-    try:
-        pool.submit(worker, Task(0, backend, {"backend": backend, "tracking": {"uri": tracking_uri}},
-                                 kind=kind, run_id=run_id, options=options))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for _, outcome in pool.wait(timeout=1.0):
-                if outcome.get("status") == "KILLED":
-                    raise KeyboardInterrupt
-                return outcome
-        raise UserError(f"the {backend} worker took over {timeout:.0f}s for run {run_id}", "try again")
-    except KeyboardInterrupt:
-        pool.interrupt({worker: None}, grace=10.0)
-        raise
-    finally:
-        pool.stop(worker)
-
-
 def portable_of_run(run_id: str, backend: str, tracking_uri: str, out: Path, logits: bool = False) -> dict[str, Any]:
     """:func:`write_portable` in a worker of the run's own ``backend``."""
+    from tle.worker_task import in_worker
+
     outcome = in_worker(backend, "portable", run_id, tracking_uri, {"out": str(out), "logits": logits})
     if outcome.get("status") != "FINISHED":
         error = outcome.get("error", "")
@@ -238,16 +217,11 @@ def portable_of_run(run_id: str, backend: str, tracking_uri: str, out: Path, log
 
 def convert_run(run_id: str, to: str, tracking_uri: str) -> dict[str, Any]:
     """``tle convert``: the run's model in backend ``to``, checked and stored; returns what the command prints."""
-    import mlflow
-
     from tle.plugins import load_backend
+    from tle.stored_run import get_run
+    from tle.worker_task import in_worker
 
-    client = mlflow.MlflowClient(tracking_uri)
-    try:
-        run = client.get_run(run_id)
-    except Exception:
-        raise UserError(f"run {run_id!r} not found in the tracking store {tracking_uri}",
-                        "check the run id, or point --tracking-uri at the store that holds it") from None
+    run = get_run(run_id, tracking_uri)
     source = run.data.tags.get("backend")
     model = run.data.tags.get("model")
     if not source or not model:

@@ -45,28 +45,10 @@ def export_in_worker(run_id: str, backend: str, tracking_uri: str, timeout: floa
     """:func:`export_finished_run` in a worker process of ``backend`` (``python -m tle.study.worker``, as a sweep's
     ``export.onnx: best`` runs it), so the framework is imported there and TensorFlow never meets torch's exporter
     in one process. Returns the max |diff| of the parity check; a UserError with the worker's reason otherwise."""
-    import time
+    from tle.worker_task import in_worker
 
-    from tle.study.local import LocalPool
-    from tle.study.schedule import Task
-
-    pool = LocalPool(1)
-    worker = pool.start(backend)
-    try:
-        pool.submit(worker, Task(0, backend, {"backend": backend, "tracking": {"uri": tracking_uri}},
-                                 kind="export", run_id=run_id))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for _, outcome in pool.wait(timeout=1.0):
-                if outcome.get("status") == "FINISHED":
-                    return float(outcome["onnx_max_abs_diff"])
-                if outcome.get("status") == "KILLED":
-                    raise KeyboardInterrupt
-                raise UserError(f"cannot build run {run_id}'s ONNX model from its weights: {outcome.get('error', '')}",
-                                "run it again with --export")
-        raise UserError(f"building run {run_id}'s ONNX model took over {timeout:.0f}s", "run it again with --export")
-    except KeyboardInterrupt:
-        pool.interrupt({worker: None}, grace=10.0)
-        raise
-    finally:
-        pool.stop(worker)
+    outcome = in_worker(backend, "export", run_id, tracking_uri, {}, timeout)
+    if outcome.get("status") == "FINISHED":
+        return float(outcome["onnx_max_abs_diff"])
+    raise UserError(f"cannot build run {run_id}'s ONNX model from its weights: {outcome.get('error', '')}",
+                    "run it again with --export")

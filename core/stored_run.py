@@ -19,6 +19,18 @@ from tle.spec import ExperimentSpec, build_spec
 SPEC_ARTIFACT = "spec.yaml"
 
 
+def get_run(run_id: str, tracking_uri: str | None = None):
+    """The MLflow run ``run_id``, or the one-line error naming the store."""
+    import mlflow
+
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    try:
+        return mlflow.MlflowClient(uri).get_run(run_id)
+    except Exception:
+        raise UserError(f"run {run_id!r} not found in the tracking store {uri}",
+                        "check the run id, or point --tracking-uri at the store that holds it") from None
+
+
 def read_spec(mlflow, run_id: str, doing: str = "use") -> ExperimentSpec:
     try:
         return build_spec(yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{run_id}/{SPEC_ARTIFACT}")))

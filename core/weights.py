@@ -68,14 +68,9 @@ def _registered_run_id(text: str) -> str:
 
 
 def _from_run(run_id: str, source: str, backend: str, workdir: Path | None, model: str | None) -> ResolvedWeights:
-    import mlflow
+    from tle.stored_run import get_run
 
-    client = _client()
-    try:
-        run = client.get_run(run_id)
-    except Exception:
-        raise UserError(f"run {run_id!r} not found in the tracking store {mlflow.get_tracking_uri()}",
-                        "check the run id, or point --tracking-uri at the store that holds it") from None
+    run = get_run(run_id)
     run_backend = run.data.tags.get("backend")
     target = Path(tempfile.mkdtemp(prefix="tle-weights-", dir=workdir))
     if run_backend and run_backend != backend:
