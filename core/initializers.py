@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import math
 
+from dataclasses import dataclass
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 ALIASES = {
@@ -42,6 +44,14 @@ NAMES = (
 )
 PARAMETRISED = {"normal": 0.05, "uniform": 0.05}
 TRUNCATED_STD_CORRECTION = 0.87962566103423978
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """What an initialiser draws for one weight tensor: a backend turns it into one native call."""
+
+    kind: str  # "constant", "normal", "uniform" (U(-value, value)) or "truncated_normal" (cut at ±2 value)
+    value: float  # the constant, the standard deviation of the normal drawn from, or the limit
 
 
 class InitSpec(BaseModel):
@@ -77,6 +87,19 @@ class InitSpec(BaseModel):
 
     def __str__(self) -> str:
         return f"{self.name}:{self.scale:g}" if self.scale is not None else self.name
+
+    def distribution(self, fan_in: int, fan_out: int) -> Distribution:
+        """The table above for a tensor with these fans (for a truncated normal, the std before truncation)."""
+        name, p = self.name, self.param
+        if name in ("zeros", "ones"):
+            return Distribution("constant", 0.0 if name == "zeros" else 1.0)
+        if name in ("normal", "uniform"):
+            return Distribution(name, p)
+        family, dist = name.split("_")
+        scale = {"glorot": 2.0 / (fan_in + fan_out), "he": 2.0 / fan_in, "lecun": 1.0 / fan_in}[family]
+        if dist == "uniform":
+            return Distribution("uniform", math.sqrt(3.0 * scale))
+        return Distribution("truncated_normal", math.sqrt(scale) / TRUNCATED_STD_CORRECTION)
 
     def expected_std(self, fan_in: int, fan_out: int) -> float:
         """Standard deviation of the weights this initialiser draws (for tests and checks)."""

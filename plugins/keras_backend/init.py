@@ -16,12 +16,12 @@ which other blocks are redrawn, and a run is repeatable.
 
 from __future__ import annotations
 
-import zlib
 
 import numpy as np
 
 from tle import UserError
 from tle.initializers import InitSpec
+from tle.seeds import derive
 from tle_keras.runtime import keras as _keras
 
 keras = _keras()
@@ -33,8 +33,8 @@ _CLASSES = {
 
 
 def derived_seed(seed: int, *parts) -> int:
-    words = [int(seed) & 0xFFFFFFFF] + [zlib.crc32(str(p).encode()) for p in parts]
-    return int(np.random.SeedSequence(words).generate_state(1)[0] & 0x7FFFFFFF)
+    # Keras seeds are int31; every part by its name, as this backend always drew them.
+    return derive(seed, *(str(p) for p in parts)) & 0x7FFFFFFF
 
 
 def initializer(init: InitSpec, seed: int):

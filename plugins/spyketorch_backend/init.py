@@ -15,43 +15,26 @@ Each block draws from its own generator seeded by (seed, block name).
 
 from __future__ import annotations
 
-import math
-import zlib
 
 import numpy as np
 import torch
 
 from tle import UserError
-from tle.initializers import TRUNCATED_STD_CORRECTION, InitSpec
+from tle.initializers import InitSpec
+from tle.seeds import derive
+from tle_torch.init import sample  # the torch backend's sampler: this backend is built on torch too
 
 MEAN = 0.8
 
 
 def block_generator(seed: int, block: str) -> torch.Generator:
-    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, zlib.crc32(block.encode())]).generate_state(1)[0]
-    return torch.Generator().manual_seed(int(state))
+    return torch.Generator().manual_seed(derive(seed, block))
 
 
 def deviation(shape: tuple[int, ...], init: InitSpec, generator: torch.Generator) -> torch.Tensor:
-    out = torch.empty(shape, dtype=torch.float32)
     area = int(np.prod(shape[2:]))
-    fan_in, fan_out = shape[1] * area, shape[0] * area
-    name, p = init.name, init.param
-    if name == "zeros":
-        return out.zero_()
-    if name == "ones":
-        return out.fill_(1.0)
-    if name == "normal":
-        return out.normal_(0.0, p, generator=generator)
-    if name == "uniform":
-        return out.uniform_(-p, p, generator=generator)
-    family, dist = name.split("_")
-    scale = {"glorot": 2.0 / (fan_in + fan_out), "he": 2.0 / fan_in, "lecun": 1.0 / fan_in}[family]
-    if dist == "uniform":
-        limit = math.sqrt(3.0 * scale)
-        return out.uniform_(-limit, limit, generator=generator)
-    std = math.sqrt(scale) / TRUNCATED_STD_CORRECTION
-    return torch.nn.init.trunc_normal_(out, 0.0, std, -2.0 * std, 2.0 * std, generator=generator)
+    return sample(torch.empty(shape, dtype=torch.float32), init.distribution(shape[1] * area, shape[0] * area),
+                  generator)
 
 
 @torch.no_grad()

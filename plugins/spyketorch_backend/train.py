@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from tle import UserError
 from tle.contracts import Evaluation
+from tle.seeds import derive
 from tle_spyketorch import layers, plasticity, registry
 
 CONVERGED = 0.04  # plasticity.convergence below this = Kheradpisheh's C_l < 0.01
@@ -50,8 +51,7 @@ def configure_threads() -> None:
 
 
 def seeded(seed: int, *parts: int) -> torch.Generator:
-    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, *parts]).generate_state(1)[0]
-    return torch.Generator().manual_seed(int(state))
+    return torch.Generator().manual_seed(derive(seed, *(int(p) for p in parts)))
 
 
 def batch_indices(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:

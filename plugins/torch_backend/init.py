@@ -14,8 +14,6 @@ block's initial weights do not depend on which other blocks are re-drawn.
 
 from __future__ import annotations
 
-import math
-import zlib
 
 import numpy as np
 import torch
@@ -24,12 +22,12 @@ from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.conv import _ConvNd
 
 from tle import UserError
-from tle.initializers import TRUNCATED_STD_CORRECTION, InitSpec
+from tle.initializers import Distribution, InitSpec
+from tle.seeds import derive
 
 
 def block_generator(seed: int, block: str) -> torch.Generator:
-    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, zlib.crc32(block.encode())]).generate_state(1)[0]
-    return torch.Generator().manual_seed(int(state))
+    return torch.Generator().manual_seed(derive(seed, block))
 
 
 def fans(weight: torch.Tensor) -> tuple[int, int]:
@@ -39,24 +37,19 @@ def fans(weight: torch.Tensor) -> tuple[int, int]:
 
 def draw(weight: torch.Tensor, init: InitSpec, generator: torch.Generator) -> torch.Tensor:
     """A new CPU tensor shaped like ``weight`` drawn from ``init``."""
-    out = torch.empty(weight.shape, dtype=torch.float32)
-    name, p = init.name, init.param
-    fan_in, fan_out = fans(weight)
-    if name == "zeros":
-        return out.zero_()
-    if name == "ones":
-        return out.fill_(1.0)
-    if name == "normal":
-        return out.normal_(0.0, p, generator=generator)
-    if name == "uniform":
-        return out.uniform_(-p, p, generator=generator)
-    family, dist = name.split("_")
-    scale = {"glorot": 2.0 / (fan_in + fan_out), "he": 2.0 / fan_in, "lecun": 1.0 / fan_in}[family]
-    if dist == "uniform":
-        limit = math.sqrt(3.0 * scale)
-        return out.uniform_(-limit, limit, generator=generator)
-    std = math.sqrt(scale) / TRUNCATED_STD_CORRECTION
-    return nn.init.trunc_normal_(out, 0.0, std, -2.0 * std, 2.0 * std, generator=generator)
+    return sample(torch.empty(weight.shape, dtype=torch.float32), init.distribution(*fans(weight)), generator)
+
+
+def sample(out: torch.Tensor, dist: Distribution, generator: torch.Generator) -> torch.Tensor:
+    """Fill ``out`` from ``dist`` (``tle.initializers``: the formulas live there) with one torch call."""
+    v = dist.value
+    if dist.kind == "constant":
+        return out.fill_(v)
+    if dist.kind == "normal":
+        return out.normal_(0.0, v, generator=generator)
+    if dist.kind == "uniform":
+        return out.uniform_(-v, v, generator=generator)
+    return nn.init.trunc_normal_(out, 0.0, v, -2.0 * v, 2.0 * v, generator=generator)
 
 
 @torch.no_grad()
