@@ -19,7 +19,7 @@ from conftest import tle  # noqa: E402
 from tle import UserError  # noqa: E402
 from tle.contracts import ResolvedWeights  # noqa: E402
 from tle.spec import HeadSpec  # noqa: E402
-from tle.study.head_fusion import importance, ranked  # noqa: E402
+from tle.head_fusion import importance, ranked  # noqa: E402
 from tle_torch import plugin  # noqa: E402
 from tle_torch.fusion import backbone_hash  # noqa: E402
 

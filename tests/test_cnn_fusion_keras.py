@@ -63,7 +63,7 @@ def images(n=6, seed=0):
 
 @child
 def test_fused_head_keeps_the_top_units_of_each_model_wired_to_their_classes():
-    from tle.study.head_fusion import ranked
+    from tle.head_fusion import ranked
     from tle_keras import plugin
     from tle_keras.fusion import backbone_hash
 

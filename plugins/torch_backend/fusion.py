@@ -3,7 +3,7 @@
 Only heads that read the same features can be fused, so the backbones (every
 non-head weight and BatchNorm statistic) must hash alike: the second run
 trained with ``--strategy feature-extractor --weights runs:/BACKBONE`` like the
-first. The ranking and the merge are ``tle.study.head_fusion``'s (shared with
+first. The ranking and the merge are ``tle.head_fusion``'s (shared with
 the keras backend); this file reads the heads out of a :class:`TleNet` and
 builds the fused one: the first model's backbone and a head of the same kind.
 """
@@ -17,7 +17,7 @@ import torch
 
 from tle.contracts import ResolvedWeights
 from tle.spec import HeadSpec
-from tle.study.head_fusion import HeadArrays, check_models, merge
+from tle.head_fusion import HeadArrays, check_models, merge
 from tle_torch.models import build
 from tle_torch.wrapper import HEAD, TleNet
 
