@@ -196,3 +196,21 @@ def test_compare_on_a_sweep_writes_curves_and_transfer_metrics(tmp_path):
     md = tle("compare", "--sweep", parent.info.run_id, "--runs", "--tracking-uri", uri, "--format", "markdown",
              "--filter", "tags.strategy = 'transfer:all'", check_rc=0).stdout
     assert md.count("| transfer:all |") == 2 and "| scratch |" not in md
+
+
+def test_sweep_run_from_python_ends_its_parent(tmp_path):
+    """The study layer owns the parent run: ``Sweep.run()`` without the CLI ends it FINISHED with its table."""
+    from rich.console import Console
+
+    from tle.study.grid import load_grid
+    from tle.study.sweep import Sweep
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    path = grid_file(tmp_path, {"name": "api", "base": {**NUMPY_BASE, "tracking": {"experiment": "api"}},
+                                "axes": {"train.seed": [0, 1]}})
+    result = Sweep(load_grid(path), tracking_uri=uri, console=Console(stderr=True), quiet=True).run()
+    assert result.ok and result.table is not None
+    parent = client_for(uri).get_run(result.parent_id)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["cells_finished"] == 2
+    assert [a.path for a in client_for(uri).list_artifacts(result.parent_id, "results")] == [
+        "results/table.csv", "results/table.json", "results/table.md"]

@@ -43,20 +43,17 @@ def sweep(
         check_cells(grid.cells())
         _print_cells(grid)
         return
-    from tle.study.report import ending, record
     from tle.study.sweep import Sweep
-    from tle.study.table import build_table
 
     jobs, why = _jobs(jobs, len(grid.cells()))
 
     runner = Sweep(grid, executor=executor, jobs=jobs, address=address, tracking_uri=tracking_uri,
-                   gpus_per_cell=gpus_per_cell, console=err, quiet=STATE["quiet"])
+                   gpus_per_cell=gpus_per_cell, console=err, quiet=STATE["quiet"], metric=metric,
+                   rows=_split(rows), cols=_split(cols))
     if why and not STATE["quiet"]:
         err.print(why, highlight=False)
-    result = runner.run()
-    with ending(result):  # the parent ends FINISHED/FAILED here, or KILLED/FAILED if this is interrupted
-        table = build_table(result, metric=metric, rows=_split(rows), cols=_split(cols))
-        record(result, table)
+    result = runner.run()  # the parent run has ended (FINISHED, FAILED or KILLED) when this returns or raises
+    table = result.table
     _check_metric(result, metric)
     if fmt == "table":
         out.print(table.rich())

@@ -3,25 +3,7 @@
 from __future__ import annotations
 
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-
-
-@contextmanager
-def ending(sweep):
-    """Whatever stops the sweep between its last cell and :func:`record` (Ctrl-C, SIGTERM, an error) still
-    ends its parent run: KILLED or FAILED with ``tle.error``."""
-    try:
-        yield
-    except BaseException as exc:
-        from tle.study.store import end_sweep, quiet_signals
-        from tle.tracking import configure
-
-        with quiet_signals():
-            client = configure(sweep.uri).MlflowClient()
-            exp_id = client.get_run(sweep.parent_id).info.experiment_id
-            end_sweep(client, exp_id, sweep.parent_id, exc)
-        raise
 
 
 def record(sweep, table) -> None:

@@ -45,6 +45,7 @@ class SweepResult:
     runs: dict[str, CellRun] = field(default_factory=dict)
     wall_seconds: float = 0.0
     interrupted: bool = False
+    table: Any = None  # tle.study.table.Table, logged on the parent when the sweep ended
 
     @property
     def cells(self) -> list[CellResult]:
@@ -94,7 +95,9 @@ def make_pool(executor: str, address: str | None, jobs: int):
 class Sweep:
     def __init__(self, grid: Grid, *, executor: str = "local", jobs: int = 1, address: str | None = None,
                  tracking_uri: str | None = None, gpus_per_cell: float | None = None,
-                 console: Console | None = None, quiet: bool = False):
+                 console: Console | None = None, quiet: bool = False, metric: str = "test_acc",
+                 rows: list[str] | None = None, cols: list[str] | None = None):
+        """``metric``, ``rows``, ``cols``: the table logged on the parent run (``tle.study.table.build_table``)."""
         from tle.store import absolute_uri, sqlite_path
 
         if executor not in EXECUTORS:
@@ -123,6 +126,7 @@ class Sweep:
         self.gpus = gpus_per_cell
         self.console = console or Console(stderr=True)
         self.quiet = quiet
+        self.metric, self.rows, self.cols = metric, rows, cols
         self._fingerprints: dict[str, str] = {}
 
     # -- the parts ------------------------------------------------------------
@@ -183,6 +187,8 @@ class Sweep:
                     pool.close()
 
     def _run_on(self, pool, started: float, progress) -> SweepResult:
+        from tle.study.report import record
+        from tle.study.table import build_table
         from tle.tracking import configure
 
         mlflow = configure(self.uri, self.experiment)
@@ -208,6 +214,11 @@ class Sweep:
             scheduler = None
             sweep.results = [results[c.index] for c in self.cells]
             sweep.runs = read_runs(client, [r.run_id for r in sweep.results], exp_id)
+            sweep.wall_seconds = time.perf_counter() - started
+            # The study layer ends its parent run on every path: here FINISHED (or FAILED when a cell did not
+            # finish) with the table and counts, below KILLED/FAILED for whatever stopped it.
+            sweep.table = build_table(sweep, metric=self.metric, rows=self.rows, cols=self.cols)
+            record(sweep, sweep.table)
         except BaseException as exc:
             if parent_id is not None:
                 with quiet_signals():
@@ -218,7 +229,6 @@ class Sweep:
                 progress.stop()
             if scheduler is not None:
                 scheduler.close()
-        sweep.wall_seconds = time.perf_counter() - started
         return sweep
 
     def _run_cells(self, results, finished, client, exp_id, parent_id, scheduler, progress) -> None:
