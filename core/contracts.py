@@ -53,6 +53,21 @@ class TrainingPhase:
 
 
 @dataclass(frozen=True)
+class ImageSet:
+    """What a dataset loader of :func:`tle.hookspecs.register_datasets` may return: every image of the source.
+
+    Images are N x H x W or N x H x W x C, uint8/int (0..255) or float in [0, 1]; labels one int per image,
+    or strings (then class_names may be left out). The core splits, resizes and converts them, so every
+    backend sees the same images. A loader that decodes files lazily returns a :class:`tle.data.sources.Source`
+    instead (labels plus a ``fetch`` of the positions a split selects), as the built-in sources do.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """A model a backend offers, with its backbone blocks in forward order."""
 

@@ -45,12 +45,46 @@ def _import_entry_point(ep: EntryPoint, kind: str) -> ModuleType:
         ) from None
 
 
-def new_manager() -> pluggy.PluginManager:
-    pm = pluggy.PluginManager("tle")
-    pm.add_hookspecs(hookspecs)
-    for ep in entry_points(group=PLUGINS_GROUP):
-        pm.register(_import_entry_point(ep, "plugin"), name=f"plugin:{ep.name}")
-    return pm
+_MANAGER: list[pluggy.PluginManager] = []  # the one plugin manager of this process
+
+
+def manager() -> pluggy.PluginManager:
+    """This process's plugin manager: the hookspecs, the built-in dataset sources and every ``tle.plugins``
+    plugin, registered once, exactly as a third party's; backends join it when first loaded."""
+    if not _MANAGER:
+        from tle.data import plugin as builtin_datasets
+
+        pm = pluggy.PluginManager("tle")
+        pm.add_hookspecs(hookspecs)
+        pm.register(builtin_datasets, name="builtin:datasets")
+        for ep in entry_points(group=PLUGINS_GROUP):
+            pm.register(_import_entry_point(ep, "plugin"), name=f"plugin:{ep.name}")
+        _MANAGER.append(pm)
+    return _MANAGER[0]
+
+
+def _registered(name: str, module: ModuleType) -> str:
+    pm = manager()
+    key = f"backend:{name}"
+    if pm.get_plugin(key) is None:
+        pm.register(module, name=key)
+    return key
+
+
+class _BackendHooks:
+    """``pm.hook`` as one backend sees it: every plugin but the other backends (one per run answers
+    ``load_backbone``, ``train`` ...), so several backends share the process's manager."""
+
+    def __init__(self, pm: pluggy.PluginManager, key: str):
+        self._pm, self._key = pm, key
+
+    def __getattr__(self, hook: str):
+        if hook.startswith("_"):
+            raise AttributeError(hook)
+        # Made per call (it is cheap): a backend registered later must be left out too.
+        others = [plugin for name, plugin in self._pm.list_name_plugin()
+                  if name.startswith("backend:") and name != self._key]
+        return self._pm.subset_hook_caller(hook, remove_plugins=others)
 
 
 @dataclass
@@ -60,10 +94,7 @@ class Backend:
     name: str
     pm: pluggy.PluginManager
     info: BackendInfo
-
-    @property
-    def hook(self):
-        return self.pm.hook
+    hook: _BackendHooks
 
     def models(self) -> dict[str, ModelInfo]:
         found: dict[str, ModelInfo] = {}
@@ -85,7 +116,8 @@ class Backend:
 
     def dataset_sources(self) -> dict:
         sources: dict = {}
-        for batch in self.hook.register_datasets():
+        # pluggy answers last-registered first: the built-ins come last, so go backwards for a plugin's to win.
+        for batch in reversed(self.hook.register_datasets()):
             sources.update(batch or {})
         return sources
 
@@ -98,14 +130,13 @@ def load_backend(name: str) -> Backend:
         raise UserError(f"unknown backend {name!r} (installed: {known})",
                         f"install a package that registers it in the {BACKENDS_GROUP!r} entry-point group")
     module = _import_entry_point(eps[name], "backend")
-    pm = new_manager()
-    pm.register(module, name=f"backend:{name}")
-    info = pm.hook.backend_info()
+    hooks = _BackendHooks(manager(), _registered(name, module))
+    info = hooks.backend_info()
     if info is None:
         raise UserError(f"backend {name!r} does not implement backend_info", "fix the plugin module")
     if info.status != "ok":
         raise UserError(f"backend {name!r} cannot run here: {info.status}", f"install it with pip install 'tle[{name}]'")
-    return Backend(name, pm, info)
+    return Backend(name, manager(), info, hooks)
 
 
 @dataclass(frozen=True)
@@ -125,9 +156,7 @@ def survey_backends() -> list[BackendStatus]:
         version = _dist_version(ep)
         try:
             module = ep.load()
-            pm = new_manager()
-            pm.register(module, name=f"backend:{name}")
-            info = pm.hook.backend_info()
+            info = _BackendHooks(manager(), _registered(name, module)).backend_info()
             rows.append(BackendStatus(name, version, info.framework, info.framework_version, info.status, ep.value))
         except Exception as exc:
             rows.append(BackendStatus(name, version, "?", "?", f"import failed: {_describe_import_error(exc)}",

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
+from tle.contracts import ImageSet
 from tle.data import SPLITS, load_dataset
 from tle.data.images import load_image, resize_batch, to_channels
 from tle.data.split import stratified_split
@@ -298,12 +299,22 @@ def test_npz_errors(tmp_path):
 def test_extra_source_from_plugin():
     def loader(argument, data_spec):
         n = int(argument)
-        return np.zeros((2 * n, 5, 5, 3), np.float32), np.repeat([0, 1], n), ["no", "yes"]
+        return ImageSet(np.zeros((2 * n, 5, 5, 3), np.float32), np.repeat([0, 1], n), ("no", "yes"))
 
     ds = load_dataset(spec("mine:10", image_size=7, channels=1), seed=0, extra_sources={"mine": loader})
     assert ds.class_names == ["no", "yes"] and ds.input_shape == (7, 7, 1)
     with pytest.raises(UserError, match=r"unknown dataset source 'other:1'.*digits.*mine:"):
         load_dataset(spec("other:1"), seed=0, extra_sources={"mine": loader})
+    # The loader's answer is a typed record; a bare tuple is one line saying so.
+    with pytest.raises(UserError, match=r"returned a tuple.*ImageSet"):
+        load_dataset(spec("old:1"), seed=0, extra_sources={"old": lambda a, s: (np.zeros((2, 5, 5, 3)), [0, 1], None)})
+
+
+def test_builtin_sources_come_through_the_hook_like_a_plugins():
+    from tle.plugins import load_backend
+
+    sources = load_backend("numpy").dataset_sources()
+    assert {"digits", "synthetic", "folder", "npz", "mnist"} <= set(sources)
 
 
 @pytest.fixture

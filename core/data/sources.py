@@ -22,9 +22,10 @@ from tle.errors import UserError
 from tle.progress import track
 from tle.spec import DataSpec, SyntheticSpec
 
-Loader = Callable[[str, DataSpec], tuple[np.ndarray, np.ndarray, list[str]]]
+Loader = Callable[[str, DataSpec], object]  # returns a tle.contracts.ImageSet or a Source
 BUILTIN = ("mnist", "fashion_mnist", "cifar10", "cifar100", "emnist_letters")
 KNOWN = ("digits[:CLASSES]", "synthetic", "folder:PATH", "npz:PATH", *(f"{b}[:CLASSES]" for b in BUILTIN))
+KNOWN_PREFIXES = {"digits", "synthetic", "folder", "npz", *BUILTIN}
 # The progress display of the load in flight; sources that decode files show their loop on it.
 _progress: ContextVar[Progress | None] = ContextVar("tle_data_progress", default=None)
 
@@ -114,26 +115,24 @@ def _finish(images: np.ndarray, spec: DataSpec) -> np.ndarray:
     return np.ascontiguousarray(images, dtype=np.float32)
 
 
-def open_source(spec: DataSpec, extra: dict[str, Loader]) -> Source:
-    prefix, _, arg = spec.source.partition(":")
-    if prefix == "digits":
-        return digits(arg, spec.source)
-    if prefix == "synthetic" and not arg:
-        return synthetic(spec.synthetic)
-    if prefix == "folder" and arg:
-        return folder(arg, spec)
-    if prefix == "npz" and arg:
-        return npz(arg)
-    if prefix in BUILTIN:
-        from tle.data.builtin import load_builtin
+def open_source(spec: DataSpec, extra: dict[str, Loader] | None) -> Source:
+    """The source ``spec.source`` names: a loader the plugins registered (``extra``) or a built-in one."""
+    from tle.contracts import ImageSet
+    from tle.data.plugin import LOADERS
 
-        src = load_builtin(prefix)
-        return select_classes(src, arg, spec.source) if arg else src
-    if prefix in extra:
-        images, labels, names = extra[prefix](arg, spec)
-        return arrays([(None, images, labels)], names, f"dataset {spec.source}")
-    known = ", ".join([*KNOWN, *(f"{p}:..." for p in sorted(extra))])
-    raise UserError(f"unknown dataset source {spec.source!r}", f"use one of {known}")
+    extra = {**LOADERS, **(extra or {})}
+    prefix, _, arg = spec.source.partition(":")
+    if prefix not in extra:
+        known = ", ".join([*KNOWN, *(f"{p}:..." for p in sorted(extra) if p not in KNOWN_PREFIXES)])
+        raise UserError(f"unknown dataset source {spec.source!r}", f"use one of {known}")
+    loaded = extra[prefix](arg, spec)
+    if isinstance(loaded, Source):
+        return loaded
+    if isinstance(loaded, ImageSet):
+        names = list(loaded.class_names) if loaded.class_names is not None else None
+        return arrays([(None, loaded.images, loaded.labels)], names, f"dataset {spec.source}")
+    raise UserError(f"the loader of dataset source {prefix!r} returned a {type(loaded).__name__}",
+                    "a register_datasets loader returns tle.contracts.ImageSet(images, labels, class_names)")
 
 
 # -- digits ---------------------------------------------------------------------
