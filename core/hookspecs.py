@@ -268,6 +268,50 @@ def resolve_device(device):
     """
 
 
+# -- one run over several processes or devices (``train.distributed``, see :mod:`tle.distributed`) ----
+
+
+@hookspec(firstresult=True)
+def distributed_plan(distributed, device):
+    """Say how this backend runs one experiment over ``distributed``'s processes, devices and hosts.
+
+    Fired by the runner in the process the user started (on every node), before data is loaded or MLflow is
+    touched, when ``train.distributed`` asks for more than one process or node; only for backends that list
+    ``"distributed"`` in their capabilities.
+
+    :param tle.spec.DistributedSpec distributed: ``nproc`` (or ``auto``), ``nnodes``, ``node_rank``,
+        ``master_addr``, ``master_port``, ``backend`` (collective), ``sync_batchnorm``.
+    :param str device: ``train.device`` as given (``auto``, ``cpu``, ``cuda``...).
+    :return: a :class:`tle.distributed.DistributedPlan`. ``local_processes`` 0 means the backend distributes
+        inside this process (it sets that up here, e.g. a ``tf.distribute`` strategy, before its framework
+        initialises its devices) and the runner goes on as for any run; otherwise the runner calls
+        :func:`launch_ranks`.
+
+    Raise :class:`tle.UserError` for what cannot run here (NCCL without CUDA, more processes than GPUs, a
+    multi-host setting the framework does not support), naming the setting.
+    """
+
+
+@hookspec(firstresult=True)
+def launch_ranks(plan, distributed, entry, args, failures):
+    """Start this node's ``plan.local_processes`` ranks with the framework's own launcher and wait for all of them.
+
+    Fired by the runner after :func:`distributed_plan` returned a plan with processes; on node 0 inside the
+    run's MLflow run, whose status the runner owns. Each rank sets up the framework's process group (``plan.
+    collective``, ``distributed.master_addr``/``master_port``/``node_rank`` joining hosts), binds its device and
+    calls ``entry(context, *args)`` with a :class:`tle.distributed.RankContext`; ``entry`` runs the experiment,
+    whose :func:`train` then replicates the model over the group.
+
+    :return: ``{global rank: entry's return value}`` for this node's ranks (rank 0's is the run's result).
+
+    :param str failures: the folder where failing ranks record their one-line reasons.
+
+    When a rank fails, stop the others and raise ``tle.distributed.rank_failure(failures, {rank: what the
+    launcher saw})``; when this process is interrupted (SIGINT, SIGTERM), stop every rank (none may survive) and
+    raise ``KeyboardInterrupt``.
+    """
+
+
 # -- probes: activations at initialisation (``tle init-study``, S4) -------------------
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from tle import plots
+from tle import distributed, plots
 from tle.contracts import BlockCount, ExportMetadata
 from tle.errors import UserError
 from tle.loop import History, TrainLoop
@@ -42,6 +42,7 @@ class RunResult:
     onnx_max_abs_diff: float | None = None
     wall_seconds: float = 0.0
     device: str = "cpu"
+    world_size: int = 1  # processes or replicas that trained it (train.distributed)
     # Seconds per part of the run (data, model, train, evaluate, report, weights, export, tracking):
     # what a sweep pays per cell beyond training is read from these.
     timings: dict[str, float] = field(default_factory=dict)
@@ -49,6 +50,13 @@ class RunResult:
     @property
     def best_val_acc(self) -> float:
         return self.history.best("val_acc")
+
+
+def run_tags(spec: ExperimentSpec, backend: Backend, plan: Plan, device: str, extra: dict[str, str]) -> dict[str, str]:
+    return {"backend": spec.backend, "model": spec.model, "dataset": spec.dataset.source,
+            "strategy": str(plan.strategy), "init": str(spec.init), "weights": spec.weights,
+            "device": device, "framework": backend.info.framework,
+            "framework_version": backend.info.framework_version, **extra}
 
 
 def default_run_name(spec: ExperimentSpec) -> str:
@@ -119,7 +127,9 @@ def run_experiment(spec: ExperimentSpec, console: Console | None = None, quiet: 
     ``tags`` are added to the run (a sweep's parent id, its axes); ``load_data``
     replaces :func:`tle.data.load_dataset` (a warm sweep worker keeps the data of
     earlier cells); ``export`` overrides ``spec.export.onnx`` (a sweep exporting
-    only its best cells trains the others without export).
+    only its best cells trains the others without export). With
+    ``train.distributed`` this process launches the ranks (see :mod:`tle.distributed`)
+    and returns rank 0's result; None on a node other than 0 and in ranks other than 0.
     """
     console = console or Console(stderr=True)
     started = time.perf_counter()
@@ -129,10 +139,21 @@ def run_experiment(spec: ExperimentSpec, console: Console | None = None, quiet: 
     spec = spec.with_defaults(backend.info.default_init)
     if resume is not None and "resume" not in backend.info.capabilities:
         raise UserError(f"backend {spec.backend!r} cannot resume runs", "start a new run instead")
+    tags = {**(tags or {}), SPEC_KEY: key}
+    export = bool(spec.export.onnx) if export is None else export
+    if spec.train.distributed.active and distributed.current() is None:
+        dplan = distributed.plan_for(spec, backend)
+        if not dplan.in_process:
+            from tle.tracking import environment_tags
+
+            return distributed.launch(spec, backend, dplan, run_tags(spec, backend, plan, ",".join(dplan.devices),
+                                                                     {**environment_tags(), **tags, **dplan.tags()}),
+                                      spec.tracking.run_name or default_run_name(spec), quiet, resume, tags, export,
+                                      console)
+        tags.update(dplan.tags())
     progress = make_progress(console, quiet)
     with progress if progress is not None else nullcontext():
-        return _run(spec, backend, plan, console, progress, quiet, started, resume, {**(tags or {}), SPEC_KEY: key},
-                    load_data, bool(spec.export.onnx) if export is None else export)
+        return _run(spec, backend, plan, console, progress, quiet, started, resume, tags, load_data, export)
 
 
 def _run(spec, backend, plan, console, progress, quiet, started, resume, extra_tags, load_data,
@@ -154,28 +175,30 @@ def _run(spec, backend, plan, console, progress, quiet, started, resume, extra_t
     if resume is not None and resume.fingerprint != data.fingerprint():
         raise UserError(f"the data of run {resume.run_id} changed since it started (other split or files)",
                         "start a new run")
-    mlflow = configure(spec.tracking.uri, spec.tracking.experiment)
+    # A rank other than 0 tracks nothing; it needs the store only to fetch weights of an earlier run.
+    needs_store = distributed.writes(distributed.current()) or spec.weights.startswith(("runs:/", "models:/"))
+    mlflow = configure(spec.tracking.uri, spec.tracking.experiment) if needs_store else None
     clock.lap("tracking")
     workdir = Path(tempfile.mkdtemp(prefix="tle-run-"))
     try:
         weights = resolve_weights(spec.weights, spec.backend, workdir, model=spec.model)
         hook = backend.hook
-        device = hook.resolve_device(device=spec.train.device) or "cpu"
+        rank = distributed.current()
+        asked = rank.device if rank is not None else spec.train.device  # a rank's device is its launcher's choice
+        device = hook.resolve_device(device=asked) or "cpu"
         model = hook.load_backbone(model=spec.model, num_classes=data.num_classes,
                                    class_names=list(data.class_names), input_shape=data.input_shape,
-                                   head=spec.head, weights=weights, device=spec.train.device,
+                                   head=spec.head, weights=weights, device=asked,
                                    precision=spec.train.precision, seed=spec.train.seed)
         # The head was drawn (or kept) by load_backbone; only backbone blocks are re-initialised here.
         hook.apply_init(model=model, blocks=[b for b in plan.reinit if b != HEAD], init=spec.init,
                         seed=spec.train.seed)
         clock.lap("model")
 
-        tags = {"backend": spec.backend, "model": spec.model, "dataset": spec.dataset.source,
-                "strategy": str(plan.strategy), "init": str(spec.init), "weights": spec.weights,
-                "device": device, "framework": backend.info.framework,
-                "framework_version": backend.info.framework_version, **environment_tags(), **extra_tags}
+        tags = run_tags(spec, backend, plan, device, {**environment_tags(), **extra_tags})
         name = spec.tracking.run_name or default_run_name(spec)
-        with tracked_run(mlflow, name=name, tags=tags, run_id=resume and resume.run_id) as run:
+        with distributed.tracked(tracked_run, mlflow, rank, name=name, tags=tags,
+                                 run_id=resume and resume.run_id) as run:
             if not quiet:
                 console.print(f"[bold]run[/] {run.run_id}  {default_run_name(spec)}  on {device}  "
                               f"data {data.sizes()} {h}x{w}x{c}" + (f", {data.skipped} files skipped"
@@ -187,10 +210,14 @@ def _run(spec, backend, plan, console, progress, quiet, started, resume, extra_t
                             "data.input_shape": f"{h}x{w}x{c}"})
                 run.text(spec.to_yaml(), "spec.yaml")
                 run.json(data.class_names, CLASS_NAMES_ARTIFACT)
+                run.datasets(data)
             clock.lap("tracking")
             result = _train_and_report(spec, backend, plan, data, model, run, console, progress, quiet, workdir,
                                        resume, clock, export)
+            if result is None:  # a rank other than 0: rank 0 reports
+                return None
             result.device = device
+            result.world_size = rank.world_size if rank is not None else int(tags.get("distributed.world_size", 1))
             result.wall_seconds = time.perf_counter() - started
             result.timings = dict(clock.parts)
             run.metrics({"wall_seconds": result.wall_seconds,
@@ -248,6 +275,8 @@ def _train_and_report(spec, backend, plan, data, model, run, console, progress, 
     run.metrics({"train_seconds": time.perf_counter() - train_started,
                  "trainable_params": sum(c.trainable for c in all_counts[0]),
                  "frozen_params": sum(c.total - c.trainable for c in all_counts[0])})
+    if not distributed.writes(distributed.current()):
+        return None  # the replicas are equal: rank 0 alone evaluates, reports and exports
 
     evaluation = hook.evaluate(model=model, images=data.x_test, labels=data.y_test, batch_size=spec.train.batch_size)
     report = classification_report(data.y_test, evaluation.logits, evaluation.loss, data.class_names)

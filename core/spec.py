@@ -122,6 +122,42 @@ class StdpSpec(_Strict):
     presentations: int = Field(8000, ge=0, description="images presented to each STDP layer at most")
 
 
+class DistributedSpec(_Strict):
+    """One run over several processes, devices or hosts, on the framework's own engine (see ``tle.distributed``).
+
+    ``nproc`` processes (torch: DDP ranks started by torch's elastic launcher) or replicas (Keras: the devices of
+    one ``MirroredStrategy``) per node; ``auto`` is one per GPU when the device is CUDA, else 1. ``train.batch_size``
+    stays the global batch: each replica trains on its share. ``nnodes``/``node_rank``/``master_addr``/``master_port``
+    join hosts as torchrun does (node 0 owns the tracked run). ``backend``: the collective backend, ``auto`` = NCCL
+    on CUDA, gloo on CPU.
+    """
+
+    nproc: int | Literal["auto"] = Field(1, description="processes (torch) or replicas (keras) per node")
+    nnodes: int = Field(1, ge=1)
+    node_rank: int = Field(0, ge=0)
+    master_addr: str = "127.0.0.1"
+    master_port: int | None = Field(None, ge=1, le=65535, description="null: a free port on one node, 29500 across nodes")
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    sync_batchnorm: bool = Field(False, description="BatchNorm statistics over the global batch (SyncBatchNorm)")
+
+    @field_validator("nproc")
+    @classmethod
+    def _nproc(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("nproc must be at least 1 (or auto)")
+        return value
+
+    @model_validator(mode="after")
+    def _node_rank(self) -> "DistributedSpec":
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"node_rank {self.node_rank} is not below nnodes {self.nnodes}")
+        return self
+
+    @property
+    def active(self) -> bool:
+        return self.nproc != 1 or self.nnodes > 1
+
+
 class TrainSpec(_Strict):
     epochs: int = Field(5, ge=1)
     batch_size: int = Field(32, ge=1)
@@ -142,6 +178,7 @@ class TrainSpec(_Strict):
     checkpoint: bool = Field(True, description="write a checkpoint each epoch so --resume can continue the run")
     augment: bool = False
     stdp: StdpSpec = Field(default_factory=StdpSpec)
+    distributed: DistributedSpec = Field(default_factory=DistributedSpec)
 
     @field_validator("device")
     @classmethod
@@ -221,7 +258,11 @@ class ExperimentSpec(_Strict):
         Logged as the tag ``tle.spec_key``; a sweep skips a cell whose key and
         data fingerprint already have a FINISHED run.
         """
-        body = self.model_dump(mode="json", exclude={"tracking": True, "train": {"checkpoint"}})
+        # Where the ranks meet is not what they compute; a run that is not distributed keeps the key it had
+        # before train.distributed existed, so a sweep still finds its earlier cells.
+        where = {"node_rank", "master_addr", "master_port"}
+        body = self.model_dump(mode="json", exclude={"tracking": True, "train": {
+            "checkpoint": True, "distributed": True if not self.train.distributed.active else where}})
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:20]
 
     def to_yaml(self) -> str:

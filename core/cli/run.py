@@ -40,6 +40,14 @@ def run(
     cache_features: Annotated[Optional[bool], Opt("--cache-features/--no-cache-features",
                                                   help="compute frozen prefixes once")] = None,
     export: Annotated[Optional[bool], Opt("--export/--no-export", help="export to ONNX and check parity")] = None,
+    nproc: Annotated[Optional[str], Opt(help="processes (torch DDP ranks) or replicas (keras devices) per node; auto = one per GPU")] = None,
+    nnodes: Annotated[Optional[int], Opt(help="hosts taking part (torch; run the same command on each)")] = None,
+    node_rank: Annotated[Optional[int], Opt(help="this host's index, 0..nnodes-1; node 0 tracks the run")] = None,
+    master_addr: Annotated[Optional[str], Opt(help="address of node 0, where the ranks meet")] = None,
+    master_port: Annotated[Optional[int], Opt(help="port on node 0 (default: a free one on one host, 29500 across hosts)")] = None,
+    dist_backend: Annotated[Optional[str], Opt(help="auto | gloo | nccl: the collective backend of a distributed run")] = None,
+    sync_batchnorm: Annotated[Optional[bool], Opt("--sync-batchnorm/--no-sync-batchnorm",
+                                                  help="BatchNorm statistics over the global batch")] = None,
     experiment: Annotated[Optional[str], Opt(help="MLflow experiment name")] = None,
     tracking_uri: Annotated[Optional[str], Opt(help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")] = None,
     run_name: Annotated[Optional[str], Opt(help="MLflow run name")] = None,
@@ -64,6 +72,10 @@ def run(
         "dataset.max_per_class": max_per_class, "train.early_stopping": early_stopping,
         "train.cache_features": cache_features, "export.onnx": export, "tracking.experiment": experiment,
         "tracking.uri": tracking_uri, "tracking.run_name": run_name, "tracking.registered_model": register,
+        "train.distributed.nproc": int(nproc) if nproc is not None and nproc.strip().isdigit() else nproc,
+        "train.distributed.nnodes": nnodes, "train.distributed.node_rank": node_rank,
+        "train.distributed.master_addr": master_addr, "train.distributed.master_port": master_port,
+        "train.distributed.backend": dist_backend, "train.distributed.sync_batchnorm": sync_batchnorm,
     }
     overrides.update(parse_sets(set_ or []))
     if resume:
@@ -78,6 +90,10 @@ def run(
         from tle.runner import run_experiment
 
         result = run_experiment(spec, console=err, quiet=STATE["quiet"])
+    if result is None:  # a node other than 0 of a distributed run: node 0 tracks and reports it
+        if json_out:
+            print(json.dumps({"node_rank": spec.train.distributed.node_rank, "status": "FINISHED"}))
+        return
     spec = result.spec  # as run: with the backend's defaults filled in
     summary = {
         "run_id": result.run_id, "backend": spec.backend, "model": spec.model, "strategy": spec.strategy,
@@ -86,6 +102,7 @@ def run(
         "trainable_params": sum(c.trainable for c in result.counts[0]),
         "total_params": sum(c.total for c in result.counts[0]), "onnx_max_abs_diff": result.onnx_max_abs_diff,
         "wall_seconds": result.wall_seconds, "device": result.device,
+        "world_size": result.world_size,
     }
     if json_out:
         print(json.dumps(summary))

@@ -35,7 +35,8 @@ def backend_info():
                        framework_version=f"{keras_version or '-'} (tensorflow {tf_version or '-'})",
                        description="keras.applications CNNs with their own block names, Keras initialisers and heads",
                        status=status, devices=("cpu", "gpu"),
-                       capabilities=("onnx", "resume", "feature-cache", "gpu", "bf16", "fuse", "fuse-concatenate"))
+                       capabilities=("onnx", "resume", "feature-cache", "gpu", "bf16", "fuse", "fuse-concatenate",
+                                     "distributed"))
 
 
 @hookimpl
@@ -156,3 +157,10 @@ def block_activations(model, images):
     from tle_keras.probe import block_activations as run
 
     return run(model, images)
+
+
+@hookimpl
+def distributed_plan(distributed, device):
+    from tle_keras.distributed import plan
+
+    return plan(distributed, device)

@@ -28,7 +28,8 @@ def backend_info():
     return BackendInfo(name="torch", framework="pytorch", framework_version=torch_version or "-",
                        description="torchvision CNNs with Keras-style blocks, initialisers and heads",
                        status=status, devices=("cpu", "cuda"),
-                       capabilities=("onnx", "resume", "feature-cache", "cuda", "bf16", "fuse", "fuse-concatenate"))
+                       capabilities=("onnx", "resume", "feature-cache", "cuda", "bf16", "fuse", "fuse-concatenate",
+                                     "distributed"))
 
 
 @hookimpl
@@ -156,3 +157,17 @@ def block_activations(model, images):
     from tle_torch.probe import block_activations as run
 
     return run(model, images)
+
+
+@hookimpl
+def distributed_plan(distributed, device):
+    from tle_torch.distributed import plan
+
+    return plan(distributed, device)
+
+
+@hookimpl
+def launch_ranks(plan, distributed, entry, args, failures):
+    from tle_torch.distributed import launch
+
+    return launch(plan, distributed, entry, args, failures)

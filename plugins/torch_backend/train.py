@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tle.contracts import Evaluation
-from tle_torch import cache
+from tle_torch import cache, distributed
 
 LOSS_EVERY = 20  # batches between loss values shown by the progress bar (each one syncs the GPU)
 
@@ -95,10 +95,12 @@ def count_batches(n: int, batch_size: int) -> int:
     return full - 1 if full > 1 and n % batch_size == 1 else full
 
 
-def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator, device) -> DataLoader:
+def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator, device,
+            parts: list[torch.Tensor] | None = None) -> DataLoader:
+    """One epoch's batches; ``parts``: a DDP rank's own batches of positions (see ``distributed.shard``)."""
     pin = device.type == "cuda" and x.device.type == "cpu"
-    return DataLoader(Batches(x, y), sampler=ShuffledBatches(len(y), batch_size, generator), batch_size=None,
-                      collate_fn=_as_is, pin_memory=pin)
+    sampler = parts if parts is not None else ShuffledBatches(len(y), batch_size, generator)
+    return DataLoader(Batches(x, y), sampler=sampler, batch_size=None, collate_fn=_as_is, pin_memory=pin)
 
 
 def _as_is(batch):
@@ -191,21 +193,43 @@ def fit(net, data, stage, spec, loop) -> dict:
         x_train, x_val = (torch.from_numpy(a) for a in images)
         forward = net
 
+    result = {"cached_blocks": start_block if cached is not None else 0}
+    rank, size = distributed.world()
+    swapped = distributed.sync_batchnorm(net) if size > 1 and spec.distributed.sync_batchnorm else []
+    try:
+        _epochs(net, forward, stage, spec, loop, optimizer, scaler, autocast, device, x_train, y_train, x_val, y_val,
+                start_block if cached is not None else None, rank, size)
+    finally:
+        distributed.unsync_batchnorm(swapped)
+    result["optimizer"] = optimizer
+    return result
+
+
+def _epochs(net, forward, stage, spec, loop, optimizer, scaler, autocast, device, x_train, y_train, x_val, y_val,
+            start_block, rank: int, size: int) -> None:
     n = len(y_train)
     bs = spec.batch_size
     n_batches = count_batches(n, bs)
-    result = {"cached_blocks": start_block if cached is not None else 0}
+    infer = forward  # validation never goes through DDP: the ranks' shares of it may differ by a batch
+    if size > 1:
+        forward = distributed.replicate(net if start_block is None else distributed.From(net, start_block), device)
     for epoch in range(loop.start_epoch, stage.epochs):
         if loop.should_stop:
             break
         seed = epoch_seed(spec.seed, stage.index, epoch)
         shuffle = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed)  # dropout masks
+        torch.manual_seed(seed + rank)  # dropout masks (each replica draws its own)
+        parts = distributed.shard(n, bs, seed) if size > 1 else None
+        if size > 1:
+            distributed.injected_failure(rank, epoch)
+        if parts is not None:
+            n_batches = len(parts)
         loop.epoch_start(epoch, n_batches)
         net.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.int64)
-        for b, (xb, yb) in enumerate(batches(x_train, y_train, bs, shuffle, device)):
+        seen = 0
+        for b, (xb, yb) in enumerate(batches(x_train, y_train, bs, shuffle, device, parts)):
             xb = xb.to(device, non_blocking=True)
             yb = yb.to(device, non_blocking=True)
             if spec.augment:
@@ -223,20 +247,38 @@ def fit(net, data, stage, spec, loop) -> dict:
                 optimizer.step()
             loss_sum += loss.detach() * len(yb)
             correct += (logits.detach().argmax(1) == yb).sum()
+            seen += len(yb)
             shown = float(loss.detach()) if (b + 1) % LOSS_EVERY == 0 or b + 1 == n_batches else None
             loop.batch_end(1, shown)
-        val_loss, val_logits = _infer(forward, net, x_val, y_val, bs, device, autocast)
-        metrics = {
-            "train_loss": float(loss_sum) / max(n, 1),
-            "train_acc": float(correct) / max(n, 1),
-            "val_loss": val_loss,
-            "val_acc": float((val_logits.argmax(1) == y_val).float().mean()) if len(y_val) else math.nan,
-        }
-        if loop.checkpoint_path is not None:
+        if size > 1:
+            metrics = _mean_over_ranks(infer, net, loss_sum, correct, seen, x_val, y_val, bs, device, autocast, rank,
+                                       size)
+        else:
+            val_loss, val_logits = _infer(infer, net, x_val, y_val, bs, device, autocast)
+            metrics = {
+                "train_loss": float(loss_sum) / max(n, 1),
+                "train_acc": float(correct) / max(n, 1),
+                "val_loss": val_loss,
+                "val_acc": float((val_logits.argmax(1) == y_val).float().mean()) if len(y_val) else math.nan,
+            }
+        if loop.checkpoint_path is not None and rank == 0:  # the replicas are equal; rank 0 tracks the run
             save_checkpoint(loop.checkpoint_path, net, optimizer, scaler, epoch + 1, stage.index)
         loop.epoch_end(epoch, metrics)
-    result["optimizer"] = optimizer
-    return result
+
+
+def _mean_over_ranks(infer, net, loss_sum, correct, seen, x_val, y_val, bs, device, autocast, rank, size) -> dict:
+    """The epoch's metrics over every rank's images: each rank validates its share of the validation split, and
+    one all_reduce sums the counts, so the numbers are those of all the images, whatever the shares' sizes."""
+    x, y = x_val[rank::size], y_val[rank::size]
+    val_loss, val_logits = _infer(infer, net, x, y, bs, device, autocast)
+    val_sum = torch.tensor(val_loss * len(y) if len(y) else 0.0)
+    val_correct = (val_logits.argmax(1) == y).sum() if len(y) else torch.tensor(0)
+    loss_sum, correct, seen, val_sum, val_correct, n_val = distributed.all_sum(
+        loss_sum, correct, torch.tensor(seen), val_sum.to(device), val_correct.to(device),
+        torch.tensor(len(y), device=device))
+    return {"train_loss": float(loss_sum / seen.clamp(min=1)), "train_acc": float(correct / seen.clamp(min=1)),
+            "val_loss": float(val_sum / n_val) if n_val else math.nan,
+            "val_acc": float(val_correct / n_val) if n_val else math.nan}
 
 
 @torch.no_grad()

@@ -1,0 +1,182 @@
+"""``tle run --nproc 2`` with torch: real DDP ranks (gloo on the CPU) started by torch's elastic launcher, one run.
+
+One 2-rank launch serves the equivalence, tracking and export checks; the failure and SIGTERM launches run side
+by side (the rank start-up, importing torch in every process, is what these tests pay for).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import tle
+
+# 500 training images (50 per class) in global batches of 16: every rank's share is whole (250 = 31 x 8 + 2), so
+# the two ranks of each step hold exactly the batch one process trains on. The linear head has no dropout. SGD:
+# Adam divides each gradient by its running magnitude, so weights whose gradients are float noise move by
+# about lr per step in a direction the noise picks; with Adam the two runs differed by 0.047 after 64 steps, with
+# SGD at lr 0.001 by 6.4e-6 (at lr 0.02, where this net trains on the edge of stability, by 0.14: chaos, not a bug).
+ARGS = ["run", "--backend", "torch", "--model", "vgg_small", "--dataset", "digits", "--image-size", "32",
+        "--head", "linear", "--set", "dataset.train=50", "--set", "dataset.val=10", "--set", "dataset.test=10",
+        "--batch-size", "16", "--epochs", "2", "--seed", "3", "--optimizer", "sgd", "--lr", "0.001", "--init", "he_normal",
+        "--quiet"]
+WEIGHT_TOLERANCE = 1e-4  # measured: 6.4e-6 after 64 steps (printed by test_two_ranks_equal_one_process)
+
+
+def _runs(experiment: str):
+    import mlflow
+
+    exp = mlflow.MlflowClient().get_experiment_by_name(experiment)
+    return [] if exp is None else mlflow.MlflowClient().search_runs([exp.experiment_id])
+
+
+def _weights(run_id: str, dst: Path) -> dict:
+    import mlflow
+    import torch
+
+    local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="weights", dst_path=str(dst)))
+    (path,) = [p for p in local.rglob("*") if p.is_file()]
+    return torch.load(path, weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def ddp(store):
+    started = time.perf_counter()
+    proc = tle(*ARGS, "--nproc", "2", "--experiment", "ddp", "--json", env={"OMP_NUM_THREADS": "1"}, check_rc=0)
+    print(f"2-rank run: {time.perf_counter() - started:.1f}s")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_two_ranks_one_finished_run(ddp):
+    (run,) = _runs("ddp")
+    assert run.info.run_id == ddp["run_id"] and run.info.status == "FINISHED"
+    assert ddp["world_size"] == 2
+    tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
+    assert tags["distributed.world_size"] == "2" and tags["distributed.collective"] == "gloo"
+    assert len(tags["distributed.rank_devices"].split(",")) == 2
+    assert all(d.endswith("/cpu") for d in tags["distributed.rank_devices"].split(","))
+    assert params["train.distributed.nproc"] == "2" and params["data.train_size"] == "500"
+    assert metrics["distributed_world_size"] == 2 and metrics["test_acc"] > 0.3  # chance: 0.1
+    assert metrics["onnx_max_abs_diff"] < 1e-4
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    assert len(client.get_metric_history(run.info.run_id, "val_acc")) == 2  # one value per epoch, from rank 0 only
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"weights", "plots", "spec.yaml"}
+    assert tags["onnx.providers"]  # the ONNX model was logged after its parity check
+
+
+def test_two_ranks_equal_one_process(ddp, store, tmp_path):
+    """Same global batch, same seed: one process sees the union of the two ranks' shares at every step, so the
+    weights agree up to the order of float reductions (DDP's all-reduce averages two half-batch gradients)."""
+    from tle.runner import run_experiment
+    from tle.spec import build_spec
+
+    overrides = {"backend": "torch", "model": "vgg_small", "dataset.source": "digits", "dataset.image_size": 32,
+                 "head.kind": "linear", "dataset.train": 50, "dataset.val": 10, "dataset.test": 10,
+                 "train.batch_size": 16, "train.epochs": 2, "train.seed": 3, "train.lr": 0.001, "train.optimizer": "sgd",
+                 "init": "he_normal",
+                 "tracking.experiment": "ddp-reference", "export.onnx": False}
+    single = run_experiment(build_spec({}, overrides), quiet=True)
+    a, b = _weights(single.run_id, tmp_path / "one"), _weights(ddp["run_id"], tmp_path / "two")
+    assert a.keys() == b.keys()
+    delta = max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+    print(f"max |delta weight| 1 process vs 2 ranks: {delta:.2e}")
+    assert delta < WEIGHT_TOLERANCE
+    assert 0 < delta or np.isclose(single.test.accuracy, ddp["test_acc"])
+    assert abs(single.history.records[-1].metrics["train_loss"] - ddp_metric(ddp, "train_loss")) < 1e-4
+
+
+def ddp_metric(ddp, name):
+    (run,) = _runs("ddp")
+    return run.data.metrics[name]
+
+
+def _descendants(pid: int) -> set[int]:
+    found, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                kids = [int(k) for k in (task / "children").read_text().split()]
+            except OSError:
+                kids = []
+            for k in kids:
+                if k not in found:
+                    found.add(k)
+                    todo.append(k)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_failed_rank_fails_the_run_and_sigterm_kills_it(store, tmp_path):
+    """A rank that raises: the run ends FAILED with that rank's one line, exit 1, no traceback. SIGTERM to the
+    launcher: every rank stops, the run ends KILLED. Both launches at once, to pay the start-up once."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
+    failing = subprocess.Popen([sys.executable, "-m", "tle", *ARGS, "--nproc", "2", "--experiment", "ddp-fail"],
+                               env={**env, "TLE_TORCH_FAIL_RANK": "1:1"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    killed = subprocess.Popen([sys.executable, "-m", "tle", *ARGS, "--epochs", "200", "--nproc", "2",
+                               "--experiment", "ddp-kill"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        deadline = time.monotonic() + 240
+        ranks: set[int] = set()
+        while time.monotonic() < deadline:  # until both ranks train (the run has an epoch's metrics)
+            ranks |= _descendants(killed.pid)
+            runs = _runs("ddp-kill")
+            if runs and "train_loss" in runs[0].data.metrics:
+                break
+            assert killed.poll() is None, killed.communicate()
+            time.sleep(0.5)
+        ranks |= _descendants(killed.pid)
+        assert len([p for p in ranks if _alive(p)]) >= 2
+        killed.send_signal(signal.SIGTERM)
+        assert killed.wait(timeout=90) == 130
+        out, err = failing.communicate(timeout=240)
+    finally:
+        for p in (failing, killed):
+            if p.poll() is None:
+                p.kill()
+    time.sleep(0.5)
+    assert not [p for p in ranks if _alive(p)], "a rank outlived its launcher"
+    (run,) = _runs("ddp-kill")
+    assert run.info.status == "KILLED"
+
+    assert failing.returncode == 1, err
+    assert "Traceback" not in err
+    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "rank 1" in lines[0] and "injected failure" in lines[0], err
+    (run,) = _runs("ddp-fail")
+    assert run.info.status == "FAILED"
+    assert "rank 1" in run.data.tags["tle.error"] and "injected failure" in run.data.tags["tle.error"]
+    assert len(run.data.metrics) and "train_loss" in run.data.metrics  # epoch 0 was logged before the crash
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--nproc", "0"], "nproc must be at least 1"),
+    (["--nproc", "2", "--dist-backend", "nccl"], "nccl backend needs CUDA"),
+    (["--nproc", "2", "--batch-size", "15"], "must split evenly over 2 replicas"),
+    (["--nnodes", "2", "--node-rank", "2"], "node_rank 2 is not below nnodes 2"),
+])
+def test_user_errors_exit_2_before_any_run(store, flags, says):
+    proc = tle(*ARGS, *flags, "--experiment", "ddp-refused", env={"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 2, proc.stderr
+    assert says in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert _runs("ddp-refused") == []
