@@ -1,4 +1,12 @@
-"""Block maps: where ``block1`` .. ``block5`` of each model start, in Keras's own layer names.
+"""Block maps: where ``block1`` .. ``block5`` of each model start.
+
+The torchvision-layout models (alexnet, vgg*, resnet*, densenet*) have the
+torch backend's block maps exactly (``tle_torch.blocks``: VGG's five
+max-pool-closed blocks, AlexNet's conv groups, ResNet stem + layer1..4,
+DenseNet stem + denseblock/transition pairs, block5 = denseblock4 + norm5);
+``torchvision_layout.build`` returns the cut tensors itself. The table below
+is for keras.applications' models (``keras_*``) and the small ones, in Keras's
+own layer names.
 
 A block is everything between two cut tensors of the functional graph; block k
 starts at the input of the layer named below (``block1`` starts right after
@@ -7,13 +15,13 @@ the ``preprocess`` layer and ``block5`` ends at the backbone's output, i.e.
 can run alone and their output is cached for the rest (``cache.py``).
 
 ================== =============================================================
-VGG16/19, small    Keras's own five blocks: block1 = block1_conv1 .. block1_pool,
-                   ..., block5 = block5_conv1 .. block5_pool (S3 freezes
+keras_vgg16/19,    Keras's own five blocks: block1 = block1_conv1 .. block1_pool,
+vgg_small          ..., block5 = block5_conv1 .. block5_pool (S3 freezes
                    everything before block5_conv1)
-ResNet50/101/152,  block1 = stem (conv1_*, pool1_*); block2..5 = the stages
+keras_resnet*,     block1 = stem (conv1_*, pool1_*); block2..5 = the stages
 resnet_small       conv2_* .. conv5_* (torch: stem, layer1..layer4)
-DenseNet121/169/   block1 = stem (conv1/*, pool1); block2..4 = dense block
-201                convN_* + its transition poolN_*; block5 = conv5_* + the
+keras_densenet*    block1 = stem (conv1/*, pool1); block2..4 = dense block
+                   convN_* + its transition poolN_*; block5 = conv5_* + the
                    final bn + relu (torch: denseblock4 + norm5, ReLU in head)
 MobileNetV2        cut before each stride-2 inverted residual: block1 = stem +
                    expanded_conv; block2 = block_1..2; block3 = block_3..5;

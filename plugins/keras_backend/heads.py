@@ -3,14 +3,30 @@
 ``dense``    flatten (VGG) or global-average-pool (others) -> Dense(hidden) ReLU
              -> Dropout -> Dense(N)                                     (S0, S3)
 ``linear``   flatten / global-average-pool -> Dense(N)
-``original`` keras.applications' own ``include_top`` classifier with its last
-             layer replaced by a new one with N outputs                 (S1)
+``original`` the model's own classifier with its last layer replaced by a new
+             one with N outputs (S1): torchvision's for the torchvision-layout
+             models, keras.applications' ``include_top`` one for ``keras_*``
 
 Every head ends in logits (no softmax); losses use ``from_logits=True``. VGG
 flattens its conv output as ``include_top=False`` + ``Flatten`` does in Keras,
 so VGG16 at 150 px gets S3's ~2M-parameter classifier; at 32 px the flattened
-map is 1x1x512. The ``original`` classifiers are Keras's layer for layer
-(names ``fc1``, ``fc2``, ``conv_2`` ...) so ImageNet's top file fills them:
+map is 1x1x512. DenseNet (torchvision's) applies its final ReLU first, as
+torch's heads do.
+
+torchvision's ``original`` classifiers, layer names = torchvision module paths:
+
+=========== =====================================================================
+VGG         AdaptiveAvgPool 7x7 -> Flatten -> classifier_0 Dense 4096, _1 ReLU,
+            _2 Dropout 0.5, _3 Dense 4096, _4 ReLU, _5 Dropout -> new Dense N
+            (torch's classifier.6)
+AlexNet     AdaptiveAvgPool 6x6 -> Flatten -> classifier_0 Dropout, _1 Dense 4096,
+            _2 ReLU, _3 Dropout, _4 Dense 4096, _5 ReLU -> new Dense N
+ResNet      GlobalAveragePooling -> new Dense N (torch's fc)
+DenseNet    ReLU -> GlobalAveragePooling -> new Dense N (torch's classifier)
+=========== =====================================================================
+
+keras.applications' (``keras_*``) are Keras's layer for layer (names ``fc1``,
+``fc2``, ``conv_2`` ...) so ImageNet's top file fills them:
 
 =========== =====================================================================
 VGG         Flatten -> fc1 Dense 4096 ReLU -> fc2 Dense 4096 ReLU -> new Dense N
