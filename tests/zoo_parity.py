@@ -138,7 +138,7 @@ def load_side(cases, out: Path) -> None:
         np.save(out / f"{case_id(case)}.torch_logits.npy", logits)
 
 
-def plan_side(models, out: Path, size: int = 32) -> None:
+def plan_side(models, out: Path) -> None:
     """``tle plan --json`` of the torch backend for ``models`` -> ``DIR/plans.json``."""
     from typer.testing import CliRunner
 
@@ -146,13 +146,14 @@ def plan_side(models, out: Path, size: int = 32) -> None:
 
     plans = {}
     for model in models:
-        result = CliRunner().invoke(app, plan_args(model, "torch", size))
-        assert result.exit_code == 0, result.output
+        result = CliRunner().invoke(app, plan_args(model, "torch"))
+        assert result.exit_code == 0, (model, result.output, result.exception)
         plans[model] = json.loads(result.stdout.strip().splitlines()[-1])
     (out / "plans.json").write_text(json.dumps(plans))
 
 
-def plan_args(model: str, backend: str, size: int = 32) -> list[str]:
+def plan_args(model: str, backend: str, size: int | None = None) -> list[str]:
+    size = size or (64 if model == "alexnet" else 32)  # AlexNet needs 63 px
     return ["plan", "--backend", backend, "--model", model, "--strategy", "finetune:block5",
             "--image-size", str(size), "--json"]
 
