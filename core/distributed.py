@@ -68,6 +68,10 @@ class RankFailed(RuntimeError):
         super().__init__(f"rank {rank} failed: {reason}")
 
 
+# Set by the Ray executor's cell actors: a distributed cell's ranks are then Ray Train workers on the cluster
+# the sweep joined (``TorchTrainer``), not local processes of the actor's host.
+RANKS_ON = "TLE_RANKS_ON"
+
 _current: RankContext | None = None
 
 

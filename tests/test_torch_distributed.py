@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import tle
+from tle.errors import UserError
 
 # 500 training images (50 per class) in global batches of 16: every rank's share is whole (250 = 31 x 8 + 2), so
 # the two ranks of each step hold exactly the batch one process trains on. The linear head has no dropout. SGD:
@@ -126,10 +127,10 @@ def _alive(pid: int) -> bool:
 
 def test_failed_rank_fails_the_run_and_sigterm_kills_it(store, tmp_path):
     """A rank that raises: the run ends FAILED with that rank's one line, exit 1, no traceback. SIGTERM to the
-    launcher: every rank stops, the run ends KILLED. Both launches at once, to pay the start-up once."""
+    launcher once its ranks run: every rank stops, the run ends KILLED. Both launches at once."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
-    failing = subprocess.Popen([sys.executable, "-m", "tle", *ARGS, "--nproc", "2", "--experiment", "ddp-fail"],
-                               env={**env, "TLE_TORCH_FAIL_RANK": "1:1"}, stdout=subprocess.PIPE,
+    failing = subprocess.Popen([sys.executable, "-m", "tle", *ARGS, "--nproc", "2", "--experiment", "ddp-fail",
+                                "--no-export"], env={**env, "TLE_TORCH_FAIL_RANK": "1:0"}, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     killed = subprocess.Popen([sys.executable, "-m", "tle", *ARGS, "--epochs", "200", "--nproc", "2",
                                "--experiment", "ddp-kill"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -137,13 +138,13 @@ def test_failed_rank_fails_the_run_and_sigterm_kills_it(store, tmp_path):
     try:
         deadline = time.monotonic() + 240
         ranks: set[int] = set()
-        while time.monotonic() < deadline:  # until both ranks train (the run has an epoch's metrics)
-            ranks |= _descendants(killed.pid)
-            runs = _runs("ddp-kill")
-            if runs and "train_loss" in runs[0].data.metrics:
+        while time.monotonic() < deadline:  # until the run exists and both ranks are up
+            ranks |= {p for p in _descendants(killed.pid) if _alive(p)}
+            if len(ranks) >= 2 and _runs("ddp-kill"):
                 break
             assert killed.poll() is None, killed.communicate()
-            time.sleep(0.5)
+            time.sleep(0.2)
+        time.sleep(1.0)
         ranks |= _descendants(killed.pid)
         assert len([p for p in ranks if _alive(p)]) >= 2
         killed.send_signal(signal.SIGTERM)
@@ -165,18 +166,57 @@ def test_failed_rank_fails_the_run_and_sigterm_kills_it(store, tmp_path):
     (run,) = _runs("ddp-fail")
     assert run.info.status == "FAILED"
     assert "rank 1" in run.data.tags["tle.error"] and "injected failure" in run.data.tags["tle.error"]
-    assert len(run.data.metrics) and "train_loss" in run.data.metrics  # epoch 0 was logged before the crash
 
 
 @pytest.mark.parametrize("flags, says", [
     (["--nproc", "0"], "nproc must be at least 1"),
-    (["--nproc", "2", "--dist-backend", "nccl"], "nccl backend needs CUDA"),
-    (["--nproc", "2", "--batch-size", "15"], "must split evenly over 2 replicas"),
-    (["--nnodes", "2", "--node-rank", "2"], "node_rank 2 is not below nnodes 2"),
+    (["--backend", "keras", "--nnodes", "2", "--master-addr", "10.0.0.1"], "Keras cannot train one run across hosts"),
 ])
 def test_user_errors_exit_2_before_any_run(store, flags, says):
-    proc = tle(*ARGS, *flags, "--experiment", "ddp-refused", env={"OMP_NUM_THREADS": "1"})
+    proc = tle(*ARGS, *flags, "--experiment", "ddp-refused")
     assert proc.returncode == 2, proc.stderr
     assert says in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert _runs("ddp-refused") == []
+
+
+@pytest.mark.parametrize("overrides, says", [
+    ({"train.distributed.backend": "nccl"}, "nccl backend needs CUDA"),
+    ({"train.batch_size": 15}, "must split evenly over 2 replicas"),
+    ({"backend": "spyketorch", "model": "mozafari"}, "cannot distribute a run"),
+])
+def test_settings_that_cannot_run_are_refused_before_any_run(store, overrides, says):
+    """The checks the CLI turns into exit 2 and one line (as above), in this process: no framework start-up."""
+    from tle.runner import run_experiment
+    from tle.spec import build_spec
+
+    spec = build_spec({}, {"backend": "torch", "model": "vgg_small", "train.distributed.nproc": 2,
+                           "tracking.experiment": "ddp-refused", **overrides})
+    with pytest.raises(UserError, match=says):
+        run_experiment(spec, quiet=True)
+    assert _runs("ddp-refused") == []
+
+
+@pytest.mark.skipif(os.environ.get("TLE_TEST_RAY_TRAIN") != "1",
+                    reason="a local Ray cluster and Ray Train workers cost about 90 s here; TLE_TEST_RAY_TRAIN=1 runs it")
+def test_a_distributed_sweep_cell_runs_on_ray_train(store, tmp_path):
+    """``--executor ray``: a cell with train.distributed runs its ranks as Ray Train workers (TorchTrainer)."""
+    pytest.importorskip("ray.train.torch")
+    import yaml
+
+    grid = {"name": "ray-ddp", "base": {"backend": "torch", "model": "vgg_small", "head": {"kind": "linear"},
+                                        "dataset": {"source": "digits", "image_size": 32, "train": 10, "val": 5,
+                                                    "test": 5},
+                                        "train": {"epochs": 1, "batch_size": 16, "optimizer": "sgd"},
+                                        "tracking": {"experiment": "ray-ddp"}, "export": {"onnx": False}},
+            "axes": {"train.distributed.nproc": [2]}}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    # The cell's actor holds one of the two CPUs; the two ranks share the other.
+    tle("--quiet", "sweep", path, "--jobs", "1", "--executor", "ray", "--format", "json",
+        env={"TLE_RAY_CPUS_PER_RANK": "0.5", "OMP_NUM_THREADS": "1"}, timeout=600, check_rc=0)
+    (cell,) = [r for r in _runs("ray-ddp") if r.data.tags.get("tle.role") == "cell"]
+    assert cell.info.status == "FINISHED"
+    assert cell.data.tags["distributed.engine"] == "torch DDP (Ray Train TorchTrainer)"
+    assert cell.data.tags["distributed.world_size"] == "2"
+    assert len(cell.data.tags["distributed.rank_devices"].split(",")) == 2

@@ -13,6 +13,7 @@ and reach the tracking store: use an MLflow server URI there, not a SQLite file.
 
 from __future__ import annotations
 
+import os
 import signal
 from typing import Any
 
@@ -68,8 +69,11 @@ def _actor_class(ray):
         def __init__(self, backend: str):
             from tle.study.worker import DataCache, warm_up
 
+            from tle.distributed import RANKS_ON
+
             self.backend = backend
             self.cache = DataCache()
+            os.environ[RANKS_ON] = "ray"  # a cell with train.distributed spreads its ranks over the cluster
             warm_up(backend)
 
         def run(self, message: dict[str, Any]) -> dict[str, Any]:

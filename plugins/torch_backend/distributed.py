@@ -27,15 +27,22 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from tle import UserError
-from tle.distributed import DistributedPlan, RankContext, rank_failure
+from tle.distributed import RANKS_ON, DistributedPlan, RankContext, rank_failure
 
 ENGINE = "torch DDP (torch.distributed.run)"
+RAY_ENGINE = "torch DDP (Ray Train TorchTrainer)"
 DEFAULT_PORT = 29500  # torchrun's
+
+
+def on_ray() -> bool:
+    return os.environ.get(RANKS_ON) == "ray"
 
 
 def plan(distributed, device: str | None) -> DistributedPlan:
     from tle_torch.plugin import resolve_device
 
+    if on_ray():
+        return _ray_plan(distributed, device)
     cuda = resolve_device(device) != "cpu"
     count = torch.cuda.device_count() if cuda else 0
     nproc = distributed.nproc
@@ -63,7 +70,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _ray_plan(distributed, device: str | None) -> DistributedPlan:
+    """A sweep cell on Ray: ``nproc x nnodes`` Ray Train workers wherever the cluster has room; GPUs when the
+    device asks for CUDA, or is auto and the cluster has GPUs."""
+    import ray
+
+    asked = (device or "auto").strip().lower()
+    use_gpu = asked.startswith(("cuda", "gpu")) or (asked == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
+    nproc = distributed.nproc
+    if nproc == "auto":
+        nproc = int(ray.cluster_resources().get("GPU", 0)) if use_gpu else 1
+    world = max(1, int(nproc)) * distributed.nnodes
+    collective = distributed.backend if distributed.backend != "auto" else ("nccl" if use_gpu else "gloo")
+    if collective == "nccl" and not use_gpu:
+        raise UserError("the nccl backend needs CUDA devices and this cell is on the CPU",
+                        "use train.distributed.backend gloo (or auto), or train.device cuda")
+    return DistributedPlan(world_size=world, local_processes=world, devices=("cuda" if use_gpu else "cpu",) * world,
+                           collective=collective, engine=RAY_ENGINE)
+
+
 def launch(plan: DistributedPlan, distributed, entry, args: tuple, failures: str) -> dict:
+    if plan.engine == RAY_ENGINE:
+        return _launch_ray(plan, entry, args, failures)
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -76,7 +104,7 @@ def launch(plan: DistributedPlan, distributed, entry, args: tuple, failures: str
     config = LaunchConfig(min_nodes=distributed.nnodes, max_nodes=distributed.nnodes,
                           nproc_per_node=plan.local_processes, run_id=f"tle-{port}", rdzv_backend="static",
                           rdzv_endpoint=f"{addr}:{port}", rdzv_configs={"rank": distributed.node_rank},
-                          max_restarts=0, start_method="spawn", monitor_interval=0.1, local_addr=addr)
+                          max_restarts=0, start_method=_start_method(), monitor_interval=0.1, local_addr=addr)
     handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         return elastic_launch(config, _rank)(entry, args, plan.collective, plan.devices)
@@ -89,6 +117,79 @@ def launch(plan: DistributedPlan, distributed, entry, args: tuple, failures: str
     finally:
         for s, h in handlers.items():  # the agent's handlers raise SignalException; the CLI's end runs KILLED
             signal.signal(s, h)
+
+
+def _launch_ray(plan: DistributedPlan, entry, args: tuple, failures: str) -> dict:
+    """The ranks as Ray Train workers (``TorchTrainer``, which sets up the process group); rank 0 hands its result
+    to a mailbox actor of this process (a worker's own objects die with it)."""
+    import tempfile
+
+    import ray
+    import ray.train
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    use_gpu = plan.devices[0].startswith("cuda")
+    cpus = float(os.environ.get("TLE_RAY_CPUS_PER_RANK", "1"))
+    mailbox = ray.remote(num_cpus=0)(_Mailbox).remote()
+    trainer = TorchTrainer(_ray_rank, train_loop_config={"entry": entry, "args": args, "mailbox": mailbox},
+                           torch_config=TorchConfig(backend=plan.collective),
+                           scaling_config=ScalingConfig(num_workers=plan.world_size, use_gpu=use_gpu,
+                                                        resources_per_worker={"CPU": cpus, **({"GPU": 1} if use_gpu
+                                                                                             else {})}),
+                           run_config=RunConfig(storage_path=tempfile.mkdtemp(prefix="tle-raytrain-"),
+                                                failure_config=FailureConfig(max_failures=0)))
+    try:
+        result = trainer.fit()
+        if getattr(result, "error", None) is not None:
+            raise result.error
+        return {0: ray.get(mailbox.get.remote())}
+    except ray.train.TrainingFailedError as exc:
+        text = str(exc).strip().splitlines()
+        raise rank_failure(failures, {0: (text[-1] if text else type(exc).__name__)[:500]}) from None
+    finally:
+        ray.kill(mailbox)
+
+
+class _Mailbox:
+    def __init__(self):
+        self.value = None
+
+    def put(self, value) -> None:
+        self.value = value
+
+    def get(self):
+        return self.value
+
+
+def _ray_rank(config: dict) -> None:
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    rank, world, local = ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank()
+    device = str(ray.train.torch.get_device())
+    where = [None] * world
+    dist.all_gather_object(where, f"{socket.gethostname()}/{device}")
+    result = config["entry"](RankContext(rank, world, local, device, tuple(where)), *config["args"])
+    if rank == 0:
+        ray.get(config["mailbox"].put.remote(result))
+
+
+# Imported once by the fork server, before it forks the ranks: each rank starts without importing torch again
+# (seconds per process). The server is a fresh process (no CUDA context, no MLflow connection, no threads of the
+# launcher), which is what makes forking it safe where forking the launcher is not.
+PRELOAD = ["torch", "torchvision", "tle.runner", "tle.data", "tle_torch.plugin", "tle_torch.train", "tle_torch.models"]
+
+
+def _start_method() -> str:
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return "spawn"
+    multiprocessing.set_forkserver_preload(PRELOAD)
+    return "forkserver"
 
 
 def _what_happened(failure) -> str:
