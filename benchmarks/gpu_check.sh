@@ -22,3 +22,6 @@ timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu -rs tests/test_spyke
 for batch in 64 1024; do
     timeout 150 python3 benchmarks/snn_throughput.py --device cuda --batch "$batch" 2>&1 | tee "$OUT/snn_cuda_$batch.txt"
 done
+# One tle run on the GPUs through torch's launcher: one DDP rank per GPU (--nproc auto), NCCL, beside 1 process.
+timeout 240 python3 benchmarks/ddp_scaling.py --device cuda --nproc auto --image-size 64 --batch-size 256 \
+    --epochs 3 2>&1 | tee "$OUT/ddp_cuda.txt"
