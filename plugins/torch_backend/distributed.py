@@ -97,6 +97,9 @@ def launch(plan: DistributedPlan, distributed, entry, args: tuple, failures: str
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     # The agent's INFO/ERROR lines (its config, a failure table) would drown the one line tle reports.
+    # (torch sets a level on each of its loggers, so the parent's level alone does not reach them.)
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith("torch.distributed.elastic")]:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     one_host = distributed.nnodes == 1
     port = distributed.master_port or (_free_port() if one_host else DEFAULT_PORT)
