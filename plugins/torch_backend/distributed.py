@@ -107,7 +107,8 @@ def launch(plan: DistributedPlan, distributed, entry, args: tuple, failures: str
     config = LaunchConfig(min_nodes=distributed.nnodes, max_nodes=distributed.nnodes,
                           nproc_per_node=plan.local_processes, run_id=f"tle-{port}", rdzv_backend="static",
                           rdzv_endpoint=f"{addr}:{port}", rdzv_configs={"rank": distributed.node_rank},
-                          max_restarts=0, start_method=_start_method(), monitor_interval=0.1, local_addr=addr)
+                          max_restarts=0, start_method=_start_method(), monitor_interval=0.1,
+                          local_addr=addr if one_host else None)  # across hosts each agent names its own
     handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         return elastic_launch(config, _rank)(entry, args, plan.collective, plan.devices)
