@@ -15,6 +15,7 @@ import math
 
 from tle.errors import UserError
 from tle.transfer import transfer_metrics
+from tle.status import RunStatus
 
 METRICS = ("best_val_acc", "test_acc", "test_loss", "trainable_params", "total_params", "onnx_max_abs_diff",
            "wall_seconds")
@@ -98,7 +99,7 @@ def _loose_key(row: dict) -> tuple:
 def _add_transfer(rows: list[dict], client) -> None:
     exact, loose = {}, {}
     for row in rows:  # oldest first, so the latest scratch run wins
-        if row["strategy"] == "scratch" and row["status"] == "FINISHED" and row["val_curve"]:
+        if row["strategy"] == "scratch" and row["status"] == RunStatus.FINISHED and row["val_curve"]:
             exact[_baseline_key(row)] = row
             loose[_loose_key(row)] = row
     for row in rows:

@@ -22,6 +22,7 @@ from tle.compare import TRANSFER
 from tle.study.grid import PRETRAIN, short
 from tle.study.stats import Difference, Summary, difference
 from tle.study.table import against_scratch, marks
+from tle.status import RunStatus
 
 # Params that differ between the seeds of one cell.
 PER_SEED = ("train.seed", "tracking.", "train.checkpoint", "export.", "data.")
@@ -48,10 +49,10 @@ class CellRow:
 
     @property
     def failed(self) -> int:
-        return sum(r["status"] != "FINISHED" for r in self.runs)
+        return sum(r["status"] != RunStatus.FINISHED for r in self.runs)
 
     def finished(self) -> list[dict]:
-        return [r for r in self.runs if r["status"] == "FINISHED"]
+        return [r for r in self.runs if r["status"] == RunStatus.FINISHED]
 
     def by_seed(self) -> dict[str, float]:
         return {r["seed"]: r["test_acc"] for r in self.finished() if r["test_acc"] is not None}

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from tle.errors import UserError
+from tle.status import RunStatus
 
 TOLERANCE = 1e-4  # max |logit difference| a conversion may show; the ONNX parity check's atol
 CONVERTED_FROM = "tle.converted_from"
@@ -41,20 +42,20 @@ def handle_task(task: dict[str, Any], cache) -> dict[str, Any]:
     uri = task["spec"]["tracking"].get("uri")
     try:
         if task["kind"] == "portable" and task.get("run_id"):
-            outcome.update(status="FINISHED", **write_portable(task["run_id"], uri, Path(task["options"]["out"]),
+            outcome.update(status=RunStatus.FINISHED, **write_portable(task["run_id"], uri, Path(task["options"]["out"]),
                                                                logits=task["options"].get("logits", False),
                                                                load_data=cache))
         elif task["kind"] == "portable":
-            outcome.update(status="FINISHED", **write_portable_of_weights(task["spec"]["backend"], task["options"]))
+            outcome.update(status=RunStatus.FINISHED, **write_portable_of_weights(task["spec"]["backend"], task["options"]))
         else:
-            outcome.update(status="FINISHED", **convert_here(task["run_id"], task["options"], uri, load_data=cache))
+            outcome.update(status=RunStatus.FINISHED, **convert_here(task["run_id"], task["options"], uri, load_data=cache))
     except KeyboardInterrupt:
         raise
     except UserError as exc:
-        outcome.update(status="FAILED", error=str(exc), user_error=True)
+        outcome.update(status=RunStatus.FAILED, error=str(exc), user_error=True)
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else ""
-        outcome.update(status="FAILED", error=f"{type(exc).__name__}: {first}", mismatch=isinstance(
+        outcome.update(status=RunStatus.FAILED, error=f"{type(exc).__name__}: {first}", mismatch=isinstance(
             exc, ConversionMismatch), new_run_id=getattr(exc, "tle_run_id", None))
     outcome["seconds"] = time.perf_counter() - started
     return outcome
@@ -127,7 +128,7 @@ def portable_from_backend(backend: str, weights: str, model: str, head, input_sh
     from tle.worker_task import in_worker
 
     outcome = in_worker(backend, "portable", "", mlflow.get_tracking_uri(), options)
-    if outcome.get("status") != "FINISHED":
+    if outcome.get("status") != RunStatus.FINISHED:
         error = outcome.get("error", "")
         if outcome.get("user_error"):
             raise UserError(error)  # already 'what; what to do'
@@ -207,7 +208,7 @@ def portable_of_run(run_id: str, backend: str, tracking_uri: str, out: Path, log
     from tle.worker_task import in_worker
 
     outcome = in_worker(backend, "portable", run_id, tracking_uri, {"out": str(out), "logits": logits})
-    if outcome.get("status") != "FINISHED":
+    if outcome.get("status") != RunStatus.FINISHED:
         error = outcome.get("error", "")
         if outcome.get("user_error"):
             raise UserError(error)  # already 'what; what to do'
@@ -238,7 +239,7 @@ def convert_run(run_id: str, to: str, tracking_uri: str) -> dict[str, Any]:
                              "export_seconds": exported.get("export_seconds", 0.0)})
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    if outcome.get("status") != "FINISHED":
+    if outcome.get("status") != RunStatus.FINISHED:
         error = outcome.get("error", "")
         if outcome.get("user_error"):
             raise UserError(error)  # already 'what; what to do'

@@ -15,6 +15,7 @@ from pathlib import Path
 from rich.console import Console
 
 from tle.errors import UserError
+from tle.status import RunStatus
 
 
 def export_finished_run(run_id: str, tracking_uri: str | None = None, load_data=None) -> float:
@@ -36,7 +37,7 @@ def export_finished_run(run_id: str, tracking_uri: str | None = None, load_data=
             mlflow.set_tag("tle.export_error", f"{type(exc).__name__}: {exc}"[:5000])
             raise
         finally:
-            mlflow.end_run("FINISHED")  # the training it records did finish
+            mlflow.end_run(RunStatus.FINISHED)  # the training it records did finish
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -48,7 +49,7 @@ def export_in_worker(run_id: str, backend: str, tracking_uri: str, timeout: floa
     from tle.worker_task import in_worker
 
     outcome = in_worker(backend, "export", run_id, tracking_uri, {}, timeout)
-    if outcome.get("status") == "FINISHED":
+    if outcome.get("status") == RunStatus.FINISHED:
         return float(outcome["onnx_max_abs_diff"])
     raise UserError(f"cannot build run {run_id}'s ONNX model from its weights: {outcome.get('error', '')}",
                     "run it again with --export")

@@ -66,12 +66,14 @@ def register_models():
 
 @hookspec
 def register_datasets():
-    """Return extra dataset sources as ``{prefix: loader}``.
+    """Return dataset sources as ``{prefix: loader}``; fires when a run, sweep cell or study loads its data.
 
     ``loader(argument, spec)`` is called for ``--dataset prefix:argument`` with
-    the :class:`tle.spec.DataSpec` and returns ``(images, labels, class_names)``
-    with images float32 NHWC in [0, 1]. The core splits and resizes them, so
-    every backend sees the same images.
+    the :class:`tle.spec.DataSpec` and returns a :class:`tle.contracts.ImageSet`
+    (or a lazy :class:`tle.data.sources.Source`). The core splits and resizes
+    them, so every backend sees the same images. The built-in sources
+    (``digits``, ``synthetic``, ``folder``, ``npz``, ``mnist`` ...) are registered
+    through this hook too, by ``tle.data.plugin``; a prefix a backend gives wins.
     """
 
 

@@ -15,9 +15,10 @@ import yaml
 from tle.errors import UserError
 from tle.loop import EPOCH_METRICS, EpochRecord, History
 from tle.spec import ExperimentSpec, build_spec
+from tle.status import RunStatus
 
 CHECKPOINT_ARTIFACT = "checkpoint"
-RESUMABLE = ("KILLED", "FAILED", "RUNNING")
+RESUMABLE = (RunStatus.KILLED, RunStatus.FAILED, RunStatus.RUNNING)
 
 
 @dataclass

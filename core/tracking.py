@@ -15,6 +15,7 @@ from typing import Any
 
 from tle.errors import UserError
 from tle.loop import EpochRecord
+from tle.status import RunStatus
 
 
 def configure(uri: str | None, experiment: str | None = None):
@@ -151,14 +152,14 @@ def tracked_run(mlflow_module, *, name: str | None, tags: dict[str, str],
         yield tracker
     except KeyboardInterrupt as exc:
         _mark(exc, tracker.run_id)
-        _end(mlflow_module, "KILLED", "interrupted")
+        _end(mlflow_module, RunStatus.KILLED, "interrupted")
         raise
     except BaseException as exc:
         _mark(exc, tracker.run_id)
-        _end(mlflow_module, "FAILED", f"{type(exc).__name__}: {exc}")
+        _end(mlflow_module, RunStatus.FAILED, f"{type(exc).__name__}: {exc}")
         raise
     else:
-        mlflow_module.end_run("FINISHED")
+        mlflow_module.end_run(RunStatus.FINISHED)
 
 
 def _end(mlflow_module, status: str, reason: str) -> None:

@@ -12,13 +12,16 @@ its own backend writes in a worker process.
 
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
 from tle.contracts import ResolvedWeights
 from tle.errors import UserError
 from tle.tracking import artifact_files
+from tle.status import RunStatus
 
 WEIGHTS_ARTIFACT = "weights"
 CLASS_NAMES_ARTIFACT = "class_names.json"
@@ -102,9 +105,17 @@ def _from_other_backend(run, source: str, run_backend: str, model: str | None, t
     if model is not None and run_model and run_model != model:
         raise UserError(f"weights in {source} are a {run_backend} {run_model}, not a {model}",
                         f"use --model {run_model}: across frameworks weights fit the same architecture only")
-    if run.info.status != "FINISHED":
+    if run.info.status != RunStatus.FINISHED:
         raise UserError(f"run {run.info.run_id} is {run.info.status}; only finished runs give weights to another "
                         "framework", "use a finished run")
-    written = portable_of_run(run.info.run_id, run_backend, mlflow.get_tracking_uri(), target)
-    return ResolvedWeights(kind="file", source=source, path=Path(written["path"]),
+    key = (mlflow.get_tracking_uri(), run.info.run_id)
+    if key not in _PORTABLE or not _PORTABLE[key].is_file():
+        # A finished run's weights never change: a warm sweep worker converts a shared backbone once.
+        folder = Path(tempfile.mkdtemp(prefix="tle-portable-"))
+        atexit.register(shutil.rmtree, folder, True)
+        _PORTABLE[key] = Path(portable_of_run(run.info.run_id, run_backend, key[0], folder)["path"])
+    return ResolvedWeights(kind="file", source=source, path=_PORTABLE[key],
                            class_names=_class_names(run.info.run_id, target))
+
+
+_PORTABLE: dict[tuple[str, str], Path] = {}  # (store, run id) -> its portable file, for this process's life

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from tle.errors import UserError
+from tle.status import RunStatus
 
 
 def in_worker(backend: str, kind: str, run_id: str, tracking_uri: str, options: dict[str, Any],
@@ -28,7 +29,7 @@ def in_worker(backend: str, kind: str, run_id: str, tracking_uri: str, options: 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for _, outcome in pool.wait(timeout=1.0):
-                if outcome.get("status") == "KILLED":
+                if outcome.get("status") == RunStatus.KILLED:
                     raise KeyboardInterrupt
                 return outcome
         raise UserError(f"the {backend} worker took over {timeout:.0f}s for run {run_id}", "try again")

@@ -188,7 +188,7 @@ def test_convert_gives_the_other_framework_the_same_function(digits_runs, store,
     assert converted.data.metrics["convert_max_abs_diff"] == pytest.approx(out["max_abs_diff"])
     assert converted.data.metrics["onnx_max_abs_diff"] < 1e-4
     artifacts = {a.path for a in MlflowClient(store).list_artifacts(out["run_id"])}
-    assert {"weights", "model", "spec.yaml"} <= artifacts, artifacts
+    assert {"weights", "spec.yaml", "class_names.json"} <= artifacts, artifacts
 
 
 def test_keras_trains_on_a_torch_runs_backbone(digits_runs, store, tmp_path):

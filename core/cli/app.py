@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -44,9 +45,7 @@ def parse_sets(items: list[str]) -> dict[str, object]:
 def output_file(path: Path, flag: str, suffix: str | None = None) -> Path:
     """One rule for every file a command writes: missing folders are created, a folder or a file in the
     way is a user error (checked before any work is done)."""
-    from pathlib import Path as _Path
-
-    path = _Path(path)
+    path = Path(path)
     if suffix is not None and path.suffix.lower() != suffix:
         raise UserError(f"{flag} {path} is not a {suffix} file", f"e.g. {flag} out{suffix}")
     if path.is_dir():

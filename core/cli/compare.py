@@ -13,6 +13,7 @@ from rich.table import Table
 
 from tle.cli.app import Opt, app, err, fmt, out, output_file
 from tle.errors import UserError
+from tle.status import RunStatus
 
 COLUMNS = ("name", "status", "backend", "model", "strategy", "dataset", "seed", "best_val_acc", "test_acc",
            "jumpstart", "speedup", "asymptote_gain", "auc_ratio", "trainable_params", "wall_seconds", "run_id",
@@ -105,7 +106,7 @@ def _curves(rows, title, sweep, target, tracking_uri, plots, resolve_sweep) -> N
 
 
 def _cells(r: dict) -> list[str]:
-    status = "" if r["status"] == "FINISHED" else f" {r['status']}"
+    status = "" if r["status"] == RunStatus.FINISHED else f" {r['status']}"
     return [f"{r['name'] or r['run_id'][:8]}{status}", r["backend"], r["model"], r["strategy"], r["dataset"],
             r["seed"] or "", fmt(r["best_val_acc"], ".3f"), fmt(r["test_acc"], ".3f"), fmt(r["jumpstart"], "+.3f"),
             fmt(r["speedup"], ".1f", "x"), fmt(r["asymptote_gain"], "+.3f"), fmt(r["auc_ratio"], ".2f"),
@@ -122,7 +123,7 @@ def _table(rows, title) -> Table:
         table.add_column(col, justify="right" if col in HEAD[5:] else "left")
     for r in rows:
         cells = _cells(r)
-        if r["status"] != "FINISHED":
+        if r["status"] != RunStatus.FINISHED:
             cells[0] = f"{r['name'] or r['run_id'][:8]} [red]{r['status']}[/]"
         table.add_row(*cells)
     return table

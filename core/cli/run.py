@@ -10,6 +10,7 @@ from rich.table import Table
 
 from tle.cli.app import STATE, Opt, app, err, out, parse_sets
 from tle.errors import UserError
+from tle.status import RunStatus
 
 
 
@@ -92,7 +93,7 @@ def run(
         result = run_experiment(spec, console=err, quiet=STATE["quiet"])
     if result is None:  # a node other than 0 of a distributed run: node 0 tracks and reports it
         if json_out:
-            print(json.dumps({"node_rank": spec.train.distributed.node_rank, "status": "FINISHED"}))
+            print(json.dumps({"node_rank": spec.train.distributed.node_rank, "status": RunStatus.FINISHED}))
         return
     spec = result.spec  # as run: with the backend's defaults filled in
     summary = {

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from tle.cli.app import Opt, app, out, output_file
 from tle.errors import UserError
+from tle.status import RunStatus
 
 
 def _onnx_from(ref: str, tracking_uri: str | None, dst: Path) -> Path:
@@ -55,7 +56,7 @@ def _run_onnx(ref: str, tracking_uri: str | None, dst: Path) -> Path:
     if artifact_files(run_id, "weights", dst / "weights") is None:
         raise UserError(f"run {run_id} has neither an ONNX model nor weights to build one from",
                         "run it again with --export")
-    if run.info.status != "FINISHED":
+    if run.info.status != RunStatus.FINISHED:
         raise UserError(f"run {run_id} ended {run.info.status} without an ONNX model",
                         f"resume it (tle run --resume {run_id}) or run it again")
     from tle.cli.app import err

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from tle.cli.app import STATE, Opt, app, err, out, parse_sets
 from tle.errors import UserError
+from tle.status import RunStatus
 
 
 @app.command()
@@ -61,12 +62,12 @@ def sweep(
             err.print(note, highlight=False)
     else:
         print({"markdown": table.markdown, "csv": table.csv, "json": table.json}[fmt](), end="")
-    done = sum(r.status == "FINISHED" for r in result.results)
+    done = sum(r.status == RunStatus.FINISHED for r in result.results)
     reused = sum(r.reused for r in result.results)
     err.print(f"{done}/{len(result.results)} cells finished ({reused} reused) in {result.wall_seconds:.1f}s; "
               f"parent run {result.parent_id} in experiment {result.experiment!r} at {result.uri}", highlight=False)
     if not result.ok:
-        failed = [r for r in result.results if r.status != "FINISHED"]
+        failed = [r for r in result.results if r.status != RunStatus.FINISHED]
         for r in failed[:10]:
             err.print(f"  {r.status.lower()}: {r.cell.label}: {r.error}", highlight=False, markup=False)
         raise typer.Exit(1)
@@ -92,7 +93,7 @@ def _jobs(text: str, cells: int) -> tuple[int, str]:
 def _check_metric(result, metric: str) -> None:
     """A metric no finished cell logged would print a table of '-': say so instead (backends log their own
     metrics, so the name can only be checked against what the cells logged)."""
-    runs = [run for r in result.results if r.status == "FINISHED" and (run := result.run_of(r)) is not None]
+    runs = [run for r in result.results if r.status == RunStatus.FINISHED and (run := result.run_of(r)) is not None]
     if runs and not any(metric in run.metrics for run in runs):
         logged = sorted({m for run in runs for m in run.metrics if not m.startswith("seconds_")})
         raise UserError(f"no cell of the sweep logged the metric {metric!r}",

@@ -48,6 +48,7 @@ import yaml
 
 from tle.contracts import ExportMetadata, Fused, FuseOptions, ResolvedWeights
 from tle.errors import UserError
+from tle.status import RunStatus
 
 FUSED, BAGGING, CONCATENATION = "fused", "bagging", "concatenation"
 ALIGNS = ("index", "names")
@@ -150,7 +151,7 @@ def _load_parent(client, mlflow, run_id: str, backend_name: str | None, workdir:
     except Exception:
         raise UserError(f"run {run_id!r} not found in the tracking store {mlflow.get_tracking_uri()}",
                         "check the run id, or pass the --tracking-uri of the store that holds it") from None
-    if run.info.status != "FINISHED":
+    if run.info.status != RunStatus.FINISHED:
         raise UserError(f"run {run_id} is {run.info.status}, not FINISHED", "fuse finished runs only")
     target = workdir / run_id
     spec_files = artifact_files(run_id, "spec.yaml", target)

@@ -34,6 +34,7 @@ import numpy as np
 from tle.errors import UserError
 from tle.initializers import InitSpec
 from tle.plugins import backend_entry_points, load_backend
+from tle.status import RunStatus
 
 DENSE_HOOK = "dense_activations"
 BLOCK_HOOK = "block_activations"
@@ -465,7 +466,7 @@ def track(result: StudyResult, plot: Path, uri: str | None, experiment: str, run
                     client.log_batch(child.info.run_id, metrics=metrics[i:i + 90], params=items[i:i + 90],
                                      tags=[RunTag("backend", backend)] if i == 0 else [])
             except BaseException:
-                client.set_terminated(child.info.run_id, "FAILED")
+                client.set_terminated(child.info.run_id, RunStatus.FAILED)
                 raise
-            client.set_terminated(child.info.run_id, "FINISHED")
+            client.set_terminated(child.info.run_id, RunStatus.FINISHED)
         return run.run_id

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tle.study.schedule import Task
+from tle.status import RunStatus
 
 PR_SET_PDEATHSIG = 1
 
@@ -99,7 +100,7 @@ class LocalPool:
                 continue
             self._forget(worker)
             code = worker.proc.wait()
-            done.append((worker, {"status": "FAILED", "error": f"worker for {worker.backend} exited with code "
+            done.append((worker, {"status": RunStatus.FAILED, "error": f"worker for {worker.backend} exited with code "
                                                                 f"{code}: {worker.tail()} (log {worker.log})"}))
         return done
 

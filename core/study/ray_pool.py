@@ -19,6 +19,7 @@ from typing import Any
 
 from tle.errors import UserError
 from tle.study.schedule import Task
+from tle.status import RunStatus
 
 
 PROBE_SECONDS = 3.0
@@ -127,7 +128,7 @@ class RayPool:
                 done.append((worker, self.ray.get(ref)))
             except Exception as exc:  # the actor died (out of memory, a crash in the framework)
                 first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-                done.append((worker, {"status": "FAILED", "error": f"Ray actor for {self.backend.get(worker)} "
+                done.append((worker, {"status": RunStatus.FAILED, "error": f"Ray actor for {self.backend.get(worker)} "
                                                                    f"failed: {first[:300]}", "dead": True}))
                 self.stop(worker)
         return done
@@ -146,7 +147,7 @@ class RayPool:
         # Killing the actors leaves their runs RUNNING; the sweep ends those KILLED from the store.
         for worker in list(busy):
             self.stop(worker)
-        return [(worker, {"status": "KILLED", "error": "interrupted"}) for worker in busy]
+        return [(worker, {"status": RunStatus.KILLED, "error": "interrupted"}) for worker in busy]
 
     def close(self) -> None:
         for worker in list(self.backend):

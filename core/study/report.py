@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from tle.status import RunStatus
 
 
 def record(sweep, table) -> None:
@@ -14,8 +15,8 @@ def record(sweep, table) -> None:
     client = mlflow.MlflowClient()
     cells = sweep.results
     counts = {"cells_total": len(cells),
-              "cells_finished": sum(r.status == "FINISHED" for r in cells),
-              "cells_failed": sum(r.status == "FAILED" for r in cells),
+              "cells_finished": sum(r.status == RunStatus.FINISHED for r in cells),
+              "cells_failed": sum(r.status == RunStatus.FAILED for r in cells),
               "cells_reused": sum(r.reused for r in cells),
               "sweep_wall_seconds": sweep.wall_seconds}
     with tempfile.TemporaryDirectory() as tmp:
@@ -34,7 +35,7 @@ def record(sweep, table) -> None:
     if not sweep.ok:
         bad = len(cells) - counts["cells_finished"]
         client.set_tag(sweep.parent_id, "tle.error", f"{bad} of {len(cells)} cells did not finish")
-    client.set_terminated(sweep.parent_id, status="FINISHED" if sweep.ok else "FAILED")
+    client.set_terminated(sweep.parent_id, status=RunStatus.FINISHED if sweep.ok else RunStatus.FAILED)
 
 
 def _metric_name(text: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from tle.status import RunStatus
 
 
 @dataclass
@@ -76,7 +77,7 @@ class Scheduler:
         busy: dict[Any, Task] = {}
 
         def finish(task: Task, outcome: dict[str, Any]) -> None:
-            status[task.cell] = outcome.get("status", "FAILED")
+            status[task.cell] = outcome.get("status", RunStatus.FAILED)
             on_done(task, outcome)
 
         known = {t.cell for t in tasks}
@@ -88,10 +89,10 @@ class Scheduler:
                     if any(v is None for v in deps.values()):
                         continue
                     pending.remove(task)
-                    bad = {c: v for c, v in deps.items() if v != "FINISHED"}
+                    bad = {c: v for c, v in deps.items() if v != RunStatus.FINISHED}
                     if bad and task.strict:
                         cell, how = next(iter(bad.items()))
-                        finish(task, {"cell": task.cell, "status": "FAILED",
+                        finish(task, {"cell": task.cell, "status": RunStatus.FAILED,
                                       "error": f"cell {cell}, which it starts from, ended {how}"})
                         continue
                     skipped = resolve(task) if resolve is not None else None
@@ -121,7 +122,7 @@ class Scheduler:
                 if task is not None:
                     on_done(task, outcome)
             for task in busy.values():
-                on_done(task, {"cell": task.cell, "status": "KILLED", "error": "interrupted"})
+                on_done(task, {"cell": task.cell, "status": RunStatus.KILLED, "error": "interrupted"})
             raise
 
     def close(self) -> None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tle.runner import SPEC_KEY
+from tle.status import RunStatus
 
 PARENT_TAG = "mlflow.parentRunId"
 SWEEP_KEY = "tle.sweep.key"
@@ -39,7 +40,7 @@ def open_parent(client, experiment_id: str, name: str, key: str, tags: dict[str,
                                order_by=["attributes.start_time DESC"], max_results=1)
     if found:
         run_id = found[0].info.run_id
-        client.update_run(run_id, status="RUNNING")
+        client.update_run(run_id, status=RunStatus.RUNNING)
         if "tle.error" in found[0].data.tags:  # how it ended last time
             client.delete_tag(run_id, "tle.error")
         return run_id, True
@@ -89,7 +90,7 @@ def end_sweep(client, experiment_id: str, parent_id: str, exc: BaseException) ->
     """End a sweep that ``exc`` stopped: Ctrl-C/SIGTERM -> KILLED, anything else -> FAILED; its cells still
     RUNNING the same, each with ``tle.error``."""
     killed = isinstance(exc, KeyboardInterrupt)
-    status = "KILLED" if killed else "FAILED"
+    status = RunStatus.KILLED if killed else RunStatus.FAILED
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     reason = "interrupted" if killed else f"{type(exc).__name__}: {first}".rstrip(": ")
     end_orphans(client, experiment_id, parent_id, status)
@@ -125,5 +126,5 @@ def record_failure(client, experiment_id: str, name: str, tags: dict[str, str], 
                      "dataset": dataset.get("source") if isinstance(dataset, dict) else dataset}
     run = client.create_run(experiment_id, run_name=name, tags={
         **{k: str(v) for k, v in described.items() if v is not None}, **tags, "tle.error": error[:5000]})
-    client.set_terminated(run.info.run_id, status="FAILED")
+    client.set_terminated(run.info.run_id, status=RunStatus.FAILED)
     return run.info.run_id

@@ -21,6 +21,7 @@ from tle.study.grid import PRETRAIN, Cell, Grid
 from tle.study.schedule import Scheduler, Task
 from tle.study.store import (CELL, PARENT_TAG, ROLE, CellRun, end_sweep, finished_by_key, open_parent, quiet_signals,
                              read_runs, record_failure)
+from tle.status import RunStatus
 
 EXECUTORS = ("local", "ray")
 
@@ -28,7 +29,7 @@ EXECUTORS = ("local", "ray")
 @dataclass
 class CellResult:
     cell: Cell
-    status: str = "PENDING"  # FINISHED, FAILED, KILLED, PENDING (never started)
+    status: str = RunStatus.PENDING  # FINISHED, FAILED, KILLED, PENDING (never started)
     run_id: str | None = None
     reused: bool = False  # finished by an earlier run of the same spec and data
     error: str = ""
@@ -53,7 +54,7 @@ class SweepResult:
 
     @property
     def ok(self) -> bool:
-        return not self.interrupted and all(r.status == "FINISHED" for r in self.results)
+        return not self.interrupted and all(r.status == RunStatus.FINISHED for r in self.results)
 
     def run_of(self, result: CellResult) -> CellRun | None:
         return self.runs.get(result.run_id or "")
@@ -256,7 +257,7 @@ class Sweep:
             reuse = self._reusable(res.cell, finished)
             if reuse is None:
                 return None
-            return {"cell": task.cell, "status": "FINISHED", "run_id": reuse.info.run_id, "reused": True}
+            return {"cell": task.cell, "status": RunStatus.FINISHED, "run_id": reuse.info.run_id, "reused": True}
 
         def on_start(task: Task) -> None:
             if bar is not None:
@@ -269,21 +270,21 @@ class Sweep:
                 self._export_done(task, outcome, results)
                 return
             res = results[task.cell]
-            res.status = outcome.get("status", "FAILED")
+            res.status = outcome.get("status", RunStatus.FAILED)
             res.run_id = outcome.get("run_id")
             res.error = outcome.get("error", "")
             res.reused = bool(outcome.get("reused"))
             res.outcome = outcome
-            if res.status != "FINISHED" and res.run_id is None:
+            if res.status != RunStatus.FINISHED and res.run_id is None:
                 res.run_id = record_failure(client, exp_id, task.spec["tracking"]["run_name"], task.tags,
                                             res.error or res.status, spec=task.spec)
-                if res.status == "KILLED":
-                    client.set_terminated(res.run_id, status="KILLED")
+                if res.status == RunStatus.KILLED:
+                    client.set_terminated(res.run_id, status=RunStatus.KILLED)
             if not self.quiet:
-                mark = {"FINISHED": "[green]done[/]", "KILLED": "[yellow]killed[/]"}.get(res.status, "[red]failed[/]")
+                mark = {RunStatus.FINISHED: "[green]done[/]", RunStatus.KILLED: "[yellow]killed[/]"}.get(res.status, "[red]failed[/]")
                 if res.reused:
                     mark = "[dim]reused[/]"
-                extra = f"  {res.error}" if res.error and res.status != "FINISHED" else ""
+                extra = f"  {res.error}" if res.error and res.status != RunStatus.FINISHED else ""
                 took = "" if res.reused else f" ({outcome.get('seconds', 0):.1f}s)"
                 self.console.print(f"  {mark} {task.label}{took}{extra}", highlight=False, markup=True)
 
@@ -309,20 +310,20 @@ class Sweep:
 
     def _pick_best(self, task: Task, results, client, exp_id) -> dict[str, Any] | None:
         """The group's finished cell with the best best_val_acc; None runs the export, an outcome skips it."""
-        done = [results[i] for i in task.after if results[i].status == "FINISHED" and results[i].run_id]
+        done = [results[i] for i in task.after if results[i].status == RunStatus.FINISHED and results[i].run_id]
         runs = read_runs(client, [r.run_id for r in done], exp_id)
         done = [r for r in done if r.run_id in runs]
         if not done:
-            return {"cell": task.cell, "status": "FINISHED", "skipped": "no finished cell"}
+            return {"cell": task.cell, "status": RunStatus.FINISHED, "skipped": "no finished cell"}
         best = max(done, key=lambda r: runs[r.run_id].metrics.get("best_val_acc", -1.0))
         if "onnx_max_abs_diff" in runs[best.run_id].metrics:
-            return {"cell": task.cell, "status": "FINISHED", "run_id": best.run_id, "skipped": "exported earlier"}
+            return {"cell": task.cell, "status": RunStatus.FINISHED, "run_id": best.run_id, "skipped": "exported earlier"}
         task.run_id, task.label = best.run_id, f"best of its group: {best.cell.label}"
         task.spec, task.cell_of = self._spec_for(best.cell), best.cell.index
         return None
 
     def _export_done(self, task: Task, outcome: dict[str, Any], results) -> None:
-        if outcome.get("status") == "FINISHED":
+        if outcome.get("status") == RunStatus.FINISHED:
             if not self.quiet and not outcome.get("skipped"):
                 diff = outcome.get("onnx_max_abs_diff")
                 self.console.print(f"  [green]exported[/] {task.label} (max |diff| {diff:.1e}, "
@@ -330,6 +331,6 @@ class Sweep:
             return
         res = results.get(task.cell_of)
         if res is not None:  # the model trained, but the sweep did not deliver what it promised
-            res.status, res.error = "FAILED", f"ONNX export: {outcome.get('error', '')}"
+            res.status, res.error = RunStatus.FAILED, f"ONNX export: {outcome.get('error', '')}"
         if not self.quiet:
             self.console.print(f"  [red]export failed[/] {task.label}: {outcome.get('error', '')}", highlight=False)

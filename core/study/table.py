@@ -18,6 +18,7 @@ from typing import Any
 
 from tle.study.grid import SEED_AXIS, short
 from tle.study.stats import Summary, difference, group_key
+from tle.status import RunStatus
 
 FORMATS = ("table", "markdown", "csv", "json")
 
@@ -38,7 +39,7 @@ class Group:
         s = self.summary or Summary.of([])
         rec = {**{short(k): v for k, v in self.axes.items()}, "n": s.n, f"{metric}_mean": _num(s.mean),
                f"{metric}_sd": _num(s.sd), "seconds_mean": _num(Summary.of(self.seconds).mean),
-               "failed": sum(1 for st in self.statuses if st != "FINISHED")}
+               "failed": sum(1 for st in self.statuses if st != RunStatus.FINISHED)}
         rec.update(against_scratch(self.vs_scratch, self.wins))
         rec["run_ids"] = self.run_ids
         return rec
@@ -80,13 +81,13 @@ class SweepTable:
 
     def text(self, g: Group | None, markup: bool = True) -> str:
         if g is None or g.summary is None or g.summary.n == 0:
-            failed = g is not None and any(st != "FINISHED" for st in g.statuses)
+            failed = g is not None and any(st != RunStatus.FINISHED for st in g.statuses)
             return ("[red]failed[/]" if markup else "failed") if failed else "-"
         s = g.summary
         mark = marks(g.vs_scratch, g.wins, markup)
         spread = f" ± {s.sd:.3f}" if s.n > 1 else ""
         secs = Summary.of(g.seconds).mean
-        failed = sum(1 for st in g.statuses if st != "FINISHED")
+        failed = sum(1 for st in g.statuses if st != RunStatus.FINISHED)
         tail = f" ({failed} failed)" if failed else ""
         return f"{s.mean:.3f}{spread} n={s.n}{mark} · {secs:.1f}s{tail}"
 
@@ -160,7 +161,7 @@ def build_table(sweep, metric: str = "test_acc", rows: list[str] | None = None,
         g.statuses.append(res.status)
         if run is not None:
             g.run_ids.append(run.run_id)
-        if res.status == "FINISHED" and run is not None and metric in run.metrics:
+        if res.status == RunStatus.FINISHED and run is not None and metric in run.metrics:
             g.values.append(run.metrics[metric])
             g.by_seed[res.cell.spec.train.seed] = run.metrics[metric]
             if "wall_seconds" in run.metrics:

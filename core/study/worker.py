@@ -22,6 +22,7 @@ from collections import OrderedDict
 from typing import Any
 
 from tle.errors import UserError
+from tle.status import RunStatus
 
 DATA_CACHE = 4  # datasets kept per worker (a sweep's cells usually share one or two)
 REUSE_MODELS = "TLE_REUSE_MODELS"  # set while a cell runs (see execute)
@@ -65,12 +66,12 @@ def export(task: dict[str, Any], cache: DataCache) -> dict[str, Any]:
     outcome: dict[str, Any] = {"cell": task["cell"], "run_id": task["run_id"]}
     started = time.perf_counter()
     try:
-        outcome.update(status="FINISHED", onnx_max_abs_diff=export_finished_run(
+        outcome.update(status=RunStatus.FINISHED, onnx_max_abs_diff=export_finished_run(
             task["run_id"], task["spec"]["tracking"].get("uri"), load_data=cache))
     except KeyboardInterrupt:
-        raise _Interrupted({**outcome, "status": "KILLED", "error": "interrupted"}) from None
+        raise _Interrupted({**outcome, "status": RunStatus.KILLED, "error": "interrupted"}) from None
     except Exception as exc:
-        outcome.update(status="FAILED", error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        outcome.update(status=RunStatus.FAILED, error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
     outcome["seconds"] = time.perf_counter() - started
     return outcome
 
@@ -101,17 +102,17 @@ def execute(task: dict[str, Any], cache: DataCache) -> dict[str, Any]:
             if reuse:
                 os.environ.pop(REUSE_MODELS, None)
     except KeyboardInterrupt as exc:
-        outcome.update(status="KILLED", run_id=getattr(exc, "tle_run_id", None), error="interrupted")
+        outcome.update(status=RunStatus.KILLED, run_id=getattr(exc, "tle_run_id", None), error="interrupted")
         raise _Interrupted(outcome) from None
     except UserError as exc:
-        outcome.update(status="FAILED", run_id=getattr(exc, "tle_run_id", None), error=str(exc), user_error=True)
+        outcome.update(status=RunStatus.FAILED, run_id=getattr(exc, "tle_run_id", None), error=str(exc), user_error=True)
     except Exception as exc:  # a cell's failure is recorded and the sweep goes on
         first = str(exc).splitlines()[0] if str(exc) else ""
-        outcome.update(status="FAILED", run_id=getattr(exc, "tle_run_id", None),
+        outcome.update(status=RunStatus.FAILED, run_id=getattr(exc, "tle_run_id", None),
                        error=f"{type(exc).__name__}: {first}"[:1000])
     else:
         compute = sum(r.metrics.get("epoch_seconds", 0.0) for r in result.history.records)
-        outcome.update(status="FINISHED", run_id=result.run_id, timings=result.timings,
+        outcome.update(status=RunStatus.FINISHED, run_id=result.run_id, timings=result.timings,
                        compute_seconds=compute + result.timings.get("evaluate", 0.0),
                        run_seconds=result.wall_seconds)
     outcome["seconds"] = time.perf_counter() - started
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         task = json.loads(line)
         if task["spec"].get("backend") != backend:
-            outcome = {"cell": task["cell"], "status": "FAILED", "error": f"worker for {backend} got another backend"}
+            outcome = {"cell": task["cell"], "status": RunStatus.FAILED, "error": f"worker for {backend} got another backend"}
         else:
             try:
                 outcome = handle(task, cache)

@@ -28,7 +28,7 @@ def wants_torch(name: str, kind: str, path: Path | None) -> bool:
     """Weights only the torch backend reads, for a model whose torchvision counterpart it has."""
     if registry.layout(name) == "keras":
         return False
-    return kind == "imagenet" or (kind == "file" and path is not None and path.suffix in TORCH_SUFFIXES)
+    return kind == "imagenet" or (kind == "file" and path is not None and Path(path).suffix in TORCH_SUFFIXES)
 
 
 def load_through_torch(knet, weights, head, class_names) -> None:

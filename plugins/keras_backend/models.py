@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from pathlib import Path
 
 from tle import UserError
 from tle_keras import blocks as block_maps
@@ -71,7 +72,9 @@ def _build(name: str, num_classes: int, input_shape, head, weights, seed: int, c
         raise UserError(f"unknown weights kind {kind!r}", "use none, imagenet, a .h5/.keras file or runs:/RUN_ID")
     if kind == "imagenet" and name in registry.SMALL:
         weight_files.require_imagenet(name, h)  # raises: the small models have none
-    keras.utils.set_random_seed(int(seed))
+    from tle_keras.runtime import set_random_seed  # Keras's, without flushing a reused model's traced steps
+
+    set_random_seed(int(seed))
     # Mixed precision only where it pays (on a GPU) and unless fp32 is asked for; the logits stay float32.
     policies = {"auto": "mixed_bfloat16", "bf16": "mixed_bfloat16", "fp16": "mixed_float16", "fp32": "float32"}
     keras.mixed_precision.set_global_policy(policies.get(precision, "float32") if gpus() else "float32")
@@ -106,7 +109,7 @@ def _build(name: str, num_classes: int, input_shape, head, weights, seed: int, c
     if foreign.wants_torch(name, kind, path):
         foreign.load_through_torch(knet, weights, head, class_names)
     elif kind == "file" and foreign.is_portable(path):
-        foreign.load_portable(knet, path, str(weights.source or path), class_names, head)
+        foreign.load_portable(knet, Path(path), str(weights.source or path), class_names, head)
     elif kind == "imagenet" and head.kind == "original":
         top = weight_files.require_imagenet(name, h, top=True)
         named, _ = weight_files.read_named(top, str(top))

@@ -129,6 +129,13 @@ def save_weights(model, directory):
 
 
 @hookimpl
+def portable_weights(model):
+    from tle_keras.portable import to_portable
+
+    return to_portable(model)
+
+
+@hookimpl
 def export_onnx(model, path, sample, metadata):
     from tle_keras.export import export
 

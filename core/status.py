@@ -1,0 +1,24 @@
+"""The status of a run, as MLflow names it; the one place tle spells them."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class RunStatus(str, Enum):
+    """A str, so it compares equal to MLflow's strings and travels in JSON (worker outcomes) as the plain name."""
+
+    RUNNING = "RUNNING"
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"
+    KILLED = "KILLED"
+    PENDING = "PENDING"  # a sweep cell that never started (not an MLflow status)
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+ENDED = (RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED)
