@@ -72,3 +72,31 @@ def keras():
 
 def gpus() -> list:
     return tf().config.list_physical_devices("GPU")
+
+
+def set_random_seed(seed: int) -> None:
+    """``keras.utils.set_random_seed`` (Python's, NumPy's, Keras's and TensorFlow's global seeds) without the
+    kernel-cache flush that ``tf.random.set_seed`` does in eager mode.
+
+    The flush drops every instantiated tf.function, so in a warm sweep worker the train and test steps and
+    the inference a reused model keeps (``wrapper.py``, ``train.trainer``) were instantiated and optimised by
+    grappler again on their first call in every cell: about 2 s of CPU per cell, for the same functions.
+    The flush exists to restart stateful random kernels (``tf.random.uniform`` and kin), whose cached kernels
+    count their calls. The functions kept across cells draw only with Keras's stateless ops from seed
+    variables that are reset with the model, and everything else a cell runs (its tf.data pipeline with
+    the seeded shuffle and augmentation) is created anew in the cell, so the same seed draws the same
+    numbers with or without the flush (``tests/test_keras_reuse.py``).
+    """
+    import keras as _k
+    from tensorflow.python.eager import context
+
+    ctx = context.context()
+    handle = getattr(ctx, "_context_handle", None)
+    if handle is None or not ctx.executing_eagerly():  # nothing cached yet, or another TF: its own way
+        _k.utils.set_random_seed(seed)
+        return
+    ctx._context_handle = None  # _set_global_seed flushes only through the handle; it sets the seed either way
+    try:
+        _k.utils.set_random_seed(seed)
+    finally:
+        ctx._context_handle = handle

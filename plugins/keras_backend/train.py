@@ -27,7 +27,7 @@ import numpy as np
 from tle.contracts import Evaluation
 from tle_keras import cache
 from tle_keras.init import derived_seed
-from tle_keras.runtime import keras as _keras, tf as _tf
+from tle_keras.runtime import keras as _keras, set_random_seed, tf as _tf
 
 keras = _keras()
 tf = _tf()
@@ -175,7 +175,7 @@ def _initial(variable):
 
 def fit(knet, data, stage, spec, loop) -> dict:
     seed = derived_seed(spec.seed, "train", stage.index)
-    keras.utils.set_random_seed(seed)  # dropout masks and the shuffle below
+    set_random_seed(seed)  # dropout masks and the shuffle below; keeps the traced steps instantiated
     # The model first: the frozen prefix cached below must be the checkpoint's.
     resumed_stage = load_model_state(loop.resume_from, knet)[0] if loop.resume_from is not None else None
     start_block = knet.frozen_prefix() if spec.cache_features and not spec.augment else 0
