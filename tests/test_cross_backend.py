@@ -169,12 +169,12 @@ def test_onnx_models_of_both_backends_serve_in_tle_predict(digits_runs, image_fo
     assert np.mean([preds["torch"][f] == preds["keras"][f] for f in truth]) > 0.6
 
 
-@pytest.mark.parametrize("source", BACKENDS)
-def test_convert_gives_the_other_framework_the_same_function(digits_runs, store, source):
-    """``tle convert``: the other backend's vgg_small, built from the run's portable weights, gives the source's
+def test_convert_gives_the_other_framework_the_same_function(digits_runs, store):
+    """``tle convert`` of a keras run: torch's vgg_small, built from the run's portable weights, gives Keras's
     logits on the run's test images within 1e-4, and lands as a new FINISHED run with native weights and an
-    ONNX model that serves."""
-    target = "keras" if source == "torch" else "torch"
+    ONNX model. (torch -> keras: the next test's runs:/ and tests/test_keras_torchvision_zoo.py's parity; the
+    command is the same code path.)"""
+    source, target = "keras", "torch"
     run = digits_runs[source]
     proc = tle("--quiet", "convert", run["run_id"], "--to", target, "--json", env={"MLFLOW_TRACKING_URI": store},
                check_rc=0)
@@ -205,3 +205,45 @@ def test_keras_trains_on_a_torch_runs_backbone(digits_runs, store, tmp_path):
     bad = tle("--quiet", "run", *common[:2], "--model", "resnet_small", *common[4:], "--weights",
               f"runs:/{torch_run}", env=env, cwd=tmp_path)
     assert bad.returncode == 2 and "not a resnet_small" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+
+
+def test_keras_reads_a_torchvision_state_dict_and_names_torchs_imagenet_file(store, tmp_path):
+    """``--weights PATH.pth`` in Keras: torch reads the file in a worker of its own and hands it over; its logits
+    on Keras's resnet18 equal torchvision's own model's. ``--weights imagenet`` for a torchvision-layout model,
+    offline and absent from the torch hub cache: one line naming the file to put there."""
+    path = tmp_path / "resnet18.pth"
+    reference = python(f"""
+import json, numpy as np, torch, torchvision
+torch.manual_seed(0)
+net = torchvision.models.resnet18(num_classes=10).eval()
+torch.save(net.state_dict(), {str(path)!r})
+np.savez({str(tmp_path / "fc.npz")!r}, w=net.fc.weight.detach().numpy(), b=net.fc.bias.detach().numpy())
+x = torch.from_numpy(np.random.default_rng(0).random((4, 32, 32, 3), dtype=np.float32))
+mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+with torch.no_grad():
+    print(json.dumps(net((x.permute(0, 3, 1, 2) - mean) / std).tolist()))
+""")
+    got = python(f"""
+import json, numpy as np
+from pathlib import Path
+from tle.contracts import ResolvedWeights
+from tle.plugins import load_backend
+from tle.spec import HeadSpec
+hook = load_backend("keras").hook
+names = [str(i) for i in range(10)]
+net = hook.load_backbone(model="resnet18", num_classes=10, class_names=names, input_shape=(32, 32, 3),
+                         head=HeadSpec(kind="original"), device="cpu", precision="fp32", seed=1,
+                         weights=ResolvedWeights(kind="file", source="resnet18.pth", path=Path({str(path)!r})))
+# The original head's last layer is drawn anew (a state dict knows no classes): set torchvision's fc for the check.
+fc = np.load({str(tmp_path / "fc.npz")!r})
+net.net.get_layer("head_logits").set_weights([fc["w"].T, fc["b"]])
+x = np.random.default_rng(0).random((4, 32, 32, 3), dtype=np.float32)
+print(json.dumps(hook.evaluate(model=net, images=x, labels=None, batch_size=4).logits.tolist()))
+""", env={"MLFLOW_TRACKING_URI": store})
+    assert np.abs(np.array(json.loads(got)) - np.array(json.loads(reference))).max() <= 1e-4
+    proc = tle("--quiet", "run", "--backend", "keras", "--model", "resnet18", "--dataset", "digits", "--image-size",
+               32, "--weights", "imagenet", "--epochs", 1, env={"MLFLOW_TRACKING_URI": store,
+                                                               "TORCH_HOME": str(tmp_path / "no-hub")})
+    assert proc.returncode == 2 and "resnet18-f37072fd.pth" in proc.stderr and "Traceback" not in proc.stderr, \
+        proc.stderr
+    assert len([line for line in proc.stderr.splitlines() if line.strip()]) == 1, proc.stderr

@@ -112,7 +112,8 @@ def test_registered_model_and_predict_match_framework(base_run, store, tmp_path)
     assert "img" in table and "top 2" in table
 
 
-@pytest.mark.parametrize("strategy", ["feature-extractor", "finetune:block2", "transfer:block1"])
+# finetune's two stages from a run: tests/test_torch_runner.py; runs:/ in every backend: tle.testing's suite.
+@pytest.mark.parametrize("strategy", ["feature-extractor", "transfer:block1"])
 def test_transfer_from_an_earlier_run(base_run, store, tmp_path, strategy):
     result, client = base_run
     weights = f"runs:/{result['run_id']}" if strategy != "transfer:block1" else "models:/digits04/1"
@@ -122,12 +123,7 @@ def test_transfer_from_an_earlier_run(base_run, store, tmp_path, strategy):
     run = client.get_run(out["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["strategy"] == strategy
     assert run.data.metrics["test_acc"] > 0.5
-    stages = {m.step: m.value for m in client.get_metric_history(out["run_id"], "stage")}
-    if strategy.startswith("finetune"):
-        # Two stages with one continuous step: 2 head epochs then 2 fine-tune epochs.
-        assert stages == {0: 0, 1: 0, 2: 1, 3: 1}
-        assert run.data.metrics["trainable_params_stage1"] > run.data.metrics["trainable_params_stage0"]
-    elif strategy == "feature-extractor":
+    if strategy == "feature-extractor":
         assert run.data.metrics["trainable_params"] < run.data.metrics["total_params"]
 
 

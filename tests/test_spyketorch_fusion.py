@@ -237,10 +237,11 @@ def s2_index(store):
     from conftest import tle
 
     env = {"MLFLOW_TRACKING_URI": store}
-    # examples/s2_fusion.sh's seeds 0-2. Not mozafari_small: its fused net measured 0.11 / 0.14 below bagging
-    # (4 epochs), the half of its neurons that fusion prunes carries more of its decisions.
+    # Seed 0 of examples/s2_fusion.sh (which runs seeds 0-2 for the README's mean ± sd). Not mozafari_small: its
+    # fused net measured 0.11 / 0.14 below bagging (4 epochs), the half of its neurons that fusion prunes carries
+    # more of its decisions.
     out, pairs = {}, []
-    for seed in (0, 1, 2):
+    for seed in (0,):
         a = _cli_run(env, "--dataset", "digits:0-4", "--epochs", 10, seed=seed)
         b = _cli_run(env, "--dataset", "digits:5-9", "--epochs", 10, "--strategy", "feature-extractor",
                      "--weights", f"runs:/{a}", seed=seed)
@@ -265,14 +266,13 @@ def test_index_fusion_stays_near_bagging_on_both_tasks(s2_index):
     assert fused["tasks"] == ["digits:0-4", "digits:5-9", "union"]
     # Each net alone answers the other's images with its own indices (S2's B on digits): near chance, not 0.
     assert acc["A"][0] > 0.6 and acc["B"][1] > 0.5 and 0 < acc["A"][1] < 0.5 and 0 < acc["B"][0] < 0.5, acc
-    # S2: fusion costs 3-4 points against bagging. On 540 training images one seed's gap varies from -0.02 to 0.15,
-    # and seed 1's networks change with the thread count, so the mean over seeds 0-2 is held: measured 0.05 / 0.06
-    # with 2 threads, 0.07 / 0.10 with 1 (make test). Issue 14 asks for 0.08; this is what holds today.
-    seeds = [out["index", "--normalise", seed]["accuracy"] for seed in (0, 1, 2)]
+    # S2: fusion costs 3-4 points against bagging. On 540 training images one seed's gap varies from -0.02 to 0.15
+    # (seeds 0-2, one or two threads); the mean over seeds 0-2 (0.05 / 0.06 with 2 threads, 0.07 / 0.10 with 1) is
+    # examples/s2_fusion.sh's, in the README, not re-measured here: a seed costs two minutes of CI. Issue 14 asks
+    # for 0.08 on the mean. What this seed must hold: fused within the largest gap seen, and well above chance.
     for task in (0, 1):
-        gap = sum(s["bagging"][task] - s["fused"][task] for s in seeds) / len(seeds)
-        assert gap < 0.12, (task, gap, seeds)
-        assert all(s["fused"][task] > 0.5 for s in seeds), seeds
+        assert acc["bagging"][task] - acc["fused"][task] < 0.16, (task, acc)
+        assert acc["fused"][task] > 0.5, acc
     assert fused["sizes"]["fused"] == fused["sizes"]["A"]
     run = mlflow.MlflowClient().get_run(fused["run_id"])
     assert run.data.params["fusion.align"] == "index" and run.data.tags["tle.fusion.align"] == "index"

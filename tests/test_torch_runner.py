@@ -34,6 +34,13 @@ def test_pretrain_then_finetune_from_the_run(tmp_path, monkeypatch):
     assert {c.name for c in finetune if c.trainable} == {"block5", "head"}
     assert [r.stage for r in target.history.records] == [0, 0, 1]
     assert target.onnx_max_abs_diff < 1e-4
+    # In the store: one continuous step over both stages, and more trainable parameters in the second.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert {m.step: m.value for m in client.get_metric_history(target.run_id, "stage")} == {0: 0, 1: 0, 2: 1}
+    metrics = client.get_run(target.run_id).data.metrics
+    assert metrics["trainable_params_stage1"] > metrics["trainable_params_stage0"]
 
     # Same classes as the source run: its head comes back with the backbone.
     same = run_experiment(spec(tmp_path, "digits:0-4", strategy="feature-extractor", weights=f"runs:/{source.run_id}",

@@ -60,6 +60,16 @@ class BackendConformance:
 
     # -- fixtures (one of each per test class) ----------------------------------
 
+    @pytest.fixture(autouse=True)
+    def conformance_keeps_the_tracking_uri(self):
+        """The runner points MLflow (a process-wide setting) at the suite's store: give the caller's back, so the
+        suite never redirects the other tests of a process."""
+        import mlflow
+
+        before = mlflow.get_tracking_uri()
+        yield
+        mlflow.set_tracking_uri(before)
+
     @pytest.fixture(scope="class")
     @classmethod
     def conformance_backend(cls):
@@ -87,9 +97,15 @@ class BackendConformance:
     @classmethod
     def conformance_run(cls, conformance_store):
         """One scratch run through the core's runner, exported to ONNX."""
+        import mlflow
+
         from tle.runner import run_experiment
 
-        return run_experiment(cls._spec(conformance_store, strategy="scratch"), quiet=True, export=True)
+        before = mlflow.get_tracking_uri()
+        try:
+            return run_experiment(cls._spec(conformance_store, strategy="scratch"), quiet=True, export=True)
+        finally:
+            mlflow.set_tracking_uri(before)
 
     # -- helpers ---------------------------------------------------------------
 
