@@ -216,8 +216,9 @@ def portable_of_run(run_id: str, backend: str, tracking_uri: str, out: Path, log
     return outcome
 
 
-def convert_run(run_id: str, to: str, tracking_uri: str) -> dict[str, Any]:
-    """``tle convert``: the run's model in backend ``to``, checked and stored; returns what the command prints."""
+def convert_run(run_id: str, to: str, tracking_uri: str, on_start=None) -> dict[str, Any]:
+    """``tle convert``: the run's model in backend ``to``, checked and stored; returns what the command prints.
+    ``on_start(source_backend, model)`` is called once the request is known to be valid, before the workers start."""
     from tle.plugins import load_backend
     from tle.stored_run import get_run
     from tle.worker_task import in_worker
@@ -230,6 +231,8 @@ def convert_run(run_id: str, to: str, tracking_uri: str) -> dict[str, Any]:
     if source == to:
         raise UserError(f"run {run_id} is already a {to} run", "choose another --to backend")
     load_backend(to).model(model)  # a UserError naming the models it has
+    if on_start is not None:
+        on_start(source, model)
     started = time.perf_counter()
     folder = Path(tempfile.mkdtemp(prefix="tle-convert-"))
     try:

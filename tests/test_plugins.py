@@ -73,6 +73,7 @@ def test_plugin_group_can_wrap_hooks(tmp_path):
     (["run", "--backend", "numpy", "--model", "mlp", "--set", "train.nosuch=1"], ["train.nosuch", "unknown field"]),
     (["plan", "--backend", "numpy", "--model", "mlp", "--strategy", "transfer:block7"], ["block7"]),
     (["predict", "/no/such/model.onnx", "x.png"], ["does not exist"]),
+    (["convert", "0123456789abcdef", "--to", "keras"], ["not found", "--tracking-uri"]),
 ])
 def test_user_errors_exit_2_with_one_line(args, words, store_env, tmp_path):
     proc = tle(*args, env=store_env, cwd=tmp_path)
@@ -81,3 +82,17 @@ def test_user_errors_exit_2_with_one_line(args, words, store_env, tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     for word in words:
         assert word in proc.stderr
+
+
+def test_convert_refuses_a_model_the_other_backend_does_not_have(store_env, tmp_path):
+    """A numpy ``mlp`` has no torch counterpart: exit 2 and one line before any worker starts."""
+    import json
+
+    run = json.loads(tle("--quiet", "run", "--backend", "numpy", "--model", "mlp", "--dataset", "digits:0-2",
+                         "--epochs", "1", "--no-export", "--json", env=store_env, cwd=tmp_path,
+                         check_rc=0).stdout.strip().splitlines()[-1])
+    for target, words in (("torch", ["no model 'mlp'", "resnet_small"]), ("numpy", ["already a numpy run"])):
+        proc = tle("convert", run["run_id"], "--to", target, env=store_env, cwd=tmp_path)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert all(word in proc.stderr for word in words), proc.stderr

@@ -23,9 +23,12 @@ def convert(
 
     mlflow = configure(tracking_uri)
     run_id = run_id[len("runs:/"):].strip("/").split("/")[0] if run_id.startswith("runs:/") else run_id
-    if not STATE["quiet"] and not as_json:
-        err.print(f"converting run {run_id} to {to} (each framework in a worker process of its own)", highlight=False)
-    result = convert_run(run_id, to, mlflow.get_tracking_uri())
+    def started(source: str, model: str) -> None:
+        if not STATE["quiet"] and not as_json:
+            err.print(f"converting {source} run {run_id} ({model}) to {to}, each framework in a worker process of "
+                      "its own", highlight=False)
+
+    result = convert_run(run_id, to, mlflow.get_tracking_uri(), on_start=started)
     if as_json:
         out.print_json(dumps(result))
         return
