@@ -23,7 +23,24 @@ classifier added on top is always called ``head``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 import pluggy
+
+if TYPE_CHECKING:  # the annotations only: importing these here would make every plugin import numpy and pydantic
+    import numpy as np
+
+    from tle.contracts import (BlockCount, BackendInfo, Evaluation, ExportMetadata, Fused, FuseOptions, ImageSet,
+                               ModelInfo, ResolvedWeights)
+    from tle.data import Dataset
+    from tle.data.sources import Source
+    from tle.distributed import DistributedPlan
+    from tle.initializers import InitSpec
+    from tle.loop import TrainLoop
+    from tle.spec import DataSpec, DistributedSpec, HeadSpec, TrainSpec
+    from tle.strategy import Stage
 
 hookspec = pluggy.HookspecMarker("tle")
 hookimpl = pluggy.HookimplMarker("tle")
@@ -33,7 +50,7 @@ hookimpl = pluggy.HookimplMarker("tle")
 
 
 @hookspec(firstresult=True)
-def backend_info():
+def backend_info() -> BackendInfo:
     """Describe the backend for ``tle backends``.
 
     :return: a :class:`tle.contracts.BackendInfo`.
@@ -46,7 +63,7 @@ def backend_info():
 
 
 @hookspec
-def register_models():
+def register_models() -> Iterable[ModelInfo]:
     """Return the models this plugin offers.
 
     :return: a list of :class:`tle.contracts.ModelInfo`, blocks in forward order.
@@ -65,7 +82,7 @@ def register_models():
 
 
 @hookspec
-def register_datasets():
+def register_datasets() -> dict[str, Callable[[str, DataSpec], ImageSet | Source]]:
     """Return dataset sources as ``{prefix: loader}``; fires when a run, sweep cell or study loads its data.
 
     ``loader(argument, spec)`` is called for ``--dataset prefix:argument`` with
@@ -81,7 +98,8 @@ def register_datasets():
 
 
 @hookspec(firstresult=True)
-def load_backbone(model, num_classes, class_names, input_shape, head, weights, device, precision, seed):
+def load_backbone(model: str, num_classes: int, class_names: list[str], input_shape: tuple[int, int, int],
+                  head: HeadSpec, weights: ResolvedWeights, device: str, precision: str, seed: int) -> Any:
     """Build ``model`` with a head of ``num_classes`` outputs.
 
     :param str model: a name from :func:`register_models`.
@@ -106,7 +124,7 @@ def load_backbone(model, num_classes, class_names, input_shape, head, weights, d
 
 
 @hookspec(firstresult=True)
-def apply_init(model, blocks, init, seed):
+def apply_init(model: Any, blocks: list[str], init: InitSpec, seed: int) -> bool:
     """Re-initialise the named ``blocks`` (may include ``head``) with ``init``.
 
     :param list[str] blocks: blocks the strategy starts from scratch.
@@ -120,7 +138,7 @@ def apply_init(model, blocks, init, seed):
 
 
 @hookspec(firstresult=True)
-def freeze_policy(model, trainable, fixed_stats):
+def freeze_policy(model: Any, trainable: dict[str, bool], fixed_stats: Iterable[str]) -> None:
     """Make exactly the blocks with ``trainable[name] is True`` trainable; called before each stage.
 
     :param dict[str, bool] trainable: every block and ``head``.
@@ -133,7 +151,7 @@ def freeze_policy(model, trainable, fixed_stats):
 
 
 @hookspec(firstresult=True)
-def count_parameters(model):
+def count_parameters(model: Any) -> Iterable[BlockCount]:
     """Return a :class:`tle.contracts.BlockCount` per block and ``head``, in order.
 
     Reflects the current freeze state: the core checks it against the plan.
@@ -141,7 +159,7 @@ def count_parameters(model):
 
 
 @hookspec(firstresult=True)
-def train(model, data, stage, train, loop):
+def train(model: Any, data: Dataset, stage: Stage, train: TrainSpec, loop: TrainLoop) -> Any:
     """Train ``model`` for one stage of the plan.
 
     :param tle.data.Dataset data: train/val arrays (the core's split).
@@ -170,7 +188,7 @@ def train(model, data, stage, train, loop):
 
 
 @hookspec(firstresult=True)
-def evaluate(model, images, labels, batch_size):
+def evaluate(model: Any, images: np.ndarray, labels: np.ndarray | None, batch_size: int) -> Evaluation:
     """Run ``model`` in inference mode, float32.
 
     :param labels: int64 labels, or ``None`` (then the loss is NaN).
@@ -184,7 +202,7 @@ def evaluate(model, images, labels, batch_size):
 
 
 @hookspec(firstresult=True)
-def save_weights(model, directory):
+def save_weights(model: Any, directory: Path) -> str | Path:
     """Write the model's weights in the backend's native format into ``directory``.
 
     :return: the path written. The core logs it as the run's ``weights/``
@@ -194,7 +212,7 @@ def save_weights(model, directory):
 
 
 @hookspec(firstresult=True)
-def portable_weights(model):
+def portable_weights(model: Any) -> dict[str, np.ndarray] | None:
     """The model's weights as the portable dict of :mod:`tle.portable` (torchvision keys, torch layouts).
 
     Fires when another framework needs this run's weights: ``--weights runs:/ID`` of a run of this
@@ -208,7 +226,7 @@ def portable_weights(model):
 
 
 @hookspec(firstresult=True)
-def export_onnx(model, path, sample, metadata):
+def export_onnx(model: Any, path: Path, sample: np.ndarray, metadata: ExportMetadata) -> str | Path:
     """Export ``model`` to the ONNX file ``path`` with a dynamic batch axis.
 
     :param numpy.ndarray sample: a batch of real input images (NHWC, [0, 1]).
@@ -220,7 +238,7 @@ def export_onnx(model, path, sample, metadata):
 
 
 @hookspec(firstresult=True)
-def export_extras(model, directory):
+def export_extras(model: Any, directory: Path) -> list[str] | None:
     """Write other exported forms of ``model`` into ``directory`` (e.g. a spiking net's NIR graph).
 
     :return: the paths written, or ``None``. ``tle fuse`` logs them under the run's
@@ -229,7 +247,7 @@ def export_extras(model, directory):
 
 
 @hookspec(firstresult=True)
-def fuse(models, class_names, options):
+def fuse(models: list[Any], class_names: list[list[str]], options: FuseOptions) -> Fused | Any | None:
     """Merge several trained models into one (S2's knowledge fusion); used by ``tle fuse``.
 
     :param list models: native models built by :func:`load_backbone` from finished runs
@@ -263,7 +281,7 @@ def fuse(models, class_names, options):
 
 
 @hookspec(firstresult=True)
-def resolve_device(device):
+def resolve_device(device: str) -> str:
     """Return the concrete device ``device`` (``auto``...) means here, e.g. ``cuda:0`` or ``cpu``.
 
     Logged with the run. Must not fail when CUDA is absent: ``auto`` falls back to CPU.
@@ -274,7 +292,7 @@ def resolve_device(device):
 
 
 @hookspec(firstresult=True)
-def distributed_plan(distributed, device):
+def distributed_plan(distributed: DistributedSpec, device: str) -> DistributedPlan:
     """Say how this backend runs one experiment over ``distributed``'s processes, devices and hosts.
 
     Fired by the runner in the process the user started (on every node), before data is loaded or MLflow is
@@ -295,7 +313,8 @@ def distributed_plan(distributed, device):
 
 
 @hookspec(firstresult=True)
-def launch_ranks(plan, distributed, entry, args, failures):
+def launch_ranks(plan: DistributedPlan, distributed: DistributedSpec, entry: Callable[..., Any],
+                 args: tuple, failures: str) -> dict[int, Any]:
     """Start this node's ``plan.local_processes`` ranks with the framework's own launcher and wait for all of them.
 
     Fired by the runner after :func:`distributed_plan` returned a plan with processes; on node 0 inside the
@@ -318,7 +337,7 @@ def launch_ranks(plan, distributed, entry, args, failures):
 
 
 @hookspec(firstresult=True)
-def dense_activations(inputs, units, activation, init, seed):
+def dense_activations(inputs: np.ndarray, units: int, activation: str, init: InitSpec, seed: int) -> np.ndarray:
     """Build one dense layer in the backend's framework and return its activations on ``inputs``.
 
     Fired by ``tle init-study`` (S4) once per initialiser and seed, in a
@@ -337,7 +356,7 @@ def dense_activations(inputs, units, activation, init, seed):
 
 
 @hookspec(firstresult=True)
-def block_activations(model, images):
+def block_activations(model: Any, images: np.ndarray) -> dict[str, np.ndarray]:
     """Run ``model`` (from :func:`load_backbone`) in inference mode and return every block's output.
 
     Fired by ``tle init-study --model`` on successive chunks of one batch of
