@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 STDP_BOUNDS = (0.0, 1.0)
 RSTDP_BOUNDS = (0.2, 0.8)

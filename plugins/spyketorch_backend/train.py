@@ -36,18 +36,10 @@ from tle import UserError
 from tle.contracts import Evaluation
 from tle.seeds import derive
 from tle_spyketorch import layers, plasticity, registry
+from tle_torch.device import configure_threads
 
 CONVERGED = 0.04  # plasticity.convergence below this = Kheradpisheh's C_l < 0.01
 EVAL_CHUNK = 256
-
-
-def configure_threads() -> None:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    if torch.get_num_threads() > cores:
-        torch.set_num_threads(cores)
 
 
 def seeded(seed: int, *parts: int) -> torch.Generator:

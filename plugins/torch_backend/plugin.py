@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from tle import UserError, hookimpl
+from tle import hookimpl
 from tle.contracts import BackendInfo
 from tle_torch import registry
 
@@ -39,24 +39,9 @@ def register_models():
 
 @hookimpl
 def resolve_device(device):
-    import torch
+    from tle_torch.device import resolve
 
-    device = (device or "auto").strip().lower()
-    if device == "cpu":
-        return "cpu"
-    available = torch.cuda.is_available()
-    if device == "auto":
-        return "cuda:0" if available else "cpu"
-    if not available:
-        raise UserError(f"device {device!r} asked for, but torch sees no CUDA device",
-                        "use --device auto or cpu (or install a CUDA build of torch)")
-    if device in ("cuda", "gpu"):
-        return "cuda:0"
-    index = device.partition(":")[2]
-    if not index.isdigit() or int(index) >= torch.cuda.device_count():
-        raise UserError(f"no CUDA device {device!r} (this machine has {torch.cuda.device_count()})",
-                        "use --device cuda:0 or auto")
-    return f"cuda:{int(index)}"
+    return resolve(device)
 
 
 @hookimpl

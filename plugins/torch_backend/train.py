@@ -25,17 +25,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tle.contracts import Evaluation
 from tle_torch import cache, distributed
+from tle_torch.device import configure_threads
 
 LOSS_EVERY = 20  # batches between loss values shown by the progress bar (each one syncs the GPU)
-
-
-def configure_threads() -> None:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    if torch.get_num_threads() > cores:
-        torch.set_num_threads(cores)
 
 
 def device_of(net) -> torch.device:
