@@ -112,3 +112,12 @@ class InitSpec(BaseModel):
             return p / math.sqrt(3)
         fan = {"glorot": (fan_in + fan_out) / 2, "he": fan_in / 2, "lecun": fan_in}[name.split("_")[0]]
         return math.sqrt(1.0 / fan)
+
+
+def require_blocks(model: str, blocks, known) -> None:
+    """``apply_init``'s blocks must be the model's (``head`` included): else one line naming them."""
+    from tle.errors import UserError
+
+    unknown = [b for b in blocks if b not in known]
+    if unknown:
+        raise UserError(f"{model} has no block {', '.join(unknown)}", f"its blocks are {', '.join(known)}")

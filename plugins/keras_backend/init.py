@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tle import UserError
-from tle.initializers import InitSpec
+from tle.initializers import InitSpec, require_blocks
 from tle.seeds import derive
 from tle_keras.runtime import keras as _keras
 
@@ -83,10 +82,7 @@ def reset_layer(layer, init: InitSpec, seed: int) -> None:
 
 
 def apply_init(knet, blocks, init: InitSpec, seed: int) -> bool:
-    unknown = [b for b in blocks if b not in knet.trainable]
-    if unknown:
-        raise UserError(f"{knet.model_name} has no block {', '.join(unknown)}",
-                        f"its blocks are {', '.join(knet.trainable)}")
+    require_blocks(knet.model_name, blocks, knet.trainable)
     for block in blocks:
         layers = knet.layers_of(block)
         if block == "head":  # only the layers drawn for this task; a reused original top keeps its weights

@@ -19,8 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tle import UserError
-from tle.initializers import InitSpec
+from tle.initializers import InitSpec, require_blocks
 from tle.seeds import derive
 from tle_torch.init import sample  # the torch backend's sampler: this backend is built on torch too
 
@@ -39,10 +38,7 @@ def deviation(shape: tuple[int, ...], init: InitSpec, generator: torch.Generator
 
 @torch.no_grad()
 def apply_init(net, blocks, init: InitSpec, seed: int) -> bool:
-    unknown = [b for b in blocks if b not in net.trainable]
-    if unknown:
-        raise UserError(f"{net.model_name} has no block {', '.join(unknown)}",
-                        f"its blocks are {', '.join(net.trainable)}")
+    require_blocks(net.model_name, blocks, net.trainable)
     for block in blocks:
         weight = net.synapses(block)
         drawn = (MEAN + deviation(tuple(weight.shape), init, block_generator(seed, block))).clamp_(0.0, 1.0)

@@ -21,8 +21,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.conv import _ConvNd
 
-from tle import UserError
-from tle.initializers import Distribution, InitSpec
+from tle.initializers import Distribution, InitSpec, require_blocks
 from tle.seeds import derive
 
 
@@ -69,10 +68,7 @@ def reinit_module(module: nn.Module, init: InitSpec, generator: torch.Generator)
 
 
 def apply_init(net, blocks, init: InitSpec, seed: int) -> bool:
-    unknown = [b for b in blocks if b not in net.trainable]
-    if unknown:
-        raise UserError(f"{net.model_name} has no block {', '.join(unknown)}",
-                        f"its blocks are {', '.join(net.trainable)}")
+    require_blocks(net.model_name, blocks, net.trainable)
     for block in blocks:
         generator = block_generator(seed, block)
         if block == "head":
