@@ -1,11 +1,10 @@
-"""``tle fuse`` for CNNs: heads trained on one frozen backbone, merged into one head over the union of the classes.
+"""``tle fuse`` on TleNets, as ``tle_keras.fusion`` on KerasNets: one head over the union of the runs' classes.
 
-Only heads that read the same features can be fused, so the backbones (every
-non-head weight and BatchNorm statistic) must hash alike: the second run
-trained with ``--strategy feature-extractor --weights runs:/BACKBONE`` like the
-first. The ranking and the merge are ``tle.head_fusion``'s (shared with
-the keras backend); this file reads the heads out of a :class:`TleNet` and
-builds the fused one: the first model's backbone and a head of the same kind.
+Heads fuse only when they read the same features, so every run must share one
+frozen backbone (its weights and BatchNorm statistics hash alike: trained with
+``--strategy feature-extractor --weights runs:/BACKBONE``). ``tle.head_fusion``
+ranks and merges the heads as arrays; here they are read out of each TleNet,
+and the fused model gets the first run's backbone and a head of its kind.
 """
 
 from __future__ import annotations
