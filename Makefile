@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tle-installed
 
-.PHONY: demo test setup clean
+.PHONY: demo test test-studies setup clean
 
 setup: $(STAMP)
 
@@ -23,7 +23,11 @@ demo: $(STAMP)
 TEST_THREADS ?= $(shell $(PYTHON) -c 'import os; print(max(1, (os.cpu_count() or 2) // 2))')
 
 test: $(STAMP)
-	OMP_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -n 2 --dist loadfile
+	OMP_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -n 2 --dist loadfile -m "not study"
+
+# The study-sized checks left out of `make test` (tests/conftest.py: STUDY), ~15 minutes on 2 cores.
+test-studies: $(STAMP)
+	OMP_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -n 2 --dist loadfile -m study
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -92,12 +92,27 @@ class Tracker:
         digest): name = the data source, digest = the split fingerprint and the split, context = the split."""
         from mlflow.data import from_numpy
 
+        import time
+
+        from tle.store import store_lock
+
         fingerprint = data.fingerprint()
         splits = [(s, *data.split(s)) for s in ("train", "val", "test")]
-        self._mlflow.log_inputs(
-            datasets=[from_numpy(x, source=dataset_source(data.name), targets=y, name=data.name,
-                                 digest=f"{fingerprint}-{s}") for s, x, y in splits],
-            contexts=[s for s, _, _ in splits], tags_list=[{} for _ in splits])
+        datasets = [from_numpy(x, source=dataset_source(data.name), targets=y, name=data.name,
+                               digest=f"{fingerprint}-{s}") for s, x, y in splits]
+        # Sweep workers log the same split at once: MLflow inserts a dataset row per (experiment, name, digest)
+        # and the second insert of a race fails; under the store's lock (SQLite) and with a retry (a server)
+        # the later run finds the row and only links it.
+        for attempt in range(3):
+            try:
+                with store_lock(self._mlflow.get_tracking_uri()):
+                    self._mlflow.log_inputs(datasets=datasets, contexts=[s for s, _, _ in splits],
+                                            tags_list=[{} for _ in splits])
+                return
+            except Exception:
+                if attempt == 2:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
 
     def onnx_model(self, path: Path, sample, logits, registered_name: str | None) -> None:
         import onnx

@@ -8,9 +8,26 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# Measured, study-sized checks (minutes each on 2 cores): `make test-studies` runs them, `make test` leaves them
+# out so CI stays under its 30 minutes. Each still asserts something that can fail (see its docstring).
+STUDY = (
+    "test_batchnorm_finetune.py",  # BN frozen vs train, 3 seeds x 2 frameworks (a sweep of 20 runs)
+    "test_mlflow_ui.py",  # a real MLflow server and Chromium
+    "test_cnn_fusion_keras.py",  # Keras's CNN fusion (torch's is in the default run)
+    "test_keras_reuse.py",  # a warm worker's reused Keras model is bit-identical to a fresh one
+    "test_keras_distributed.py",  # MirroredStrategy over two logical CPUs
+    "test_spyketorch_fusion.py::test_index_fusion",  # S2 end to end: two spiking nets of 10 epochs, four fusions
+    "test_sweep_backends.py::test_ray_executor",  # a sweep on a local Ray cluster
+)
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked own_process run only inside the child pytest their module starts (TLE_KERAS_INPROC=1):
-    TensorFlow and torch's exporter (triton) must not share a process."""
+    TensorFlow and torch's exporter (triton) must not share a process. Tests listed in STUDY are marked study."""
+    for item in items:
+        if any(f"{Path(item.fspath).name}::{item.name}".startswith(s) if "::" in s else Path(item.fspath).name == s
+               for s in STUDY):
+            item.add_marker(pytest.mark.study)
     if os.environ.get("TLE_KERAS_INPROC") == "1":
         return
     kept = [i for i in items if i.get_closest_marker("own_process") is None]

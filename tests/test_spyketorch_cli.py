@@ -39,7 +39,7 @@ def test_networks_train_above_chance_into_mlflow(s2):
     _, a, b, _ = s2
     assert a["test_acc"] > 0.6 and b["test_acc"] > 0.5  # chance is 0.2
     assert a["onnx_max_abs_diff"] == 0.0 and b["onnx_max_abs_diff"] == 0.0
-    client = mlflow.MlflowClient()
+    client = mlflow.MlflowClient(s2[0]["MLFLOW_TRACKING_URI"])
     run_a = client.get_run(a["run_id"])
     assert run_a.data.tags["backend"] == "spyketorch" and run_a.info.status == "FINISHED"
     # No --init: the backend's default, Mozafari's N(0.8, 0.05), is what ran and what was logged.
@@ -66,10 +66,10 @@ def test_fuse_logs_a_run_beside_bagging_and_each_network(s2, tmp_path):
     assert acc["fused"][2] > 0.3 and acc["bagging"][2] > max(acc["A"][2], acc["B"][2])
     assert fused["sizes"]["fused"] == fused["sizes"]["A"] and fused["sizes"]["bagging"] == 2 * fused["sizes"]["A"]
     assert fused["onnx_max_abs_diff"] == 0.0
-    run = mlflow.MlflowClient().get_run(fused["run_id"])
+    run = mlflow.MlflowClient(s2[0]["MLFLOW_TRACKING_URI"]).get_run(fused["run_id"])
     assert run.data.tags["tle.parents"] == f"{a['run_id']},{b['run_id']}"
     assert run.data.metrics["fused_acc_union"] == acc["fused"][2]
-    paths = {f.path for f in mlflow.MlflowClient().list_artifacts(fused["run_id"], "export")}
+    paths = {f.path for f in mlflow.MlflowClient(s2[0]["MLFLOW_TRACKING_URI"]).list_artifacts(fused["run_id"], "export")}
     assert paths == {"export/model.nir"}
 
     # tle predict serves the fused SNN like any CNN, with the union's class names.
@@ -103,7 +103,7 @@ def test_fuse_needs_a_backend_that_can_fuse(store, tmp_path):
 
     ids = [run_experiment(build_spec({"backend": "numpy", "model": "mlp", "dataset": f"digits:{classes}",
                                       "train": {"epochs": 1}, "export": {"onnx": False},
-                                      "tracking": {"experiment": "snn-numpy"}}), quiet=True).run_id
+                                      "tracking": {"experiment": "snn-numpy", "uri": store}}), quiet=True).run_id
            for classes in ("0-1", "2-3")]
     proc = tle("fuse", *ids, env={"MLFLOW_TRACKING_URI": store})
     assert proc.returncode == 2
