@@ -111,6 +111,21 @@ class ResolvedWeights:
     class_names: tuple[str, ...] | None = None
 
 
+@dataclass(frozen=True)
+class Trained:
+    """What :func:`tle.hookspecs.train` returns for one stage: what the runner logs, nothing backend-private.
+
+    ``epochs``: epochs this call ran (0 when a resumed stage was already done); ``stopped_early``: the loop's
+    early stopping ended the stage before its epochs; ``metrics``: stage-level numbers beside the per-epoch ones
+    the loop already logged (a spiking layer's STDP convergence, blocks served from a feature cache), logged by
+    the runner as ``stage{index}_{name}``. Optimisers, caches and other state stay inside the backend.
+    """
+
+    epochs: int
+    stopped_early: bool = False
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
 @dataclass
 class Evaluation:
     """Raw outputs of a model on a set of images; the core computes the metrics."""
