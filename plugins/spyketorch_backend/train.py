@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from tle import UserError
-from tle.contracts import Evaluation
+from tle.contracts import Evaluation, Trained
 from tle.seeds import derive
 from tle_spyketorch import layers, plasticity, registry
 from tle_torch.device import configure_threads
@@ -123,7 +123,7 @@ def warn_unconverged(stdp: dict[str, float], n: int, budget: int, loop) -> list[
 BLOCK_INDEX = {"conv1": 0, "conv2": 1}
 
 
-def fit(net, data, stage, spec, loop) -> dict:
+def fit(net, data, stage, spec, loop) -> Trained:
     configure_threads()
     device = net.device
     phases = [p for p in registry.phases(net.arch) if stage.trainable.get(p.block)]
@@ -150,6 +150,7 @@ def fit(net, data, stage, spec, loop) -> dict:
     hidden = hidden_spikes(net, x, loop, "train")
     x_val = torch.from_numpy(np.ascontiguousarray(data.x_val, dtype=np.float32)).to(device)
     hidden_val = hidden_spikes(net, x_val, loop, "val")
+    ran = 0
     for epoch in range(loop.start_epoch, stage.epochs):
         if loop.should_stop:
             break
@@ -175,8 +176,9 @@ def fit(net, data, stage, spec, loop) -> dict:
         if loop.checkpoint_path is not None:
             save_checkpoint(loop.checkpoint_path, net, epoch + 1, stage.index, scales)
         loop.epoch_end(epoch, metrics)
+        ran += 1
     check_decisions(net, hidden, data, late)
-    return {"phases": [p.block for p in phases], "stdp": first}
+    return Trained(epochs=ran, stopped_early=loop.start_epoch + ran < stage.epochs, metrics=dict(first))
 
 
 def check_decisions(net, hidden: torch.Tensor, data, late: list[str]) -> None:
