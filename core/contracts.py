@@ -110,6 +110,19 @@ class ResolvedWeights:
     # the old head only when these match the new data's classes.
     class_names: tuple[str, ...] | None = None
 
+    def keeps_head(self, class_names) -> bool:
+        """Whether a model built from these weights for ``class_names`` keeps their head (see :func:`same_classes`)."""
+        return same_classes(self.class_names, class_names)
+
+
+def same_classes(saved, class_names) -> bool:
+    """The head rule of every backend: a saved head is kept only for the very classes, in the order, it was trained
+    on. ``saved`` unknown (a bare file, a portable file without names) means a new head. Names compare as strings:
+    a JSON file's ``"0"`` is the class ``0``. A backend still checks that the saved head's shapes fit."""
+    if saved is None or class_names is None:
+        return False
+    return [str(c) for c in saved] == [str(c) for c in class_names]
+
 
 @dataclass(frozen=True)
 class Trained:

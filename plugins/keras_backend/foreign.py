@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from tle import UserError
+from tle.contracts import same_classes
 from tle.portable import check_model, is_portable, read
 from tle_keras import registry
 from tle_keras.portable import HEAD, from_portable
@@ -48,8 +49,8 @@ def load_through_torch(knet, weights, head, class_names) -> None:
 def load_portable(knet, path: Path, source: str, class_names, head) -> None:
     weights = read(path, source)
     check_model(weights, knet.model_name, source)
-    same = (weights.class_names is not None and class_names is not None
-            and [str(c) for c in weights.class_names] == [str(c) for c in class_names] and weights.head == head.kind)
+    # Beside the core's class rule, the head's layers must be the ones of the same head kind.
+    same = same_classes(weights.class_names, class_names) and weights.head == head.kind
     from_portable(knet, weights.arrays, source, keep_head=same)
     if not same:
         _reused_head(knet, weights.arrays, source)

@@ -115,7 +115,7 @@ def _build(name: str, num_classes: int, input_shape, head, weights, seed: int, c
         named, _ = weight_files.read_named(top, str(top))
         weight_files._load_reused_top(knet, named, str(top))
     elif kind == "file":
-        if weight_files.load_file(knet, weights.path, str(weights.source or weights.path), weights.class_names):
+        if weight_files.load_file(knet, weights.path, str(weights.source or weights.path)):
             knet.new_head = []
     return knet
 

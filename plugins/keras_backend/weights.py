@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from tle import UserError
+from tle.contracts import same_classes
 from tle_keras import registry
 
 SAVED_NAME = "weights.h5"
@@ -146,8 +147,9 @@ def _all_layers(model):
 # -- loading into a model -------------------------------------------------------
 
 
-def load_file(knet, path: Path, source: str, class_names) -> bool:
-    """Load a weights file into ``knet``; return whether its head was kept."""
+def load_file(knet, path: Path, source: str) -> bool:
+    """Load a weights file into ``knet``; return whether its head was kept (the classes the file names, by the core's
+    rule :func:`tle.contracts.same_classes`, and layers that fit)."""
     named, attrs = read_named(Path(path), source)
     if attrs.get("keras3"):
         return _load_keras3(knet, Path(path), source)
@@ -166,7 +168,7 @@ def load_file(knet, path: Path, source: str, class_names) -> bool:
                       "those blocks start fresh", stacklevel=2)
     _load_reused_top(knet, named, source)
     saved_classes = class_names_of(attrs)
-    keep = saved_classes is not None and list(saved_classes) == list(knet.class_names or [])
+    keep = same_classes(saved_classes, knet.class_names)
     if keep:
         head = [layer for layer in knet.layers_of("head") if layer.weights]
         keep = all(layer.name in named and _fits(layer, named[layer.name]) for layer in head)

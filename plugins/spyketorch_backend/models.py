@@ -34,7 +34,7 @@ def build(name: str, class_names: list[str], input_shape, head, weights, seed: i
         if weights.path is None:
             raise UserError(f"weights {source!r} resolved to no file", "give a weights.pt path or runs:/RUN_ID")
         state = weight_files.read(weights.path, source)
-        weight_files.load_into(net, state, source, weights.class_names, class_names)
+        weight_files.load_into(net, state, source, weights.keeps_head(class_names))
     return net
 
 

@@ -13,24 +13,25 @@ from pathlib import Path
 import torch
 
 from tle import UserError
+from tle_torch.weights import load_tensors  # this backend is built on torch: one reader of torch files
 
 SAVED_NAME = "weights.pt"
 BLOCKS = ("conv1", "conv2")
 
 
+FIX = "use a weights.pt written by a spyketorch run (runs:/RUN_ID)"
+
+
 def read(path: Path, source: str) -> dict[str, torch.Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"cannot read weights file {source} ({type(exc).__name__})",
-                        "use a weights.pt written by a spyketorch run (runs:/RUN_ID)") from None
+    state = load_tensors(path, source, FIX)
     if not isinstance(state, dict) or not all(k in state for k in BLOCKS):
-        raise UserError(f"{source} holds no spiking network (no conv1/conv2 synapses)",
-                        "use a weights.pt written by a spyketorch run (runs:/RUN_ID)")
+        raise UserError(f"{source} holds no spiking network (no conv1/conv2 synapses)", FIX)
     return state
 
 
-def load_into(net, state: dict[str, torch.Tensor], source: str, saved_classes, class_names) -> None:
+def load_into(net, state: dict[str, torch.Tensor], source: str, keep_head: bool) -> None:
+    """The synapses into ``net``; the head when ``keep_head`` (the core's rule, :func:`tle.contracts.same_classes`)
+    and its rows fit."""
     for block in BLOCKS:
         own = net.synapses(block)
         if tuple(state[block].shape) != tuple(own.shape):
@@ -39,9 +40,9 @@ def load_into(net, state: dict[str, torch.Tensor], source: str, saved_classes, c
                             "use weights saved from the same model")
         own.data.copy_(state[block])
     head = state.get("head")
-    same = saved_classes is not None and [str(c) for c in saved_classes] == [str(c) for c in class_names]
-    if same and head is not None and head.shape[1:] == net.head.shape[1:] and head.shape[0] % len(class_names) == 0:
-        net.per_class = head.shape[0] // len(class_names)
+    classes = len(net.class_names)
+    if keep_head and head is not None and head.shape[1:] == net.head.shape[1:] and head.shape[0] % classes == 0:
+        net.per_class = head.shape[0] // classes
         net.head = torch.nn.Parameter(head.clone().to(net.device), requires_grad=net.head.requires_grad)
         net.new_head = False
 

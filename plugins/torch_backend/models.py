@@ -64,7 +64,7 @@ def build(name: str, num_classes: int, class_names: list[str], input_shape, head
     # only when it was trained on these very classes.
     apply_init(net, ["head"], head.initializer, seed)
     if state is not None:
-        weight_files.load_tle_layout(net, state, source, weights.class_names, class_names)
+        weight_files.load_tle_layout(net, state, source, weights.keeps_head(class_names))
     elif portable is not None:
         from tle_torch.portable import from_portable
 

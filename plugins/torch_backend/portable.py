@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from tle.contracts import same_classes
 from tle.portable import HEAD_PREFIX, PortableWeights
 from tle_torch import weights as weight_files
 
@@ -30,4 +31,4 @@ def from_portable(net, weights: PortableWeights, source: str, class_names) -> No
     """Load ``weights`` into ``net`` as if they were a file this backend saved for the same model."""
     state = {k: torch.from_numpy(np.ascontiguousarray(weights.arrays[_portable_key(net, k)]))
              for k in net.state_dict() if _portable_key(net, k) in weights.arrays}
-    weight_files.load_tle_layout(net, state, source, weights.class_names, class_names)
+    weight_files.load_tle_layout(net, state, source, same_classes(weights.class_names, class_names))

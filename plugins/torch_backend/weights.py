@@ -66,12 +66,18 @@ def imagenet_model(name: str) -> nn.Module:
 # -- files ---------------------------------------------------------------------
 
 
-def read_state_dict(path: Path, source: str) -> dict[str, torch.Tensor]:
+def load_tensors(path: Path, source: str, fix: str, what: str = ""):
+    """``torch.load`` of a weights file, tensors only (no pickled code), onto the CPU; an unreadable file is a
+    UserError saying ``fix``. The spiking backend reads its files through it too."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise UserError(f"cannot read weights file {source} as a PyTorch state dict ({type(exc).__name__})",
-                        "save it with torch.save(model.state_dict(), path) (a .pt/.pth file)") from None
+        raise UserError(f"cannot read weights file {source}{what} ({type(exc).__name__})", fix) from None
+
+
+def read_state_dict(path: Path, source: str) -> dict[str, torch.Tensor]:
+    obj = load_tensors(path, source, "save it with torch.save(model.state_dict(), path) (a .pt/.pth file)",
+                       " as a PyTorch state dict")
     if isinstance(obj, dict):
         for wrapper_key in ("state_dict", "model", "model_state_dict"):
             if isinstance(obj.get(wrapper_key), dict):
@@ -150,8 +156,9 @@ def load_torchvision_layout(tv: nn.Module, name: str, state: dict[str, torch.Ten
                       stacklevel=2)
 
 
-def load_tle_layout(net, state: dict[str, torch.Tensor], source: str, saved_classes, class_names) -> None:
-    """Load the backbone of a file written by ``save_weights``, and its head for the same classes."""
+def load_tle_layout(net, state: dict[str, torch.Tensor], source: str, keep_head: bool) -> None:
+    """Load the backbone of a file written by ``save_weights``, and its head when ``keep_head`` (the core's rule,
+    :func:`tle.contracts.same_classes`) and it fits."""
     own = net.state_dict()
     chosen: dict[str, torch.Tensor] = {}
     missing = []
@@ -167,8 +174,7 @@ def load_tle_layout(net, state: dict[str, torch.Tensor], source: str, saved_clas
                         "another model)", f"use a run or file of model {net.model_name}")
     head_keys = [k for k in own if k.startswith("head.")]
     file_head = [k for k in state if k.startswith("head.")]
-    same_classes = saved_classes is not None and [str(c) for c in saved_classes] == [str(c) for c in class_names]
-    if (same_classes and sorted(head_keys) == sorted(file_head)
+    if (keep_head and sorted(head_keys) == sorted(file_head)
             and all(tuple(state[k].shape) == tuple(own[k].shape) for k in head_keys)):
         chosen.update({k: state[k] for k in head_keys})
         net.new_head = []

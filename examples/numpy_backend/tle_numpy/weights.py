@@ -46,10 +46,8 @@ def load(net: Net, weights: ResolvedWeights, class_names: list[str] | None) -> N
             raise UserError(f"layer {name} in {path} has shape {arrays[name].shape}, but {net.model} on "
                             f"{net.input_shape} inputs needs {param.shape}",
                             "use the image size, channels and model of the run that saved the weights")
-    # A head is only meaningful for the classes, in the order, it was trained on;
-    # a bare file (no class names) always gets the new head.
-    same_classes = weights.class_names is not None and list(weights.class_names) == list(class_names or [])
-    if same_classes and all(name in arrays and arrays[name].shape == param.shape for name, param in head):
+    # The core's rule (a head only for the classes, in the order, it was trained on); the shapes are ours to check.
+    if weights.keeps_head(class_names) and all(name in arrays and arrays[name].shape == param.shape for name, param in head):
         backbone += head
     for name, param in backbone:
         param[...] = arrays[name]
