@@ -72,10 +72,7 @@ def write_portable(run_id: str, tracking_uri: str | None, out: Path, logits: boo
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     stored = rebuild(run_id, mlflow, out, load_data)
-    arrays = stored.backend.hook.portable_weights(model=stored.model)
-    if arrays is None:
-        raise UserError(f"backend {stored.spec.backend!r} cannot give the weights of {stored.spec.model} to "
-                        "another framework", f"use a run of the same backend ({stored.spec.backend})")
+    arrays = _portable_arrays(stored.backend, stored.model, stored.spec.model)
     path = write(out / f"{run_id}.tle.npz", PortableWeights(
         model=stored.spec.model, arrays=arrays, head=stored.spec.head.kind,
         class_names=tuple(stored.data.class_names), backend=stored.spec.backend))
@@ -89,9 +86,18 @@ def write_portable(run_id: str, tracking_uri: str | None, out: Path, logits: boo
     return result
 
 
+def _portable_arrays(backend, model, name: str):
+    arrays = backend.hook.portable_weights(model=model)
+    if arrays is None:
+        raise UserError(f"backend {backend.name!r} cannot give the weights of {name} to another framework",
+                        f"use a run of the same backend ({backend.name})")
+    return arrays
+
+
 def write_portable_of_weights(backend_name: str, options: dict[str, Any]) -> dict[str, Any]:
     """Weights this backend reads natively (``imagenet`` from its hub cache, a file of its own format) as a portable
     file, for a model of ``options["model"]`` with the asking run's head and input shape: in this backend."""
+    from tle.assembly import Blueprint, build
     from tle.contracts import ResolvedWeights
     from tle.plugins import load_backend
     from tle.portable import PortableWeights, write
@@ -102,12 +108,11 @@ def write_portable_of_weights(backend_name: str, options: dict[str, Any]) -> dic
     text = options["weights"]
     weights = ResolvedWeights(kind="imagenet", source=text) if text == "imagenet" else ResolvedWeights(
         kind="file", source=options.get("source", text), path=Path(text))
-    model = backend.hook.load_backbone(model=options["model"], num_classes=int(options["num_classes"]),
-                                       class_names=[str(i) for i in range(int(options["num_classes"]))],
-                                       input_shape=tuple(options["input_shape"]),
-                                       head=HeadSpec.model_validate(options["head"]), weights=weights,
-                                       device="cpu", precision="fp32", seed=0)
-    arrays = backend.hook.portable_weights(model=model)
+    # No run asks: placeholder classes (the head is not what the asking backend takes from it), the CPU, seed 0.
+    names = tuple(str(i) for i in range(int(options["num_classes"])))
+    model = build(backend.hook, Blueprint(options["model"], names, tuple(options["input_shape"]),
+                                          HeadSpec.model_validate(options["head"])), weights)
+    arrays = _portable_arrays(backend, model, options["model"])
     out = Path(options["out"])
     out.mkdir(parents=True, exist_ok=True)
     path = write(out / f"{options['model']}-{'imagenet' if text == 'imagenet' else Path(text).stem}.tle.npz",
@@ -127,28 +132,23 @@ def portable_from_backend(backend: str, weights: str, model: str, head, input_sh
                "source": source or weights}
     from tle.worker_task import in_worker
 
-    outcome = in_worker(backend, "portable", "", mlflow.get_tracking_uri(), options)
-    if outcome.get("status") != RunStatus.FINISHED:
-        error = outcome.get("error", "")
-        if outcome.get("user_error"):
-            raise UserError(error)  # already 'what; what to do'
-        raise UserError(f"{backend} could not read {source or weights} for {model}: {error}",
-                        f"check that {backend} reads it (tle run --backend {backend} --weights ...)")
+    outcome = in_worker(backend, "portable", "", mlflow.get_tracking_uri(), options,
+                        failed=f"{backend} could not read {source or weights} for {model}",
+                        fix=f"check that {backend} reads it (tle run --backend {backend} --weights ...)")
     return Path(outcome["path"])
 
 
 def convert_here(run_id: str, options: dict[str, Any], tracking_uri: str | None, load_data=None) -> dict[str, Any]:
     """In the target backend: build the model from the portable file, check logits, store it as a new run."""
-    from rich.console import Console
-
+    from tle.assembly import assemble
     from tle.contracts import ResolvedWeights
     from tle.data import load_dataset
+    from tle.outputs import export_and_check, save_weights
     from tle.plugins import load_backend
     from tle.portable import read
-    from tle.runner import default_run_name, export_and_check
-    from tle.stored_run import SPEC_ARTIFACT, read_spec
+    from tle.runner import default_run_name
+    from tle.stored_run import read_spec, record_inputs, run_tags
     from tle.tracking import configure, environment_tags, tracked_run
-    from tle.weights import CLASS_NAMES_ARTIFACT, WEIGHTS_ARTIFACT
 
     mlflow = configure(tracking_uri)
     source_spec = read_spec(mlflow, run_id, "convert")
@@ -157,43 +157,32 @@ def convert_here(run_id: str, options: dict[str, Any], tracking_uri: str | None,
     backend.model(spec.model)
     data = (load_data or load_dataset)(spec.dataset, seed=spec.train.seed, extra_sources=backend.dataset_sources())
     portable = read(options["path"])
-    started = time.perf_counter()
-    model = backend.hook.load_backbone(
-        model=spec.model, num_classes=data.num_classes, class_names=list(data.class_names),
-        input_shape=data.input_shape, head=spec.head, device=spec.train.device, precision=spec.train.precision,
-        seed=spec.train.seed, weights=ResolvedWeights(kind="file", source=f"runs:/{run_id}", path=Path(options["path"]),
-                                                      class_names=portable.class_names))
-    import_seconds = time.perf_counter() - started
-    evaluation = backend.hook.evaluate(model=model, images=data.x_test, labels=data.y_test,
-                                       batch_size=spec.train.batch_size)
-    reference = np.load(options["logits"])
-    ours = np.asarray(evaluation.logits, dtype=np.float32)
-    diff = float(np.max(np.abs(ours - reference))) if ours.shape == reference.shape else float("inf")
-    accuracy = float(np.mean(np.argmax(ours, axis=1) == data.y_test)) if len(ours) else float("nan")
-
-    tags = {"backend": spec.backend, "model": spec.model, "dataset": spec.dataset.source,
-            "strategy": spec.strategy, "init": str(spec.init), "weights": spec.weights,
-            "framework": backend.info.framework, "framework_version": backend.info.framework_version,
-            CONVERTED_FROM: run_id, CONVERTED_FROM_BACKEND: source_spec.backend, **environment_tags()}
     workdir = Path(tempfile.mkdtemp(prefix="tle-convert-"))
     try:
+        started = time.perf_counter()
+        model = assemble(backend.hook, spec, data, workdir, weights=ResolvedWeights(
+            kind="file", source=f"runs:/{run_id}", path=Path(options["path"]), class_names=portable.class_names))
+        import_seconds = time.perf_counter() - started
+        evaluation = backend.hook.evaluate(model=model, images=data.x_test, labels=data.y_test,
+                                           batch_size=spec.train.batch_size)
+        reference = np.load(options["logits"])
+        ours = np.asarray(evaluation.logits, dtype=np.float32)
+        diff = float(np.max(np.abs(ours - reference))) if ours.shape == reference.shape else float("inf")
+        accuracy = float(np.mean(np.argmax(ours, axis=1) == data.y_test)) if len(ours) else float("nan")
+
+        tags = run_tags(spec, backend, spec.strategy, extra={CONVERTED_FROM: run_id,
+                                                             CONVERTED_FROM_BACKEND: source_spec.backend,
+                                                             **environment_tags()})
         with tracked_run(mlflow, name=f"{default_run_name(spec)}-from-{source_spec.backend}", tags=tags) as run:
-            run.params(spec.flat())
-            run.params({"data.fingerprint": data.fingerprint(), "data.num_classes": data.num_classes})
-            run.text(spec.to_yaml(), SPEC_ARTIFACT)
-            run.json(data.class_names, CLASS_NAMES_ARTIFACT)
+            record_inputs(run, spec, data)
             run.metrics({DIFF_METRIC: diff, "test_acc": accuracy, "convert_import_seconds": import_seconds,
                          "convert_export_seconds": float(options.get("export_seconds", 0.0))})
             if not diff <= TOLERANCE:
                 raise ConversionMismatch(f"{spec.backend}'s {spec.model} differs from run {run_id}'s "
                                          f"{source_spec.backend} model by {diff:.3g} on {len(ours)} test images "
                                          f"(tolerance {TOLERANCE:g})")
-            folder = workdir / WEIGHTS_ARTIFACT
-            folder.mkdir()
-            backend.hook.save_weights(model=model, directory=folder)
-            run.artifact(folder, WEIGHTS_ARTIFACT)
-            onnx_diff = export_and_check(spec, backend.hook, model, data, run, workdir, Console(stderr=True),
-                                         quiet=True)
+            save_weights(backend.hook, model, run, workdir)
+            onnx_diff = export_and_check(spec, backend.hook, model, data, run, workdir)
             return {"new_run_id": run.run_id, "max_abs_diff": diff, "onnx_max_abs_diff": onnx_diff,
                     "test_acc": accuracy, "images": int(len(ours)), "import_seconds": import_seconds}
     finally:
@@ -207,13 +196,8 @@ def portable_of_run(run_id: str, backend: str, tracking_uri: str, out: Path, log
     """:func:`write_portable` in a worker of the run's own ``backend``."""
     from tle.worker_task import in_worker
 
-    outcome = in_worker(backend, "portable", run_id, tracking_uri, {"out": str(out), "logits": logits})
-    if outcome.get("status") != RunStatus.FINISHED:
-        error = outcome.get("error", "")
-        if outcome.get("user_error"):
-            raise UserError(error)  # already 'what; what to do'
-        raise UserError(f"cannot read run {run_id}'s weights in {backend}: {error}", "check the run with tle show")
-    return outcome
+    return in_worker(backend, "portable", run_id, tracking_uri, {"out": str(out), "logits": logits},
+                     failed=f"cannot read run {run_id}'s weights in {backend}", fix="check the run with tle show")
 
 
 def convert_run(run_id: str, to: str, tracking_uri: str, on_start=None) -> dict[str, Any]:
@@ -239,21 +223,21 @@ def convert_run(run_id: str, to: str, tracking_uri: str, on_start=None) -> dict[
         exported = portable_of_run(run_id, source, tracking_uri, folder, logits=True)
         outcome = in_worker(to, "convert", run_id, tracking_uri,
                             {"to": to, "path": exported["path"], "logits": exported["logits"],
-                             "export_seconds": exported.get("export_seconds", 0.0)})
+                             "export_seconds": exported.get("export_seconds", 0.0)},
+                            otherwise=_not_converted)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    if outcome.get("status") != RunStatus.FINISHED:
-        error = outcome.get("error", "")
-        if outcome.get("user_error"):
-            raise UserError(error)  # already 'what; what to do'
-        if outcome.get("mismatch"):
-            raise ConversionMismatch(error.split(": ", 1)[-1])
-        raise RuntimeError(error)
     return {"run_id": outcome["new_run_id"], "source_run_id": run_id, "source_backend": source, "backend": to,
             "model": model, "max_abs_diff": outcome["max_abs_diff"], "onnx_max_abs_diff": outcome["onnx_max_abs_diff"],
             "test_acc": outcome["test_acc"], "images": outcome["images"],
             "export_seconds": exported.get("export_seconds"), "import_seconds": outcome.get("import_seconds"),
             "seconds": time.perf_counter() - started}
+
+
+def _not_converted(outcome: dict[str, Any]) -> Exception:
+    """A conversion that failed other than by the user's request is tle's bug: exit 1, not 2."""
+    error = outcome.get("error", "")
+    return ConversionMismatch(error.split(": ", 1)[-1]) if outcome.get("mismatch") else RuntimeError(error)
 
 
 def dumps(result: dict[str, Any]) -> str:

@@ -12,15 +12,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from rich.console import Console
-
-from tle.errors import UserError
 from tle.status import RunStatus
 
 
 def export_finished_run(run_id: str, tracking_uri: str | None = None, load_data=None) -> float:
     """Export run ``run_id``'s model, check parity, log it to the run; returns the max |diff|."""
-    from tle.runner import export_and_check
+    from tle.outputs import export_and_check
     from tle.stored_run import rebuild
     from tle.tracking import Tracker, configure
 
@@ -31,8 +28,7 @@ def export_finished_run(run_id: str, tracking_uri: str | None = None, load_data=
         spec, backend, data, model = stored.spec, stored.backend, stored.data, stored.model
         run = mlflow.start_run(run_id=run_id)
         try:
-            return export_and_check(spec, backend.hook, model, data, Tracker(mlflow, run), workdir,
-                                    Console(stderr=True), quiet=True)
+            return export_and_check(spec, backend.hook, model, data, Tracker(mlflow, run), workdir)
         except BaseException as exc:
             mlflow.set_tag("tle.export_error", f"{type(exc).__name__}: {exc}"[:5000])
             raise
@@ -48,8 +44,6 @@ def export_in_worker(run_id: str, backend: str, tracking_uri: str, timeout: floa
     in one process. Returns the max |diff| of the parity check; a UserError with the worker's reason otherwise."""
     from tle.worker_task import in_worker
 
-    outcome = in_worker(backend, "export", run_id, tracking_uri, {}, timeout)
-    if outcome.get("status") == RunStatus.FINISHED:
-        return float(outcome["onnx_max_abs_diff"])
-    raise UserError(f"cannot build run {run_id}'s ONNX model from its weights: {outcome.get('error', '')}",
-                    "run it again with --export")
+    outcome = in_worker(backend, "export", run_id, tracking_uri, {}, timeout=timeout,
+                        failed=f"cannot build run {run_id}'s ONNX model from its weights", fix="run it again with --export")
+    return float(outcome["onnx_max_abs_diff"])

@@ -16,6 +16,7 @@ from tle.errors import UserError
 from tle.loop import EPOCH_METRICS, EpochRecord, History
 from tle.spec import ExperimentSpec, build_spec
 from tle.status import RunStatus
+from tle.stored_run import FINGERPRINT_PARAM, SPEC_ARTIFACT, SPEC_KEY
 
 CHECKPOINT_ARTIFACT = "checkpoint"
 RESUMABLE = (RunStatus.KILLED, RunStatus.FAILED, RunStatus.RUNNING)
@@ -48,14 +49,14 @@ def load_resume(run_id: str, tracking_uri: str | None, workdir: Path) -> Resume:
         raise UserError(f"run {run_id} is {run.info.status}; only interrupted runs can be resumed",
                         "start a new run instead")
     try:
-        spec = build_spec(yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{run_id}/spec.yaml")))
+        spec = build_spec(yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{run_id}/{SPEC_ARTIFACT}")))
     except UserError:
         raise
     except Exception:
-        raise UserError(f"run {run_id} has no spec.yaml", "it was not made by tle run; start a new run") from None
+        raise UserError(f"run {run_id} has no {SPEC_ARTIFACT}", "it was not made by tle run; start a new run") from None
     checkpoint = artifact_files(run_id, CHECKPOINT_ARTIFACT, workdir)
     return Resume(run_id, spec, _history(client, run_id), checkpoint[0] if checkpoint else None,
-                  run.data.params.get("data.fingerprint"), run.data.tags.get("tle.spec_key"))
+                  run.data.params.get(FINGERPRINT_PARAM), run.data.tags.get(SPEC_KEY))
 
 
 def _history(client, run_id: str) -> History:

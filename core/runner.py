@@ -13,22 +13,21 @@ import numpy as np
 from rich.console import Console
 
 from tle import distributed, plots
-from tle.contracts import BlockCount, ExportMetadata
+from tle.assembly import assemble, check_input
+from tle.contracts import BlockCount, Trained
 from tle.errors import UserError
 from tle.loop import History, TrainLoop
 from tle.progress import make_progress
 from tle.metrics import Report, classification_report
+from tle.outputs import ParityError, export_and_check, export_extras, log_extras, save_weights
 from tle.resume import CHECKPOINT_ARTIFACT, Resume
 from tle.plugins import Backend, load_backend
 from tle.spec import ExperimentSpec
-from tle.strategy import HEAD, Plan, Stage, build_plan
-from tle.weights import CLASS_NAMES_ARTIFACT, WEIGHTS_ARTIFACT, resolve_weights
+from tle.stored_run import SPEC_KEY, record_inputs, run_tags
+from tle.strategy import Plan, Stage, build_plan
 
-SPEC_KEY = "tle.spec_key"  # tag: ExperimentSpec.key() of the spec as given (a sweep's resume matches on it)
-
-
-class ParityError(RuntimeError):
-    """The ONNX model disagrees with the framework beyond the tolerance."""
+__all__ = ["ParityError", "RunResult", "SPEC_KEY", "check_counts", "default_run_name", "export_and_check",
+           "export_extras", "log_extras", "prepare", "run_experiment"]
 
 
 @dataclass
@@ -50,13 +49,6 @@ class RunResult:
     @property
     def best_val_acc(self) -> float:
         return self.history.best("val_acc")
-
-
-def run_tags(spec: ExperimentSpec, backend: Backend, plan: Plan, device: str, extra: dict[str, str]) -> dict[str, str]:
-    return {"backend": spec.backend, "model": spec.model, "dataset": spec.dataset.source,
-            "strategy": str(plan.strategy), "init": str(spec.init), "weights": spec.weights,
-            "device": device, "framework": backend.info.framework,
-            "framework_version": backend.info.framework_version, **extra}
 
 
 def default_run_name(spec: ExperimentSpec) -> str:
@@ -119,6 +111,27 @@ class Stopwatch:
         self._last = now
 
 
+@dataclass
+class RunState:
+    """One run on its way, as its parts pass it along."""
+
+    spec: ExperimentSpec
+    backend: Backend
+    plan: Plan
+    console: Console
+    progress: object  # the rich Progress, or None when quiet
+    quiet: bool
+    started: float  # perf_counter at the start
+    resume: Resume | None
+    tags: dict[str, str]  # added to the run's own
+    export: bool
+    clock: Stopwatch = field(default_factory=Stopwatch)
+    workdir: Path | None = None
+    data: object = None  # tle.data.Dataset
+    model: object = None  # the backend's native model
+    run: object = None  # tle.tracking.Tracker
+
+
 def run_experiment(spec: ExperimentSpec, console: Console | None = None, quiet: bool = False,
                    resume: Resume | None = None, tags: dict[str, str] | None = None,
                    load_data=None, export: bool | None = None) -> RunResult:
@@ -146,32 +159,29 @@ def run_experiment(spec: ExperimentSpec, console: Console | None = None, quiet: 
         if not dplan.in_process:
             from tle.tracking import environment_tags
 
-            return distributed.launch(spec, backend, dplan, run_tags(spec, backend, plan, ",".join(dplan.devices),
+            return distributed.launch(spec, backend, dplan, run_tags(spec, backend, str(plan.strategy),
+                                                                     ",".join(dplan.devices),
                                                                      {**environment_tags(), **tags, **dplan.tags()}),
                                       spec.tracking.run_name or default_run_name(spec), quiet, resume, tags, export,
                                       console)
         tags.update(dplan.tags())
     progress = make_progress(console, quiet)
     with progress if progress is not None else nullcontext():
-        return _run(spec, backend, plan, console, progress, quiet, started, resume, tags, load_data, export)
+        return _run(RunState(spec, backend, plan, console, progress, quiet, started, resume, tags, export), load_data)
 
 
-def _run(spec, backend, plan, console, progress, quiet, started, resume, extra_tags, load_data,
-         export) -> RunResult:
+def _run(state: RunState, load_data) -> RunResult:
     from tle.data import load_dataset
     from tle.tracking import configure, environment_tags, tracked_run
 
-    clock = Stopwatch()
-    info = backend.model(spec.model)
+    spec, backend, plan, clock, resume = state.spec, state.backend, state.plan, state.clock, state.resume
     # Data errors surface before MLflow is touched, so a typo never creates an experiment or a run.
-    data = (load_data or load_dataset)(spec.dataset, seed=spec.train.seed, extra_sources=backend.dataset_sources(),
-                                       progress=progress)
+    data = state.data = (load_data or load_dataset)(spec.dataset, seed=spec.train.seed,
+                                                    extra_sources=backend.dataset_sources(), progress=state.progress)
     clock.lap("data")
     check_splits(data)
     h, w, c = data.input_shape
-    if min(h, w) < info.min_size:
-        raise UserError(f"{spec.model} needs images of at least {info.min_size}px, the data is {h}x{w}",
-                        f"set --image-size {max(info.min_size, info.default_size or 0)}")
+    check_input(backend.model(spec.model), data.input_shape)
     if resume is not None and resume.fingerprint != data.fingerprint():
         raise UserError(f"the data of run {resume.run_id} changed since it started (other split or files)",
                         "start a new run")
@@ -179,46 +189,32 @@ def _run(spec, backend, plan, console, progress, quiet, started, resume, extra_t
     needs_store = distributed.writes(distributed.current()) or spec.weights.startswith(("runs:/", "models:/"))
     mlflow = configure(spec.tracking.uri, spec.tracking.experiment) if needs_store else None
     clock.lap("tracking")
-    workdir = Path(tempfile.mkdtemp(prefix="tle-run-"))
+    workdir = state.workdir = Path(tempfile.mkdtemp(prefix="tle-run-"))
     try:
-        weights = resolve_weights(spec.weights, spec.backend, workdir, model=spec.model)
-        hook = backend.hook
         rank = distributed.current()
         asked = rank.device if rank is not None else spec.train.device  # a rank's device is its launcher's choice
-        device = hook.resolve_device(device=asked) or "cpu"
-        model = hook.load_backbone(model=spec.model, num_classes=data.num_classes,
-                                   class_names=list(data.class_names), input_shape=data.input_shape,
-                                   head=spec.head, weights=weights, device=asked,
-                                   precision=spec.train.precision, seed=spec.train.seed)
-        # The head was drawn (or kept) by load_backbone; only backbone blocks are re-initialised here.
-        hook.apply_init(model=model, blocks=[b for b in plan.reinit if b != HEAD], init=spec.init,
-                        seed=spec.train.seed)
+        device = backend.hook.resolve_device(device=asked) or "cpu"
+        state.model = assemble(backend.hook, spec, data, workdir, reinit=plan.reinit, device=asked)
         clock.lap("model")
 
-        tags = run_tags(spec, backend, plan, device, {**environment_tags(), **extra_tags})
+        tags = run_tags(spec, backend, str(plan.strategy), device, {**environment_tags(), **state.tags})
         name = spec.tracking.run_name or default_run_name(spec)
         with distributed.tracked(tracked_run, mlflow, rank, name=name, tags=tags,
                                  run_id=resume and resume.run_id) as run:
-            if not quiet:
-                console.print(f"[bold]run[/] {run.run_id}  {default_run_name(spec)}  on {device}  "
-                              f"data {data.sizes()} {h}x{w}x{c}" + (f", {data.skipped} files skipped"
-                                                                     if data.skipped else ""))
+            state.run = run
+            if not state.quiet:
+                state.console.print(f"[bold]run[/] {run.run_id}  {default_run_name(spec)}  on {device}  "
+                                    f"data {data.sizes()} {h}x{w}x{c}" + (f", {data.skipped} files skipped"
+                                                                           if data.skipped else ""))
             if resume is None:
-                run.params(spec.flat())
-                run.params({"data.fingerprint": data.fingerprint(), "data.num_classes": data.num_classes,
-                            **{f"data.{k}_size": v for k, v in data.sizes().items()}, "data.skipped": data.skipped,
-                            "data.input_shape": f"{h}x{w}x{c}"})
-                run.text(spec.to_yaml(), "spec.yaml")
-                run.json(data.class_names, CLASS_NAMES_ARTIFACT)
-                run.datasets(data)
+                record_inputs(run, spec, data)
             clock.lap("tracking")
-            result = _train_and_report(spec, backend, plan, data, model, run, console, progress, quiet, workdir,
-                                       resume, clock, export)
+            result = _train_and_report(state)
             if result is None:  # a rank other than 0: rank 0 reports
                 return None
             result.device = device
             result.world_size = rank.world_size if rank is not None else int(tags.get("distributed.world_size", 1))
-            result.wall_seconds = time.perf_counter() - started
+            result.wall_seconds = time.perf_counter() - state.started
             result.timings = dict(clock.parts)
             run.metrics({"wall_seconds": result.wall_seconds,
                          **{f"seconds_{k}": v for k, v in result.timings.items()}})
@@ -227,9 +223,9 @@ def _run(spec, backend, plan, console, progress, quiet, started, resume, extra_t
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _train_and_report(spec, backend, plan, data, model, run, console, progress, quiet, workdir,
-                      resume, clock: Stopwatch, export: bool) -> RunResult:
-    hook = backend.hook
+def _train_and_report(state: RunState) -> RunResult | None:
+    spec, backend, plan, data, model, run = state.spec, state.backend, state.plan, state.data, state.model, state.run
+    resume, clock, workdir, hook = state.resume, state.clock, state.workdir, state.backend.hook
     history = History(list(resume.history.records)) if resume else History()
     checkpoint = _checkpoint_path(spec, backend, workdir)
     resume_from = resume.checkpoint if resume else None
@@ -245,7 +241,7 @@ def _train_and_report(spec, backend, plan, data, model, run, console, progress, 
         # Shown even with --quiet: the run goes on, but its result is not what the user asked for.
         from rich.markup import escape
 
-        console.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+        state.console.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
         warnings.append(message)
         run.tags({**tags, "tle.warning": "\n".join(warnings)[:5000]})
 
@@ -264,11 +260,13 @@ def _train_and_report(spec, backend, plan, data, model, run, console, progress, 
         if done >= stage.epochs:
             step += done
             continue
-        loop = TrainLoop(stage, step_offset=step, history=history, on_epoch=on_epoch, progress=progress,
+        loop = TrainLoop(stage, step_offset=step, history=history, on_epoch=on_epoch, progress=state.progress,
                          patience=spec.train.early_stopping, start_epoch=done, checkpoint_path=checkpoint,
                          resume_from=resume_from, on_warning=on_warning)
-        hook.train(model=model, data=data, stage=stage, train=spec.train, loop=loop)
+        trained = hook.train(model=model, data=data, stage=stage, train=spec.train, loop=loop)
         loop.close()
+        if isinstance(trained, Trained) and trained.metrics:  # a backend not yet returning Trained logs nothing more
+            run.metrics({f"stage{stage.index}_{k}": v for k, v in trained.metrics.items()})
         resume_from = None  # only the first stage trained after an interruption starts from the checkpoint
         step += loop.epochs_done
     clock.lap("train")
@@ -292,38 +290,16 @@ def _train_and_report(spec, backend, plan, data, model, run, console, progress, 
     run.artifact(workdir / "confusion_matrix.png", "plots")
     clock.lap("report")
 
-    weights_dir = workdir / WEIGHTS_ARTIFACT
-    weights_dir.mkdir()
-    hook.save_weights(model=model, directory=weights_dir)
-    run.artifact(weights_dir, WEIGHTS_ARTIFACT)
+    save_weights(hook, model, run, workdir)
     clock.lap("weights")
 
     result = RunResult(run.run_id, spec, plan, history, report, all_counts)
-    if export:
-        result.onnx_max_abs_diff = export_and_check(spec, hook, model, data, run, workdir, console, quiet)
+    if state.export:
+        result.onnx_max_abs_diff = export_and_check(spec, hook, model, data, run, workdir, state.console,
+                                                    state.quiet)
         export_extras(hook, model, run, workdir)
         clock.lap("export")
     return result
-
-
-def log_extras(run, extras: dict | None, prefix: str) -> None:
-    """What a backend observed beside the logits: numbers as ``{prefix}_NAME`` metrics, the rest as JSON."""
-    if not extras:
-        return
-    numbers = {f"{prefix}_{k}": float(v) for k, v in extras.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    run.metrics(numbers)
-    rest = {k: v for k, v in extras.items() if f"{prefix}_{k}" not in numbers}
-    if rest:
-        run.json(rest, f"{prefix}_extras.json")
-
-
-def export_extras(hook, model, run, workdir: Path) -> None:
-    """Other exported forms a backend offers (a spiking net's NIR graph), logged under ``export/``."""
-    folder = workdir / "export"
-    folder.mkdir(exist_ok=True)
-    if hook.export_extras(model=model, directory=folder) and any(folder.iterdir()):
-        run.artifact(folder, "export")
 
 
 def _checkpoint_path(spec, backend, workdir: Path) -> Path | None:
@@ -333,28 +309,3 @@ def _checkpoint_path(spec, backend, workdir: Path) -> Path | None:
     folder = workdir / CHECKPOINT_ARTIFACT
     folder.mkdir(exist_ok=True)
     return folder / "last"
-
-
-def export_and_check(spec, hook, model, data, run, workdir, console, quiet) -> float:
-    from tle.serving import check_parity, open_model
-
-    h, w, c = data.input_shape
-    sample = np.ascontiguousarray(data.x_test[: spec.export.parity_batch])
-    if len(sample) == 0:
-        sample = np.ascontiguousarray(data.x_train[: spec.export.parity_batch])
-    meta = ExportMetadata(class_names=list(data.class_names), image_size=(h, w), channels=c,
-                          backend=spec.backend, model=spec.model, extra={"run_id": run.run_id})
-    path = Path(hook.export_onnx(model=model, path=workdir / "model.onnx", sample=sample, metadata=meta))
-    reference = hook.evaluate(model=model, images=sample, labels=None, batch_size=len(sample)).logits
-    onnx_model = open_model(path)
-    parity = check_parity(onnx_model, sample, reference, spec.export.atol, spec.export.rtol)
-    run.metrics({"onnx_max_abs_diff": parity.max_abs_diff})
-    run.tags({"onnx.providers": ",".join(parity.providers)})
-    if not parity.ok:
-        raise ParityError(f"ONNX output differs from {spec.backend} by {parity.max_abs_diff:.3g} "
-                          f"(atol {spec.export.atol}, rtol {spec.export.rtol})")
-    run.onnx_model(path, sample, reference, spec.tracking.registered_model)
-    if not quiet:
-        console.print(f"ONNX parity ok: max |diff| {parity.max_abs_diff:.2e} on {len(sample)} images "
-                      f"({', '.join(parity.providers)})")
-    return parity.max_abs_diff

@@ -1,8 +1,12 @@
-"""A finished run read back from the store: its spec, its data, and its model rebuilt from its weights.
+"""A run as the store holds it: the names of what it holds, writing a new run's inputs, reading a run back.
 
-``tle export`` of a ``--no-export`` run, a sweep's ``export.onnx: best``, the
-portable weights another framework asks for and ``tle convert`` all start
-here, so a stored run is rebuilt one way.
+A run made by ``tle run``, ``tle convert`` or ``tle fuse`` holds its spec
+(``spec.yaml``), its classes (``class_names.json``), the data's fingerprint
+(a parameter), its weights (``weights/``) and tags naming its backend and
+model. Whatever reads a run back (``--weights runs:/``, ``--resume``, ``tle
+export`` of a ``--no-export`` run, a sweep's ``export.onnx: best``, the
+portable weights another framework asks for, ``tle convert``, ``tle fuse``)
+finds them under the names written here, and a stored run is rebuilt one way.
 """
 
 from __future__ import annotations
@@ -17,6 +21,40 @@ from tle.errors import UserError
 from tle.spec import ExperimentSpec, build_spec
 
 SPEC_ARTIFACT = "spec.yaml"
+CLASS_NAMES_ARTIFACT = "class_names.json"
+WEIGHTS_ARTIFACT = "weights"  # a folder holding the one file the backend's save_weights wrote
+EXPORT_ARTIFACT = "export"  # other exported forms (a spiking net's NIR graph)
+FINGERPRINT_PARAM = "data.fingerprint"  # of the split the run saw: resume and fusion refuse data that changed
+SPEC_KEY = "tle.spec_key"  # tag: ExperimentSpec.key() of the spec as given (a sweep's resume matches on it)
+
+
+# -- writing --------------------------------------------------------------------
+
+
+def run_tags(spec: ExperimentSpec, backend, strategy: str, device: str | None = None,
+             extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The tags every run of a model carries (``backend``, ``model``... the UI's columns, and what
+    ``--weights runs:/`` of another backend reads); ``device`` when the run trained somewhere."""
+    tags = {"backend": spec.backend, "model": spec.model, "dataset": spec.dataset.source, "strategy": strategy,
+            "init": str(spec.init), "weights": spec.weights, "device": device, "framework": backend.info.framework,
+            "framework_version": backend.info.framework_version, **(extra or {})}
+    return {k: v for k, v in tags.items() if v is not None}
+
+
+def record_inputs(run, spec: ExperimentSpec, data) -> None:
+    """What a new run is made from, in the layout its readers expect: the spec's and the data's parameters (the
+    fingerprint among them), ``spec.yaml``, ``class_names.json`` and the splits as MLflow datasets."""
+    h, w, c = data.input_shape
+    run.params(spec.flat())
+    run.params({FINGERPRINT_PARAM: data.fingerprint(), "data.num_classes": data.num_classes,
+                **{f"data.{k}_size": v for k, v in data.sizes().items()}, "data.skipped": data.skipped,
+                "data.input_shape": f"{h}x{w}x{c}"})
+    run.text(spec.to_yaml(), SPEC_ARTIFACT)
+    run.json(data.class_names, CLASS_NAMES_ARTIFACT)
+    run.datasets(data)
+
+
+# -- reading --------------------------------------------------------------------
 
 
 def get_run(run_id: str, tracking_uri: str | None = None):
@@ -52,16 +90,12 @@ class StoredModel:
 
 def rebuild(run_id: str, mlflow, workdir: Path, load_data=None, doing: str = "use") -> StoredModel:
     """The run's model in this process, with its own weights and head (the class names match)."""
+    from tle.assembly import assemble
     from tle.data import load_dataset
     from tle.plugins import load_backend
-    from tle.weights import resolve_weights
 
     spec = read_spec(mlflow, run_id, doing)
     backend = load_backend(spec.backend)
     data = (load_data or load_dataset)(spec.dataset, seed=spec.train.seed, extra_sources=backend.dataset_sources())
-    weights = resolve_weights(f"runs:/{run_id}", spec.backend, workdir)
-    model = backend.hook.load_backbone(model=spec.model, num_classes=data.num_classes,
-                                       class_names=list(data.class_names), input_shape=data.input_shape,
-                                       head=spec.head, weights=weights, device=spec.train.device,
-                                       precision=spec.train.precision, seed=spec.train.seed)
+    model = assemble(backend.hook, spec, data, workdir, weights=f"runs:/{run_id}")
     return StoredModel(run_id, spec, backend, data, model)

@@ -20,11 +20,11 @@ from pathlib import Path
 
 from tle.contracts import ResolvedWeights
 from tle.errors import UserError
+from tle.stored_run import CLASS_NAMES_ARTIFACT, WEIGHTS_ARTIFACT
 from tle.tracking import artifact_files
 from tle.status import RunStatus
 
-WEIGHTS_ARTIFACT = "weights"
-CLASS_NAMES_ARTIFACT = "class_names.json"
+__all__ = ["CLASS_NAMES_ARTIFACT", "FORMS", "WEIGHTS_ARTIFACT", "resolve_weights"]
 FORMS = "none, imagenet, a file path, runs:/RUN_ID or models:/NAME/VERSION"
 
 

@@ -8,16 +8,35 @@ torch for something and TensorFlow never meets torch's exporter.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from tle.errors import UserError
 from tle.status import RunStatus
 
 
-def in_worker(backend: str, kind: str, run_id: str, tracking_uri: str, options: dict[str, Any],
-              timeout: float = 1800.0) -> dict[str, Any]:
-    """One task in a fresh worker process of ``backend``: its outcome (``status`` FINISHED, or FAILED with ``error``).
-    A worker ended KILLED (Ctrl-C, SIGTERM) raises KeyboardInterrupt here; the caller was interrupted too."""
+def in_worker(backend: str, kind: str, run_id: str, tracking_uri: str, options: dict[str, Any], *, failed: str = "",
+              fix: str = "", timeout: float = 1800.0,
+              otherwise: Callable[[dict[str, Any]], Exception] | None = None) -> dict[str, Any]:
+    """One task in a fresh worker process of ``backend``; the outcome of a task that finished.
+
+    A task that failed raises here: the worker's UserError as it was (already 'what; what to do'), any other
+    failure as ``UserError("{failed}: {its error}", fix)``, or as the exception ``otherwise(outcome)`` gives.
+    A worker ended KILLED (Ctrl-C, SIGTERM) raises KeyboardInterrupt; the caller was interrupted too.
+    """
+    outcome = _outcome(backend, kind, run_id, tracking_uri, options, timeout)
+    if outcome.get("status") == RunStatus.FINISHED:
+        return outcome
+    error = outcome.get("error", "")
+    if outcome.get("user_error"):
+        raise UserError(error)
+    if otherwise is not None:
+        raise otherwise(outcome)
+    raise UserError(f"{failed}: {error}", fix)
+
+
+def _outcome(backend: str, kind: str, run_id: str, tracking_uri: str, options: dict[str, Any],
+             timeout: float) -> dict[str, Any]:
     from tle.study.local import LocalPool
     from tle.study.schedule import Task
 

@@ -58,7 +58,7 @@ def plan(
     json_out: Annotated[bool, Opt("--json", help="print the plan as JSON")] = False,
 ) -> None:
     """Show which blocks start pretrained and which train in each stage, with parameter counts."""
-    from tle.contracts import ResolvedWeights
+    from tle.assembly import Blueprint, build
     from tle.runner import check_counts, prepare
     from tle.spec import build_spec
 
@@ -73,10 +73,8 @@ def plan(
     be, the_plan = prepare(spec)
     info = be.model(model)
     side = image_size or info.default_size or 32
-    native = be.hook.load_backbone(model=model, num_classes=classes, class_names=[str(i) for i in range(classes)],
-                                   input_shape=(side, side, channels),
-                                   head=spec.head, weights=ResolvedWeights(kind="none"), device="cpu",
-                                   precision="fp32", seed=0)
+    # Counts only: placeholder class names, no weights (the plan says which blocks would start pretrained).
+    native = build(be.hook, Blueprint(model, tuple(str(i) for i in range(classes)), (side, side, channels), spec.head))
     stages = []
     for stage in the_plan.stages:
         be.hook.freeze_policy(model=native, trainable=dict(stage.trainable), fixed_stats=stage.fixed_stats)

@@ -49,6 +49,7 @@ import yaml
 from tle.contracts import ExportMetadata, Fused, FuseOptions, ResolvedWeights
 from tle.errors import UserError
 from tle.status import RunStatus
+from tle.stored_run import CLASS_NAMES_ARTIFACT, FINGERPRINT_PARAM, SPEC_ARTIFACT, WEIGHTS_ARTIFACT
 
 FUSED, BAGGING, CONCATENATION = "fused", "bagging", "concatenation"
 ALIGNS = ("index", "names")
@@ -141,30 +142,26 @@ def named_accuracy(scores: np.ndarray, names: list[str], truth: list[str]) -> fl
     return float(np.mean(predicted == np.asarray(truth, dtype=object)))
 
 
-def _load_parent(client, mlflow, run_id: str, backend_name: str | None, workdir: Path):
+def _load_parent(mlflow, run_id: str, backend_name: str | None, workdir: Path):
     from tle.spec import build_spec
+    from tle.stored_run import get_run
     from tle.tracking import artifact_files
-    from tle.weights import CLASS_NAMES_ARTIFACT, WEIGHTS_ARTIFACT
 
-    try:
-        run = client.get_run(run_id)
-    except Exception:
-        raise UserError(f"run {run_id!r} not found in the tracking store {mlflow.get_tracking_uri()}",
-                        "check the run id, or pass the --tracking-uri of the store that holds it") from None
+    run = get_run(run_id, mlflow.get_tracking_uri())
     if run.info.status != RunStatus.FINISHED:
         raise UserError(f"run {run_id} is {run.info.status}, not FINISHED", "fuse finished runs only")
     target = workdir / run_id
-    spec_files = artifact_files(run_id, "spec.yaml", target)
+    spec_files = artifact_files(run_id, SPEC_ARTIFACT, target)
     names = artifact_files(run_id, CLASS_NAMES_ARTIFACT, target)
     weights = artifact_files(run_id, WEIGHTS_ARTIFACT, target)
     if not spec_files or not names or not weights or len(weights) != 1:
-        raise UserError(f"run {run_id} lacks spec.yaml, class_names.json or a single weights/ file",
-                        "fuse runs made by tle run")
+        raise UserError(f"run {run_id} lacks {SPEC_ARTIFACT}, {CLASS_NAMES_ARTIFACT} or a single "
+                        f"{WEIGHTS_ARTIFACT}/ file", "fuse runs made by tle run")
     spec = build_spec(yaml.safe_load(spec_files[0].read_text()))
     if backend_name is not None and spec.backend != backend_name:
         raise UserError(f"run {run_id} was trained with backend {spec.backend!r}, the first with {backend_name!r}",
                         "fuse runs of one backend")
-    return spec, json.loads(names[0].read_text()), weights[0], run.data.params.get("data.fingerprint")
+    return spec, json.loads(names[0].read_text()), weights[0], run.data.params.get(FINGERPRINT_PARAM)
 
 
 def run_fusion(run_ids: list[str], *, keep: float = 0.5, ratio: float = 0.1, align: str = "index",
@@ -174,6 +171,7 @@ def run_fusion(run_ids: list[str], *, keep: float = 0.5, ratio: float = 0.1, ali
     """``align``: ``index`` (S2: class k of every run shares output k) or ``names`` (the union of the class
     names); ``normalise``: the backend puts the runs' scores on one scale; ``export``: ONNX-export the fused
     model (None: as the first run did). Every refusal comes before a run is created."""
+    from tle.assembly import assemble
     from tle.data import load_dataset
     from tle.plugins import load_backend
     from tle.tracking import configure, environment_tags, tracked_run
@@ -186,14 +184,13 @@ def run_fusion(run_ids: list[str], *, keep: float = 0.5, ratio: float = 0.1, ali
         raise UserError(f"--keep {keep} and --ratio {ratio} must lie in (0, 1]", "e.g. --keep 0.5 --ratio 0.1")
     aligned_names([["x"], ["y"]], align)  # an unknown --align fails before the store is opened
     mlflow = configure(tracking_uri)
-    client = mlflow.MlflowClient()
     workdir = Path(tempfile.mkdtemp(prefix="tle-fuse-"))
     try:
         parents: list[Parent] = []
         backend = None
         for run_id in run_ids:
-            spec, names, weights_path, fingerprint = _load_parent(client, mlflow, run_id,
-                                                                  backend.name if backend else None, workdir)
+            spec, names, weights_path, fingerprint = _load_parent(mlflow, run_id, backend.name if backend else None,
+                                                                  workdir)
             backend = backend or load_backend(spec.backend)
             data = load_dataset(spec.dataset, seed=spec.train.seed, extra_sources=backend.dataset_sources())
             if fingerprint and data.fingerprint() != fingerprint:
@@ -203,12 +200,9 @@ def run_fusion(run_ids: list[str], *, keep: float = 0.5, ratio: float = 0.1, ali
                 raise UserError(f"run {run_id}'s data now has classes {data.class_names}, the run had {names}",
                                 "fuse runs whose data is unchanged")
             parent = Parent(run_id, spec, [str(c) for c in names], data)
-            parent.model = backend.hook.load_backbone(
-                model=spec.model, num_classes=len(names), class_names=parent.class_names,
-                input_shape=data.input_shape, head=spec.head,
-                weights=ResolvedWeights(kind="file", source=f"runs:/{run_id}", path=weights_path,
-                                        class_names=tuple(parent.class_names)),
-                device=spec.train.device, precision=spec.train.precision, seed=spec.train.seed)
+            # Its own classes: the head is kept. The files were fetched above, for the checks.
+            parent.model = assemble(backend.hook, spec, data, workdir, weights=ResolvedWeights(
+                kind="file", source=f"runs:/{run_id}", path=weights_path, class_names=tuple(parent.class_names)))
             parent.size = sum(c.total for c in backend.hook.count_parameters(model=parent.model))
             parents.append(parent)
         shapes = {p.data.input_shape for p in parents}
@@ -241,8 +235,8 @@ def run_fusion(run_ids: list[str], *, keep: float = 0.5, ratio: float = 0.1, ali
         name = run_name or f"{backend.name}-{first.model}-fusion"
         with tracked_run(mlflow, name=name, tags=tags) as run:
             result.run_id = run.run_id
-            _track(run, hook, parents, fused, classes, result, keep, ratio, normalise, workdir, console, quiet,
-                   export)
+            _track(FusionRun(run, hook, parents, fused, classes, result, options, workdir / "out", console, quiet,
+                             first.export.onnx if export is None else export))
         return result
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -288,15 +282,31 @@ def _score(hook, parents, fused, classes, concatenated=None, scales=None) -> Fus
     return FusionResult("", classes, tasks, accuracy, sizes)
 
 
-def _track(run, hook, parents, fused, classes, result, keep, ratio, normalise, workdir, console, quiet,
-           export=None) -> None:
-    from tle.runner import ParityError
-    from tle.serving import check_parity, open_model
-    from tle.weights import CLASS_NAMES_ARTIFACT, WEIGHTS_ARTIFACT
+@dataclass
+class FusionRun:
+    """A fused model on its way into its MLflow run."""
 
+    run: object  # tle.tracking.Tracker
+    hook: object
+    parents: list[Parent]
+    fused: object  # the backend's native fused model
+    classes: list[str]
+    result: FusionResult
+    options: FuseOptions
+    workdir: Path
+    console: object
+    quiet: bool
+    export: bool
+
+
+def _track(f: FusionRun) -> None:
+    from tle.outputs import export_extras, export_onnx, log_extras, save_weights
+
+    run, hook, parents, fused, classes, result = f.run, f.hook, f.parents, f.fused, f.classes, f.result
     first = parents[0].spec
-    run.params({"fusion.keep": keep, "fusion.ratio": ratio, "fusion.parents": ",".join(result.parents),
-                "fusion.align": result.align, "fusion.normalise": normalise, "fusion.classes": len(classes),
+    run.params({"fusion.keep": f.options.keep, "fusion.ratio": f.options.ratio,
+                "fusion.parents": ",".join(result.parents), "fusion.align": result.align,
+                "fusion.normalise": f.options.normalise, "fusion.classes": len(classes),
                 **{f"fusion.task{i + 1}": t for i, t in enumerate(result.tasks[:-1])},
                 **{f"fusion.scale.{parent_label(i)}": f"{s:.6g}" for i, s in enumerate(result.scales)}})
     metrics = {}
@@ -310,38 +320,19 @@ def _track(run, hook, parents, fused, classes, result, keep, ratio, normalise, w
     evaluation = hook.evaluate(model=fused, images=union_x, labels=union_y, batch_size=first.train.batch_size)
     metrics["test_acc"] = result.accuracy[FUSED][-1]
     metrics["test_loss"] = evaluation.loss
-    extras = {k: v for k, v in (evaluation.extras or {}).items()}
-    metrics.update({f"fused_{k}": float(v) for k, v in extras.items() if isinstance(v, (int, float))})
     run.metrics(metrics)
+    log_extras(run, evaluation.extras, FUSED, "evaluation_extras.json")
     run.json(result.as_dict(), "fusion_report.json")
-    rest = {k: v for k, v in extras.items() if not isinstance(v, (int, float))}
-    if rest:
-        run.json(rest, "evaluation_extras.json")
     run.json(classes, CLASS_NAMES_ARTIFACT)
-    weights_dir = workdir / "out" / WEIGHTS_ARTIFACT
-    weights_dir.mkdir(parents=True)
-    hook.save_weights(model=fused, directory=weights_dir)
-    run.artifact(weights_dir, WEIGHTS_ARTIFACT)
-    extras_dir = workdir / "out" / "export"
-    extras_dir.mkdir(parents=True)
-    written = hook.export_extras(model=fused, directory=extras_dir) or []
-    if written:
-        run.artifact(extras_dir, "export")
-    if not (first.export.onnx if export is None else export):
+    f.workdir.mkdir(parents=True, exist_ok=True)
+    save_weights(hook, fused, run, f.workdir)
+    export_extras(hook, fused, run, f.workdir)
+    if not f.export:
         return
     h, w, c = parents[0].data.input_shape
     sample = np.ascontiguousarray(union_x[: first.export.parity_batch])
     meta = ExportMetadata(class_names=classes, image_size=(h, w), channels=c, backend=first.backend,
                           model=first.model, extra={"run_id": run.run_id, "parents": ",".join(result.parents)})
-    path = Path(hook.export_onnx(model=fused, path=workdir / "out" / "model.onnx", sample=sample, metadata=meta))
-    reference = hook.evaluate(model=fused, images=sample, labels=None, batch_size=len(sample)).logits
-    parity = check_parity(open_model(path), sample, reference, first.export.atol, first.export.rtol)
-    run.metrics({"onnx_max_abs_diff": parity.max_abs_diff})
-    run.tags({"onnx.providers": ",".join(parity.providers)})
-    result.onnx_max_abs_diff = parity.max_abs_diff
-    if not parity.ok:
-        raise ParityError(f"the fused model's ONNX output differs by {parity.max_abs_diff:.3g} "
-                          f"(atol {first.export.atol}, rtol {first.export.rtol})")
-    run.onnx_model(path, sample, reference, None)
-    if console is not None and not quiet:
-        console.print(f"ONNX parity ok: max |diff| {parity.max_abs_diff:.2e} on {len(sample)} images")
+    result.onnx_max_abs_diff = export_onnx(hook, fused, run, f.workdir, sample, meta, first.export,
+                                           differs="the fused model's ONNX output differs",
+                                           console=None if f.quiet else f.console)

@@ -49,7 +49,7 @@ def dense(backend: Backend, request: dict, folder: Path) -> dict:
 
 
 def model(backend: Backend, request: dict, folder: Path) -> dict:
-    from tle.contracts import ResolvedWeights
+    from tle.assembly import Blueprint, build, check_input
     from tle.data import load_dataset
     from tle.spec import DataSpec, HeadSpec
 
@@ -60,17 +60,14 @@ def model(backend: Backend, request: dict, folder: Path) -> dict:
     # The images stay the same for every seed (the first one splits the data); the seeds vary the weights.
     data = load_dataset(spec, seed=seeds[0], extra_sources=backend.dataset_sources())
     h, w, c = data.input_shape
-    if min(h, w) < info.min_size:
-        raise UserError(f"{info.name} needs images of at least {info.min_size}px, the data is {h}x{w}",
-                        f"set --image-size {max(info.min_size, info.default_size or 0)}")
+    check_input(info, data.input_shape)
     # Train images first, then the other splits, so a small dataset still fills the batch.
     pool = np.concatenate([data.x_train, data.x_val, data.x_test])
     images = np.ascontiguousarray(pool[: int(request["batch"])])
     hook = backend.hook
     device = hook.resolve_device(device=request["device"]) or "cpu"
-    net = hook.load_backbone(model=info.name, num_classes=data.num_classes, class_names=list(data.class_names),
-                             input_shape=data.input_shape, head=HeadSpec(), weights=ResolvedWeights(kind="none"),
-                             device=request["device"], precision="fp32", seed=seeds[0])
+    net = build(hook, Blueprint(info.name, tuple(data.class_names), tuple(data.input_shape), HeadSpec(),
+                                request["device"], "fp32", seeds[0]))
     chunk = int(request["chunk"])
     cells = []
     for init in request["inits"]:

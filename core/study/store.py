@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from tle.runner import SPEC_KEY
+from tle.stored_run import SPEC_KEY
 from tle.status import RunStatus
 
 PARENT_TAG = "mlflow.parentRunId"
