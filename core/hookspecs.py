@@ -109,9 +109,10 @@ def load_backbone(model: str, num_classes: int, class_names: list[str], input_sh
     :param tle.spec.HeadSpec head: the classifier to put on the backbone.
     :param tle.contracts.ResolvedWeights weights: where the backbone's weights
         come from. Pretrained blocks are loaded here. The head is new, drawn
-        with ``head.init``, unless the weights come from a run whose
-        ``weights.class_names`` equal ``class_names``: then it is kept. A new
-        head's layers are drawn with ``head.initializer``.
+        with ``head.init``, unless ``weights.keeps_head(class_names)`` (the
+        core's one rule, :func:`tle.contracts.same_classes`: the weights come
+        from a run on these very classes) and the saved head fits: then it is
+        kept. A new head's layers are drawn with ``head.initializer``.
     :param str device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
     :param str precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``; backends that fix
         the compute dtype at build time (Keras's mixed-precision policy) read it here.
