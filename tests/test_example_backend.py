@@ -11,7 +11,7 @@ import pluggy
 import pytest
 
 from tle import UserError, hookspecs
-from tle.contracts import ExportMetadata, ResolvedWeights
+from tle.contracts import ExportMetadata, ResolvedWeights, Trained
 from tle.data import Dataset
 from tle.initializers import InitSpec
 from tle.spec import HeadSpec, TrainSpec
@@ -112,7 +112,7 @@ def test_backend_info_and_models():
     assert "onnx" in info.capabilities
     models = {m.name: m.blocks for batch in hook.register_models() for m in batch}
     assert models == {"mlp": ("block1", "block2"), "mlp3": ("block1", "block2", "block3")}
-    assert hook.fuse(models=[], class_names=[], options={}) is None
+    assert hook.fuse(models=[], class_names=[], options={}, images=None) is None
 
 
 def test_scratch_training_learns_digits_and_reports_every_epoch(data, trained):
@@ -135,13 +135,15 @@ def test_scratch_training_learns_digits_and_reports_every_epoch(data, trained):
 
 def test_resume_and_early_stop_follow_the_loop(data):
     loop = StubLoop(start_epoch=3)
-    hook.train(model=build(data), data=data, stage=stage_for({"block1": True, "block2": True, HEAD: True}),
-                 train=TrainSpec(), loop=loop)
+    result = hook.train(model=build(data), data=data, stage=stage_for({"block1": True, "block2": True, HEAD: True}),
+                        train=TrainSpec(), loop=loop)
     assert [e for e, _ in loop.ended] == [3, 4]
+    assert result == Trained(epochs=2, stopped_early=False)
     loop = StubLoop(stop_after=1)
-    hook.train(model=build(data), data=data, stage=stage_for({"block1": True, "block2": True, HEAD: True}),
-                 train=TrainSpec(), loop=loop)
+    result = hook.train(model=build(data), data=data, stage=stage_for({"block1": True, "block2": True, HEAD: True}),
+                        train=TrainSpec(), loop=loop)
     assert len(loop.ended) == 1
+    assert result == Trained(epochs=1, stopped_early=True)
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])

@@ -52,8 +52,9 @@ def run_stage(net, data, stage, spec, **loop_args):
 def test_loop_contract_and_early_stop(digits04):
     net, plan = prepared("resnet_small", digits04, "scratch")
     stage = Stage(0, "train", plan.stages[0].trainable, 4, 1e-3)
-    records, _ = run_stage(net, digits04, stage, TrainSpec(batch_size=64), patience=1)
+    records, result = run_stage(net, digits04, stage, TrainSpec(batch_size=64), patience=1)
     assert [r.epoch for r in records] == list(range(len(records)))
+    assert result.epochs == len(records) and result.stopped_early == (len(records) < 4)
     for r in records:
         assert {"train_loss", "train_acc", "val_loss", "val_acc", "epoch_seconds"} <= set(r.metrics)
         assert 0.0 <= r.metrics["val_acc"] <= 1.0 and math.isfinite(r.metrics["train_loss"])
@@ -84,7 +85,7 @@ def test_cached_frozen_prefix_matches_uncached(digits04, model, strategy):
             stage = replace(stage, epochs=2, lr=1e-3)
             records, result = run_stage(net, digits04, stage, spec)
             want = plan.frozen_prefix(stage) if cache else 0
-            assert result["cached_blocks"] == want
+            assert result.metrics["cached_blocks"] == want
         outcomes[cache] = records[-1].metrics
     assert outcomes[True]["val_acc"] == pytest.approx(outcomes[False]["val_acc"], abs=1e-6)
     assert outcomes[True]["val_loss"] == pytest.approx(outcomes[False]["val_loss"], rel=1e-4)
@@ -95,7 +96,7 @@ def test_augmentation_disables_the_cache(digits04):
     net, plan = prepared("vgg_small", digits04, "feature-extractor")
     stage = Stage(0, "head", plan.stages[0].trainable, 1, 1e-3)
     _, result = run_stage(net, digits04, stage, TrainSpec(batch_size=64, augment=True))
-    assert result["cached_blocks"] == 0
+    assert result.metrics["cached_blocks"] == 0
 
 
 @pytest.mark.parametrize("batchnorm", ["frozen", "train"])
@@ -115,14 +116,19 @@ def test_batchnorm_statistics_of_pretrained_trainable_blocks(digits04, batchnorm
     assert not torch.equal(open_bn.weight.detach(), gamma_before)  # gamma trains in both modes
 
 
-def test_only_trainable_parameters_reach_the_optimizer(digits04):
+def test_only_trainable_parameters_reach_the_optimizer(digits04, monkeypatch):
+    from tle_torch import train
+
+    made, make = [], train.make_optimizer  # train keeps its optimiser to itself: catch the one it makes
+    monkeypatch.setattr(train, "make_optimizer", lambda *args: made.append(make(*args)) or made[-1])
     net, plan = prepared("vgg_small", digits04, "finetune:block5")
     stage = Stage(1, "finetune", plan.stages[1].trainable, 1, 1e-5)
-    _, result = run_stage(net, digits04, stage, TrainSpec(batch_size=64, optimizer="adamw", weight_decay=0.01))
-    optimised = {id(p) for group in result["optimizer"].param_groups for p in group["params"]}
+    run_stage(net, digits04, stage, TrainSpec(batch_size=64, optimizer="adamw", weight_decay=0.01))
+    [optimizer] = made
+    optimised = {id(p) for group in optimizer.param_groups for p in group["params"]}
     trainable = {id(p) for b in ("block5", HEAD) for p in net.module_of(b).parameters()}
     assert optimised == trainable
-    assert result["optimizer"].param_groups[0]["lr"] == 1e-5
+    assert optimizer.param_groups[0]["lr"] == 1e-5
 
 
 def test_resume_continues_where_the_checkpoint_left_off(digits04, tmp_path):
@@ -140,8 +146,8 @@ def test_resume_continues_where_the_checkpoint_left_off(digits04, tmp_path):
     fresh, _ = prepared("vgg_small", digits04, "scratch", seed=42)
     resumed, result = run_stage(fresh, digits04, Stage(0, "train", trainable, 3, 1e-3), spec,
                                 start_epoch=2, resume_from=ckpt, checkpoint_path=ckpt)
-    assert [r.epoch for r in resumed] == [2]
-    steps = {int(s["step"]) for s in result["optimizer"].state.values()}
+    assert [r.epoch for r in resumed] == [2] and result.epochs == 1 and not result.stopped_early
+    steps = {int(s["step"]) for s in torch.load(ckpt, weights_only=True)["optimizer"]["state"].values()}
     assert steps == {3 * batches}  # Adam's step count came back from the checkpoint
 
     straight, _ = prepared("vgg_small", digits04, "scratch")

@@ -15,7 +15,8 @@ What is checked: the backend's info and model registration; logits and loss
 of ``evaluate``; construction fixed by the seed; parameter counts per block
 and the freeze state of every stage of every strategy (exactly the plan's);
 ``apply_init`` seeded per block, refusing unknown blocks; a run through the
-core's runner that trains, beats chance and lands in MLflow with its params,
+core's runner that trains (``train`` returning a :class:`tle.contracts.Trained`
+that counts the epochs the loop saw), beats chance and lands in MLflow with its params,
 metrics, datasets and artifacts; the weights round trip (head kept only for
 the same classes) and ``--weights runs:/ID``; ONNX parity; resuming from a
 checkpoint (backends that list ``resume``); user errors ending with exit code
@@ -34,8 +35,9 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 
-from tle.contracts import ResolvedWeights
+from tle.contracts import ResolvedWeights, Trained
 from tle.errors import UserError
+from tle.hookspecs import hookimpl
 from tle.loop import History, TrainLoop
 from tle.strategy import HEAD, build_plan
 from tle.status import RunStatus
@@ -95,16 +97,26 @@ class BackendConformance:
 
     @pytest.fixture(scope="class")
     @classmethod
-    def conformance_run(cls, conformance_store):
-        """One scratch run through the core's runner, exported to ONNX."""
+    def conformance_trained(cls) -> list:
+        """What the backend's ``train`` returned to the runner in :meth:`conformance_run`, one per stage."""
+        return []
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def conformance_run(cls, conformance_store, conformance_trained):
+        """One scratch run through the core's runner, exported to ONNX; a wrapper records what ``train`` returns."""
         import mlflow
 
+        from tle.plugins import manager
         from tle.runner import run_experiment
 
+        recorder = _TrainRecorder(conformance_trained)
         before = mlflow.get_tracking_uri()
+        manager().register(recorder, name="conformance:train-recorder")
         try:
             return run_experiment(cls._spec(conformance_store, strategy="scratch"), quiet=True, export=True)
         finally:
+            manager().unregister(recorder)
             mlflow.set_tracking_uri(before)
 
     # -- helpers ---------------------------------------------------------------
@@ -163,11 +175,20 @@ class BackendConformance:
 
         backend.hook.freeze_policy(model=model, trainable=dict(stage.trainable), fixed_stats=stage.fixed_stats)
         history = History()
-        backend.hook.train(model=model, data=data, stage=stage, loop=TrainLoop(
+        trained = backend.hook.train(model=model, data=data, stage=stage, loop=TrainLoop(
             stage, step_offset=0, history=history, on_epoch=lambda record: None, **loop),
             train=TrainSpec(epochs=stage.epochs, batch_size=self.batch_size, lr=self.lr, seed=0,
                             **self.spec_overrides.get("train", {})))
+        self._check_trained(trained, len(history.records))
         return history
+
+    @staticmethod
+    def _check_trained(trained, epochs: int) -> None:
+        """``train`` returns a :class:`tle.contracts.Trained` that counts the epochs the loop saw (no early
+        stopping here) and whose stage metrics are numbers."""
+        assert isinstance(trained, Trained), f"train returned {type(trained).__name__}, not tle.contracts.Trained"
+        assert trained.epochs == epochs and not trained.stopped_early, (trained, epochs)
+        assert all(isinstance(k, str) and isinstance(v, (int, float)) for k, v in trained.metrics.items()), trained
 
     # -- registration ----------------------------------------------------------
 
@@ -263,9 +284,11 @@ class BackendConformance:
 
     # -- a run through the core ------------------------------------------------
 
-    def test_conformance_a_run_trains_each_epoch_and_beats_chance(self, conformance_run):
+    def test_conformance_a_run_trains_each_epoch_and_beats_chance(self, conformance_run, conformance_trained):
         records = conformance_run.history.records
         assert [r.epoch for r in records] == list(range(self.epochs))
+        assert len(conformance_trained) == 1, conformance_trained  # scratch: one stage
+        self._check_trained(conformance_trained[0], len(records))
         for r in records:
             assert {"train_loss", "val_acc"} <= set(r.metrics) and np.isfinite(r.metrics["train_loss"])
         assert conformance_run.test.accuracy >= self.min_accuracy, conformance_run.test.accuracy
@@ -341,3 +364,16 @@ class BackendConformance:
             lines = [line for line in proc.stderr.splitlines() if line.strip()]
             assert proc.returncode == 2, proc.stderr
             assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+
+
+class _TrainRecorder:
+    """A ``tle.plugins``-style wrapper around the backend's ``train``: keeps what it returns."""
+
+    def __init__(self, results: list):
+        self.results = results
+
+    @hookimpl(wrapper=True)
+    def train(self):
+        result = yield
+        self.results.append(result)
+        return result

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tle.contracts import Evaluation
+from tle.contracts import Evaluation, Trained
 from tle_keras import cache
 from tle_keras.init import derived_seed
 from tle_keras.runtime import keras as _keras, set_random_seed, tf as _tf
@@ -102,6 +102,7 @@ class LoopBridge(keras.callbacks.Callback):
         super().__init__()
         self.loop, self.knet, self.steps, self.stage = loop, knet, steps, stage
         self.done = 0  # batches of this epoch reported so far (Keras reports every STEPS_PER_EXECUTION)
+        self.epochs = 0  # epochs reported to the loop
 
     def on_epoch_begin(self, epoch, logs=None):
         self.done = 0
@@ -123,6 +124,7 @@ class LoopBridge(keras.callbacks.Callback):
         if self.loop.checkpoint_path is not None:
             save_checkpoint(self.loop.checkpoint_path, self.knet, self.model.optimizer, epoch + 1, self.stage)
         self.loop.epoch_end(epoch, {k: float(v) for k, v in metrics.items() if v is not None})
+        self.epochs += 1
         if self.loop.should_stop:
             self.model.stop_training = True
 
@@ -173,7 +175,7 @@ def _initial(variable):
     return value.copy()
 
 
-def fit(knet, data, stage, spec, loop) -> dict:
+def fit(knet, data, stage, spec, loop) -> Trained:
     seed = derived_seed(spec.seed, "train", stage.index)
     set_random_seed(seed)  # dropout masks and the shuffle below; keeps the traced steps instantiated
     # The model first: the frozen prefix cached below must be the checkpoint's.
@@ -204,11 +206,12 @@ def fit(knet, data, stage, spec, loop) -> dict:
     val_ds = None
     if len(data.y_val):
         val_ds = tf.data.Dataset.from_tensor_slices((x_val, np.asarray(data.y_val, np.int64))).batch(bs)
+    bridge = LoopBridge(loop, knet, steps, stage.index)
     if loop.start_epoch < stage.epochs and not loop.should_stop:
         model.fit(train_ds, validation_data=val_ds, epochs=stage.epochs, initial_epoch=loop.start_epoch,
-                  steps_per_epoch=steps, shuffle=False, verbose=0,
-                  callbacks=[LoopBridge(loop, knet, steps, stage.index)])
-    return {"cached_blocks": start_block, "optimizer": optimizer}
+                  steps_per_epoch=steps, shuffle=False, verbose=0, callbacks=[bridge])
+    return Trained(epochs=bridge.epochs, stopped_early=loop.start_epoch + bridge.epochs < stage.epochs,
+                   metrics={"cached_blocks": float(start_block)})
 
 
 def evaluate(knet, images, labels, batch_size: int) -> Evaluation:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from tle.contracts import Evaluation
+from tle.contracts import Evaluation, Trained
 from tle_torch import cache, distributed
 from tle_torch.device import configure_threads
 
@@ -156,7 +156,7 @@ def load_checkpoint(path: Path, net, optimizer, scaler, stage: int) -> int:
     return int(state.get("epoch", 0))
 
 
-def fit(net, data, stage, spec, loop) -> dict:
+def fit(net, data, stage, spec, loop) -> Trained:
     configure_threads()
     device = device_of(net)
     dtype = amp_dtype(spec.precision, device)
@@ -185,20 +185,21 @@ def fit(net, data, stage, spec, loop) -> dict:
         x_train, x_val = (torch.from_numpy(a) for a in images)
         forward = net
 
-    result = {"cached_blocks": start_block if cached is not None else 0}
     rank, size = distributed.world()
     swapped = distributed.sync_batchnorm(net) if size > 1 and spec.distributed.sync_batchnorm else []
     try:
-        _epochs(net, forward, stage, spec, loop, optimizer, scaler, autocast, device, x_train, y_train, x_val, y_val,
-                start_block if cached is not None else None, rank, size)
+        ran = _epochs(net, forward, stage, spec, loop, optimizer, scaler, autocast, device, x_train, y_train, x_val,
+                      y_val, start_block if cached is not None else None, rank, size)
     finally:
         distributed.unsync_batchnorm(swapped)
-    result["optimizer"] = optimizer
-    return result
+    return Trained(epochs=ran, stopped_early=loop.start_epoch + ran < stage.epochs,
+                   metrics={"cached_blocks": float(start_block if cached is not None else 0)})
 
 
 def _epochs(net, forward, stage, spec, loop, optimizer, scaler, autocast, device, x_train, y_train, x_val, y_val,
-            start_block, rank: int, size: int) -> None:
+            start_block, rank: int, size: int) -> int:
+    """The stage's epochs from ``loop.start_epoch`` until the last or ``loop.should_stop``; returns how many ran."""
+    ran = 0
     n = len(y_train)
     bs = spec.batch_size
     n_batches = count_batches(n, bs)
@@ -256,6 +257,8 @@ def _epochs(net, forward, stage, spec, loop, optimizer, scaler, autocast, device
         if loop.checkpoint_path is not None and rank == 0:  # the replicas are equal; rank 0 tracks the run
             save_checkpoint(loop.checkpoint_path, net, optimizer, scaler, epoch + 1, stage.index)
         loop.epoch_end(epoch, metrics)
+        ran += 1
+    return ran
 
 
 def _mean_over_ranks(infer, net, loss_sum, correct, seen, x_val, y_val, bs, device, autocast, rank, size) -> dict:

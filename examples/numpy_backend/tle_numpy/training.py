@@ -6,14 +6,14 @@ import math
 
 import numpy as np
 
-from tle.contracts import Evaluation
+from tle.contracts import Evaluation, Trained
 from tle_numpy import checkpoint
 from tle_numpy.model import Net, softmax_cross_entropy
 from tle_numpy.optim import make_optimizer
 
 
-def fit(net: Net, data, stage, train, loop) -> list[dict[str, float]]:
-    """Train ``net`` for one stage; returns the metrics of each epoch run."""
+def fit(net: Net, data, stage, train, loop) -> Trained:
+    """Train ``net`` for one stage; returns how many epochs ran (the loop has their metrics already)."""
     # The stage is the plan's word on freezing; the core's freeze_policy call said the same.
     net.trainable = {block: stage.trainable.get(block) is True for block in net.blocks}
     optimizer = make_optimizer(train.optimizer, stage.lr, train.weight_decay, train.momentum)
@@ -27,7 +27,7 @@ def fit(net: Net, data, stage, train, loop) -> list[dict[str, float]]:
         x_train, x_val = net.forward(x_train, stop=start), net.forward(x_val, stop=start)
 
     n, size = len(y_train), train.batch_size
-    history = []
+    ran = 0
     for epoch in range(loop.start_epoch, stage.epochs):
         loop.epoch_start(epoch, math.ceil(n / size))
         # Seeded by epoch, so a resumed run shuffles as the uninterrupted one would.
@@ -49,13 +49,13 @@ def fit(net: Net, data, stage, train, loop) -> list[dict[str, float]]:
         val_acc = float((val.predictions == y_val).mean()) if len(y_val) else math.nan
         metrics = {"train_loss": loss_sum / max(n, 1), "train_acc": correct / max(n, 1),
                    "val_loss": val.loss, "val_acc": val_acc}
-        history.append(metrics)
         if loop.checkpoint_path is not None:
             checkpoint.save(net, optimizer, stage.index, epoch, loop.checkpoint_path)
         loop.epoch_end(epoch, metrics)
+        ran += 1
         if loop.should_stop:
             break
-    return history
+    return Trained(epochs=ran, stopped_early=loop.start_epoch + ran < stage.epochs)
 
 
 def frozen_prefix(net: Net) -> int:
