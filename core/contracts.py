@@ -194,13 +194,17 @@ class FuseOptions:
     unit's largest incoming weights that rank it (S2: 10 %); ``concatenate``: every head unit of every
     model instead (the baseline the fused model is judged against); ``normalise``: put the models'
     scores on one scale from their weights alone (no data), so that no model outvotes the others on
-    every image only because its scores are larger (bagging applies the same factors).
+    every image only because its scores are larger (bagging applies the same factors); ``rank``: what orders a
+    model's units, ``activity`` (how often each decides on its model's own training images, which the core
+    hands over; a backend that cannot count that ranks by weights and says so in :class:`Fused`) or ``weights``
+    (S2's sum of the largest ``ratio`` incoming weights).
     """
 
     keep: float = 0.5
     ratio: float = 0.1
     concatenate: bool = False
     normalise: bool = True
+    rank: str = "activity"
 
     @classmethod
     def of(cls, options: Any) -> FuseOptions:
@@ -219,8 +223,9 @@ class Fused:
     ``scales[i]``: the factor the fused model applied to model ``i``'s scores (its logits, for a
     spiking net its potentials); the core multiplies model ``i``'s logits by it before bagging, so
     that bagging and the fused model compare the models on the same scale. A hook may instead return
-    the bare model (every factor 1).
+    the bare model (every factor 1). ``ranked_by``: what ordered the units it kept (``activity`` or ``weights``).
     """
 
     model: Any
     scales: tuple[float, ...] = ()
+    ranked_by: str = "weights"

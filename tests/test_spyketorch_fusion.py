@@ -38,7 +38,7 @@ def test_fusion_keeps_the_top_neurons_per_class_in_the_class_layout():
     a.head.data.uniform_(0.2, 0.8, generator=torch.Generator().manual_seed(5))
     b = sibling(a, ["3", "4", "5", "6"], seed=2)
     fused = plugin.fuse(models=[a, b], class_names=[a.class_names, b.class_names],
-                        options={"keep": 0.5, "ratio": 0.1, "normalise": False}).model
+                        images=None, options={"keep": 0.5, "ratio": 0.1, "normalise": False}).model
     assert fused.class_names == ["0", "1", "2", "3", "4", "5", "6"]
     assert fused.per_class == 10 and fused.head.shape[0] == 70  # half of 20 per class, same layout
     assert torch.equal(fused.conv1, a.conv1) and torch.equal(fused.conv2, a.conv2)
@@ -58,7 +58,7 @@ def test_fusion_keeps_the_top_neurons_per_class_in_the_class_layout():
 def test_fusion_of_overlapping_tasks_tops_up_every_class_to_one_size():
     a = build(["x", "y"], seed=1)
     b = sibling(a, ["y", "z"], seed=2)
-    fused = plugin.fuse(models=[a, b], class_names=[a.class_names, b.class_names], options={}).model
+    fused = plugin.fuse(models=[a, b], class_names=[a.class_names, b.class_names], images=None, options={}).model
     assert fused.class_names == ["x", "y", "z"] and fused.per_class == 20
     parents = [p for p, _ in fused.provenance]
     assert parents[20:40].count(0) == 10 and parents[20:40].count(1) == 10  # the shared class: half from each
@@ -68,7 +68,7 @@ def test_fusion_of_overlapping_tasks_tops_up_every_class_to_one_size():
 def test_fusion_refuses_networks_with_different_features():
     a, b = build(["0", "1"], seed=1), build(["2", "3"], seed=2)
     with pytest.raises(UserError, match="share conv1-conv2"):
-        plugin.fuse(models=[a, b], class_names=[a.class_names, b.class_names], options={})
+        plugin.fuse(models=[a, b], class_names=[a.class_names, b.class_names], images=None, options={})
 
 
 def test_index_alignment_gives_every_output_the_top_half_of_each_network():
@@ -80,7 +80,7 @@ def test_index_alignment_gives_every_output_the_top_half_of_each_network():
     b = sibling(a, ["a", "b", "c"], seed=2)
     names = aligned_names([a.class_names, b.class_names], "index")
     assert names == [["0/a", "1/b", "2/c"]] * 2
-    fused = plugin.fuse(models=[a, b], class_names=names, options={"normalise": False}).model
+    fused = plugin.fuse(models=[a, b], class_names=names, images=None, options={"normalise": False}).model
     assert fused.class_names == ["0/a", "1/b", "2/c"] and fused.per_class == 20 and fused.head.shape[0] == 60
     for k in range(3):
         rows = fused.provenance[k * 20:(k + 1) * 20]
@@ -92,6 +92,33 @@ def test_index_alignment_gives_every_output_the_top_half_of_each_network():
         assert [p for p, _ in rows] == [0] * 10 + [1] * 10
     for row, (parent, neuron) in enumerate(fused.provenance):
         assert torch.equal(fused.head[row], (a, b)[parent].head[neuron])
+
+
+def test_activity_ranking_keeps_the_neurons_that_decide_on_their_own_training_images():
+    """rank=activity: per class, each net's neurons ordered by how many of its own training images they decide
+    (ties by S2's sum of the top synapses); without images the ranking is S2's sum alone."""
+    from tle.study.fusion import aligned_names
+    from tle_spyketorch.fusion import decisions
+    from tle_torch.testing import digits_dataset
+
+    a = build(["0", "1", "2"], seed=1)
+    a.head.data.uniform_(0.2, 0.8, generator=torch.Generator().manual_seed(5))
+    b = sibling(a, ["a", "b", "c"], seed=2)
+    x_a, x_b = digits_dataset(range(3), size=16).x_train[:60], digits_dataset(range(3, 6), size=16).x_train[:60]
+    names = aligned_names([a.class_names, b.class_names], "index")
+    answer = plugin.fuse(models=[a, b], class_names=names, images=[x_a, x_b], options={"normalise": False})
+    assert answer.ranked_by == "activity"
+    fused = answer.model
+    for parent, (net, x) in enumerate(((a, x_a), (b, x_b))):
+        counts, score = decisions(net, x), importance(net.head, 0.1)
+        best = net.final_potentials(torch.from_numpy(np.ascontiguousarray(x[:7]))).flatten(2).amax(2).argmax(1)
+        assert int(counts.sum()) == len(x) and all(int(counts[i]) > 0 for i in best)
+        for k in range(3):
+            mine = [n for p, n in fused.provenance[k * 20:(k + 1) * 20] if p == parent]
+            expected = sorted(range(k * 20, (k + 1) * 20), key=lambda i: (-int(counts[i]), -float(score[i]), i))
+            assert mine == expected[:10]
+    assert plugin.fuse(models=[a, b], class_names=names, images=[x_a, x_b],
+                       options={"rank": "weights"}).ranked_by == "weights"
 
 
 def test_index_alignment_refuses_what_it_cannot_align():
@@ -118,7 +145,7 @@ def test_normalise_brings_both_networks_to_the_lighter_ones_mean_synapse():
     b = sibling(a, ["a", "b", "c"], seed=2)
     b.head.data.mul_(0.9)  # B's synapses lighter on the whole
     answer = plugin.fuse(models=[a, b], class_names=aligned_names([a.class_names, b.class_names], "index"),
-                         options={})  # normalise is the default
+                         images=None, options={})  # normalise is the default
     fused = answer.model
     expected = float(b.head.detach().double().mean()) / float(a.head.detach().double().mean())
     assert answer.scales == pytest.approx((expected, 1.0)) and expected < 0.95
@@ -134,7 +161,8 @@ def test_normalise_brings_both_networks_to_the_lighter_ones_mean_synapse():
     scaled.head.data.mul_(answer.scales[0])
     assert np.array_equal(plugin.evaluate(model=scaled, images=x, labels=None, batch_size=16).logits.argmax(1),
                           raw.argmax(1))
-    off = plugin.fuse(models=[a, b], class_names=[a.class_names, b.class_names], options={"normalise": False})
+    off = plugin.fuse(models=[a, b], class_names=[a.class_names, b.class_names], images=None,
+                      options={"normalise": False})
     assert off.scales == (1.0, 1.0)
 
 

@@ -15,7 +15,11 @@ from tle.cli.app import STATE, Opt, app, err, out
 def fuse(
     runs: Annotated[list[str], typer.Argument(help="two or more finished run ids (RUN_A RUN_B ...)")],
     keep: Annotated[float, Opt(help="fraction of each run's head units kept per class")] = 0.5,
-    ratio: Annotated[float, Opt(help="fraction of a unit's largest incoming weights that rank it")] = 0.1,
+    ratio: Annotated[float, Opt(help="fraction of a unit's largest incoming weights that rank it (--rank weights, "
+                                     "and the tie-break of activity)")] = 0.1,
+    rank: Annotated[str, Opt(help="activity: rank each run's units by how often they decide on its own training "
+                                  "images (spyketorch; torch and keras rank by weights); weights: S2's sum of the "
+                                  "largest --ratio incoming weights")] = "activity",
     align: Annotated[str, Opt(help="index: S2's protocol, class k of every run shares output k and each task is "
                                    "scored on its own labels (the runs need as many classes); names: the union "
                                    "of the class names, every image against all of them")] = "index",
@@ -34,13 +38,14 @@ def fuse(
     from tle.study.fusion import BAGGING, CONCATENATION, FUSED, run_fusion
 
     result = run_fusion([r.removeprefix("runs:/").strip("/") for r in runs], keep=keep, ratio=ratio, align=align,
-                        normalise=normalise, tracking_uri=tracking_uri, experiment=experiment, run_name=run_name,
+                        normalise=normalise, rank=rank, tracking_uri=tracking_uri, experiment=experiment, run_name=run_name,
                         console=err, quiet=STATE["quiet"] or json_out, export=export)
     if json_out:
         print(json.dumps(result.as_dict()))
         return
     scaled = ", scales " + " ".join(f"{s:.4g}" for s in result.scales) if any(s != 1 for s in result.scales) else ""
-    table = Table(title=f"fusion run {result.run_id} (--align {align}, keep {keep:g}, ratio {ratio:g}{scaled}): "
+    table = Table(title=f"fusion run {result.run_id} (--align {align}, ranked by {result.ranked_by}, keep {keep:g}, "
+                        f"ratio {ratio:g}{scaled}): "
                         "test accuracy")
     table.add_column("model")
     for task in result.tasks:

@@ -26,6 +26,13 @@ How the parents' outputs meet (``align``):
   them, and a class two runs share counts once. A parent alone cannot name the
   other's classes. This is not what S2 measured.
 
+``rank``: what orders each parent's head units before the top ``keep`` are
+kept. ``activity`` hands the backend each parent's own training images, so it
+can count how often each unit decides (S2 measured that frequency first and
+ranked by the weight sum that predicted it; spyketorch counts it, torch and
+keras rank by weights and say so); ``weights`` is S2's sum of a unit's largest
+``ratio`` incoming weights.
+
 With ``normalise`` the backend puts the parents' scores on one scale from
 their weights alone (a spiking net's potentials grow with its synapses' mass,
 so the net with the heavier synapses answers every image), and bagging applies
@@ -53,6 +60,7 @@ from tle.stored_run import CLASS_NAMES_ARTIFACT, FINGERPRINT_PARAM, SPEC_ARTIFAC
 
 FUSED, BAGGING, CONCATENATION = "fused", "bagging", "concatenation"
 ALIGNS = ("index", "names")
+RANKS = ("activity", "weights")
 
 
 @dataclass
@@ -77,11 +85,12 @@ class FusionResult:
     parents: list[str] = field(default_factory=list)
     align: str = "index"
     scales: list[float] = field(default_factory=list)  # the factor each parent's scores were put on one scale by
+    ranked_by: str = "weights"  # what ordered the units the fused model kept (the backend's word)
 
     def as_dict(self) -> dict:
         return {"run_id": self.run_id, "parents": self.parents, "align": self.align, "classes": self.classes,
                 "tasks": self.tasks, "accuracy": self.accuracy, "sizes": self.sizes, "scales": self.scales,
-                "onnx_max_abs_diff": self.onnx_max_abs_diff}
+                "ranked_by": self.ranked_by, "onnx_max_abs_diff": self.onnx_max_abs_diff}
 
 
 def parent_label(index: int) -> str:
@@ -165,12 +174,14 @@ def _load_parent(mlflow, run_id: str, backend_name: str | None, workdir: Path):
 
 
 def run_fusion(run_ids: list[str], *, keep: float = 0.5, ratio: float = 0.1, align: str = "index",
-               normalise: bool = True, tracking_uri: str | None = None, experiment: str | None = None,
-               run_name: str | None = None, console=None, quiet: bool = False,
+               normalise: bool = True, rank: str = "activity", tracking_uri: str | None = None,
+               experiment: str | None = None, run_name: str | None = None, console=None, quiet: bool = False,
                export: bool | None = None) -> FusionResult:
     """``align``: ``index`` (S2: class k of every run shares output k) or ``names`` (the union of the class
-    names); ``normalise``: the backend puts the runs' scores on one scale; ``export``: ONNX-export the fused
-    model (None: as the first run did). Every refusal comes before a run is created."""
+    names); ``normalise``: the backend puts the runs' scores on one scale; ``rank``: ``activity`` (the backend
+    gets each run's own training images to count how often each unit decides) or ``weights`` (S2's sum);
+    ``export``: ONNX-export the fused model (None: as the first run did). Every refusal comes before a run is
+    created."""
     from tle.assembly import assemble
     from tle.data import load_dataset
     from tle.plugins import load_backend
@@ -183,6 +194,9 @@ def run_fusion(run_ids: list[str], *, keep: float = 0.5, ratio: float = 0.1, ali
     if not (0 < keep <= 1 and 0 < ratio <= 1):
         raise UserError(f"--keep {keep} and --ratio {ratio} must lie in (0, 1]", "e.g. --keep 0.5 --ratio 0.1")
     aligned_names([["x"], ["y"]], align)  # an unknown --align fails before the store is opened
+    if rank not in RANKS:
+        raise UserError(f"--rank {rank!r} is not one of {', '.join(RANKS)}",
+                        "--rank activity (how often a unit decides on its run's training images) or weights (S2)")
     mlflow = configure(tracking_uri)
     workdir = Path(tempfile.mkdtemp(prefix="tle-fuse-"))
     try:
@@ -211,19 +225,22 @@ def run_fusion(run_ids: list[str], *, keep: float = 0.5, ratio: float = 0.1, ali
         for parent, names in zip(parents, aligned_names([p.class_names for p in parents], align)):
             parent.names = names
         hook = backend.hook
-        options = FuseOptions(keep=keep, ratio=ratio, normalise=normalise)
+        options = FuseOptions(keep=keep, ratio=ratio, normalise=normalise, rank=rank)
         models, names = [p.model for p in parents], [p.names for p in parents]
-        fused, scales = _unwrap(hook.fuse(models=models, class_names=names, options=options), len(parents))
+        images = [p.data.x_train for p in parents] if rank == "activity" else None
+        fused, scales, ranked_by = _unwrap(hook.fuse(models=models, class_names=names, options=options,
+                                                     images=images), len(parents))
         if fused is None:
             raise UserError(f"backend {backend.name!r} cannot fuse models", "fusion needs a backend with a fuse hook "
                             "(spyketorch, torch, keras)")
         concatenated = None
         if "fuse-concatenate" in backend.info.capabilities:
-            concatenated, _ = _unwrap(hook.fuse(models=models, class_names=names,
-                                                options=FuseOptions(keep, ratio, True, normalise)), len(parents))
+            concatenated = _unwrap(hook.fuse(models=models, class_names=names, images=None,
+                                             options=FuseOptions(keep, ratio, True, normalise, "weights")),
+                                   len(parents))[0]
         classes = ordered_union(names)
         result = _score(hook, parents, fused, classes, concatenated, scales)
-        result.parents, result.align, result.scales = list(run_ids), align, scales
+        result.parents, result.align, result.scales, result.ranked_by = list(run_ids), align, scales, ranked_by
         first = parents[0].spec
         mlflow_experiment = experiment or first.tracking.experiment
         configure(tracking_uri, mlflow_experiment)
@@ -236,20 +253,22 @@ def run_fusion(run_ids: list[str], *, keep: float = 0.5, ratio: float = 0.1, ali
         with tracked_run(mlflow, name=name, tags=tags) as run:
             result.run_id = run.run_id
             _track(FusionRun(run, hook, parents, fused, classes, result, options, workdir / "out", console, quiet,
-                             first.export.onnx if export is None else export))
+                             bool(first.export.onnx if export is None else export)))
         return result
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _unwrap(answer, parents: int) -> tuple[object, list[float]]:
-    """A ``fuse`` hook's answer as (model, the factor per parent its scores were scaled by)."""
+def _unwrap(answer, parents: int) -> tuple[object, list[float], str]:
+    """A ``fuse`` hook's answer as (model, the factor per parent its scores were scaled by, what ranked units)."""
     if isinstance(answer, Fused):
         scales = [float(s) for s in answer.scales] or [1.0] * parents
         if len(scales) != parents or not all(np.isfinite(s) and s > 0 for s in scales):
             raise ValueError(f"the fuse hook gave scales {scales} for {parents} models (one positive each)")
-        return answer.model, scales
-    return answer, [1.0] * parents
+        if answer.ranked_by not in RANKS:
+            raise ValueError(f"the fuse hook says it ranked by {answer.ranked_by!r}, not one of {RANKS}")
+        return answer.model, scales, answer.ranked_by
+    return answer, [1.0] * parents, "weights"
 
 
 def _score(hook, parents, fused, classes, concatenated=None, scales=None) -> FusionResult:
@@ -306,7 +325,8 @@ def _track(f: FusionRun) -> None:
     first = parents[0].spec
     run.params({"fusion.keep": f.options.keep, "fusion.ratio": f.options.ratio,
                 "fusion.parents": ",".join(result.parents), "fusion.align": result.align,
-                "fusion.normalise": f.options.normalise, "fusion.classes": len(classes),
+                "fusion.normalise": f.options.normalise, "fusion.rank": result.ranked_by,
+                "fusion.classes": len(classes),
                 **{f"fusion.task{i + 1}": t for i, t in enumerate(result.tasks[:-1])},
                 **{f"fusion.scale.{parent_label(i)}": f"{s:.6g}" for i, s in enumerate(result.scales)}})
     metrics = {}
