@@ -58,6 +58,40 @@ def test_plugin_group_can_wrap_hooks(tmp_path):
     assert "extra_net" in proc.stdout and "mlp" in proc.stdout
 
 
+def test_delegated_hooks_declare_the_hooks_arguments_and_import_late(tmp_path, monkeypatch):
+    """tle.plugin_helpers.delegate: hooks pluggy checks and calls like written ones, importing their module late."""
+    import sys
+    import types
+
+    import pluggy
+
+    from tle import hookspecs
+    from tle.plugin_helpers import delegate
+
+    (tmp_path / "late_target.py").write_text("def fit(net, data, stage, spec, loop):\n"
+                                            "    return net, data, stage, spec, loop\n"
+                                            "def export(net, path, meta):\n    return net, path, meta\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugin = types.ModuleType("delegating_plugin")
+    plugin.__dict__.update(delegate({"train": "late_target:fit",
+                                     "export_onnx": "late_target:export(model, path, metadata)"}))
+    pm = pluggy.PluginManager("tle")
+    pm.add_hookspecs(hookspecs)
+    pm.register(plugin)  # pluggy checks the declared arguments against the specs here
+    assert plugin.train.__module__ == __name__ and plugin.train.__name__ == "train"  # pickled by reference
+    try:
+        assert "late_target" not in sys.modules
+        assert pm.hook.train(model=1, data=2, stage=3, train=4, loop=5) == (1, 2, 3, 4, 5)
+        assert pm.hook.export_onnx(model=1, path=2, sample=3, metadata=4) == (1, 2, 4)
+        assert "late_target" in sys.modules
+    finally:
+        sys.modules.pop("late_target", None)
+    with pytest.raises(ValueError, match="not a hook"):
+        delegate({"trian": "late_target:fit"})
+    with pytest.raises(ValueError, match="no argument epochs"):
+        delegate({"train": "late_target:fit(model, epochs)"})
+
+
 @pytest.mark.parametrize("args, words", [
     (["models", "--backend", "numpy", "--bogus"], ["No such option", "--bogus"]),
     (["run", "--backend", "numpy", "--model", "nosuch", "--dataset", "digits"], ["no model 'nosuch'", "mlp"]),

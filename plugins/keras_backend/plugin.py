@@ -8,24 +8,15 @@ exporter, torch.compile) crashes the process.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from tle import UserError, hookimpl
 from tle.contracts import BackendInfo
-from tle_keras import registry
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return None
+from tle.plugin_helpers import delegate, fuse_heads, installed_version
 
 
 @hookimpl
 def backend_info():
-    tf_version = _version("tensorflow") or _version("tensorflow-cpu")
-    keras_version = _version("keras")
+    tf_version = installed_version("tensorflow") or installed_version("tensorflow-cpu")
+    keras_version = installed_version("keras")
     status = "ok"
     if tf_version is None:
         status = "tensorflow is not installed"
@@ -37,11 +28,6 @@ def backend_info():
                        status=status, devices=("cpu", "gpu"),
                        capabilities=("onnx", "resume", "feature-cache", "gpu", "bf16", "fuse", "fuse-concatenate",
                                      "distributed"))
-
-
-@hookimpl
-def register_models():
-    return registry.model_infos()
 
 
 @hookimpl
@@ -74,13 +60,6 @@ def load_backbone(model, num_classes, class_names, input_shape, head, weights, d
 
 
 @hookimpl
-def apply_init(model, blocks, init, seed):
-    from tle_keras.init import apply_init as run
-
-    return run(model, list(blocks), init, int(seed or 0))
-
-
-@hookimpl
 def freeze_policy(model, trainable, fixed_stats):
     for block in model.trainable:
         flag = trainable.get(block) is True
@@ -107,67 +86,14 @@ def count_parameters(model):
     return counts
 
 
-@hookimpl
-def train(model, data, stage, train, loop):
-    from tle_keras.train import fit
-
-    return fit(model, data, stage, train, loop)
-
-
-@hookimpl
-def evaluate(model, images, labels, batch_size):
-    from tle_keras.train import evaluate as run
-
-    return run(model, images, labels, batch_size)
-
-
-@hookimpl
-def save_weights(model, directory):
-    from tle_keras.weights import save
-
-    return save(model, directory)
-
-
-@hookimpl
-def portable_weights(model):
-    from tle_keras.portable import to_portable
-
-    return to_portable(model)
-
-
-@hookimpl
-def export_onnx(model, path, sample, metadata):
-    from tle_keras.export import export
-
-    return export(model, path, sample, metadata)
-
-
-@hookimpl
-def fuse(models, class_names, options):
-    from tle.contracts import FuseOptions
-    from tle_keras.fusion import fuse as run
-
-    o = FuseOptions.of(options)
-    return run(list(models), [list(n) for n in class_names], keep=float(o.keep), ratio=float(o.ratio),
-               concatenate=bool(o.concatenate))  # no data-free rescaling of CNN logits helped: o.normalise is moot
-
-
-@hookimpl
-def dense_activations(inputs, units, activation, init, seed):
-    from tle_keras.probe import dense_activations as run
-
-    return run(inputs, int(units), activation, init, int(seed or 0))
-
-
-@hookimpl
-def block_activations(model, images):
-    from tle_keras.probe import block_activations as run
-
-    return run(model, images)
-
-
-@hookimpl
-def distributed_plan(distributed, device):
-    from tle_keras.distributed import plan
-
-    return plan(distributed, device)
+# The hooks tle.plugin_helpers writes: fuse through tle.head_fusion, and those that pass their arguments straight
+# on to one function, imported on the hook's first call. plugins/torch_backend/plugin.py mirrors them.
+fuse = fuse_heads("tle_keras.fusion:fuse")
+globals().update(delegate({
+    "register_models": "tle_keras.registry:model_infos",
+    "apply_init": "tle_keras.init:apply_init", "train": "tle_keras.train:fit", "evaluate": "tle_keras.train:evaluate",
+    "save_weights": "tle_keras.weights:save", "portable_weights": "tle_keras.portable:to_portable",
+    "export_onnx": "tle_keras.export:export",
+    "dense_activations": "tle_keras.probe:dense_activations", "block_activations": "tle_keras.probe:block_activations",
+    "distributed_plan": "tle_keras.distributed:plan",
+}))

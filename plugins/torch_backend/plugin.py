@@ -6,24 +6,15 @@ import this module and must stay fast.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from tle import hookimpl
 from tle.contracts import BackendInfo
-from tle_torch import registry
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return None
+from tle.plugin_helpers import delegate, fuse_heads, installed_version
 
 
 @hookimpl
 def backend_info():
-    torch_version = _version("torch")
-    missing = [d for d in ("torch", "torchvision") if _version(d) is None]
+    torch_version = installed_version("torch")
+    missing = [d for d in ("torch", "torchvision") if installed_version(d) is None]
     status = "ok" if not missing else f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed"
     return BackendInfo(name="torch", framework="pytorch", framework_version=torch_version or "-",
                        description="torchvision CNNs with Keras-style blocks, initialisers and heads",
@@ -33,32 +24,14 @@ def backend_info():
 
 
 @hookimpl
-def register_models():
-    return registry.model_infos()
-
-
-@hookimpl
-def resolve_device(device):
-    from tle_torch.device import resolve
-
-    return resolve(device)
-
-
-@hookimpl
 def load_backbone(model, num_classes, class_names, input_shape, head, weights, device, seed):
     from tle.spec import HeadSpec
+    from tle_torch.device import resolve
     from tle_torch.models import build
 
     net = build(model, int(num_classes), list(class_names), tuple(input_shape), head or HeadSpec(), weights,
                 int(seed or 0))
-    return net.to(resolve_device(device))
-
-
-@hookimpl
-def apply_init(model, blocks, init, seed):
-    from tle_torch.init import apply_init as run
-
-    return run(model, list(blocks), init, int(seed or 0))
+    return net.to(resolve(device))
 
 
 @hookimpl
@@ -85,74 +58,14 @@ def count_parameters(model):
     return counts
 
 
-@hookimpl
-def train(model, data, stage, train, loop):
-    from tle_torch.train import fit
-
-    return fit(model, data, stage, train, loop)
-
-
-@hookimpl
-def evaluate(model, images, labels, batch_size):
-    from tle_torch.train import evaluate as run
-
-    return run(model, images, labels, batch_size)
-
-
-@hookimpl
-def save_weights(model, directory):
-    from tle_torch.weights import save
-
-    return save(model, directory)
-
-
-@hookimpl
-def portable_weights(model):
-    from tle_torch.portable import to_portable
-
-    return to_portable(model)
-
-
-@hookimpl
-def export_onnx(model, path, sample, metadata):
-    from tle_torch.export import export
-
-    return export(model, path, sample, metadata)
-
-
-@hookimpl
-def fuse(models, class_names, options):
-    from tle.contracts import FuseOptions
-    from tle_torch.fusion import fuse as run
-
-    o = FuseOptions.of(options)
-    return run(list(models), [list(n) for n in class_names], keep=float(o.keep), ratio=float(o.ratio),
-               concatenate=bool(o.concatenate))  # no data-free rescaling of CNN logits helped: o.normalise is moot
-
-
-@hookimpl
-def dense_activations(inputs, units, activation, init, seed):
-    from tle_torch.probe import dense_activations as run
-
-    return run(inputs, int(units), activation, init, int(seed or 0))
-
-
-@hookimpl
-def block_activations(model, images):
-    from tle_torch.probe import block_activations as run
-
-    return run(model, images)
-
-
-@hookimpl
-def distributed_plan(distributed, device):
-    from tle_torch.distributed import plan
-
-    return plan(distributed, device)
-
-
-@hookimpl
-def launch_ranks(plan, distributed, entry, args, failures):
-    from tle_torch.distributed import launch
-
-    return launch(plan, distributed, entry, args, failures)
+# The hooks tle.plugin_helpers writes: fuse through tle.head_fusion, and those that pass their arguments straight
+# on to one function, imported on the hook's first call. plugins/keras_backend/plugin.py mirrors them.
+fuse = fuse_heads("tle_torch.fusion:fuse")
+globals().update(delegate({
+    "register_models": "tle_torch.registry:model_infos", "resolve_device": "tle_torch.device:resolve",
+    "apply_init": "tle_torch.init:apply_init", "train": "tle_torch.train:fit", "evaluate": "tle_torch.train:evaluate",
+    "save_weights": "tle_torch.weights:save", "portable_weights": "tle_torch.portable:to_portable",
+    "export_onnx": "tle_torch.export:export",
+    "dense_activations": "tle_torch.probe:dense_activations", "block_activations": "tle_torch.probe:block_activations",
+    "distributed_plan": "tle_torch.distributed:plan", "launch_ranks": "tle_torch.distributed:launch",
+}))
