@@ -10,6 +10,7 @@ class, ``None`` the rest.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -18,23 +19,15 @@ from tle.errors import UserError
 Size = int | float | None
 
 
-def stratified_split(
-    labels: np.ndarray,
-    *,
-    train: Size,
-    val: Size,
-    test: Size,
-    seed: int,
-    max_per_class: int | None = None,
-    class_names: Sequence[str] | None = None,
-) -> dict[str, np.ndarray]:
+def stratified_split(labels: np.ndarray, **sizes: Any) -> dict[str, np.ndarray]:
     """Return ``{"train", "val", "test"}`` -> int64 positions into ``labels``.
 
-    ``max_per_class`` first keeps that many (seeded) samples of each class;
-    fractions apply to what is kept.
+    ``sizes`` are :func:`split_given`'s keywords (``train``, ``val``, ``test``,
+    ``seed``, ``max_per_class``, ``class_names``): this is the split of a
+    source whose only given split is everything. ``max_per_class`` first keeps
+    that many (seeded) samples of each class; fractions apply to what is kept.
     """
-    plan = (("test", test), ("val", val), ("train", train))
-    return _per_class(labels, plan, seed, max_per_class, class_names)
+    return split_given(labels, {"train": np.arange(len(labels), dtype=np.int64)}, **sizes)
 
 
 def split_given(
