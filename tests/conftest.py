@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,31 @@ def run_own_process(path, timeout=900, durations=None, env=None) -> None:
                           env={**os.environ, **(env or {}), "TLE_KERAS_INPROC": "1"})
     assert proc.returncode == 0, proc.stdout[-12000:] + proc.stderr[-4000:]
     print(proc.stdout[-3000:])
+
+
+# A module whose TensorFlow tests must not share the test process (see run_own_process) starts with
+#     pytestmark = needs("tensorflow", "keras")
+#     test_<name>_in_own_process = in_own_process(__file__, durations=5)
+# and marks those tests @child.
+IN_CHILD = os.environ.get("TLE_KERAS_INPROC") == "1"  # this process is the child pytest of such a module
+child = pytest.mark.own_process  # deselected (not skipped) in the parent; the child runs them
+
+
+def needs(*modules: str):
+    """A ``skipif`` mark for tests that need every one of ``modules`` installed."""
+    missing = [m for m in modules if find_spec(m) is None]
+    return pytest.mark.skipif(bool(missing), reason=f"{', '.join(missing)} not installed")
+
+
+def in_own_process(path, **run):
+    """The test that runs the ``child`` tests of the test file ``path`` in a child pytest (``run`` goes to
+    :func:`run_own_process`); skipped in that child."""
+
+    @pytest.mark.skipif(IN_CHILD, reason="this is the child")
+    def test_in_own_process():
+        run_own_process(path, **run)
+
+    return test_in_own_process
 
 
 def tle(*args, env=None, cwd=None, timeout=600, check_rc=None):

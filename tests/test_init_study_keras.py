@@ -8,27 +8,17 @@ starts a child pytest (``TLE_KERAS_INPROC=1``) that runs the tests marked
 
 from __future__ import annotations
 
-import os
-from importlib.util import find_spec
-
 import numpy as np
 import pytest
 
-from conftest import run_own_process
+from conftest import child, in_own_process, needs
 from tle.contracts import ResolvedWeights
 from tle.initializers import InitSpec
 from tle.spec import HeadSpec
 from tle.study.init_study import BlockAccumulator, dense_summary, study_inputs
 
-IN_CHILD = os.environ.get("TLE_KERAS_INPROC") == "1"
-pytestmark = pytest.mark.skipif(find_spec("tensorflow") is None or find_spec("tle_keras") is None,
-                                reason="tensorflow/keras or the keras backend is not installed")
-child = pytest.mark.own_process
-
-
-@pytest.mark.skipif(IN_CHILD, reason="this is the child")
-def test_keras_init_study_in_own_process():
-    run_own_process(__file__, timeout=600)
+pytestmark = needs("tensorflow", "tle_keras")
+test_keras_init_study_in_own_process = in_own_process(__file__, timeout=600)
 
 
 @pytest.fixture(scope="module")

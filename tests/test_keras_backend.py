@@ -10,28 +10,23 @@ directly with ``TLE_KERAS_INPROC=1 pytest tests/test_keras_backend.py``.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from importlib.util import find_spec
 
 import numpy as np
 import pytest
 
-IN_CHILD = os.environ.get("TLE_KERAS_INPROC") == "1"
-pytestmark = pytest.mark.skipif(find_spec("tensorflow") is None or find_spec("keras") is None,
-                                reason="tensorflow/keras not installed")
-# Deselected (not skipped) in the parent by conftest.py; the child pytest process runs them.
-child = pytest.mark.own_process
+from conftest import child, in_own_process, needs
+from tle import UserError
+from tle.contracts import ExportMetadata, ResolvedWeights
+from tle.initializers import InitSpec
+from tle.loop import History, TrainLoop
+from tle.spec import DataSpec, HeadSpec, TrainSpec
+from tle.strategy import HEAD, build_plan
+from tle_keras import plugin as P
 
-from conftest import run_own_process  # noqa: E402
-from tle import UserError  # noqa: E402
-from tle.contracts import ExportMetadata, ResolvedWeights  # noqa: E402
-from tle.initializers import InitSpec  # noqa: E402
-from tle.loop import History, TrainLoop  # noqa: E402
-from tle.spec import DataSpec, HeadSpec, TrainSpec  # noqa: E402
-from tle.strategy import HEAD, build_plan  # noqa: E402
-from tle_keras import plugin as P  # noqa: E402
+pytestmark = needs("tensorflow", "keras")
+test_keras_backend_in_own_process = in_own_process(__file__, durations=8)
 
 NONE = ResolvedWeights(kind="none")
 
@@ -57,11 +52,6 @@ def digits():
     from tle.data import load_dataset
 
     return load_dataset(DataSpec(source="digits", image_size=32), seed=0)
-
-
-@pytest.mark.skipif(IN_CHILD, reason="this is the child")
-def test_keras_backend_in_own_process():
-    run_own_process(__file__, durations=8)
 
 
 def test_plugin_import_does_not_load_tensorflow():
@@ -272,8 +262,8 @@ def test_resume_restores_optimizer_state(digits, tmp_path):
     resumed = build("vgg_small", shape=digits.input_shape, seed=3)
     stage3 = type(stage)(0, "train", stage.trainable, 3, 1e-3)
     loop, records = loop_for(stage3, start_epoch=2, resume_from=ckpt)
-    P.train(model=resumed, data=digits, stage=stage3, train=spec, loop=loop)
-    assert [r.epoch for r in records] == [2]
+    trained = P.train(model=resumed, data=digits, stage=stage3, train=spec, loop=loop)
+    assert [r.epoch for r in records] == [2] and trained.epochs == 1 and not trained.stopped_early
     assert int(resumed.optimizer.iterations) == 3 * steps  # continued from the saved counter
     # Loading alone restores everything exactly.
     again = build("vgg_small", shape=digits.input_shape, seed=4)
@@ -296,7 +286,8 @@ def test_feature_cache_matches_full_forward(digits):
         P.freeze_policy(model=knet, trainable=dict(stage.trainable), fixed_stats=stage.fixed_stats)
         loop, records = loop_for(stage)
         out = P.train(model=knet, data=digits, stage=stage, train=TrainSpec(cache_features=cache), loop=loop)
-        results[cache] = (out["cached_blocks"], records[-1].metrics["val_acc"], records[-1].metrics["train_loss"])
+        last = records[-1].metrics
+        results[cache] = (out.metrics["cached_blocks"], last["val_acc"], last["train_loss"])
     assert results[True][0] == 5 and results[False][0] == 0
     # Same start, same data order and dropout seeds; only float summation order differs.
     assert abs(results[True][1] - results[False][1]) < 0.05

@@ -16,28 +16,18 @@ Like tests/test_keras_backend.py they run in a child pytest process
 
 from __future__ import annotations
 
-import os
-from importlib.util import find_spec
-
 import numpy as np
 import pytest
 
-IN_CHILD = os.environ.get("TLE_KERAS_INPROC") == "1"
-pytestmark = pytest.mark.skipif(find_spec("tensorflow") is None or find_spec("keras") is None,
-                                reason="tensorflow/keras not installed")
-child = pytest.mark.own_process
+from conftest import child, in_own_process, needs
+from tle.contracts import ResolvedWeights
+from tle.initializers import InitSpec
+from tle.loop import History, TrainLoop
+from tle.spec import DataSpec, HeadSpec, TrainSpec
+from tle.strategy import HEAD, build_plan
 
-from conftest import run_own_process  # noqa: E402
-from tle.contracts import ResolvedWeights  # noqa: E402
-from tle.initializers import InitSpec  # noqa: E402
-from tle.loop import History, TrainLoop  # noqa: E402
-from tle.spec import DataSpec, HeadSpec, TrainSpec  # noqa: E402
-from tle.strategy import HEAD, build_plan  # noqa: E402
-
-
-@pytest.mark.skipif(IN_CHILD, reason="this is the child")
-def test_keras_reuse_in_own_process():
-    run_own_process(__file__, durations=5)
+pytestmark = needs("tensorflow", "keras")
+test_keras_reuse_in_own_process = in_own_process(__file__, durations=5)
 
 
 @pytest.fixture(scope="module")
