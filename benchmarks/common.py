@@ -60,6 +60,13 @@ def median_after_warmup(times: list[float]) -> float:
     return statistics.median(times[1:] if len(times) > 1 else times)
 
 
+def overhead_spec(backend: str, epochs: int) -> ExperimentSpec:
+    """The run both overhead benchmarks time: vgg_small from scratch on 1,500 synthetic 32 px images, batch 64, CPU."""
+    return ExperimentSpec(backend=backend, model="vgg_small", strategy="scratch",
+                          dataset={"source": "synthetic", "synthetic": {"classes": 10, "per_class": 150, "size": 32}},
+                          train={"epochs": epochs, "batch_size": 64, "seed": 0, "device": "cpu"})
+
+
 def overhead_report(framework: str, spec: ExperimentSpec, hand_written, rounds: int) -> None:
     """Best-of-rounds median epoch of tle and of ``hand_written(spec, data)``, measured interleaved
     so that a noisy neighbour on the machine hits both sides alike."""

@@ -7,9 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import build, overhead_report  # noqa: E402
-
-from tle.spec import ExperimentSpec  # noqa: E402
+from common import build, overhead_report, overhead_spec  # noqa: E402
 
 EPOCHS = 4
 ROUNDS = 3
@@ -40,10 +38,7 @@ def hand_written_epochs(spec, data) -> list[float]:
 
 
 def main() -> None:
-    spec = ExperimentSpec(backend="keras", model="vgg_small", strategy="scratch",
-                          dataset={"source": "synthetic", "synthetic": {"classes": 10, "per_class": 150, "size": 32}},
-                          train={"epochs": EPOCHS, "batch_size": 64, "seed": 0, "device": "cpu"})
-    overhead_report("Keras fit", spec, hand_written_epochs, ROUNDS)
+    overhead_report("Keras fit", overhead_spec("keras", EPOCHS), hand_written_epochs, ROUNDS)
 
 
 if __name__ == "__main__":

@@ -9,9 +9,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from common import build, overhead_report, timed  # noqa: E402
-
-from tle.spec import ExperimentSpec  # noqa: E402
+from common import build, overhead_report, overhead_spec, timed  # noqa: E402
 
 EPOCHS = 6
 ROUNDS = 6
@@ -50,10 +48,7 @@ def hand_written_epochs(spec, data) -> list[float]:
 
 def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    spec = ExperimentSpec(backend="torch", model="vgg_small", strategy="scratch",
-                          dataset={"source": "synthetic", "synthetic": {"classes": 10, "per_class": 150, "size": 32}},
-                          train={"epochs": EPOCHS, "batch_size": 64, "seed": 0, "device": "cpu"})
-    overhead_report("PyTorch loop", spec, hand_written_epochs, ROUNDS)
+    overhead_report("PyTorch loop", overhead_spec("torch", EPOCHS), hand_written_epochs, ROUNDS)
 
 
 if __name__ == "__main__":
