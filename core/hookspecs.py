@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # the annotations only: importing these here would make every
     import numpy as np
 
     from tle.contracts import (BlockCount, BackendInfo, Evaluation, ExportMetadata, Fused, FuseOptions, ImageSet,
-                               ModelInfo, ResolvedWeights)
+                               ModelInfo, ResolvedWeights, Trained)
     from tle.data import Dataset
     from tle.data.sources import Source
     from tle.distributed import DistributedPlan
@@ -160,7 +160,7 @@ def count_parameters(model: Any) -> Iterable[BlockCount]:
 
 
 @hookspec(firstresult=True)
-def train(model: Any, data: Dataset, stage: Stage, train: TrainSpec, loop: TrainLoop) -> Any:
+def train(model: Any, data: Dataset, stage: Stage, train: TrainSpec, loop: TrainLoop) -> Trained:
     """Train ``model`` for one stage of the plan.
 
     :param tle.data.Dataset data: train/val arrays (the core's split).
@@ -185,6 +185,14 @@ def train(model: Any, data: Dataset, stage: Stage, train: TrainSpec, loop: Train
     ``stage`` trains, its fixed-length phases first (wrapped in ``loop.track``)
     and its epoch phase for ``stage.epochs`` epochs; measures of the earlier
     phases (e.g. ``conv1_convergence``) go into epoch 0's metrics.
+
+    :return: a :class:`tle.contracts.Trained`: ``epochs``, how many epochs this
+        call ran (the ``epoch_end`` calls it made; 0 for a resumed stage already
+        done), ``stopped_early`` when ``loop.should_stop`` ended it before
+        ``stage.epochs``, and ``metrics``, stage-level numbers the runner logs as
+        ``stage{index}_{name}`` (blocks served from a feature cache as
+        ``cached_blocks``, the STDP phases' measures). Optimisers and other
+        state stay inside the backend.
     """
 
 

@@ -6,23 +6,15 @@ import this module and must stay fast.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from tle import UserError, hookimpl
 from tle.contracts import BackendInfo
+from tle.plugin_helpers import delegate, installed_version
 from tle_spyketorch import registry
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return None
 
 
 @hookimpl
 def backend_info():
-    torch_version = _version("torch")
+    torch_version = installed_version("torch")
     status = "ok" if torch_version else "torch is not installed"
     return BackendInfo(name="spyketorch", framework="pytorch", framework_version=torch_version or "-",
                        description="SpykeTorch's spiking networks (DoG, latency coding, STDP, R-STDP), batched",
@@ -31,32 +23,14 @@ def backend_info():
 
 
 @hookimpl
-def register_models():
-    return registry.model_infos()
-
-
-@hookimpl
-def resolve_device(device):
-    from tle_torch.device import resolve
-
-    return resolve(device)
-
-
-@hookimpl
 def load_backbone(model, num_classes, class_names, input_shape, head, weights, device, seed):
     from tle_spyketorch.models import build
+    from tle_torch.device import resolve
 
     if num_classes is not None and int(num_classes) != len(class_names):
         raise UserError(f"{num_classes} classes but {len(class_names)} class names", "pass one name per class")
     net = build(model, list(class_names), tuple(input_shape), head, weights, int(seed or 0))
-    return net.to(resolve_device(device))
-
-
-@hookimpl
-def apply_init(model, blocks, init, seed):
-    from tle_spyketorch.init import apply_init as run
-
-    return run(model, list(blocks), init, int(seed or 0))
+    return net.to(resolve(device))
 
 
 @hookimpl
@@ -80,34 +54,6 @@ def count_parameters(model):
 
 
 @hookimpl
-def train(model, data, stage, train, loop):
-    from tle_spyketorch.train import fit
-
-    return fit(model, data, stage, train, loop)
-
-
-@hookimpl
-def evaluate(model, images, labels, batch_size):
-    from tle_spyketorch.train import evaluate as run
-
-    return run(model, images, labels, batch_size)
-
-
-@hookimpl
-def save_weights(model, directory):
-    from tle_spyketorch.weights import save
-
-    return save(model, directory)
-
-
-@hookimpl
-def export_onnx(model, path, sample, metadata):
-    from tle_spyketorch.export import export
-
-    return export(model, path, metadata)
-
-
-@hookimpl
 def export_extras(model, directory):
     from pathlib import Path
 
@@ -125,3 +71,13 @@ def fuse(models, class_names, options):
     fused = run(list(models), keep=float(o.keep), ratio=float(o.ratio), class_names=[list(n) for n in class_names],
                 normalise=o.normalise)
     return Fused(fused, tuple(fused.scales))
+
+
+# The hooks tle.plugin_helpers writes: those that pass their arguments straight on to one function, imported on
+# the hook's first call.
+globals().update(delegate({
+    "register_models": "tle_spyketorch.registry:model_infos", "resolve_device": "tle_torch.device:resolve",
+    "apply_init": "tle_spyketorch.init:apply_init", "train": "tle_spyketorch.train:fit",
+    "evaluate": "tle_spyketorch.train:evaluate", "save_weights": "tle_spyketorch.weights:save",
+    "export_onnx": "tle_spyketorch.export:export(model, path, metadata)",  # no sample: it writes the graph node by node
+}))
