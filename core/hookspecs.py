@@ -256,7 +256,8 @@ def export_extras(model: Any, directory: Path) -> list[str] | None:
 
 
 @hookspec(firstresult=True)
-def fuse(models: list[Any], class_names: list[list[str]], options: FuseOptions) -> Fused | Any | None:
+def fuse(models: list[Any], class_names: list[list[str]], options: FuseOptions,
+         images: list[np.ndarray] | None) -> Fused | Any | None:
     """Merge several trained models into one (S2's knowledge fusion); used by ``tle fuse``.
 
     :param list models: native models built by :func:`load_backbone` from finished runs
@@ -274,6 +275,9 @@ def fuse(models: list[Any], class_names: list[list[str]], options: FuseOptions) 
         The core asks it only of backends that list ``fuse-concatenate`` in their
         capabilities; they may return ``None`` (then the baseline is skipped). Read it with
         ``FuseOptions.of(options)``, which also takes a dict.
+    :param images: with ``options.rank == "activity"``, each model's own training images (its
+        run's split, N x H x W x C in [0, 1]), in the models' order, to rank units by how often
+        they decide; ``None`` otherwise. A hook that does not name this argument never gets it.
     :return: the fused native model, or a :class:`tle.contracts.Fused` holding it with the
         factor it applied to each model's scores (``normalise``; the core applies the same
         factors before bagging), or ``None`` if the backend cannot fuse (the core then stops

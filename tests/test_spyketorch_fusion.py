@@ -133,6 +133,10 @@ def test_index_alignment_refuses_what_it_cannot_align():
     assert aligned_names([["0", "1"], ["2"]], "names") == [["0", "1"], ["2"]]
     with pytest.raises(UserError, match="not one of index, names"):
         aligned_names([["0"], ["1"]], "position")
+    from tle.study.fusion import run_fusion
+
+    with pytest.raises(UserError, match="--rank 'often' is not one of activity, weights"):
+        run_fusion(["run_a", "run_b"], rank="often")  # refused before any store is opened
 
 
 def test_normalise_brings_both_networks_to_the_lighter_ones_mean_synapse():
@@ -274,11 +278,12 @@ def s2_index(store):
         b = _cli_run(env, "--dataset", "digits:5-9", "--epochs", 10, "--strategy", "feature-extractor",
                      "--weights", f"runs:/{a}", seed=seed)
         pairs.append((a, b))
-        modes = (("index", "--normalise"), ("index", "--no-normalise"), ("names", "--normalise")) if seed == 0 \
-            else (("index", "--normalise"),)
-        for align, flag in modes:
-            proc = tle("--quiet", "fuse", a, b, "--align", align, flag, "--json", env=env, check_rc=0)
-            out[align, flag, seed] = json.loads(proc.stdout)
+        modes = (("index", "--normalise", "activity"), ("index", "--normalise", "weights"),
+                 ("index", "--no-normalise", "activity"), ("names", "--normalise", "activity"))
+        for align, flag, rank in modes:
+            proc = tle("--quiet", "fuse", a, b, "--align", align, flag, "--rank", rank, "--no-export", "--json",
+                       env=env, check_rc=0)
+            out[align, flag, rank] = json.loads(proc.stdout)
     return env, *pairs[0], out
 
 
@@ -287,29 +292,31 @@ def test_index_fusion_stays_near_bagging_on_both_tasks(s2_index):
     import mlflow
 
     _, a, b, out = s2_index
-    fused = out["index", "--normalise", 0]
+    fused = out["index", "--normalise", "activity"]
     acc = fused["accuracy"]
     print({k: v["accuracy"] for k, v in out.items()})
     assert fused["align"] == "index" and fused["classes"] == [f"{k}/{k + 5}" for k in range(5)]
     assert fused["tasks"] == ["digits:0-4", "digits:5-9", "union"]
     # Each net alone answers the other's images with its own indices (S2's B on digits): near chance, not 0.
     assert acc["A"][0] > 0.6 and acc["B"][1] > 0.5 and 0 < acc["A"][1] < 0.5 and 0 < acc["B"][0] < 0.5, acc
-    # S2: fusion costs 3-4 points against bagging. On 540 training images one seed's gap varies from -0.02 to 0.15
-    # (seeds 0-2, one or two threads); the mean over seeds 0-2 (0.05 / 0.06 with 2 threads, 0.07 / 0.10 with 1) is
-    # examples/s2_fusion.sh's, in the README, not re-measured here: a seed costs two minutes of CI. Issue 14 asks
-    # for 0.08 on the mean. What this seed must hold: fused within the largest gap seen, and well above chance.
+    # S2: fusion costs 3-4 points against bagging. Ranked by activity (how often a neuron decides on its net's own
+    # training images) the fused net is within 0.03 of bagging on seeds 0-2 (README); by S2's weight sum, which
+    # ties at R-STDP's bound, one seed's gap was up to 0.15, its mean over seeds 0-2 0.07 / 0.10.
+    weights = out["index", "--normalise", "weights"]
+    assert fused["ranked_by"] == "activity" and weights["ranked_by"] == "weights"
     for task in (0, 1):
-        assert acc["bagging"][task] - acc["fused"][task] < 0.16, (task, acc)
+        assert acc["bagging"][task] - acc["fused"][task] < 0.08, (task, acc)
         assert acc["fused"][task] > 0.5, acc
+        assert acc["fused"][task] >= weights["accuracy"]["fused"][task] - 0.02, (task, acc, weights["accuracy"])
     assert fused["sizes"]["fused"] == fused["sizes"]["A"]
     run = mlflow.MlflowClient().get_run(fused["run_id"])
     assert run.data.params["fusion.align"] == "index" and run.data.tags["tle.fusion.align"] == "index"
-    assert run.data.params["fusion.normalise"] == "True"
+    assert run.data.params["fusion.normalise"] == "True" and run.data.params["fusion.rank"] == "activity"
     assert run.data.metrics["fused_acc_task2"] == acc["fused"][1] and "bagging_acc_task1" in run.data.metrics
     assert min(fused["scales"]) < 1.0 and max(fused["scales"]) == 1.0
     # Without the normalisation the nets keep their own scales (factors 1); by names each image meets 10 classes.
-    assert out["index", "--no-normalise", 0]["scales"] == [1.0, 1.0]
-    names = out["names", "--normalise", 0]
+    assert out["index", "--no-normalise", "activity"]["scales"] == [1.0, 1.0]
+    names = out["names", "--normalise", "activity"]
     assert names["align"] == "names" and names["classes"] == [str(d) for d in range(10)]
     assert names["accuracy"]["A"][1] == 0.0 and names["accuracy"]["B"][0] == 0.0
 

@@ -63,14 +63,14 @@ def export_extras(model, directory):
 
 
 @hookimpl
-def fuse(models, class_names, options):
+def fuse(models, class_names, options, images):
     from tle.contracts import Fused, FuseOptions
     from tle_spyketorch.fusion import fuse as run
 
     o = FuseOptions.of(options)
     fused = run(list(models), keep=float(o.keep), ratio=float(o.ratio), class_names=[list(n) for n in class_names],
-                normalise=o.normalise)
-    return Fused(fused, tuple(fused.scales))
+                normalise=o.normalise, images=images if o.rank == "activity" else None)
+    return Fused(fused, tuple(fused.scales), fused.ranked_by)
 
 
 # The hooks tle.plugin_helpers writes: those that pass their arguments straight on to one function, imported on
