@@ -7,9 +7,11 @@
 #   conv3 neurons, one net of the same size, beside bagging (both nets vote) and each net alone, each task
 #   scored on its own labels. ALIGN=names fuses over the union of the class names instead (ten outputs
 #   here, every image against all of them: not what S2 measured). NORMALISE=--no-normalise leaves each
-#   net's potentials on its own scale (see tle fuse --help).
+#   net's potentials on its own scale (see tle fuse --help). RANK=weights ranks the neurons by S2's sum of their
+#   largest 10 % synapses instead of how often they decide on their net's training images (the default).
 # usage: examples/s2_fusion.sh [mozafari|mozafari_small]
-#   (EPOCHS=10 BATCH=32 SEEDS="0 1 2" SOURCE_A=digits:0-4 SOURCE_B=digits:5-9 ALIGN=index NORMALISE=--normalise)
+#   (EPOCHS=10 BATCH=32 SEEDS="0 1 2" SOURCE_A=digits:0-4 SOURCE_B=digits:5-9 ALIGN=index NORMALISE=--normalise
+#    RANK=activity)
 # One A, B and fusion per seed (split, initialisation and shuffles), then mean ± sd over the seeds.
 # S2 itself (digits, then letters), with MNIST and EMNIST's files in the Keras cache layout (README, "Data"):
 #   SOURCE_A=mnist SOURCE_B=emnist_letters:a-j examples/s2_fusion.sh
@@ -22,8 +24,9 @@ SOURCE_A=${SOURCE_A:-digits:0-4}
 SOURCE_B=${SOURCE_B:-digits:5-9}
 ALIGN=${ALIGN:-index}
 NORMALISE=${NORMALISE:---normalise}
+RANK=${RANK:-activity}
 SIZE=$([ "$MODEL" = mozafari_small ] && echo 16 || echo 28)
-EXP="s2-$MODEL-$ALIGN-$(date +%Y%m%d-%H%M%S)"
+EXP="s2-$MODEL-$ALIGN-$RANK-$(date +%Y%m%d-%H%M%S)"
 run() { echo "+ tle run $*" >&2; tle --quiet run --backend spyketorch --model "$MODEL" --experiment "$EXP" \
           --image-size "$SIZE" --channels 1 --epochs "$EPOCHS" --batch-size "$BATCH" "$@"; }
 run_id() { python -c 'import json,sys; print(json.loads(sys.stdin.read().splitlines()[-1])["run_id"])'; }
@@ -32,8 +35,8 @@ for SEED in $SEEDS; do
   A=$(run --dataset "$SOURCE_A" --seed "$SEED" --run-name "S2 net A seed $SEED" --json | run_id)
   B=$(run --dataset "$SOURCE_B" --seed "$SEED" --strategy feature-extractor --weights "runs:/$A" \
         --run-name "S2 net B seed $SEED" --json | run_id)
-  echo "+ tle fuse $A $B --align $ALIGN $NORMALISE" >&2
-  tle fuse "$A" "$B" --align "$ALIGN" "$NORMALISE" --keep 0.5 --ratio 0.1 --experiment "$EXP" \
+  echo "+ tle fuse $A $B --align $ALIGN $NORMALISE --rank $RANK" >&2
+  tle fuse "$A" "$B" --align "$ALIGN" "$NORMALISE" --rank "$RANK" --keep 0.5 --ratio 0.1 --experiment "$EXP" \
     --run-name "S2 fusion seed $SEED"
 done
 
