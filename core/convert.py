@@ -204,12 +204,12 @@ def convert_run(run_id: str, to: str, tracking_uri: str, on_start=None) -> dict[
     """``tle convert``: the run's model in backend ``to``, checked and stored; returns what the command prints.
     ``on_start(source_backend, model)`` is called once the request is known to be valid, before the workers start."""
     from tle.plugins import load_backend
-    from tle.stored_run import get_run
+    from tle.stored_run import BACKEND_TAG, MODEL_TAG, get_run
     from tle.worker_task import in_worker
 
     run = get_run(run_id, tracking_uri)
-    source = run.data.tags.get("backend")
-    model = run.data.tags.get("model")
+    source = run.data.tags.get(BACKEND_TAG)
+    model = run.data.tags.get(MODEL_TAG)
     if not source or not model:
         raise UserError(f"run {run_id} was not made by tle run (no backend/model tags)", "convert a tle run")
     if source == to:

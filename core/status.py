@@ -22,3 +22,4 @@ class RunStatus(str, Enum):
 
 
 ENDED = (RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED)
+ERROR_TAG = "tle.error"  # why a run (a cell, a sweep) ended FAILED or KILLED, in one line

@@ -25,6 +25,7 @@ CLASS_NAMES_ARTIFACT = "class_names.json"
 WEIGHTS_ARTIFACT = "weights"  # a folder holding the one file the backend's save_weights wrote
 EXPORT_ARTIFACT = "export"  # other exported forms (a spiking net's NIR graph)
 FINGERPRINT_PARAM = "data.fingerprint"  # of the split the run saw: resume and fusion refuse data that changed
+BACKEND_TAG, MODEL_TAG = "backend", "model"  # what --weights runs:/ of another backend and tle convert read
 SPEC_KEY = "tle.spec_key"  # tag: ExperimentSpec.key() of the spec as given (a sweep's resume matches on it)
 
 
@@ -35,7 +36,7 @@ def run_tags(spec: ExperimentSpec, backend, strategy: str, device: str | None = 
              extra: dict[str, str] | None = None) -> dict[str, str]:
     """The tags every run of a model carries (``backend``, ``model``... the UI's columns, and what
     ``--weights runs:/`` of another backend reads); ``device`` when the run trained somewhere."""
-    tags = {"backend": spec.backend, "model": spec.model, "dataset": spec.dataset.source, "strategy": strategy,
+    tags = {BACKEND_TAG: spec.backend, MODEL_TAG: spec.model, "dataset": spec.dataset.source, "strategy": strategy,
             "init": str(spec.init), "weights": spec.weights, "device": device, "framework": backend.info.framework,
             "framework_version": backend.info.framework_version, **(extra or {})}
     return {k: v for k, v in tags.items() if v is not None}

@@ -15,7 +15,7 @@ from typing import Any
 
 from tle.errors import UserError
 from tle.loop import EpochRecord
-from tle.status import RunStatus
+from tle.status import ERROR_TAG, RunStatus
 
 
 def configure(uri: str | None, experiment: str | None = None):
@@ -179,7 +179,7 @@ def tracked_run(mlflow_module, *, name: str | None, tags: dict[str, str],
 
 def _end(mlflow_module, status: str, reason: str) -> None:
     try:
-        mlflow_module.set_tag("tle.error", reason[:5000])
+        mlflow_module.set_tag(ERROR_TAG, reason[:5000])
     finally:
         mlflow_module.end_run(status)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tle.contracts import ResolvedWeights
 from tle.errors import UserError
-from tle.stored_run import CLASS_NAMES_ARTIFACT, WEIGHTS_ARTIFACT
+from tle.stored_run import BACKEND_TAG, CLASS_NAMES_ARTIFACT, MODEL_TAG, WEIGHTS_ARTIFACT
 from tle.tracking import artifact_files
 from tle.status import RunStatus
 
@@ -74,7 +74,7 @@ def _from_run(run_id: str, source: str, backend: str, workdir: Path | None, mode
     from tle.stored_run import get_run
 
     run = get_run(run_id)
-    run_backend = run.data.tags.get("backend")
+    run_backend = run.data.tags.get(BACKEND_TAG)
     target = Path(tempfile.mkdtemp(prefix="tle-weights-", dir=workdir))
     if run_backend and run_backend != backend:
         return _from_other_backend(run, source, run_backend, model, target)
@@ -101,7 +101,7 @@ def _from_other_backend(run, source: str, run_backend: str, model: str | None, t
 
     from tle.convert import portable_of_run
 
-    run_model = run.data.tags.get("model")
+    run_model = run.data.tags.get(MODEL_TAG)
     if model is not None and run_model and run_model != model:
         raise UserError(f"weights in {source} are a {run_backend} {run_model}, not a {model}",
                         f"use --model {run_model}: across frameworks weights fit the same architecture only")

@@ -42,6 +42,7 @@ def _run_onnx(ref: str, tracking_uri: str | None, dst: Path) -> Path:
     path = Path(ref)
     if path.suffix == ".onnx" or path.exists():
         return _onnx_from(ref, tracking_uri, dst)
+    from tle.stored_run import BACKEND_TAG, WEIGHTS_ARTIFACT
     from tle.tracking import artifact_files, configure
 
     mlflow = configure(tracking_uri)
@@ -53,7 +54,7 @@ def _run_onnx(ref: str, tracking_uri: str | None, dst: Path) -> Path:
     found = [f for f in artifact_files(run_id, "model", dst) or [] if f.suffix == ".onnx"]
     if found:
         return found[0]
-    if artifact_files(run_id, "weights", dst / "weights") is None:
+    if artifact_files(run_id, WEIGHTS_ARTIFACT, dst / WEIGHTS_ARTIFACT) is None:
         raise UserError(f"run {run_id} has neither an ONNX model nor weights to build one from",
                         "run it again with --export")
     if run.info.status != RunStatus.FINISHED:
@@ -62,7 +63,7 @@ def _run_onnx(ref: str, tracking_uri: str | None, dst: Path) -> Path:
     from tle.cli.app import err
     from tle.export_run import export_in_worker
 
-    backend = run.data.tags.get("backend") or run.data.params.get("backend", "")
+    backend = run.data.tags.get(BACKEND_TAG) or run.data.params.get("backend", "")
     err.print(f"run {run_id} has no ONNX model: building it from its weights in a {backend} worker", highlight=False)
     diff = export_in_worker(run_id, backend, mlflow.get_tracking_uri())
     err.print(f"exported with parity max |diff| {diff:.1e}; logged to run {run_id}", highlight=False)

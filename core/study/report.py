@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from tle.status import RunStatus
+from tle.status import ERROR_TAG, RunStatus
 
 
 def record(sweep, table) -> None:
@@ -34,7 +34,7 @@ def record(sweep, table) -> None:
             client.log_metric(sweep.parent_id, _metric_name(f"{table.metric}_mean.{name}"), group.summary.mean)
     if not sweep.ok:
         bad = len(cells) - counts["cells_finished"]
-        client.set_tag(sweep.parent_id, "tle.error", f"{bad} of {len(cells)} cells did not finish")
+        client.set_tag(sweep.parent_id, ERROR_TAG, f"{bad} of {len(cells)} cells did not finish")
     client.set_terminated(sweep.parent_id, status=RunStatus.FINISHED if sweep.ok else RunStatus.FAILED)
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tle.stored_run import SPEC_KEY
-from tle.status import RunStatus
+from tle.status import ERROR_TAG, RunStatus
 
 PARENT_TAG = "mlflow.parentRunId"
 SWEEP_KEY = "tle.sweep.key"
@@ -31,7 +31,7 @@ class CellRun:
 
     @property
     def error(self) -> str:
-        return self.tags.get("tle.error", "")
+        return self.tags.get(ERROR_TAG, "")
 
 
 def open_parent(client, experiment_id: str, name: str, key: str, tags: dict[str, str]) -> tuple[str, bool]:
@@ -41,8 +41,8 @@ def open_parent(client, experiment_id: str, name: str, key: str, tags: dict[str,
     if found:
         run_id = found[0].info.run_id
         client.update_run(run_id, status=RunStatus.RUNNING)
-        if "tle.error" in found[0].data.tags:  # how it ended last time
-            client.delete_tag(run_id, "tle.error")
+        if ERROR_TAG in found[0].data.tags:  # how it ended last time
+            client.delete_tag(run_id, ERROR_TAG)
         return run_id, True
     run = client.create_run(experiment_id, run_name=name, tags={**tags, SWEEP_KEY: key, ROLE: "sweep"})
     return run.info.run_id, False
@@ -81,7 +81,7 @@ def end_orphans(client, experiment_id: str, parent_id: str, status: str) -> int:
     running = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}' and "
                                                                  "attributes.status = 'RUNNING'", max_results=1000)
     for run in running:
-        client.set_tag(run.info.run_id, "tle.error", "interrupted: the sweep stopped its worker")
+        client.set_tag(run.info.run_id, ERROR_TAG, "interrupted: the sweep stopped its worker")
         client.set_terminated(run.info.run_id, status=status)
     return len(running)
 
@@ -94,7 +94,7 @@ def end_sweep(client, experiment_id: str, parent_id: str, exc: BaseException) ->
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     reason = "interrupted" if killed else f"{type(exc).__name__}: {first}".rstrip(": ")
     end_orphans(client, experiment_id, parent_id, status)
-    client.set_tag(parent_id, "tle.error", reason[:5000])
+    client.set_tag(parent_id, ERROR_TAG, reason[:5000])
     client.set_terminated(parent_id, status=status)
 
 
@@ -125,6 +125,6 @@ def record_failure(client, experiment_id: str, name: str, tags: dict[str, str], 
                      "weights": spec.get("weights"),
                      "dataset": dataset.get("source") if isinstance(dataset, dict) else dataset}
     run = client.create_run(experiment_id, run_name=name, tags={
-        **{k: str(v) for k, v in described.items() if v is not None}, **tags, "tle.error": error[:5000]})
+        **{k: str(v) for k, v in described.items() if v is not None}, **tags, ERROR_TAG: error[:5000]})
     client.set_terminated(run.info.run_id, status=RunStatus.FAILED)
     return run.info.run_id
