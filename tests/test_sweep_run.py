@@ -12,7 +12,7 @@ import time
 import pytest
 import yaml
 
-from conftest import ROOT, tle
+from conftest import tle
 
 pytestmark = pytest.mark.slow
 
