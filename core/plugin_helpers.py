@@ -65,10 +65,12 @@ def _delegating(hook: str, target: str, owner: str) -> Callable[..., Any]:
     call = _lazy(module, name)
     # Written as source, as namedtuple and dataclasses write theirs, so that the code object itself has the
     # arguments' names: pluggy reads them from it (through inspect.unwrap, not inspect.signature).
+    # It takes every argument of the hook, as a hook written out would, so that a direct call with the hook's
+    # arguments (tests do that) works whatever the function passes on.
     arglist = ", ".join(names)
     namespace: dict[str, Any] = {"_call": call, "__name__": owner}
-    exec(compile(f"def {hook}({arglist}):\n    return _call()({arglist})\n", f"<tle hook {hook} -> {target}>",
-                 "exec"), namespace)
+    exec(compile(f"def {hook}({', '.join(allowed)}):\n    return _call()({arglist})\n",
+                 f"<tle hook {hook} -> {target}>", "exec"), namespace)
     function = namespace[hook]
     function.__doc__ = f"``{hook}``: {module}.{name}({arglist}), imported on the first call."
     return hookspecs.hookimpl(function)

@@ -83,6 +83,7 @@ def test_delegated_hooks_declare_the_hooks_arguments_and_import_late(tmp_path, m
         assert "late_target" not in sys.modules
         assert pm.hook.train(model=1, data=2, stage=3, train=4, loop=5) == (1, 2, 3, 4, 5)
         assert pm.hook.export_onnx(model=1, path=2, sample=3, metadata=4) == (1, 2, 4)
+        assert plugin.export_onnx(model=1, path=2, sample=3, metadata=4) == (1, 2, 4)  # called as written out
         assert "late_target" in sys.modules
     finally:
         sys.modules.pop("late_target", None)
