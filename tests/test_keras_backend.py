@@ -10,6 +10,7 @@ directly with ``TLE_KERAS_INPROC=1 pytest tests/test_keras_backend.py``.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -247,33 +248,47 @@ def test_save_and_load_round_trip(digits, tmp_path):
 
 
 @child
-def test_resume_restores_optimizer_state(digits, tmp_path):
-    ckpt = tmp_path / "ckpt.npz"
-    spec = TrainSpec(epochs=2, batch_size=64)
-    knet = build("vgg_small", shape=digits.input_shape)
-    stage = build_plan("scratch", knet.block_names, epochs=2, lr=1e-3).stages[0]
-    loop, _ = loop_for(stage, checkpoint_path=ckpt)
-    P.train(model=knet, data=digits, stage=stage, train=spec, loop=loop)
+def test_resume_restores_optimizer_state_and_continues_exactly(digits, tmp_path):
+    # A dense head (dropout) and augmentation: a resumed stage must see the batches, augmented images and
+    # dropout masks of the uninterrupted one.
+    ckpt, after2 = tmp_path / "ckpt.npz", tmp_path / "after2.npz"
+    spec = TrainSpec(epochs=3, batch_size=64, augment=True)
+    head = HeadSpec(kind="dense")
+    knet = build("vgg_small", shape=digits.input_shape, head=head)
+    stage3 = build_plan("scratch", knet.block_names, epochs=3, lr=1e-3).stages[0]
     steps = -(-len(digits.y_train) // 64)
-    saved = {v.path: np.asarray(v).copy() for v in knet.optimizer.variables}
-    weights = [np.asarray(v).copy() for v in knet.net.weights]
-    assert int(knet.optimizer.iterations) == 2 * steps
+    saved = {}
 
-    resumed = build("vgg_small", shape=digits.input_shape, seed=3)
-    stage3 = type(stage)(0, "train", stage.trainable, 3, 1e-3)
-    loop, records = loop_for(stage3, start_epoch=2, resume_from=ckpt)
+    def after_epoch(record):  # the checkpoint of epoch 2 and the state it must hold
+        if record.epoch == 1:
+            shutil.copy(ckpt, after2)
+            saved["optimizer"] = [np.asarray(v).copy() for v in knet.optimizer.variables]
+            saved["weights"] = [np.asarray(v).copy() for v in knet.net.weights]
+            saved["iterations"] = int(knet.optimizer.iterations)
+
+    loop = TrainLoop(stage3, step_offset=0, history=History(), on_epoch=after_epoch, progress=None,
+                     checkpoint_path=ckpt)
+    P.train(model=knet, data=digits, stage=stage3, train=spec, loop=loop)
+    assert saved["iterations"] == 2 * steps
+
+    resumed = build("vgg_small", shape=digits.input_shape, head=head, seed=3)
+    loop, records = loop_for(stage3, start_epoch=2, resume_from=after2)
     trained = P.train(model=resumed, data=digits, stage=stage3, train=spec, loop=loop)
     assert [r.epoch for r in records] == [2] and trained.epochs == 1 and not trained.stopped_early
     assert int(resumed.optimizer.iterations) == 3 * steps  # continued from the saved counter
+    images = digits.x_test[:32]
+    np.testing.assert_allclose(P.evaluate(model=resumed, images=images, labels=None, batch_size=32).logits,
+                               P.evaluate(model=knet, images=images, labels=None, batch_size=32).logits, atol=1e-5)
     # Loading alone restores everything exactly.
-    again = build("vgg_small", shape=digits.input_shape, seed=4)
+    again = build("vgg_small", shape=digits.input_shape, head=head, seed=4)
     from tle_keras.train import load_checkpoint, make_optimizer
 
     opt = make_optimizer(spec, 1e-3)
-    assert load_checkpoint(ckpt, again, opt, again.net.trainable_variables) == 2
-    assert all(np.array_equal(a, np.asarray(v)) for a, v in zip(weights, again.net.weights))
+    assert load_checkpoint(after2, again, opt, again.net.trainable_variables) == 2
+    assert all(np.array_equal(a, np.asarray(v)) for a, v in zip(saved["weights"], again.net.weights))
     restored = [np.asarray(v) for v in opt.variables]
-    assert len(restored) == len(saved) and all(np.array_equal(a, b) for a, b in zip(saved.values(), restored))
+    assert len(restored) == len(saved["optimizer"])
+    assert all(np.array_equal(a, b) for a, b in zip(saved["optimizer"], restored))
 
 
 @child

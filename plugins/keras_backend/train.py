@@ -1,11 +1,18 @@
 """One training stage with ``model.fit`` and inference, as the core's ``TrainLoop`` expects them.
 
-``fit`` runs on a ``tf.data`` pipeline over the core's arrays (reshuffled each
-epoch with a seed from ``train.seed``), with a callback that reports to the
-core's loop: ``epoch_start`` / ``batch_end`` / ``epoch_end`` with
-``train_loss, train_acc, val_loss, val_acc``, and stops ``fit`` when the loop
-says so. The model ends in logits: losses are ``from_logits=True``. MLflow
-autologging is never enabled (the core tracks).
+``fit`` runs Keras's ``model.fit`` one epoch at a time (the traced train step is
+kept across the calls), on a ``tf.data`` pipeline over the core's arrays, with a
+callback that reports to the core's loop: ``epoch_start`` / ``batch_end`` /
+``epoch_end`` with ``train_loss, train_acc, val_loss, val_acc``, and stops when
+the loop says so. The model ends in logits: losses are ``from_logits=True``.
+MLflow autologging is never enabled (the core tracks).
+
+Determinism: each epoch's shuffle (a NumPy permutation), augmentation
+(stateless ops seeded per image) and dropout masks (the model's seed generators,
+set at the epoch's start) are drawn from a seed of ``(train.seed, stage,
+epoch)`` alone, so a resumed stage sees the very batches and masks the
+uninterrupted one did (tf.data's own reshuffle draws per iterator and restarts
+with a new pipeline).
 
 Optimisers: Keras's Adam / AdamW / SGD(momentum); ``weight_decay`` is Keras's
 decoupled decay for all three (torch's Adam and SGD add it to the gradient
@@ -48,14 +55,40 @@ def make_optimizer(spec, lr: float):
     return keras.optimizers.SGD(learning_rate=lr, momentum=spec.momentum, weight_decay=wd)
 
 
-def augment(x, y, seed: int):
-    """Random horizontal flip per image and a random shift of up to 1/8 of the side (zeros shifted in)."""
-    x = tf.image.random_flip_left_right(x, seed=seed)
+def augment(x, y, seed, index=0):
+    """Random horizontal flip and a random shift of up to 1/8 of the side (zeros shifted in) of one image, drawn
+    statelessly from ``(seed, index)``: the same image index and seed always get the same draw."""
+    seed, index = tf.cast(seed, tf.int64), tf.cast(index, tf.int64)
+    x = tf.image.stateless_random_flip_left_right(x, seed=tf.stack([seed, index]))
     h, w = x.shape[0], x.shape[1]
     pad_h, pad_w = max(1, h // 8), max(1, w // 8)
     x = tf.pad(x, [[pad_h, pad_h], [pad_w, pad_w], [0, 0]])
-    x = tf.image.random_crop(x, (h, w, x.shape[-1]), seed=seed + 1)
+    x = tf.image.stateless_random_crop(x, (h, w, x.shape[-1]), seed=tf.stack([seed + 1, index]))
     return x, y
+
+
+def epoch_seed(seed: int, stage: int, epoch: int) -> int:
+    """The seed of one epoch's shuffle, augmentation and dropout masks."""
+    return derived_seed(seed, "train", stage, "epoch", epoch)
+
+
+def epoch_batches(x, y, bs: int, seed: int, augmented: bool):
+    """One epoch's batches: the examples in the order of a permutation drawn from ``seed`` (gathered here, so
+    the pipeline runs no function of its own), augmented per image from ``seed`` and its place in the epoch
+    when asked."""
+    order = np.random.default_rng(seed).permutation(len(y))
+    ds = tf.data.Dataset.from_tensor_slices((x[order], y[order]))
+    if augmented:
+        ds = tf.data.Dataset.zip(ds, tf.data.Dataset.range(len(y)))
+        ds = ds.map(lambda xy, k: augment(*xy, seed, k), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(bs).prefetch(tf.data.AUTOTUNE)
+
+
+def reseed_dropout(variables, seed: int) -> None:
+    """Set every seed generator of the model (its dropout layers') to a state drawn from ``seed`` alone."""
+    states = [v for v in variables if v.name == "seed_generator_state"]
+    for i, state in enumerate(states):
+        state.assign(np.array([derived_seed(seed, "dropout", i), 0], dtype=state.dtype))
 
 
 def save_checkpoint(path, knet, optimizer, epoch: int, stage: int) -> None:
@@ -177,7 +210,7 @@ def _initial(variable):
 
 def fit(knet, data, stage, spec, loop) -> Trained:
     seed = derived_seed(spec.seed, "train", stage.index)
-    set_random_seed(seed)  # dropout masks and the shuffle below; keeps the traced steps instantiated
+    set_random_seed(seed)  # Python, NumPy, Keras and TF global seeds; keeps the traced steps instantiated
     # The model first: the frozen prefix cached below must be the checkpoint's.
     resumed_stage = load_model_state(loop.resume_from, knet)[0] if loop.resume_from is not None else None
     start_block = knet.frozen_prefix() if spec.cache_features and not spec.augment else 0
@@ -197,19 +230,21 @@ def fit(knet, data, stage, spec, loop) -> Trained:
 
     n, bs = len(data.y_train), int(spec.batch_size)
     steps = math.ceil(n / bs)
-    y_train = np.asarray(data.y_train, dtype=np.int64)
-    train_ds = tf.data.Dataset.from_tensor_slices((x_train, y_train)).shuffle(
-        max(n, 1), seed=seed, reshuffle_each_iteration=True)
-    if spec.augment:
-        train_ds = train_ds.map(lambda x, y: augment(x, y, seed), num_parallel_calls=tf.data.AUTOTUNE)
-    train_ds = train_ds.batch(bs).prefetch(tf.data.AUTOTUNE)
+    x_train, y_train = np.asarray(x_train), np.asarray(data.y_train, dtype=np.int64)
     val_ds = None
     if len(data.y_val):
         val_ds = tf.data.Dataset.from_tensor_slices((x_val, np.asarray(data.y_val, np.int64))).batch(bs)
     bridge = LoopBridge(loop, knet, steps, stage.index)
-    if loop.start_epoch < stage.epochs and not loop.should_stop:
-        model.fit(train_ds, validation_data=val_ds, epochs=stage.epochs, initial_epoch=loop.start_epoch,
-                  steps_per_epoch=steps, shuffle=False, verbose=0, callbacks=[bridge])
+    # One fit per epoch: Keras draws its epochs from one iterator, which cannot start at a given epoch.
+    # The traced train and test steps are kept across the calls (same model, same element spec).
+    for epoch in range(loop.start_epoch, stage.epochs):
+        if loop.should_stop:
+            break
+        drawn = epoch_seed(spec.seed, stage.index, epoch)
+        reseed_dropout(knet.net.variables, drawn)
+        model.fit(epoch_batches(x_train, y_train, bs, drawn, spec.augment), validation_data=val_ds,
+                  initial_epoch=epoch, epochs=epoch + 1, steps_per_epoch=steps, shuffle=False, verbose=0,
+                  callbacks=[bridge])
     return Trained(epochs=bridge.epochs, stopped_early=loop.start_epoch + bridge.epochs < stage.epochs,
                    metrics={"cached_blocks": float(start_block)})
 
