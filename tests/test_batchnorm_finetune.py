@@ -46,6 +46,7 @@ def loss(groups, backend) -> tuple[float, float]:
 
 def test_finetuning_keeps_the_feature_extractors_accuracy(tmp_path):
     groups = sweep(tmp_path, GRID)
+    print({k: (round(v["test_acc_mean"], 3), round(v.get("test_acc_sd", float("nan")), 3)) for k, v in groups.items()})
     for backend in ("torch", "keras"):
         drop, spread = loss(groups, backend)
         assert groups[(backend, "feature-extractor")]["test_acc_mean"] > 0.5, groups  # ten classes: chance 0.1
