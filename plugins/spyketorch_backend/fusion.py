@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from tle import UserError
@@ -51,16 +50,12 @@ def importance(head: torch.Tensor, ratio: float) -> torch.Tensor:
     return flat.topk(k, dim=1).values.sum(dim=1)
 
 
-@torch.no_grad()
-def decisions(net: SpikingNet, images, chunk: int = 256) -> torch.Tensor:
-    """Per decision neuron, how many of ``images`` (N x H x W x C in [0, 1]) it decides: its final potential is
-    the net's largest (S2's frequency of use)."""
-    x = np.ascontiguousarray(images, dtype=np.float32)
-    counts = torch.zeros(net.head.shape[0], dtype=torch.long)
-    for i in range(0, len(x), chunk):
-        best = net.final_potentials(torch.from_numpy(x[i:i + chunk]).to(net.device)).flatten(2).amax(dim=2)
-        counts += torch.bincount(best.argmax(dim=1).cpu(), minlength=len(counts))
-    return counts
+def decisions(net: SpikingNet, images) -> torch.Tensor:
+    """Per decision neuron, how many of ``images`` (N x H x W x C in [0, 1]) it decides (S2's frequency of use):
+    the ``firing_counts`` the backend's ``evaluate`` reports, where a silent image is decided by none."""
+    from tle_spyketorch.train import EVAL_CHUNK, evaluate
+
+    return torch.tensor(evaluate(net, images, None, EVAL_CHUNK).extras["firing_counts"], dtype=torch.long)
 
 
 def ranked(net: SpikingNet, ratio: float, class_names: list[str] | None = None,
