@@ -19,14 +19,14 @@ from tle.errors import UserError
 from tle.loop import History, TrainLoop
 from tle.progress import make_progress
 from tle.metrics import Report, classification_report
-from tle.outputs import ParityError, export_and_check, export_extras, log_extras, save_weights
+from tle.outputs import export_and_check, export_extras, log_extras, save_weights
 from tle.resume import CHECKPOINT_ARTIFACT, Resume
 from tle.plugins import Backend, load_backend
 from tle.spec import ExperimentSpec
 from tle.stored_run import SPEC_KEY, record_inputs, run_tags
 from tle.strategy import Plan, Stage, build_plan
 
-__all__ = ["ParityError", "RunResult", "SPEC_KEY", "check_counts", "default_run_name", "export_and_check",
+__all__ = ["RunResult", "SPEC_KEY", "check_counts", "default_run_name", "export_and_check",
            "export_extras", "log_extras", "prepare", "run_experiment"]
 
 
