@@ -99,3 +99,14 @@ def store(tmp_path_factory):
 @pytest.fixture
 def store_env(store, tmp_path):
     return {"MLFLOW_TRACKING_URI": store}
+
+
+@pytest.fixture(autouse=True)
+def keeps_the_tracking_uri():
+    """An in-process run or sweep points MLflow (a process-wide setting) at its own store: give the next test of
+    this worker the URI this one started with, whatever file xdist ran before it."""
+    mlflow = sys.modules.get("mlflow")
+    before = mlflow.get_tracking_uri() if mlflow else None
+    yield
+    if before is not None and "mlflow" in sys.modules:
+        sys.modules["mlflow"].set_tracking_uri(before)
