@@ -15,6 +15,8 @@
 # One A, B and fusion per seed (split, initialisation and shuffles), then mean ± sd over the seeds.
 # S2 itself (digits, then letters), with MNIST and EMNIST's files in the Keras cache layout (README, "Data"):
 #   SOURCE_A=mnist SOURCE_B=emnist_letters:a-j examples/s2_fusion.sh
+# Digits -> letters offline (printed letters; README, "S2 — knowledge fusion (spiking)", where S2's protocol fails):
+#   python examples/printed_letters.py /tmp/letters && SOURCE_A=digits SOURCE_B=folder:/tmp/letters examples/s2_fusion.sh
 set -euo pipefail
 MODEL=${1:-mozafari}
 EPOCHS=${EPOCHS:-10}

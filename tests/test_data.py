@@ -9,6 +9,7 @@ import sys
 import urllib.error
 import urllib.request
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -458,3 +459,14 @@ def test_builtin_emnist_offline_error_names_the_files(keras_home):
         load_dataset(spec("emnist_letters:a-j"), seed=0)
     msg = str(err.value)
     assert "emnist-letters-train-images-idx3-ubyte.gz" in msg and "biometrics.nist.gov" in msg
+
+
+def test_printed_letters_example_is_a_ten_class_folder_source(tmp_path):
+    # examples/printed_letters.py: S2's digits -> letters pair offline (README, S2). Same seed, same images.
+    script = [sys.executable, str(Path(__file__).resolve().parents[1] / "examples" / "printed_letters.py")]
+    for out in ("a", "b"):
+        subprocess.run([*script, str(tmp_path / out), "--per-class", "6"], check=True, capture_output=True)
+    ds = load_dataset(spec(f"folder:{tmp_path / 'a'}", image_size=28, channels=1, val=1, test=1), seed=0)
+    assert list(ds.class_names) == list("ABCDEFGHIJ") and per_class(ds, "train") == [4] * 10
+    first = [np.asarray(Image.open(tmp_path / d / "C" / "0003.png")) for d in ("a", "b")]
+    assert first[0].shape == (28, 28) and first[0].max() > 128 and (first[0] == first[1]).all()
