@@ -23,6 +23,7 @@ from tle.outputs import export_and_check, export_extras, log_extras, save_weight
 from tle.resume import CHECKPOINT_ARTIFACT, Resume
 from tle.plugins import Backend, load_backend
 from tle.spec import ExperimentSpec
+from tle.status import WARNING_TAG
 from tle.stored_run import SPEC_KEY, record_inputs, run_tags
 from tle.strategy import Plan, Stage, build_plan
 
@@ -243,7 +244,7 @@ def _train_and_report(state: RunState) -> RunResult | None:
 
         state.console.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
         warnings.append(message)
-        run.tags({**tags, "tle.warning": "\n".join(warnings)[:5000]})
+        run.tags({**tags, WARNING_TAG: "\n".join(warnings)[:5000]})
 
     all_counts: list[list[BlockCount]] = []
     step = 0

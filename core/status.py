@@ -23,3 +23,4 @@ class RunStatus(str, Enum):
 
 ENDED = (RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED)
 ERROR_TAG = "tle.error"  # why a run (a cell, a sweep) ended FAILED or KILLED, in one line
+WARNING_TAG = "tle.warning"  # what a FINISHED run found that the user must see, one finding per line

@@ -203,6 +203,9 @@ def test_tle_fuse_logs_a_fused_run_beside_bagging_and_the_concatenation(fused_ru
     client = mlflow.MlflowClient()
     run = client.get_run(fused["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["tle.parents"] == f"{a.run_id},{b.run_id}"
+    # B's task lost to A's larger logits (above): a warning in the answer and the run, the run still FINISHED.
+    assert [w.split(" bagging ")[0] for w in fused["warnings"]] == ["on digits:5-9"], fused["warnings"]
+    assert run.data.tags["tle.warning"] == fused["warnings"][0]
     assert run.data.metrics["concatenation_acc_union"] == acc["concatenation"][2]
     assert run.data.metrics["fused_acc_task1"] == acc["fused"][0]
     artifacts = {f.path for f in client.list_artifacts(fused["run_id"])}
@@ -251,3 +254,22 @@ def test_tle_fuse_refuses_runs_on_different_backbones(fused_runs, store, one_thr
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "backbone weights differ" in lines[0], proc.stderr
+
+
+def test_a_task_that_bagging_or_the_fused_model_loses_is_a_warning():
+    from tle.study.fusion import FusionResult, lost_tasks
+
+    def result(bagging, fused, b=0.8):  # A and B alone 0.9 and 0.8 on their own five-class tasks (chance 0.2)
+        acc = {"A": [0.9, 0.1, 0.5], "B": [0.1, b, 0.45], "bagging": bagging, "fused": fused}
+        return FusionResult("", [], ["digits", "letters", "union"], acc, {})
+
+    # S2's own loss and the digits 0-4 / 5-9 pair's: not a warning.
+    assert lost_tasks(result([0.76, 0.78, 0.77], [0.78, 0.78, 0.78]), [5, 5]) == []
+    # More than a third of A's 0.7 above chance (0.233) lost by the fused model alone: one line for digits.
+    (line,) = lost_tasks(result([0.9, 0.8, 0.85], [0.66, 0.8, 0.73]), [5, 5])
+    assert line.startswith("on digits fused 0.660 against A alone 0.900:") and "bagging" not in line
+    # One run outvoting the other on every image: both lose the digits; B's task stays.
+    (line,) = lost_tasks(result([0.1, 0.8, 0.45], [0.1, 0.79, 0.45]), [5, 5])
+    assert line.startswith("on digits bagging 0.100 and fused 0.100 against A alone 0.900")
+    # A parent at chance on its own task (B: 0.1 of ten classes) has nothing to lose.
+    assert [line[:10] for line in lost_tasks(result([0.1] * 3, [0.1] * 3, b=0.1), [5, 10])] == ["on digits "]

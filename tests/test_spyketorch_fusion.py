@@ -310,9 +310,11 @@ def test_index_fusion_stays_near_bagging_on_both_tasks(s2_index):
         assert acc["fused"][task] > 0.5, acc
         assert acc["fused"][task] >= weights["accuracy"]["fused"][task] - 0.02, (task, acc, weights["accuracy"])
     assert fused["sizes"]["fused"] == fused["sizes"]["A"]
+    assert fused["warnings"] == [], fused["warnings"]  # each net keeps its task: not a lost one (tle.study.fusion.LOST)
     run = mlflow.MlflowClient().get_run(fused["run_id"])
     assert run.data.params["fusion.align"] == "index" and run.data.tags["tle.fusion.align"] == "index"
     assert run.data.params["fusion.normalise"] == "True" and run.data.params["fusion.rank"] == "activity"
+    assert "tle.warning" not in run.data.tags
     assert run.data.metrics["fused_acc_task2"] == acc["fused"][1] and "bagging_acc_task1" in run.data.metrics
     assert min(fused["scales"]) < 1.0 and max(fused["scales"]) == 1.0
     # Without the normalisation the nets keep their own scales (factors 1); by names each image meets 10 classes.

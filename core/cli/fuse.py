@@ -6,6 +6,7 @@ import json
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from tle.cli.app import STATE, Opt, app, err, out
@@ -40,6 +41,8 @@ def fuse(
     result = run_fusion([r.removeprefix("runs:/").strip("/") for r in runs], keep=keep, ratio=ratio, align=align,
                         normalise=normalise, rank=rank, tracking_uri=tracking_uri, experiment=experiment, run_name=run_name,
                         console=err, quiet=STATE["quiet"] or json_out, export=export)
+    for line in result.warnings:  # shown even with --quiet, as a run's warnings are
+        err.print(f"[bold yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
     if json_out:
         print(json.dumps(result.as_dict()))
         return
