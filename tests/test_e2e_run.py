@@ -209,8 +209,10 @@ def test_sigint_ends_run_killed_then_resume_finishes_it(store, tmp_path, backend
     assert final.info.status == "FINISHED" and final.data.metrics["test_acc"] > 0.5
     losses = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "train_loss")}
     assert sorted(losses) == list(range(epochs))  # each epoch once, one continuous step
-    # It continued from the checkpoint: the first resumed epoch is nowhere near a fresh start.
-    assert losses[len(logged)] < 0.5 * losses[0]
+    # It continued from the checkpoint: a fresh start would repeat epoch 0 (same seed, same draws), loss and all.
+    # (Keras's third epoch measured 0.61 of its first: how far below depends on the backend's draws, not on resume;
+    # that a resumed epoch is the uninterrupted one exactly is the conformance suite's resume test.)
+    assert losses[len(logged)] < 0.8 * losses[0], losses
 
 
 def test_resume_refuses_a_finished_run(base_run, store, tmp_path):
