@@ -1,4 +1,4 @@
-"""Rich progress display shared by every long loop: epochs, batches, decoding, feature caching."""
+"""Rich progress display shared by every long loop (epochs, batches, decoding, feature caching), and warning lines."""
 
 from __future__ import annotations
 
@@ -9,6 +9,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 T = TypeVar("T")
+
+
+def print_warning(console: Console, message: str) -> None:
+    """One ``warning:`` line: a finding the user must see although the run went on (shown with --quiet too)."""
+    from rich.markup import escape
+
+    console.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def make_progress(console: Console, quiet: bool) -> Progress | None:

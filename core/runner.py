@@ -17,13 +17,13 @@ from tle.assembly import assemble, check_input
 from tle.contracts import BlockCount, Trained
 from tle.errors import UserError
 from tle.loop import History, TrainLoop
-from tle.progress import make_progress
+from tle.progress import make_progress, print_warning
 from tle.metrics import Report, classification_report
 from tle.outputs import export_and_check, export_extras, log_extras, save_weights
 from tle.resume import CHECKPOINT_ARTIFACT, Resume
 from tle.plugins import Backend, load_backend
 from tle.spec import ExperimentSpec
-from tle.status import WARNING_TAG
+from tle.status import warning_tags
 from tle.stored_run import SPEC_KEY, record_inputs, run_tags
 from tle.strategy import Plan, Stage, build_plan
 
@@ -240,11 +240,9 @@ def _train_and_report(state: RunState) -> RunResult | None:
 
     def on_warning(message: str, tags: dict[str, str]) -> None:
         # Shown even with --quiet: the run goes on, but its result is not what the user asked for.
-        from rich.markup import escape
-
-        state.console.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+        print_warning(state.console, message)
         warnings.append(message)
-        run.tags({**tags, WARNING_TAG: "\n".join(warnings)[:5000]})
+        run.tags({**tags, **warning_tags(warnings)})
 
     all_counts: list[list[BlockCount]] = []
     step = 0

@@ -24,3 +24,8 @@ class RunStatus(str, Enum):
 ENDED = (RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED)
 ERROR_TAG = "tle.error"  # why a run (a cell, a sweep) ended FAILED or KILLED, in one line
 WARNING_TAG = "tle.warning"  # what a FINISHED run found that the user must see, one finding per line
+
+
+def warning_tags(findings: list[str]) -> dict[str, str]:
+    """The tag that holds every warning of a run, one per line (within MLflow's 5,000 characters of a tag)."""
+    return {WARNING_TAG: "\n".join(findings)[:5000]}

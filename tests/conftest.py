@@ -105,8 +105,8 @@ def store_env(store, tmp_path):
 def keeps_the_tracking_uri():
     """An in-process run or sweep points MLflow (a process-wide setting) at its own store: give the next test of
     this worker the URI this one started with, whatever file xdist ran before it."""
-    mlflow = sys.modules.get("mlflow")
+    mlflow = sys.modules.get("mlflow")  # not imported yet: no store fixture ran, nothing to give back
     before = mlflow.get_tracking_uri() if mlflow else None
     yield
-    if before is not None and "mlflow" in sys.modules:
-        sys.modules["mlflow"].set_tracking_uri(before)
+    if mlflow is not None:
+        mlflow.set_tracking_uri(before)

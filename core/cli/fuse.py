@@ -6,7 +6,6 @@ import json
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from tle.cli.app import STATE, Opt, app, err, out
@@ -36,13 +35,14 @@ def fuse(
     json_out: Annotated[bool, Opt("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Fuse runs into one model of the same size (S2); log it with bagging, the concatenation and each run alone."""
+    from tle.progress import print_warning
     from tle.study.fusion import BAGGING, CONCATENATION, FUSED, run_fusion
 
     result = run_fusion([r.removeprefix("runs:/").strip("/") for r in runs], keep=keep, ratio=ratio, align=align,
                         normalise=normalise, rank=rank, tracking_uri=tracking_uri, experiment=experiment, run_name=run_name,
                         console=err, quiet=STATE["quiet"] or json_out, export=export)
-    for line in result.warnings:  # shown even with --quiet, as a run's warnings are
-        err.print(f"[bold yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    for line in result.warnings:
+        print_warning(err, line)
     if json_out:
         print(json.dumps(result.as_dict()))
         return

@@ -56,7 +56,7 @@ import yaml
 
 from tle.contracts import ExportMetadata, Fused, FuseOptions, ResolvedWeights
 from tle.errors import UserError
-from tle.status import WARNING_TAG, RunStatus
+from tle.status import RunStatus, warning_tags
 from tle.stored_run import CLASS_NAMES_ARTIFACT, FINGERPRINT_PARAM, SPEC_ARTIFACT, WEIGHTS_ARTIFACT
 
 FUSED, BAGGING, CONCATENATION = "fused", "bagging", "concatenation"
@@ -366,7 +366,7 @@ def _track(f: FusionRun) -> None:
     metrics["test_loss"] = evaluation.loss
     run.metrics(metrics)
     if result.warnings:
-        run.tags({WARNING_TAG: "\n".join(result.warnings)[:5000]})
+        run.tags(warning_tags(result.warnings))
     log_extras(run, evaluation.extras, FUSED, "evaluation_extras.json")
     run.json(result.as_dict(), "fusion_report.json")
     run.json(classes, CLASS_NAMES_ARTIFACT)
