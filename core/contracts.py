@@ -194,8 +194,10 @@ class FuseOptions:
     unit's largest incoming weights that rank it (S2: 10 %); ``concatenate``: every head unit of every
     model instead (the baseline the fused model is judged against); ``normalise``: put the models'
     scores on one scale from their weights alone (no data), so that no model outvotes the others on
-    every image only because its scores are larger (bagging applies the same factors); ``rank``: what orders a
-    model's units, ``activity`` (how often each decides on its model's own training images, which the core
+    every image only because its scores are larger (bagging applies the same factors); ``scales``: one factor
+    per model that the core measured on the runs' validation splits (``tle fuse --normalise validation``), to
+    apply to each model's scores instead (empty: none given; a backend that cannot rescale ignores it and
+    says so by returning no factors); ``rank``: what orders a model's units, ``activity`` (how often each decides on its model's own training images, which the core
     hands over; a backend that cannot count that ranks by weights and says so in :class:`Fused`) or ``weights``
     (S2's sum of the largest ``ratio`` incoming weights).
     """
@@ -205,6 +207,7 @@ class FuseOptions:
     concatenate: bool = False
     normalise: bool = True
     rank: str = "activity"
+    scales: tuple[float, ...] = ()
 
     @classmethod
     def of(cls, options: Any) -> FuseOptions:

@@ -270,7 +270,8 @@ def fuse(models: list[Any], class_names: list[list[str]], options: FuseOptions,
     :param tle.contracts.FuseOptions options: ``keep`` (fraction of each model's head units
         kept per class, default 0.5), ``ratio`` (fraction of a unit's incoming weights that
         rank it, default 0.1), ``normalise`` (put the models' scores on one scale, from their
-        weights alone). ``concatenate`` (True) asks for the full concatenation instead: every
+        weights alone), ``scales`` (or apply these factors, one per model, that the core measured on
+        the runs' validation images). ``concatenate`` (True) asks for the full concatenation instead: every
         head unit of every model in one model, the baseline the fused model is judged against.
         The core asks it only of backends that list ``fuse-concatenate`` in their
         capabilities; they may return ``None`` (then the baseline is skipped). Read it with

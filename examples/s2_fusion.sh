@@ -6,11 +6,12 @@
 #   digit 0 on a 0-4 image, digit 5 on a 5-9 image); per output the top 10 of A's and the top 10 of B's
 #   conv3 neurons, one net of the same size, beside bagging (both nets vote) and each net alone, each task
 #   scored on its own labels. ALIGN=names fuses over the union of the class names instead (ten outputs
-#   here, every image against all of them: not what S2 measured). NORMALISE=--no-normalise leaves each
-#   net's potentials on its own scale (see tle fuse --help). RANK=weights ranks the neurons by S2's sum of their
+#   here, every image against all of them: not what S2 measured). NORMALISE=weights scales each net
+#   from its synapses alone, NORMALISE=none leaves S2's raw potentials (see tle fuse --help; the default
+#   measures one factor per net on the nets' validation images). RANK=weights ranks the neurons by S2's sum of their
 #   largest 10 % synapses instead of how often they decide on their net's training images (the default).
 # usage: examples/s2_fusion.sh [mozafari|mozafari_small]
-#   (EPOCHS=10 BATCH=32 SEEDS="0 1 2" SOURCE_A=digits:0-4 SOURCE_B=digits:5-9 ALIGN=index NORMALISE=--normalise
+#   (EPOCHS=10 BATCH=32 SEEDS="0 1 2" SOURCE_A=digits:0-4 SOURCE_B=digits:5-9 ALIGN=index NORMALISE=validation
 #    RANK=activity)
 # One A, B and fusion per seed (split, initialisation and shuffles), then mean ± sd over the seeds.
 # S2 itself (digits, then letters), with MNIST and EMNIST's files in the Keras cache layout (README, "Data"):
@@ -25,10 +26,10 @@ SEEDS=${SEEDS:-0 1 2}
 SOURCE_A=${SOURCE_A:-digits:0-4}
 SOURCE_B=${SOURCE_B:-digits:5-9}
 ALIGN=${ALIGN:-index}
-NORMALISE=${NORMALISE:---normalise}
+NORMALISE=${NORMALISE:-validation}
 RANK=${RANK:-activity}
 SIZE=$([ "$MODEL" = mozafari_small ] && echo 16 || echo 28)
-EXP="s2-$MODEL-$ALIGN-$RANK-$(date +%Y%m%d-%H%M%S)"
+EXP="s2-$MODEL-$ALIGN-$NORMALISE-$RANK-$(date +%Y%m%d-%H%M%S)"
 run() { echo "+ tle run $*" >&2; tle --quiet run --backend spyketorch --model "$MODEL" --experiment "$EXP" \
           --image-size "$SIZE" --channels 1 --epochs "$EPOCHS" --batch-size "$BATCH" "$@"; }
 run_id() { python -c 'import json,sys; print(json.loads(sys.stdin.read().splitlines()[-1])["run_id"])'; }
@@ -37,13 +38,13 @@ for SEED in $SEEDS; do
   A=$(run --dataset "$SOURCE_A" --seed "$SEED" --run-name "S2 net A seed $SEED" --json | run_id)
   B=$(run --dataset "$SOURCE_B" --seed "$SEED" --strategy feature-extractor --weights "runs:/$A" \
         --run-name "S2 net B seed $SEED" --json | run_id)
-  echo "+ tle fuse $A $B --align $ALIGN $NORMALISE --rank $RANK" >&2
-  tle fuse "$A" "$B" --align "$ALIGN" "$NORMALISE" --rank "$RANK" --keep 0.5 --ratio 0.1 --experiment "$EXP" \
+  echo "+ tle fuse $A $B --align $ALIGN --normalise $NORMALISE --rank $RANK" >&2
+  tle fuse "$A" "$B" --align "$ALIGN" --normalise "$NORMALISE" --rank "$RANK" --keep 0.5 --ratio 0.1 --experiment "$EXP" \
     --run-name "S2 fusion seed $SEED"
 done
 
 # The fusion runs of this experiment, read back from the store: test accuracy, mean ± sd over the seeds.
-EXP="$EXP" TASKS="$SOURCE_A,$SOURCE_B" ALIGN="$ALIGN" python - <<'PY'
+EXP="$EXP" TASKS="$SOURCE_A,$SOURCE_B" ALIGN="$ALIGN" NORMALISE="$NORMALISE" python - <<'PY'
 import os
 
 import mlflow
@@ -56,7 +57,7 @@ runs = [r for r in client.search_runs([exp.experiment_id]) if "tle.parents" in r
 a, b = os.environ["TASKS"].split(",")
 align = os.environ["ALIGN"]
 both = "both (each on its own labels)" if align == "index" else "union"
-print(f"\n**S2 offline, --align {align}: test accuracy, mean ± sd over {len(runs)} seeds**\n")
+print(f"\n**S2 offline, --align {align} --normalise {os.environ['NORMALISE']}: test accuracy, mean ± sd over {len(runs)} seeds**\n")
 for r in sorted(runs, key=lambda r: r.data.tags.get("mlflow.runName", "")):
     m = r.data.metrics
     print(f"- {r.data.tags.get('mlflow.runName')}: " + ", ".join(

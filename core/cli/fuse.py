@@ -23,10 +23,11 @@ def fuse(
     align: Annotated[str, Opt(help="index: S2's protocol, class k of every run shares output k and each task is "
                                    "scored on its own labels (the runs need as many classes); names: the union "
                                    "of the class names, every image against all of them")] = "index",
-    normalise: Annotated[bool, Opt("--normalise/--no-normalise",
-                                   help="put the runs' scores on one scale from their weights (no data) before "
-                                        "fusing and bagging: spyketorch scales each net's conv3 synapses to the "
-                                        "lightest net's mean; torch and keras apply no factor")] = True,
+    normalise: Annotated[str, Opt(help="how the runs' scores are put on one scale before fusing and bagging: "
+                                       "validation: one factor per run measured on the runs' validation images "
+                                       "(the worst-served task keeps most of what its run knows); weights: from "
+                                       "the weights alone (spyketorch: each net's mean conv3 synapse); none: S2's "
+                                       "raw scores. torch and keras apply no factor")] = "validation",
     tracking_uri: Annotated[Optional[str], Opt(help="MLflow tracking URI")] = None,
     experiment: Annotated[Optional[str], Opt(help="MLflow experiment of the new run (default: the first run's)")] = None,
     run_name: Annotated[Optional[str], Opt(help="MLflow run name")] = None,
@@ -48,7 +49,7 @@ def fuse(
         return
     scaled = ", scales " + " ".join(f"{s:.4g}" for s in result.scales) if any(s != 1 for s in result.scales) else ""
     table = Table(title=f"fusion run {result.run_id} (--align {align}, ranked by {result.ranked_by}, keep {keep:g}, "
-                        f"ratio {ratio:g}{scaled}): "
+                        f"ratio {ratio:g}, --normalise {result.normalise}{scaled}): "
                         "test accuracy")
     table.add_column("model")
     for task in result.tasks:

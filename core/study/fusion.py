@@ -33,10 +33,14 @@ ranked by the weight sum that predicted it; spyketorch counts it, torch and
 keras rank by weights and say so); ``weights`` is S2's sum of a unit's largest
 ``ratio`` incoming weights.
 
-With ``normalise`` the backend puts the parents' scores on one scale from
-their weights alone (a spiking net's potentials grow with its synapses' mass,
-so the net with the heavier synapses answers every image), and bagging applies
-the same factors. The result is a new MLflow run tagged with its parents and
+``normalise``: how the parents' scores are put on one scale (a spiking net's
+potentials grow with its synapses' mass, and with shared features the margin
+between two nets is about 1 % of their potentials, so a net a few percent
+heavier answers every image). ``validation`` (the default): one factor per
+parent measured on the parents' validation splits (:mod:`tle.study.calibration`);
+``weights``: the backend's factor from the weights alone (spyketorch: the mean
+synapse); ``none``: S2's raw scores. Bagging applies the factors the fused
+model applied. The result is a new MLflow run tagged with its parents and
 its alignment: metrics per model and task, the fused model's weights (usable
 as ``--weights runs:/ID``), its ONNX model after the parity check, and the
 backend's extra exports. A task that bagging or the fused model loses against
@@ -61,6 +65,7 @@ from tle.stored_run import CLASS_NAMES_ARTIFACT, FINGERPRINT_PARAM, SPEC_ARTIFAC
 
 FUSED, BAGGING, CONCATENATION = "fused", "bagging", "concatenation"
 ALIGNS = ("index", "names")
+NORMALISE = ("validation", "weights", "none")
 RANKS = ("activity", "weights")
 # Bagging or the fused model losing more than this share of what a task's own run knows above chance is a warning.
 # S2's fused net lost a twelfth and a fifth (A 94 -> 87 %, B 90 -> 75 %), bagging of the digits 0-4 / 5-9 pair a
@@ -91,12 +96,15 @@ class FusionResult:
     parents: list[str] = field(default_factory=list)
     align: str = "index"
     scales: list[float] = field(default_factory=list)  # the factor each parent's scores were put on one scale by
+    normalise: str = "validation"
+    calibration: dict = field(default_factory=dict)  # --normalise validation: what the factors were chosen on
     ranked_by: str = "weights"  # what ordered the units the fused model kept (the backend's word)
     warnings: list[str] = field(default_factory=list)  # see lost_tasks
 
     def as_dict(self) -> dict:
         return {"run_id": self.run_id, "parents": self.parents, "align": self.align, "classes": self.classes,
                 "tasks": self.tasks, "accuracy": self.accuracy, "sizes": self.sizes, "scales": self.scales,
+                "normalise": self.normalise, "calibration": self.calibration,
                 "ranked_by": self.ranked_by, "onnx_max_abs_diff": self.onnx_max_abs_diff, "warnings": self.warnings}
 
 
@@ -112,7 +120,7 @@ def lost_tasks(result: FusionResult, class_counts: list[int]) -> list[str]:
             figures = " and ".join(f"{k} {result.accuracy[k][i]:.3f}" for k in lost)
             lines.append(f"on {result.tasks[i]} {figures} against {parent_label(i)} alone {own:.3f}: on "
                          f"{parent_label(i)}'s own images another run answers with larger scores (the runs' scores "
-                         "are not on one scale; README, S2)")
+                         "are not on one scale, or no factor per run tells their images apart; README, S2)")
     return lines
 
 
@@ -197,11 +205,11 @@ def _load_parent(mlflow, run_id: str, backend_name: str | None, workdir: Path):
 
 
 def run_fusion(run_ids: list[str], *, keep: float = 0.5, ratio: float = 0.1, align: str = "index",
-               normalise: bool = True, rank: str = "activity", tracking_uri: str | None = None,
+               normalise: str = "validation", rank: str = "activity", tracking_uri: str | None = None,
                experiment: str | None = None, run_name: str | None = None, console=None, quiet: bool = False,
                export: bool | None = None) -> FusionResult:
     """``align``: ``index`` (S2: class k of every run shares output k) or ``names`` (the union of the class
-    names); ``normalise``: the backend puts the runs' scores on one scale; ``rank``: ``activity`` (the backend
+    names); ``normalise``: ``validation``, ``weights`` or ``none`` (see the module); ``rank``: ``activity`` (the backend
     gets each run's own training images to count how often each unit decides) or ``weights`` (S2's sum);
     ``export``: ONNX-export the fused model (None: as the first run did). Every refusal comes before a run is
     created."""
@@ -220,6 +228,10 @@ def run_fusion(run_ids: list[str], *, keep: float = 0.5, ratio: float = 0.1, ali
     if rank not in RANKS:
         raise UserError(f"--rank {rank!r} is not one of {', '.join(RANKS)}",
                         "--rank activity (how often a unit decides on its run's training images) or weights (S2)")
+    if normalise not in NORMALISE:
+        raise UserError(f"--normalise {normalise!r} is not one of {', '.join(NORMALISE)}",
+                        "--normalise validation (factors measured on the runs' validation images), weights (from "
+                        "the weights alone) or none (S2's raw scores)")
     mlflow = configure(tracking_uri)
     workdir = Path(tempfile.mkdtemp(prefix="tle-fuse-"))
     try:
@@ -248,7 +260,9 @@ def run_fusion(run_ids: list[str], *, keep: float = 0.5, ratio: float = 0.1, ali
         for parent, names in zip(parents, aligned_names([p.class_names for p in parents], align)):
             parent.names = names
         hook = backend.hook
-        options = FuseOptions(keep=keep, ratio=ratio, normalise=normalise, rank=rank)
+        calibration = _calibrate(hook, parents) if normalise == "validation" else None
+        options = FuseOptions(keep=keep, ratio=ratio, normalise=normalise == "weights", rank=rank,
+                              scales=tuple(calibration.factors) if calibration else ())
         models, names = [p.model for p in parents], [p.names for p in parents]
         images = [p.data.x_train for p in parents] if rank == "activity" else None
         fused, scales, ranked_by = _unwrap(hook.fuse(models=models, class_names=names, options=options,
@@ -259,11 +273,16 @@ def run_fusion(run_ids: list[str], *, keep: float = 0.5, ratio: float = 0.1, ali
         concatenated = None
         if "fuse-concatenate" in backend.info.capabilities:
             concatenated = _unwrap(hook.fuse(models=models, class_names=names, images=None,
-                                             options=FuseOptions(keep, ratio, True, normalise, "weights")),
+                                             options=FuseOptions(keep, ratio, True, options.normalise,
+                                                                 "weights", options.scales)),
                                    len(parents))[0]
         classes = ordered_union(names)
         result = _score(hook, parents, fused, classes, concatenated, scales)
         result.parents, result.align, result.scales, result.ranked_by = list(run_ids), align, scales, ranked_by
+        result.normalise = normalise
+        if calibration is not None:
+            result.calibration = {"factors": calibration.factors, "val_shares": calibration.shares,
+                                  "val_bagging_acc": calibration.bagging}
         result.warnings = lost_tasks(result, [len(p.names) for p in parents])
         first = parents[0].spec
         mlflow_experiment = experiment or first.tracking.experiment
@@ -281,6 +300,16 @@ def run_fusion(run_ids: list[str], *, keep: float = 0.5, ratio: float = 0.1, ali
         return result
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _calibrate(hook, parents: list[Parent]):
+    """The factors :mod:`tle.study.calibration` measures on every parent's validation images."""
+    from tle.study.calibration import calibrate
+
+    logits = [[hook.evaluate(model=p.model, images=q.data.x_val, labels=None, batch_size=p.spec.train.batch_size).logits
+               for q in parents] for p in parents]
+    truths = [[p.names[int(y)] for y in p.data.y_val] for p in parents]
+    return calibrate(logits, [p.names for p in parents], ordered_union([p.names for p in parents]), truths)
 
 
 def _unwrap(answer, parents: int) -> tuple[object, list[float], str]:
@@ -349,7 +378,7 @@ def _track(f: FusionRun) -> None:
     first = parents[0].spec
     run.params({"fusion.keep": f.options.keep, "fusion.ratio": f.options.ratio,
                 "fusion.parents": ",".join(result.parents), "fusion.align": result.align,
-                "fusion.normalise": f.options.normalise, "fusion.rank": result.ranked_by,
+                "fusion.normalise": result.normalise, "fusion.rank": result.ranked_by,
                 "fusion.classes": len(classes),
                 **{f"fusion.task{i + 1}": t for i, t in enumerate(result.tasks[:-1])},
                 **{f"fusion.scale.{parent_label(i)}": f"{s:.6g}" for i, s in enumerate(result.scales)}})
@@ -362,6 +391,8 @@ def _track(f: FusionRun) -> None:
     union_x = np.concatenate([p.data.x_test for p in parents])
     union_y = np.asarray([classes.index(p.names[int(y)]) for p in parents for y in p.data.y_test])
     evaluation = hook.evaluate(model=fused, images=union_x, labels=union_y, batch_size=first.train.batch_size)
+    for i, value in enumerate(result.calibration.get("val_bagging_acc", [])):
+        metrics[f"bagging_val_acc_task{i + 1}"] = value
     metrics["test_acc"] = result.accuracy[FUSED][-1]
     metrics["test_loss"] = evaluation.loss
     run.metrics(metrics)

@@ -30,7 +30,12 @@ every image with larger potentials (the mass of a net's synapses follows how
 its R-STDP went, not what the image is). Each network's synapses are scaled so
 that its mean conv3 synapse is the lightest network's: one positive factor per
 network, from its weights alone, so each network's own decisions stay exactly
-as they were and the synapses stay within [0, 1].
+as they were and the synapses stay within [0, 1]. That factor is right when the
+two tasks' images look alike (digits 0-4 / 5-9: within 0.01 of the best one)
+and 9-10 % off when they do not (digits -> printed letters), where the margin
+between the nets' best potentials is about 1 %: it then hands every image to
+one net. ``tle fuse --normalise validation`` (the default) measures the factors
+on the runs' validation images instead and passes them on (``given``).
 """
 
 from __future__ import annotations
@@ -86,10 +91,20 @@ def scales(models: list) -> list[float]:
     return [min(means) / mean for mean in means]
 
 
+def bounded(factors: list[float]) -> list[float]:
+    """``factors`` over their largest: the same comparisons between networks (a common factor changes no
+    decision), and no synapse above 1."""
+    top = max(float(f) for f in factors)
+    if not top > 0 or not all(float(f) > 0 for f in factors):
+        raise ValueError(f"factors must be positive, got {factors}")
+    return [float(f) / top for f in factors]
+
+
 def fuse(models: list, keep: float = 0.5, ratio: float = 0.1, class_names: list[list[str]] | None = None,
-         normalise: bool = False, images: list | None = None) -> SpikingNet:
+         normalise: bool = False, images: list | None = None, given: list[float] | None = None) -> SpikingNet:
     """``class_names``: each network's classes as the fusion names them (default their own); ``normalise``: scale
-    each network's synapses by :func:`scales` (the fused net's ``scales`` records the factors); ``images``: each
+    each network's synapses by :func:`scales` (the fused net's ``scales`` records the factors); ``given``: these
+    factors instead (the core's, measured on validation images; see :func:`bounded`); ``images``: each
     network's own training images, to rank its neurons by activity (None: by their synapses, S2's measure)."""
     names = [[str(c) for c in n] for n in class_names] if class_names is not None else [m.class_names for m in models]
     if len(names) != len(models) or any(len(n) != m.num_classes for n, m in zip(names, models)):
@@ -113,7 +128,9 @@ def fuse(models: list, keep: float = 0.5, ratio: float = 0.1, class_names: list[
     rankings = [ranked(m, ratio, n, a) for m, n, a in zip(models, names, activity)]
     shares = [max(1, round(keep * m.per_class)) for m in models]
     wanted = max(sum(s for n, s in zip(names, shares) if c in n) for c in classes)
-    factors = scales(models) if normalise else [1.0] * len(models)
+    factors = bounded(given) if given else scales(models) if normalise else [1.0] * len(models)
+    if len(factors) != len(models):
+        raise ValueError("fuse needs one factor per network")
     rows: list[tuple[int, int]] = []  # (network, neuron) per fused neuron
     for c in classes:
         owners = [i for i, n in enumerate(names) if c in n]

@@ -69,7 +69,8 @@ def fuse(models, class_names, options, images):
 
     o = FuseOptions.of(options)
     fused = run(list(models), keep=float(o.keep), ratio=float(o.ratio), class_names=[list(n) for n in class_names],
-                normalise=o.normalise, images=images if o.rank == "activity" else None)
+                normalise=o.normalise, images=images if o.rank == "activity" else None,
+                given=list(o.scales) or None)
     return Fused(fused, tuple(fused.scales), fused.ranked_by)
 
 
