@@ -138,6 +138,8 @@ def test_index_alignment_refuses_what_it_cannot_align():
 
     with pytest.raises(UserError, match="--rank 'often' is not one of activity, weights"):
         run_fusion(["run_a", "run_b"], rank="often")  # refused before any store is opened
+    with pytest.raises(UserError, match="--normalise 'mean' is not one of validation, weights, none"):
+        run_fusion(["run_a", "run_b"], normalise="mean")
 
 
 def test_normalise_brings_both_networks_to_the_lighter_ones_mean_synapse():
@@ -150,7 +152,7 @@ def test_normalise_brings_both_networks_to_the_lighter_ones_mean_synapse():
     b = sibling(a, ["a", "b", "c"], seed=2)
     b.head.data.mul_(0.9)  # B's synapses lighter on the whole
     answer = plugin.fuse(models=[a, b], class_names=aligned_names([a.class_names, b.class_names], "index"),
-                         images=None, options={})  # normalise is the default
+                         images=None, options={})  # the hook's default: from the weights
     fused = answer.model
     expected = float(b.head.detach().double().mean()) / float(a.head.detach().double().mean())
     assert answer.scales == pytest.approx((expected, 1.0)) and expected < 0.95
@@ -169,6 +171,13 @@ def test_normalise_brings_both_networks_to_the_lighter_ones_mean_synapse():
     off = plugin.fuse(models=[a, b], class_names=[a.class_names, b.class_names], images=None,
                       options={"normalise": False})
     assert off.scales == (1.0, 1.0)
+    # Factors the core measured (tle fuse --normalise validation) replace the weights' ones, over their largest
+    # so that no synapse exceeds 1: the same comparisons between the nets.
+    given = plugin.fuse(models=[a, b], class_names=[a.class_names, b.class_names], images=None,
+                        options={"scales": (1.0, 1.25)})
+    assert given.scales == pytest.approx((0.8, 1.0))
+    for row, (parent, neuron) in enumerate(given.model.provenance):
+        assert torch.allclose(given.model.head[row], (a, b)[parent].head[neuron] * given.scales[parent])
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -279,12 +288,12 @@ def s2_index(store):
         b = _cli_run(env, "--dataset", "digits:5-9", "--epochs", 10, "--strategy", "feature-extractor",
                      "--weights", f"runs:/{a}", seed=seed)
         pairs.append((a, b))
-        modes = (("index", "--normalise", "activity"), ("index", "--normalise", "weights"),
-                 ("index", "--no-normalise", "activity"), ("names", "--normalise", "activity"))
-        for align, flag, rank in modes:
-            proc = tle("--quiet", "fuse", a, b, "--align", align, flag, "--rank", rank, "--no-export", "--json",
-                       env=env, check_rc=0)
-            out[align, flag, rank] = json.loads(proc.stdout)
+        modes = (("index", "validation", "activity"), ("index", "validation", "weights"),
+                 ("index", "none", "activity"), ("names", "validation", "activity"))
+        for align, normalise, rank in modes:
+            proc = tle("--quiet", "fuse", a, b, "--align", align, "--normalise", normalise, "--rank", rank,
+                       "--no-export", "--json", env=env, check_rc=0)
+            out[align, normalise, rank] = json.loads(proc.stdout)
     return env, *pairs[0], out
 
 
@@ -293,7 +302,7 @@ def test_index_fusion_stays_near_bagging_on_both_tasks(s2_index):
     import mlflow
 
     _, a, b, out = s2_index
-    fused = out["index", "--normalise", "activity"]
+    fused = out["index", "validation", "activity"]
     acc = fused["accuracy"]
     print({k: v["accuracy"] for k, v in out.items()})
     assert fused["align"] == "index" and fused["classes"] == [f"{k}/{k + 5}" for k in range(5)]
@@ -303,7 +312,7 @@ def test_index_fusion_stays_near_bagging_on_both_tasks(s2_index):
     # S2: fusion costs 3-4 points against bagging. Ranked by activity (how often a neuron decides on its net's own
     # training images) the fused net is within 0.03 of bagging on seeds 0-2 (README); by S2's weight sum, which
     # ties at R-STDP's bound, one seed's gap was up to 0.15, its mean over seeds 0-2 0.07 / 0.10.
-    weights = out["index", "--normalise", "weights"]
+    weights = out["index", "validation", "weights"]
     assert fused["ranked_by"] == "activity" and weights["ranked_by"] == "weights"
     for task in (0, 1):
         assert acc["bagging"][task] - acc["fused"][task] < 0.08, (task, acc)
@@ -313,13 +322,16 @@ def test_index_fusion_stays_near_bagging_on_both_tasks(s2_index):
     assert fused["warnings"] == [], fused["warnings"]  # each net keeps its task: not a lost one (tle.study.fusion.LOST)
     run = mlflow.MlflowClient().get_run(fused["run_id"])
     assert run.data.params["fusion.align"] == "index" and run.data.tags["tle.fusion.align"] == "index"
-    assert run.data.params["fusion.normalise"] == "True" and run.data.params["fusion.rank"] == "activity"
+    assert run.data.params["fusion.normalise"] == "validation" and run.data.params["fusion.rank"] == "activity"
     assert "tle.warning" not in run.data.tags
     assert run.data.metrics["fused_acc_task2"] == acc["fused"][1] and "bagging_acc_task1" in run.data.metrics
-    assert min(fused["scales"]) < 1.0 and max(fused["scales"]) == 1.0
-    # Without the normalisation the nets keep their own scales (factors 1); by names each image meets 10 classes.
-    assert out["index", "--no-normalise", "activity"]["scales"] == [1.0, 1.0]
-    names = out["names", "--normalise", "activity"]
+    # The factors were measured on the validation splits: bagging there keeps most of each net's task.
+    assert max(fused["scales"]) == 1.0 and len(fused["calibration"]["factors"]) == 2
+    assert min(fused["calibration"]["val_shares"]) > 0.5, fused["calibration"]
+    assert run.data.metrics["bagging_val_acc_task2"] == fused["calibration"]["val_bagging_acc"][1]
+    # S2's raw potentials: the nets keep their own scales (factors 1); by names each image meets 10 classes.
+    assert out["index", "none", "activity"]["scales"] == [1.0, 1.0]
+    names = out["names", "validation", "activity"]
     assert names["align"] == "names" and names["classes"] == [str(d) for d in range(10)]
     assert names["accuracy"]["A"][1] == 0.0 and names["accuracy"]["B"][0] == 0.0
 

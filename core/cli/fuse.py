@@ -47,9 +47,10 @@ def fuse(
     if json_out:
         print(json.dumps(result.as_dict()))
         return
+    unapplied = " (not applied by this backend)" if result.calibration.get("applied") is False else ""
     scaled = ", scales " + " ".join(f"{s:.4g}" for s in result.scales) if any(s != 1 for s in result.scales) else ""
     table = Table(title=f"fusion run {result.run_id} (--align {align}, ranked by {result.ranked_by}, keep {keep:g}, "
-                        f"ratio {ratio:g}, --normalise {result.normalise}{scaled}): "
+                        f"ratio {ratio:g}, --normalise {result.normalise}{unapplied}{scaled}): "
                         "test accuracy")
     table.add_column("model")
     for task in result.tasks:

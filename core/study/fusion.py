@@ -281,8 +281,12 @@ def run_fusion(run_ids: list[str], *, keep: float = 0.5, ratio: float = 0.1, ali
         result.parents, result.align, result.scales, result.ranked_by = list(run_ids), align, scales, ranked_by
         result.normalise = normalise
         if calibration is not None:
+            # A backend that cannot rescale its fused model (torch, keras) returns no factors: then bagging used
+            # none either, and the measured ones are only reported.
+            ratio_given = [f / calibration.factors[0] for f in calibration.factors]
+            applied = bool(np.allclose([f / scales[0] for f in scales], ratio_given, rtol=1e-6))
             result.calibration = {"factors": calibration.factors, "val_shares": calibration.shares,
-                                  "val_bagging_acc": calibration.bagging}
+                                  "val_bagging_acc": calibration.bagging, "applied": applied}
         result.warnings = lost_tasks(result, [len(p.names) for p in parents])
         first = parents[0].spec
         mlflow_experiment = experiment or first.tracking.experiment
@@ -391,7 +395,8 @@ def _track(f: FusionRun) -> None:
     union_x = np.concatenate([p.data.x_test for p in parents])
     union_y = np.asarray([classes.index(p.names[int(y)]) for p in parents for y in p.data.y_test])
     evaluation = hook.evaluate(model=fused, images=union_x, labels=union_y, batch_size=first.train.batch_size)
-    for i, value in enumerate(result.calibration.get("val_bagging_acc", [])):
+    for i, value in enumerate(result.calibration.get("val_bagging_acc", []) if result.calibration.get("applied")
+                              else []):
         metrics[f"bagging_val_acc_task{i + 1}"] = value
     metrics["test_acc"] = result.accuracy[FUSED][-1]
     metrics["test_loss"] = evaluation.loss
