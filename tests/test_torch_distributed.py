@@ -29,7 +29,8 @@ ARGS = ["run", "--backend", "torch", "--model", "vgg_small", "--dataset", "digit
         "--head", "linear", "--set", "dataset.train=50", "--set", "dataset.val=10", "--set", "dataset.test=10",
         "--batch-size", "16", "--epochs", "2", "--seed", "3", "--optimizer", "sgd", "--lr", "0.001", "--init", "he_normal",
         "--quiet"]
-WEIGHT_TOLERANCE = 1e-4  # measured: 6.4e-6 after 64 steps (printed by test_two_ranks_equal_one_process)
+WEIGHT_TOLERANCE = 1e-4  # measured: 6.4e-6 after 64 steps once; now as far as float noise carries (see the test)
+NOISE_FACTOR = 3
 
 
 def _runs(experiment: str):
@@ -77,7 +78,15 @@ def test_two_ranks_one_finished_run(ddp):
 
 def test_two_ranks_equal_one_process(ddp, store, tmp_path):
     """Same global batch, same seed: one process sees the union of the two ranks' shares at every step, so the
-    weights agree up to the order of float reductions (DDP's all-reduce averages two half-batch gradients)."""
+    weights agree up to the order of float reductions (DDP's all-reduce averages two half-batch gradients).
+
+    How far the order of float reductions carries is measured in the same test: the same run in one process
+    with 2 intra-op threads instead of 1. Once 6.4e-6 after the 64 steps, it measured 9.5e-4 on 2026-12-01 with
+    the packages of that day (and DDP 1.0e-3): these steps amplify float noise, so a fixed tolerance is either
+    blind or flaky. A defect in the sharding or the gradient averaging moves the weights by the size of the
+    training's own steps, an order of magnitude above that noise."""
+    import torch
+
     from tle.runner import run_experiment
     from tle.spec import build_spec
 
@@ -87,13 +96,23 @@ def test_two_ranks_equal_one_process(ddp, store, tmp_path):
                  "init": "he_normal",
                  "tracking.experiment": "ddp-reference", "export.onnx": False}
     single = run_experiment(build_spec({}, overrides), quiet=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if threads > 1 else 2)
+    try:
+        noisy = run_experiment(build_spec({}, overrides), quiet=True)
+    finally:
+        torch.set_num_threads(threads)
     a, b = _weights(single.run_id, tmp_path / "one"), _weights(ddp["run_id"], tmp_path / "two")
+    c = _weights(noisy.run_id, tmp_path / "threads")
     assert a.keys() == b.keys()
     delta = max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
-    print(f"max |delta weight| 1 process vs 2 ranks: {delta:.2e}")
-    assert delta < WEIGHT_TOLERANCE
+    noise = max(float((a[k].double() - c[k].double()).abs().max()) for k in a)
+    print(f"max |delta weight| 1 process vs 2 ranks: {delta:.2e}; 1 vs 2 threads in one process: {noise:.2e}")
+    assert delta < max(WEIGHT_TOLERANCE, NOISE_FACTOR * noise), (delta, noise)
     assert 0 < delta or np.isclose(single.test.accuracy, ddp["test_acc"])
-    assert abs(single.history.records[-1].metrics["train_loss"] - ddp_metric(ddp, "train_loss")) < 1e-4
+    loss = single.history.records[-1].metrics["train_loss"]
+    loss_noise = abs(loss - noisy.history.records[-1].metrics["train_loss"])
+    assert abs(loss - ddp_metric(ddp, "train_loss")) < max(1e-4, NOISE_FACTOR * loss_noise)
 
 
 def ddp_metric(ddp, name):
