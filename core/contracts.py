@@ -197,9 +197,10 @@ class FuseOptions:
     every image only because its scores are larger (bagging applies the same factors); ``scales``: one factor
     per model that the core measured on the runs' validation splits (``tle fuse --normalise validation``), to
     apply to each model's scores instead (empty: none given; a backend that cannot rescale ignores it and
-    says so by returning no factors); ``rank``: what orders a model's units, ``activity`` (how often each decides on its model's own training images, which the core
-    hands over; a backend that cannot count that ranks by weights and says so in :class:`Fused`) or ``weights``
-    (S2's sum of the largest ``ratio`` incoming weights).
+    says so by returning no factors); ``rank``: what orders a model's units, ``activity`` (how often each
+    decides on its model's own training images, which the core hands over; a backend that cannot count that
+    ranks by weights and says so in :class:`Fused`) or ``weights`` (S2's sum of the largest ``ratio`` incoming
+    weights).
     """
 
     keep: float = 0.5

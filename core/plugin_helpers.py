@@ -79,8 +79,9 @@ def _delegating(hook: str, target: str, owner: str) -> Callable[..., Any]:
 def fuse_heads(target: str) -> Callable[..., Any]:
     """The ``fuse`` hook of a backend whose fusion merges classifier heads with :mod:`tle.head_fusion` (torch,
     keras): ``"module:function"``, called as ``function(models, class_names, keep=, ratio=, concatenate=)`` with
-    :class:`tle.contracts.FuseOptions`' values. ``normalise`` and ``scales`` are not passed on: no data-free rescaling of CNN
-    logits helped, and the fused head is not rescaled (it returns no factors, so bagging uses none either)."""
+    :class:`tle.contracts.FuseOptions`' values. ``normalise`` and ``scales`` are not passed on: no data-free
+    rescaling of CNN logits helped, and the fused head is not rescaled (it returns no factors, so bagging uses
+    none either)."""
     call = _lazy(*_split("fuse", target))
 
     @hookspecs.hookimpl

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tle.errors import UserError
-from tle.study.fusion import bagging_scores, named_accuracy
+from tle.study.fusion import bagging_accuracy, named_accuracy
 
 RANGE = 2.0  # factors searched in [1/RANGE, RANGE]
 POINTS = 601  # log-spaced: steps of 0.23 %, a fifth of the margins measured between spiking nets
@@ -39,10 +39,10 @@ class Calibration:
 def calibrate(logits: list[list[np.ndarray]], names: list[list[str]], classes: list[str],
               truths: list[list[str]]) -> Calibration:
     """``logits[i][t]``: parent i's scores on task t's validation images; ``truths[t]``: their labels as the
-    fusion names them; bagging is the vote the fusion scores (:func:`tle.study.fusion.bagging_scores`)."""
+    fusion names them; bagging is the vote the fusion scores (:func:`tle.study.fusion.bagging_accuracy`)."""
     n = len(logits)
-    if any(len(t) == 0 for t in truths):
-        empty = [i for i, t in enumerate(truths) if not len(t)]
+    empty = [i for i, t in enumerate(truths) if not len(t)]
+    if empty:
         raise UserError(f"--normalise validation needs validation images, the run of task {empty[0] + 1} has none",
                         "fuse runs trained with a validation split (dataset.val > 0), or pass --normalise "
                         "weights|none")
@@ -50,8 +50,7 @@ def calibrate(logits: list[list[np.ndarray]], names: list[list[str]], classes: l
     own = [named_accuracy(logits[t][t], names[t], truths[t]) for t in range(n)]
 
     def measure(factors):
-        acc = [named_accuracy(bagging_scores([logits[i][t] * f for i, f in enumerate(factors)], names, classes),
-                              classes, truths[t]) for t in range(n)]
+        acc = bagging_accuracy(logits, factors, names, classes, truths)
         shares = [(a - c) / (o - c) if o > c else 1.0 for a, c, o in zip(acc, chance, own)]
         return shares, acc
 

@@ -175,6 +175,14 @@ def bagging_scores(logits: list[np.ndarray], class_names: list[list[str]], class
     return out
 
 
+def bagging_accuracy(logits: list[list[np.ndarray]], factors: list[float], names: list[list[str]],
+                     classes: list[str], truths: list[list[str]]) -> list[float]:
+    """Per task t, bagging's accuracy on ``truths[t]`` when parent i's scores ``logits[i][t]`` are multiplied by
+    ``factors[i]`` (a positive factor per parent: its own decisions stay as they were)."""
+    return [named_accuracy(bagging_scores([lp[t] * f for lp, f in zip(logits, factors)], names, classes), classes,
+                           truth) for t, truth in enumerate(truths)]
+
+
 def named_accuracy(scores: np.ndarray, names: list[str], truth: list[str]) -> float:
     if not len(truth):
         return float("nan")
@@ -342,9 +350,7 @@ def _score(hook, parents, fused, classes, concatenated=None, scales=None) -> Fus
         per_parent.append(logits)
         accuracy[parent_label(i)] = [named_accuracy(s, p.names, t) for s, t in zip(logits, truths)]
     names = [p.names for p in parents]
-    scales = scales or [1.0] * len(parents)  # a positive factor per parent: its own decisions stay as they were
-    accuracy[BAGGING] = [named_accuracy(bagging_scores([lp[k] * f for lp, f in zip(per_parent, scales)], names,
-                                                       classes), classes, t) for k, t in enumerate(truths)]
+    accuracy[BAGGING] = bagging_accuracy(per_parent, scales or [1.0] * len(parents), names, classes, truths)
     bs = parents[0].spec.train.batch_size
     combined = {CONCATENATION: concatenated} if concatenated is not None else {}
     for label, model in {**combined, FUSED: fused}.items():

@@ -101,7 +101,8 @@ def bounded(factors: list[float]) -> list[float]:
 
 
 def fuse(models: list, keep: float = 0.5, ratio: float = 0.1, class_names: list[list[str]] | None = None,
-         normalise: bool = False, images: list | None = None, given: list[float] | None = None) -> SpikingNet:
+         normalise: bool = False, images: list | None = None,
+         given: list[float] | None = None) -> SpikingNet:
     """``class_names``: each network's classes as the fusion names them (default their own); ``normalise``: scale
     each network's synapses by :func:`scales` (the fused net's ``scales`` records the factors); ``given``: these
     factors instead (the core's, measured on validation images; see :func:`bounded`); ``images``: each
