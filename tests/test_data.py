@@ -470,3 +470,22 @@ def test_printed_letters_example_is_a_ten_class_folder_source(tmp_path):
     assert list(ds.class_names) == list("ABCDEFGHIJ") and per_class(ds, "train") == [4] * 10
     first = [np.asarray(Image.open(tmp_path / d / "C" / "0003.png")) for d in ("a", "b")]
     assert first[0].shape == (28, 28) and first[0].max() > 128 and (first[0] == first[1]).all()
+
+
+def test_printed_letters_emnist_style_is_fitted_and_centred_like_mnist(tmp_path):
+    # The default style: each glyph in a 20 px box, centred by its centre of mass in 28 px, with about MNIST's
+    # ink (0.135 mean intensity); `--style plain` is the earlier, thinner set (README, S2).
+    script = [sys.executable, str(Path(__file__).resolve().parents[1] / "examples" / "printed_letters.py")]
+    for style in ("emnist", "plain"):
+        subprocess.run([*script, str(tmp_path / style), "--per-class", "3", "--style", style], check=True,
+                       capture_output=True)
+    ink = {s: np.stack([np.asarray(Image.open(f), np.float64) / 255 for f in sorted((tmp_path / s).glob("*/*.png"))])
+           for s in ("emnist", "plain")}
+    assert 0.10 < ink["emnist"].mean() < 0.30 and ink["plain"].mean() < 0.10
+    grid = np.arange(28)
+    for image in ink["emnist"]:
+        rows, cols = np.nonzero(image > 0)
+        assert max(np.ptp(rows), np.ptp(cols)) + 1 <= 20
+        cy = (grid * image.sum(axis=1)).sum() / image.sum()
+        cx = (grid * image.sum(axis=0)).sum() / image.sum()
+        assert abs(cy - 13.5) < 1.5 and abs(cx - 13.5) < 1.5
