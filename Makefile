@@ -25,7 +25,7 @@ TEST_THREADS ?= $(shell $(PYTHON) -c 'import os; print(max(1, (os.cpu_count() or
 test: $(STAMP)
 	OMP_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -n 2 --dist loadfile -m "not study"
 
-# The study-sized checks left out of `make test` (tests/conftest.py: STUDY), ~17 minutes on 2 cores.
+# The study-sized checks left out of `make test` (tests/conftest.py: STUDY), about 6 minutes on 2 cores.
 test-studies: $(STAMP)
 	OMP_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -n 2 --dist loadfile -m study
 
