@@ -35,7 +35,7 @@ RANK=${RANK:-activity}
 ARGS=${ARGS:-}  # more `tle run` options for both nets, e.g. "--max-per-class 2400" (S2's 24,000 images)
 SIZE=$([ "$MODEL" = mozafari_small ] && echo 16 || echo 28)
 EXP="s2-$MODEL-$ALIGN-$NORMALISE-$RANK-$(date +%Y%m%d-%H%M%S)"
-run() { echo "+ tle run $*" >&2; tle --quiet run --backend spyketorch --model "$MODEL" --experiment "$EXP" \
+run() { echo "+ tle run $ARGS $*" >&2; tle --quiet run --backend spyketorch --model "$MODEL" --experiment "$EXP" \
           --image-size "$SIZE" --channels 1 --epochs "$EPOCHS" --batch-size "$BATCH" $ARGS "$@"; }
 run_id() { python -c 'import json,sys; print(json.loads(sys.stdin.read().splitlines()[-1])["run_id"])'; }
 
