@@ -84,6 +84,16 @@ def tle(*args, env=None, cwd=None, timeout=600, check_rc=None):
     return proc
 
 
+def spiking_run(env, *args, experiment: str, seed: int = 0) -> dict:
+    """`tle run` of S2's spiking net as examples/s2_fusion.sh runs it (mozafari, 28 px, one channel, batch 32),
+    through the real CLI; its --json answer."""
+    import json
+
+    proc = tle("--quiet", "run", "--backend", "spyketorch", "--model", "mozafari", "--image-size", 28, "--channels", 1,
+               "--batch-size", 32, "--seed", seed, "--experiment", experiment, *args, "--json", env=env, check_rc=0)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 @pytest.fixture(scope="session")
 def store(tmp_path_factory):
     """One real MLflow SQLite store for the session (creating one costs seconds of migrations)."""

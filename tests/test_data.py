@@ -461,9 +461,12 @@ def test_builtin_emnist_offline_error_names_the_files(keras_home):
     assert "emnist-letters-train-images-idx3-ubyte.gz" in msg and "biometrics.nist.gov" in msg
 
 
+PRINTED_LETTERS = Path(__file__).resolve().parents[1] / "examples" / "printed_letters.py"
+
+
 def test_printed_letters_example_is_a_ten_class_folder_source(tmp_path):
     # examples/printed_letters.py: S2's digits -> letters pair offline (README, S2). Same seed, same images.
-    script = [sys.executable, str(Path(__file__).resolve().parents[1] / "examples" / "printed_letters.py")]
+    script = [sys.executable, str(PRINTED_LETTERS)]
     for out in ("a", "b"):
         subprocess.run([*script, str(tmp_path / out), "--per-class", "6"], check=True, capture_output=True)
     ds = load_dataset(spec(f"folder:{tmp_path / 'a'}", image_size=28, channels=1, val=1, test=1), seed=0)
@@ -475,7 +478,7 @@ def test_printed_letters_example_is_a_ten_class_folder_source(tmp_path):
 def test_printed_letters_emnist_style_is_fitted_and_centred_like_mnist(tmp_path):
     # The default style: each glyph in a 20 px box, centred by its centre of mass in 28 px, with about MNIST's
     # ink (0.135 mean intensity); `--style plain` is the earlier, thinner set (README, S2).
-    script = [sys.executable, str(Path(__file__).resolve().parents[1] / "examples" / "printed_letters.py")]
+    script = [sys.executable, str(PRINTED_LETTERS)]
     for style in ("emnist", "plain"):
         subprocess.run([*script, str(tmp_path / style), "--per-class", "3", "--style", style], check=True,
                        capture_output=True)

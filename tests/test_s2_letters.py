@@ -6,30 +6,19 @@ tasks. Seed 0 measured B 0.842, fused 0.808 / 0.772, bagging 0.811 / 0.772 (stud
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-from conftest import tle
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, spiking_run, tle
 
 
-def _run(env, *args):
-    proc = tle("--quiet", "run", "--backend", "spyketorch", "--model", "mozafari", "--image-size", 28, "--channels", 1,
-               "--batch-size", 32, "--epochs", 50, "--seed", 0, "--experiment", "s2-letters", *args, "--json",
-               env=env, check_rc=0)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def test_digits_to_emnist_format_letters_meets_the_bar(tmp_path, store):
+def test_digits_to_emnist_format_letters_meets_the_bar(tmp_path, store_env):
     letters = tmp_path / "letters"
     subprocess.run([sys.executable, str(ROOT / "examples" / "printed_letters.py"), str(letters)], check=True,
                    capture_output=True)
-    env = {"MLFLOW_TRACKING_URI": store}
-    a = _run(env, "--dataset", "digits")
-    b = _run(env, "--dataset", f"folder:{letters}", "--strategy", "feature-extractor", "--weights",
-             f"runs:/{a['run_id']}")
+    a = spiking_run(store_env, "--dataset", "digits", "--epochs", 50, experiment="s2-letters")
+    b = spiking_run(store_env, "--dataset", f"folder:{letters}", "--epochs", 50, "--strategy", "feature-extractor",
+                    "--weights", f"runs:/{a['run_id']}", experiment="s2-letters")
     assert b["test_acc"] >= 0.70, b
-    proc = tle("--quiet", "fuse", a["run_id"], b["run_id"], "--align", "index", "--no-export", "--json", env=env,
+    proc = tle("--quiet", "fuse", a["run_id"], b["run_id"], "--align", "index", "--no-export", "--json", env=store_env,
                check_rc=0)
     acc = json.loads(proc.stdout)["accuracy"]
     for task in (0, 1):

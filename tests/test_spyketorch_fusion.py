@@ -262,14 +262,10 @@ def test_training_reports_each_epoch_and_resumes_exactly(tmp_path):
 # -- through the CLI: S2 in small, aligned by index ---------------------------------------------------------------
 
 
-def _cli_run(env, *args, seed=0):
-    import json
+def _cli_run(env, *args, seed=0) -> str:
+    from conftest import spiking_run
 
-    from conftest import tle
-
-    proc = tle("--quiet", "run", "--backend", "spyketorch", "--model", "mozafari", "--image-size", 28, "--channels", 1,
-               "--batch-size", 32, "--seed", seed, "--experiment", "snn-align", *args, "--json", env=env, check_rc=0)
-    return json.loads(proc.stdout.strip().splitlines()[-1])["run_id"]
+    return spiking_run(env, *args, experiment="snn-align", seed=seed)["run_id"]
 
 
 @pytest.fixture(scope="module")
