@@ -9,11 +9,11 @@ from __future__ import annotations
 import statistics
 import time
 
-from tle.contracts import ResolvedWeights
-from tle.loop import History, TrainLoop
-from tle.plugins import load_backend
-from tle.spec import ExperimentSpec
-from tle.strategy import build_plan
+from tle.contract.records import ResolvedWeights
+from tle.contract.loop import History, TrainLoop
+from tle.backends.manager import load_backend
+from tle.contract.spec import ExperimentSpec
+from tle.contract.strategy import build_plan
 
 
 def build(spec: ExperimentSpec, data, weights: ResolvedWeights | None = None):

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import report, tle_epoch_seconds  # noqa: E402
 
 from tle.data import load_dataset  # noqa: E402
-from tle.spec import ExperimentSpec  # noqa: E402
+from tle.contract.spec import ExperimentSpec  # noqa: E402
 
 EPOCHS = 3
 

@@ -11,10 +11,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 import numpy as np  # noqa: E402
 from common import build, median_after_warmup, report, timed  # noqa: E402
 
-from tle.contracts import ExportMetadata  # noqa: E402
+from tle.contract.records import ExportMetadata  # noqa: E402
 from tle.data import load_dataset  # noqa: E402
-from tle.serving import open_model  # noqa: E402
-from tle.spec import ExperimentSpec  # noqa: E402
+from tle.interop.serving import open_model  # noqa: E402
+from tle.contract.spec import ExperimentSpec  # noqa: E402
 
 MODELS = (("resnet18", 112), ("vgg_small", 32))
 REPEAT = 15

@@ -24,8 +24,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from common import report  # noqa: E402
 
-from tle.contracts import ResolvedWeights  # noqa: E402
-from tle.spec import HeadSpec, TrainSpec  # noqa: E402
+from tle.contract.records import ResolvedWeights  # noqa: E402
+from tle.contract.spec import HeadSpec, TrainSpec  # noqa: E402
 from tle_spyketorch import plugin  # noqa: E402
 from tle_spyketorch.reference import Reference  # noqa: E402
 from tle_spyketorch.registry import ARCHS  # noqa: E402
@@ -193,8 +193,8 @@ def throughput(args) -> None:
 
 def accuracy(args) -> None:
     """Test accuracy when each batch's STDP/R-STDP updates are summed vs applied one sample at a time."""
-    from tle.loop import History, TrainLoop
-    from tle.strategy import build_plan
+    from tle.contract.loop import History, TrainLoop
+    from tle.contract.strategy import build_plan
 
     model = args.accuracy_model
     a = ARCHS[model]

@@ -44,8 +44,8 @@ PARTS = ("data", "tracking", "model", "loop", "evaluate", "report", "weights", "
 def sweep(tmp: Path, backend: str, cells: int, jobs: int, export) -> dict:
     from rich.console import Console
 
-    from tle.study.grid import load_grid
-    from tle.study.sweep import Sweep
+    from tle.studies.grid import load_grid
+    from tle.studies.sweep import Sweep
 
     tmp.mkdir(parents=True, exist_ok=True)
     grid = tmp / f"grid-{export}.yaml"

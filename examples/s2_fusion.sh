@@ -54,7 +54,7 @@ import os
 
 import mlflow
 
-from tle.study.stats import Summary
+from tle.analysis.stats import Summary
 
 client = mlflow.MlflowClient()
 exp = client.get_experiment_by_name(os.environ["EXP"])

@@ -17,9 +17,9 @@ pytest.importorskip("torchvision")
 
 from conftest import tle  # noqa: E402
 from tle import UserError  # noqa: E402
-from tle.contracts import ResolvedWeights  # noqa: E402
-from tle.spec import HeadSpec  # noqa: E402
-from tle.head_fusion import importance, ranked  # noqa: E402
+from tle.contract.records import ResolvedWeights  # noqa: E402
+from tle.contract.spec import HeadSpec  # noqa: E402
+from tle.contract.head_fusion import importance, ranked  # noqa: E402
 from tle_torch import plugin  # noqa: E402
 from tle_torch.fusion import backbone_hash  # noqa: E402
 
@@ -111,7 +111,7 @@ def test_concatenation_and_linear_heads_reproduce_each_model_on_its_classes():
 def test_index_alignment_puts_class_k_of_every_model_on_output_k():
     """S2's protocol for heads: output k reads A's kept units through A's class-k weights and B's through B's
     (each halved, the biases averaged), so the full concatenation's logit k is the mean of A's and B's."""
-    from tle.study.fusion import aligned_names
+    from tle.studies.fusion import aligned_names
 
     names = aligned_names([A_CLASSES, ["a", "b", "c"]], "index")
     assert names == [["0/a", "1/b", "2/c"]] * 2
@@ -159,8 +159,8 @@ COMMON = {"backend": "torch", "model": "vgg_small", "export": {"onnx": False},
 
 
 def run(source, strategy="scratch", weights="none", epochs=3, lr=1e-3, train=40, head="dense"):
-    from tle.runner import run_experiment
-    from tle.spec import build_spec
+    from tle.run.runner import run_experiment
+    from tle.contract.spec import build_spec
 
     spec = build_spec({**COMMON, "strategy": strategy, "weights": weights,
                        "dataset": {"source": source, "image_size": 32, "train": train},
@@ -213,9 +213,9 @@ def test_tle_fuse_logs_a_fused_run_beside_bagging_and_the_concatenation(fused_ru
 
     # --weights runs:/FUSED rebuilds the fused model, head included, on the same ten classes: its logits are
     # the logged ONNX model's.
-    from tle.serving import open_model
-    from tle.tracking import artifact_files
-    from tle.weights import resolve_weights
+    from tle.interop.serving import open_model
+    from tle.store.tracking import artifact_files
+    from tle.run.weights import resolve_weights
 
     weights = resolve_weights(f"runs:/{fused['run_id']}", "torch", tmp_path)
     assert list(weights.class_names) == [str(d) for d in range(10)]
@@ -257,7 +257,7 @@ def test_tle_fuse_refuses_runs_on_different_backbones(fused_runs, store, one_thr
 
 
 def test_a_task_that_bagging_or_the_fused_model_loses_is_a_warning():
-    from tle.study.fusion import FusionResult, lost_tasks
+    from tle.studies.fusion import FusionResult, lost_tasks
 
     def result(bagging, fused, b=0.8):  # A and B alone 0.9 and 0.8 on their own five-class tasks (chance 0.2)
         acc = {"A": [0.9, 0.1, 0.5], "B": [0.1, b, 0.45], "bagging": bagging, "fused": fused}

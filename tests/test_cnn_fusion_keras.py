@@ -32,8 +32,8 @@ def test_keras_fusion_in_own_process():
 
 
 def build(classes, seed=0, kind="dense", hidden=8, model="vgg_small"):
-    from tle.contracts import ResolvedWeights
-    from tle.spec import HeadSpec
+    from tle.contract.records import ResolvedWeights
+    from tle.contract.spec import HeadSpec
     from tle_keras import plugin
 
     return plugin.load_backbone(model=model, num_classes=len(classes), class_names=list(classes),
@@ -63,7 +63,7 @@ def images(n=6, seed=0):
 
 @child
 def test_fused_head_keeps_the_top_units_of_each_model_wired_to_their_classes():
-    from tle.head_fusion import ranked
+    from tle.contract.head_fusion import ranked
     from tle_keras import plugin
     from tle_keras.fusion import backbone_hash
 
@@ -124,8 +124,8 @@ def test_fusion_refuses_other_backbones_and_heads():
 
 
 def run(source, strategy="scratch", weights="none", epochs=3, lr=1e-3, train=40, head="dense"):
-    from tle.runner import run_experiment
-    from tle.spec import build_spec
+    from tle.run.runner import run_experiment
+    from tle.contract.spec import build_spec
 
     spec = build_spec({"backend": "keras", "model": "vgg_small", "export": {"onnx": False},
                        "tracking": {"experiment": "cnn-fusion-keras"}, "strategy": strategy, "weights": weights,
@@ -165,8 +165,8 @@ def test_tle_fuse_logs_a_fused_run_beside_bagging_and_the_concatenation(store):
     assert run_.info.status == "FINISHED" and run_.data.metrics["concatenation_acc_union"] == acc["concatenation"][2]
 
     # --weights runs:/FUSED rebuilds the fused model with its head for the same ten classes.
-    from tle.spec import HeadSpec
-    from tle.weights import resolve_weights
+    from tle.contract.spec import HeadSpec
+    from tle.run.weights import resolve_weights
     from tle_keras import plugin
 
     weights = resolve_weights(f"runs:/{fused['run_id']}", "keras")

@@ -109,10 +109,10 @@ def test_plans_count_the_same_parameters():
 
 INIT_CODE = """
 import json
-from tle.contracts import ResolvedWeights
-from tle.initializers import InitSpec
-from tle.plugins import load_backend
-from tle.spec import HeadSpec
+from tle.contract.records import ResolvedWeights
+from tle.contract.initializers import InitSpec
+from tle.backends.manager import load_backend
+from tle.contract.spec import HeadSpec
 hook = load_backend("{backend}").hook
 net = hook.load_backbone(model="vgg16", num_classes=10, class_names=[str(i) for i in range(10)],
                          input_shape=(32, 32, 3), head=HeadSpec(), weights=ResolvedWeights(kind="none"),
@@ -135,7 +135,7 @@ EXTRACT = {
 def test_initialisers_draw_the_same_distribution():
     stats = {b: json.loads(python(INIT_CODE.format(backend=b, inits=INITS, extract=EXTRACT[b]))) for b in BACKENDS}
     fan = 3 * 3 * 512
-    from tle.initializers import InitSpec
+    from tle.contract.initializers import InitSpec
 
     for text in INITS:
         expected = InitSpec.parse(text).expected_std(fan, fan)
@@ -226,9 +226,9 @@ with torch.no_grad():
     got = python(f"""
 import json, numpy as np
 from pathlib import Path
-from tle.contracts import ResolvedWeights
-from tle.plugins import load_backend
-from tle.spec import HeadSpec
+from tle.contract.records import ResolvedWeights
+from tle.backends.manager import load_backend
+from tle.contract.spec import HeadSpec
 hook = load_backend("keras").hook
 names = [str(i) for i in range(10)]
 net = hook.load_backbone(model="resnet18", num_classes=10, class_names=names, input_shape=(32, 32, 3),

@@ -16,12 +16,12 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from tle.contracts import ImageSet
+from tle.contract.records import ImageSet
 from tle.data import SPLITS, load_dataset
 from tle.data.images import load_image, resize_batch, to_channels
 from tle.data.split import stratified_split
 from tle.errors import UserError
-from tle.spec import DataSpec
+from tle.contract.spec import DataSpec
 
 
 def spec(source="digits", **kw) -> DataSpec:
@@ -81,7 +81,7 @@ def test_same_seed_same_split_and_other_seed_differs():
 
 def test_fingerprint_identical_in_another_process():
     code = (
-        "from tle.data import load_dataset; from tle.spec import DataSpec; "
+        "from tle.data import load_dataset; from tle.contract.spec import DataSpec; "
         "print(load_dataset(DataSpec(source='digits:0-4', train=20, val=5, test=5), seed=3).fingerprint())"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -312,7 +312,7 @@ def test_extra_source_from_plugin():
 
 
 def test_builtin_sources_come_through_the_hook_like_a_plugins():
-    from tle.plugins import load_backend
+    from tle.backends.manager import load_backend
 
     sources = load_backend("numpy").dataset_sources()
     assert {"digits", "synthetic", "folder", "npz", "mnist"} <= set(sources)

@@ -89,9 +89,9 @@ def test_registered_model_and_predict_match_framework(base_run, store, tmp_path)
 
     # The framework itself, on the same decoded files, with the run's own weights.
     from tle.data.images import load_image
-    from tle.plugins import load_backend
-    from tle.spec import HeadSpec
-    from tle.weights import resolve_weights
+    from tle.backends.manager import load_backend
+    from tle.contract.spec import HeadSpec
+    from tle.run.weights import resolve_weights
 
     mlflow.set_tracking_uri(store)
     backend = load_backend("numpy")

@@ -10,12 +10,13 @@ import numpy as np
 import pluggy
 import pytest
 
-from tle import UserError, hookspecs
-from tle.contracts import ExportMetadata, ResolvedWeights, Trained
+from tle import UserError
+from tle.contract import hookspecs
+from tle.contract.records import ExportMetadata, ResolvedWeights, Trained
 from tle.data import Dataset
-from tle.initializers import InitSpec
-from tle.spec import HeadSpec, TrainSpec
-from tle.strategy import HEAD, Stage, build_plan
+from tle.contract.initializers import InitSpec
+from tle.contract.spec import HeadSpec, TrainSpec
+from tle.contract.strategy import HEAD, Stage, build_plan
 
 try:
     import tle_numpy  # noqa: F401

@@ -1,4 +1,4 @@
-"""tle.study.calibration: one factor per run, measured on validation images, that lets bagging keep both tasks."""
+"""tle.studies.calibration: one factor per run, measured on validation images, that lets bagging keep both tasks."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from tle.errors import UserError
-from tle.study.calibration import calibrate
-from tle.study.fusion import aligned_names, bagging_accuracy
+from tle.studies.calibration import calibrate
+from tle.studies.fusion import aligned_names
+from tle.studies.vote import bagging_accuracy
 
 
 def _runs(rng, classes: list[list[str]], scale: list[float], n: int, margin: float = 0.01):

@@ -16,8 +16,8 @@ from mlflow.tracking import MlflowClient
 
 from conftest import tle
 
-from tle.initializers import InitSpec
-from tle.study.init_study import BlockAccumulator, dense_summary, study_inputs
+from tle.contract.initializers import InitSpec
+from tle.studies.init_study import BlockAccumulator, dense_summary, study_inputs
 
 HAVE = {b: find_spec(m) is not None for b, m in (("torch", "tle_torch"), ("keras", "tle_keras"),
                                                   ("numpy", "tle_numpy"))}
@@ -46,7 +46,7 @@ def test_block_statistics_do_not_depend_on_chunking():
 def test_dense_hook_draws_the_initialiser_with_zero_bias(backend):
     """Through a linear activation the layer's weights can be recovered by least squares from the
     framework's own outputs: their std must be the initialiser's and the bias zero."""
-    from tle.plugins import load_backend
+    from tle.backends.manager import load_backend
 
     hook = load_backend(backend).hook
     x = study_inputs(400, 200, seed=1)
@@ -158,7 +158,7 @@ def test_markdown_table(dense_study):
 
 def test_csv_has_one_row_per_backend_init_and_seed(capsys):
     from tle.cli.study import _print
-    from tle.study.init_study import BackendMeta, DenseCell, StudyResult
+    from tle.studies.init_study import BackendMeta, DenseCell, StudyResult
 
     cells = [DenseCell(b, i, s, **dense_summary(np.full((2, 3), 0.5 + s / 10), "sigmoid"), seconds=0.1)
              for b in ("torch", "keras") for i in ("zeros", "normal:1") for s in (0, 5)]
@@ -184,7 +184,7 @@ def test_user_errors_are_one_line(args, message, tmp_path):
 
 
 def test_a_failing_worker_is_reported_with_its_last_line(tmp_path):
-    from tle.study.init_study import run_workers
+    from tle.studies.init_study import run_workers
 
     if not HAVE["numpy"]:
         pytest.skip("the example numpy backend is not installed")

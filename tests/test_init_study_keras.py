@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from conftest import child, in_own_process, needs
-from tle.contracts import ResolvedWeights
-from tle.initializers import InitSpec
-from tle.spec import HeadSpec
-from tle.study.init_study import BlockAccumulator, dense_summary, study_inputs
+from tle.contract.records import ResolvedWeights
+from tle.contract.initializers import InitSpec
+from tle.contract.spec import HeadSpec
+from tle.studies.init_study import BlockAccumulator, dense_summary, study_inputs
 
 pytestmark = needs("tensorflow", "tle_keras")
 test_keras_init_study_in_own_process = in_own_process(__file__, timeout=600)
@@ -23,7 +23,7 @@ test_keras_init_study_in_own_process = in_own_process(__file__, timeout=600)
 
 @pytest.fixture(scope="module")
 def hook():
-    from tle.plugins import load_backend
+    from tle.backends.manager import load_backend
 
     return load_backend("keras").hook
 
@@ -51,7 +51,7 @@ def test_dense_layer_draws_the_initialiser_with_zero_bias(hook):
 
 @child
 def test_vgg_small_gives_every_block_channels_last(hook):
-    from tle.plugins import load_backend
+    from tle.backends.manager import load_backend
 
     net = hook.load_backbone(model="vgg_small", num_classes=10, class_names=[str(i) for i in range(10)],
                              input_shape=(32, 32, 1), head=HeadSpec(), weights=ResolvedWeights(kind="none"),

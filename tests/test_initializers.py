@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from tle.initializers import InitSpec
+from tle.contract.initializers import InitSpec
 
 
 @pytest.mark.parametrize("text, name, param", [

@@ -19,11 +19,11 @@ import pytest
 
 from conftest import child, in_own_process, needs
 from tle import UserError
-from tle.contracts import ExportMetadata, ResolvedWeights
-from tle.initializers import InitSpec
-from tle.loop import History, TrainLoop
-from tle.spec import DataSpec, HeadSpec, TrainSpec
-from tle.strategy import HEAD, build_plan
+from tle.contract.records import ExportMetadata, ResolvedWeights
+from tle.contract.initializers import InitSpec
+from tle.contract.loop import History, TrainLoop
+from tle.contract.spec import DataSpec, HeadSpec, TrainSpec
+from tle.contract.strategy import HEAD, build_plan
 from tle_keras import plugin as P
 
 pytestmark = needs("tensorflow", "keras")

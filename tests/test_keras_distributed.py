@@ -53,8 +53,8 @@ def _weights(run_id: str, dst: Path) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def mirrored(store):
-    from tle.runner import run_experiment
-    from tle.spec import build_spec
+    from tle.run.runner import run_experiment
+    from tle.contract.spec import build_spec
 
     result = run_experiment(build_spec({}, {**OVERRIDES, "train.distributed.nproc": 2,
                                             "tracking.experiment": "keras-mirrored"}), quiet=True)
@@ -80,8 +80,8 @@ def test_two_logical_cpus_train_one_run(mirrored):
 
 @child
 def test_two_logical_cpus_match_one_device(mirrored, store, tmp_path):
-    from tle.runner import run_experiment
-    from tle.spec import build_spec
+    from tle.run.runner import run_experiment
+    from tle.contract.spec import build_spec
 
     single = run_experiment(build_spec({}, {**OVERRIDES, "tracking.experiment": "keras-single",
                                             "export.onnx": False}), quiet=True)

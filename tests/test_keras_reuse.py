@@ -1,6 +1,6 @@
 """A warm worker's reused Keras model trains exactly as a freshly built one.
 
-With ``TLE_REUSE_MODELS=1`` (what ``tle.study.worker`` sets around a cell) the
+With ``TLE_REUSE_MODELS=1`` (what ``tle.run.worker`` sets around a cell) the
 keras backend hands a cell the KerasNet it built for the previous cell of the
 same architecture, with a new build's variables copied in, and ``fit`` reuses
 the stage model whose train step it traced before. These tests run cells the
@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 
 from conftest import child, in_own_process, needs
-from tle.contracts import ResolvedWeights
-from tle.initializers import InitSpec
-from tle.loop import History, TrainLoop
-from tle.spec import DataSpec, HeadSpec, TrainSpec
-from tle.strategy import HEAD, build_plan
+from tle.contract.records import ResolvedWeights
+from tle.contract.initializers import InitSpec
+from tle.contract.loop import History, TrainLoop
+from tle.contract.spec import DataSpec, HeadSpec, TrainSpec
+from tle.contract.strategy import HEAD, build_plan
 
 pytestmark = needs("tensorflow", "keras")
 test_keras_reuse_in_own_process = in_own_process(__file__, durations=5)
@@ -55,7 +55,7 @@ def reuse(monkeypatch):
 
 
 def cell(digits, model, strategy, seed, batchnorm="frozen", cache_features=True):
-    """One cell as tle.runner runs it; returns the model and everything it produced."""
+    """One cell as tle.run.runner runs it; returns the model and everything it produced."""
     from tle_keras import plugin as P
 
     knet = P.load_backbone(model=model, num_classes=digits.num_classes, class_names=list(digits.class_names),

@@ -4,9 +4,9 @@ import io
 
 from rich.console import Console
 
-from tle.loop import History, TrainLoop
+from tle.contract.loop import History, TrainLoop
 from tle.progress import make_progress, track
-from tle.strategy import Stage
+from tle.contract.strategy import Stage
 
 
 def stage(epochs=5, index=0):

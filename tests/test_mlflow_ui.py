@@ -67,7 +67,7 @@ def _create_store(uri):
     """Create the SQLite store now (under tle's lock), so the server and the sweep can start together."""
     import mlflow
 
-    from tle.store import store_lock
+    from tle.store.lock import store_lock
 
     with store_lock(uri):
         mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)

@@ -37,7 +37,7 @@ def test_unknown_backend_lists_installed():
 
 
 def test_backends_does_not_import_frameworks(tmp_path):
-    code = ("import sys\nfrom tle.plugins import survey_backends\nrows = survey_backends()\n"
+    code = ("import sys\nfrom tle.backends.manager import survey_backends\nrows = survey_backends()\n"
             "print(sorted(m for m in ('torch', 'tensorflow', 'keras') if m in sys.modules), len(rows))")
     import subprocess
     import sys
@@ -50,7 +50,7 @@ def test_backends_does_not_import_frameworks(tmp_path):
 def test_plugin_group_can_wrap_hooks(tmp_path):
     """A tle.plugins plugin adds a model to the numpy backend without touching it."""
     source = (
-        "from tle import hookimpl\nfrom tle.contracts import ModelInfo\n"
+        "from tle import hookimpl\nfrom tle.contract.records import ModelInfo\n"
         "@hookimpl\ndef register_models():\n    return [ModelInfo('extra_net', ('block1',), family='extra')]\n"
     )
     env = fake_distribution(tmp_path, "extra", source, group="tle.plugins")
@@ -59,14 +59,14 @@ def test_plugin_group_can_wrap_hooks(tmp_path):
 
 
 def test_delegated_hooks_declare_the_hooks_arguments_and_import_late(tmp_path, monkeypatch):
-    """tle.plugin_helpers.delegate: hooks pluggy checks and calls like written ones, importing their module late."""
+    """tle.contract.helpers.delegate: hooks pluggy checks and calls like written ones, importing their module late."""
     import sys
     import types
 
     import pluggy
 
-    from tle import hookspecs
-    from tle.plugin_helpers import delegate
+    from tle.contract import hookspecs
+    from tle.contract.helpers import delegate
 
     (tmp_path / "late_target.py").write_text("def fit(net, data, stage, spec, loop):\n"
                                             "    return net, data, stage, spec, loop\n"

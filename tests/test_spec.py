@@ -3,8 +3,8 @@
 import pytest
 
 from tle.errors import UserError
-from tle.initializers import InitSpec
-from tle.spec import ExperimentSpec, build_spec, read_spec_file
+from tle.contract.initializers import InitSpec
+from tle.contract.spec import ExperimentSpec, build_spec, read_spec_file
 
 
 def test_yaml_then_overrides(tmp_path):

@@ -89,8 +89,8 @@ def test_plan_shows_the_training_phases():
                                                                      ("head", "R-STDP")]
     # A stage that freezes conv1-conv2 (feature-extractor: S2's network B) runs R-STDP only.
     from tle.cli.inspect import _phases
-    from tle.plugins import load_backend
-    from tle.strategy import build_plan
+    from tle.backends.manager import load_backend
+    from tle.contract.strategy import build_plan
 
     info = load_backend("spyketorch").model("mozafari")
     stage = build_plan("feature-extractor", info.blocks, epochs=5, lr=1e-3).stages[0]
@@ -98,8 +98,8 @@ def test_plan_shows_the_training_phases():
 
 
 def test_fuse_needs_a_backend_that_can_fuse(store, tmp_path):
-    from tle.runner import run_experiment
-    from tle.spec import build_spec
+    from tle.run.runner import run_experiment
+    from tle.contract.spec import build_spec
 
     ids = [run_experiment(build_spec({"backend": "numpy", "model": "mlp", "dataset": f"digits:{classes}",
                                       "train": {"epochs": 1}, "export": {"onnx": False},

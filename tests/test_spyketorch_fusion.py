@@ -9,10 +9,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 from tle import UserError  # noqa: E402
-from tle.contracts import ExportMetadata, ResolvedWeights  # noqa: E402
-from tle.initializers import InitSpec  # noqa: E402
-from tle.serving import check_parity, open_model  # noqa: E402
-from tle.spec import HeadSpec  # noqa: E402
+from tle.contract.records import ExportMetadata, ResolvedWeights  # noqa: E402
+from tle.contract.initializers import InitSpec  # noqa: E402
+from tle.interop.serving import check_parity, open_model  # noqa: E402
+from tle.contract.spec import HeadSpec  # noqa: E402
 from tle_spyketorch import plugin  # noqa: E402
 from tle_spyketorch.fusion import importance  # noqa: E402
 
@@ -73,7 +73,7 @@ def test_fusion_refuses_networks_with_different_features():
 
 def test_index_alignment_gives_every_output_the_top_half_of_each_network():
     """S2's protocol: class k of A and class k of B share output k, which gets A's 10 and B's 10 best neurons."""
-    from tle.study.fusion import aligned_names
+    from tle.studies.fusion import aligned_names
 
     a = build(["0", "1", "2"], seed=1)
     a.head.data.uniform_(0.2, 0.8, generator=torch.Generator().manual_seed(5))
@@ -97,7 +97,7 @@ def test_index_alignment_gives_every_output_the_top_half_of_each_network():
 def test_activity_ranking_keeps_the_neurons_that_decide_on_their_own_training_images():
     """rank=activity: per class, each net's neurons ordered by how many of its own training images they decide
     (ties by S2's sum of the top synapses); without images the ranking is S2's sum alone."""
-    from tle.study.fusion import aligned_names
+    from tle.studies.fusion import aligned_names
     from tle_spyketorch.fusion import decisions
     from tle_torch.testing import digits_dataset
 
@@ -123,7 +123,7 @@ def test_activity_ranking_keeps_the_neurons_that_decide_on_their_own_training_im
 
 
 def test_index_alignment_refuses_what_it_cannot_align():
-    from tle.study.fusion import aligned_names
+    from tle.studies.fusion import aligned_names
 
     with pytest.raises(UserError, match="as many classes, these have A 3, B 2") as err:
         aligned_names([["0", "1", "2"], ["a", "b"]], "index")
@@ -134,7 +134,7 @@ def test_index_alignment_refuses_what_it_cannot_align():
     assert aligned_names([["0", "1"], ["2"]], "names") == [["0", "1"], ["2"]]
     with pytest.raises(UserError, match="not one of index, names"):
         aligned_names([["0"], ["1"]], "position")
-    from tle.study.fusion import run_fusion
+    from tle.studies.fusion import run_fusion
 
     with pytest.raises(UserError, match="--rank 'often' is not one of activity, weights"):
         run_fusion(["run_a", "run_b"], rank="often")  # refused before any store is opened
@@ -145,7 +145,7 @@ def test_index_alignment_refuses_what_it_cannot_align():
 def test_normalise_brings_both_networks_to_the_lighter_ones_mean_synapse():
     """Potentials grow with a net's synaptic mass: the heavier net would answer every image. One factor per net
     puts both on the lighter one's scale, from the weights alone; each net's own decisions stay as they were."""
-    from tle.study.fusion import aligned_names
+    from tle.studies.fusion import aligned_names
 
     a = build(["0", "1", "2"], seed=1)
     a.head.data.uniform_(0.2, 0.8, generator=torch.Generator().manual_seed(5))
@@ -229,8 +229,8 @@ def test_freeze_policy_and_counts_follow_the_plan():
 
 
 def test_training_reports_each_epoch_and_resumes_exactly(tmp_path):
-    from tle.spec import TrainSpec
-    from tle.strategy import build_plan
+    from tle.contract.spec import TrainSpec
+    from tle.contract.strategy import build_plan
     from tle_torch.testing import digits_dataset, recording_loop
 
     data = digits_dataset(range(3), size=16)
@@ -315,7 +315,7 @@ def test_index_fusion_stays_near_bagging_on_both_tasks(s2_index):
         assert acc["fused"][task] > 0.5, acc
         assert acc["fused"][task] >= weights["accuracy"]["fused"][task] - 0.02, (task, acc, weights["accuracy"])
     assert fused["sizes"]["fused"] == fused["sizes"]["A"]
-    assert fused["warnings"] == [], fused["warnings"]  # each net keeps its task: not a lost one (tle.study.fusion.LOST)
+    assert fused["warnings"] == [], fused["warnings"]  # each net keeps its task: not a lost one (tle.studies.fusion.LOST)
     run = mlflow.MlflowClient().get_run(fused["run_id"])
     assert run.data.params["fusion.align"] == "index" and run.data.tags["tle.fusion.align"] == "index"
     assert run.data.params["fusion.normalise"] == "validation" and run.data.params["fusion.rank"] == "activity"

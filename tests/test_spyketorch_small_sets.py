@@ -20,9 +20,9 @@ SMALL = ("--backend", "spyketorch", "--model", "mozafari_small", "--image-size",
 
 def _train(model, data, strategy="scratch", source=None, epochs=10, presentations=None):
     """Train through the backend's hooks on the core's real loop; (net, test accuracy, loop, epoch records)."""
-    from tle.contracts import ResolvedWeights
-    from tle.spec import HeadSpec, TrainSpec
-    from tle.strategy import build_plan
+    from tle.contract.records import ResolvedWeights
+    from tle.contract.spec import HeadSpec, TrainSpec
+    from tle.contract.strategy import build_plan
     from tle_spyketorch import plugin
     from tle_torch.testing import recording_loop
 
@@ -46,7 +46,7 @@ def _train(model, data, strategy="scratch", source=None, epochs=10, presentation
 def test_mozafari_learns_from_80_images_per_class_and_b_from_its_features():
     """240 training images (the measured case: 8 passes left every image in one class, accuracy 0.2)."""
     from tle.data import load_dataset
-    from tle.spec import DataSpec
+    from tle.contract.spec import DataSpec
 
     def data(source):
         return load_dataset(DataSpec(source=source, image_size=28, channels=1, max_per_class=80), seed=0)
@@ -101,8 +101,8 @@ def test_a_decision_layer_that_ties_on_every_image_fails_the_run(store_env):
 def test_stdp_stops_at_its_budget_or_once_converged():
     """The phase itself, cheaply: a budget that is not a multiple of the set is presented exactly, a budget of 0
     presents nothing, and a converged layer stops before the budget."""
-    from tle.spec import TrainSpec
-    from tle.strategy import build_plan
+    from tle.contract.spec import TrainSpec
+    from tle.contract.strategy import build_plan
     from tle_spyketorch import plugin
     from tle_spyketorch.train import stdp_phase
     from tle_torch.testing import recording_loop

@@ -3,7 +3,7 @@
 import pytest
 
 from tle.errors import UserError
-from tle.strategy import HEAD, build_plan, parse_strategy
+from tle.contract.strategy import HEAD, build_plan, parse_strategy
 
 VGG = ["block1", "block2", "block3", "block4", "block5"]
 

@@ -7,8 +7,8 @@ import yaml
 
 from conftest import tle
 from tle.errors import UserError
-from tle.study.grid import load_grid
-from tle.study.stats import Summary, difference
+from tle.studies.grid import load_grid
+from tle.analysis.stats import Summary, difference
 
 
 def write(tmp_path, body: dict, name="grid.yaml"):

@@ -29,7 +29,7 @@ def server(tmp_path_factory):
     pytest.importorskip("ray")
     import mlflow
 
-    from tle.store import store_lock
+    from tle.store.lock import store_lock
 
     tmp = tmp_path_factory.mktemp("server")
     uri = f"sqlite:///{tmp / 'server.db'}"
@@ -69,7 +69,7 @@ def _grid(tmp_path, name, body=None):
 def _runs(uri, experiment):
     import mlflow
 
-    from tle.store import store_lock
+    from tle.store.lock import store_lock
 
     with store_lock(uri):  # this process may be the one that creates the store: take the lock tle takes
         client = mlflow.MlflowClient(tracking_uri=uri)

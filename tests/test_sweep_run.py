@@ -26,7 +26,7 @@ def grid_file(tmp_path, body, name="grid.yaml"):
 def client_for(uri):
     import mlflow
 
-    from tle.store import store_lock
+    from tle.store.lock import store_lock
 
     with store_lock(uri):  # this process may be the one that creates the store: take the lock tle takes
         client = mlflow.MlflowClient(tracking_uri=uri)
@@ -202,8 +202,8 @@ def test_sweep_run_from_python_ends_its_parent(tmp_path):
     """The study layer owns the parent run: ``Sweep.run()`` without the CLI ends it FINISHED with its table."""
     from rich.console import Console
 
-    from tle.study.grid import load_grid
-    from tle.study.sweep import Sweep
+    from tle.studies.grid import load_grid
+    from tle.studies.sweep import Sweep
 
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     path = grid_file(tmp_path, {"name": "api", "base": {**NUMPY_BASE, "tracking": {"experiment": "api"}},

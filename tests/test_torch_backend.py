@@ -13,11 +13,11 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 
 from tle import UserError  # noqa: E402
-from tle.contracts import ResolvedWeights  # noqa: E402
-from tle.initializers import InitSpec  # noqa: E402
-from tle.runner import check_counts  # noqa: E402
-from tle.spec import HeadSpec  # noqa: E402
-from tle.strategy import HEAD, build_plan  # noqa: E402
+from tle.contract.records import ResolvedWeights  # noqa: E402
+from tle.contract.initializers import InitSpec  # noqa: E402
+from tle.run.runner import check_counts  # noqa: E402
+from tle.contract.spec import HeadSpec  # noqa: E402
+from tle.contract.strategy import HEAD, build_plan  # noqa: E402
 from tle_torch import blocks as block_maps  # noqa: E402
 from tle_torch import plugin, registry  # noqa: E402
 from tle_torch.init import fans  # noqa: E402
@@ -49,7 +49,7 @@ def test_plugin_module_does_not_import_torch():
 
 
 def test_backend_is_found_through_its_entry_point():
-    from tle.plugins import load_backend
+    from tle.backends.manager import load_backend
 
     backend = load_backend("torch")
     assert backend.info.name == "torch" and "onnx" in backend.info.capabilities

@@ -87,8 +87,8 @@ def test_two_ranks_equal_one_process(ddp, store, tmp_path):
     training's own steps, an order of magnitude above that noise."""
     import torch
 
-    from tle.runner import run_experiment
-    from tle.spec import build_spec
+    from tle.run.runner import run_experiment
+    from tle.contract.spec import build_spec
 
     overrides = {"backend": "torch", "model": "vgg_small", "dataset.source": "digits", "dataset.image_size": 32,
                  "head.kind": "linear", "dataset.train": 50, "dataset.val": 10, "dataset.test": 10,
@@ -206,8 +206,8 @@ def test_user_errors_exit_2_before_any_run(store, flags, says):
 ])
 def test_settings_that_cannot_run_are_refused_before_any_run(store, overrides, says):
     """The checks the CLI turns into exit 2 and one line (as above), in this process: no framework start-up."""
-    from tle.runner import run_experiment
-    from tle.spec import build_spec
+    from tle.run.runner import run_experiment
+    from tle.contract.spec import build_spec
 
     spec = build_spec({}, {"backend": "torch", "model": "vgg_small", "train.distributed.nproc": 2,
                            "tracking.experiment": "ddp-refused", **overrides})

@@ -13,9 +13,9 @@ pytest.importorskip("onnxscript")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from tle.contracts import ExportMetadata, ResolvedWeights  # noqa: E402
-from tle.serving import check_parity, open_model  # noqa: E402
-from tle.spec import HeadSpec  # noqa: E402
+from tle.contract.records import ExportMetadata, ResolvedWeights  # noqa: E402
+from tle.interop.serving import check_parity, open_model  # noqa: E402
+from tle.contract.spec import HeadSpec  # noqa: E402
 from tle_torch import plugin  # noqa: E402
 
 

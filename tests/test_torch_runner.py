@@ -8,8 +8,8 @@ pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 pytest.importorskip("onnxscript")
 
-from tle.runner import run_experiment  # noqa: E402
-from tle.spec import build_spec  # noqa: E402
+from tle.run.runner import run_experiment  # noqa: E402
+from tle.contract.spec import build_spec  # noqa: E402
 
 
 def spec(tmp_path, source, **extra):
@@ -41,7 +41,7 @@ def test_pretrain_then_finetune_from_the_run(tmp_path, monkeypatch):
     assert {m.step: m.value for m in client.get_metric_history(target.run_id, "stage")} == {0: 0, 1: 0, 2: 1}
     metrics = client.get_run(target.run_id).data.metrics
     assert metrics["trainable_params_stage1"] > metrics["trainable_params_stage0"]
-    # What train returned beside the epochs (tle.contracts.Trained.metrics), per stage.
+    # What train returned beside the epochs (tle.contract.records.Trained.metrics), per stage.
     assert "stage0_cached_blocks" in metrics and "stage1_cached_blocks" in metrics
 
     # Same classes as the source run: its head comes back with the backbone.

@@ -11,10 +11,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 
-from tle.contracts import ResolvedWeights  # noqa: E402
-from tle.initializers import InitSpec  # noqa: E402
-from tle.spec import HeadSpec, TrainSpec  # noqa: E402
-from tle.strategy import HEAD, Stage, build_plan  # noqa: E402
+from tle.contract.records import ResolvedWeights  # noqa: E402
+from tle.contract.initializers import InitSpec  # noqa: E402
+from tle.contract.spec import HeadSpec, TrainSpec  # noqa: E402
+from tle.contract.strategy import HEAD, Stage, build_plan  # noqa: E402
 from tle_torch import plugin  # noqa: E402
 from tle_torch.testing import digits_dataset, recording_loop  # noqa: E402
 

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from tle.transfer import epochs_to, transfer_metrics
+from tle.analysis.transfer import epochs_to, transfer_metrics
 
 
 def test_s0_like_curves():

@@ -35,8 +35,8 @@ def case_id(case) -> str:
 
 
 def _torch_net(model: str, size: int, head: str, seed: int = 0):
-    from tle.contracts import ResolvedWeights
-    from tle.spec import HeadSpec
+    from tle.contract.records import ResolvedWeights
+    from tle.contract.spec import HeadSpec
     from tle_torch.models import build
 
     net = build(model, CLASSES, [str(i) for i in range(CLASSES)], (size, size, 3), HeadSpec(kind=head),
@@ -176,8 +176,8 @@ def run_torch(out: Path, cases=(), back=(), plans=(), pools: bool = False, timeo
 
 
 def keras_net(model: str, size: int, head: str, seed: int = 0):
-    from tle.contracts import ResolvedWeights
-    from tle.spec import HeadSpec
+    from tle.contract.records import ResolvedWeights
+    from tle.contract.spec import HeadSpec
     from tle_keras import plugin
 
     return plugin.load_backbone(model=model, num_classes=CLASSES, class_names=[str(i) for i in range(CLASSES)],

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from tle.cli.app import Opt, app, err, fmt, out, output_file
 from tle.errors import UserError
-from tle.status import RunStatus
+from tle.store.status import RunStatus
 
 COLUMNS = ("name", "status", "backend", "model", "strategy", "dataset", "seed", "best_val_acc", "test_acc",
            "jumpstart", "speedup", "asymptote_gain", "auc_ratio", "trainable_params", "wall_seconds", "run_id",
@@ -39,8 +39,8 @@ def compare(
     With --sweep: one row per cell (backend × model × strategy × dataset, and any other field that varies), mean ±
     sd over seeds of test accuracy and of each transfer metric, marked ▲/▼ as the sweep table is; --runs for one row
     per run."""
-    from tle import plots
-    from tle.compare import load_runs, public, resolve_sweep
+    from tle.run import plots
+    from tle.analysis.compare import load_runs, public, resolve_sweep
 
     fmt_ = "json" if json_out else fmt_
     if fmt_ not in FORMATS:
@@ -72,7 +72,7 @@ def compare(
 
 
 def _print_cells(rows, title, fmt_) -> None:
-    from tle import compare_cells as cc
+    from tle.analysis import cells as cc
 
     found = cc.cell_rows(rows)
     if fmt_ == "json":
@@ -88,7 +88,7 @@ def _print_cells(rows, title, fmt_) -> None:
 
 def _curves(rows, title, sweep, target, tracking_uri, plots, resolve_sweep) -> None:
     if sweep:
-        from tle.tracking import configure
+        from tle.store.tracking import configure
 
         client = configure(tracking_uri).MlflowClient()
         parent = resolve_sweep(client, sweep)

@@ -18,8 +18,8 @@ def convert(
 ) -> None:
     """Store a run's model as a new run of another backend: native weights, ONNX model, and the max |logit
     difference| against the source on its test images (above 1e-4 the command fails, exit 1)."""
-    from tle.convert import TOLERANCE, convert_run, dumps
-    from tle.tracking import configure
+    from tle.run.convert import TOLERANCE, convert_run, dumps
+    from tle.store.tracking import configure
 
     mlflow = configure(tracking_uri)
     run_id = run_id[len("runs:/"):].strip("/").split("/")[0] if run_id.startswith("runs:/") else run_id

@@ -37,7 +37,7 @@ def fuse(
 ) -> None:
     """Fuse runs into one model of the same size (S2); log it with bagging, the concatenation and each run alone."""
     from tle.progress import print_warning
-    from tle.study.fusion import BAGGING, CONCATENATION, FUSED, run_fusion
+    from tle.studies.fusion import BAGGING, CONCATENATION, FUSED, run_fusion
 
     result = run_fusion([r.removeprefix("runs:/").strip("/") for r in runs], keep=keep, ratio=ratio, align=align,
                         normalise=normalise, rank=rank, tracking_uri=tracking_uri, experiment=experiment, run_name=run_name,

@@ -14,7 +14,7 @@ from tle.errors import UserError
 @app.command()
 def backends() -> None:
     """List installed backends with their versions and status."""
-    from tle.plugins import survey_backends
+    from tle.backends.manager import survey_backends
 
     table = Table(title="backends (entry-point group tle.backends)")
     for col in ("name", "package", "framework", "status", "module"):
@@ -29,7 +29,7 @@ def backends() -> None:
 @app.command()
 def models(backend: Annotated[str, Opt(help="backend name")]) -> None:
     """List a backend's models with their blocks."""
-    from tle.plugins import load_backend
+    from tle.backends.manager import load_backend
 
     found = load_backend(backend).models()
     table = Table(title=f"models of backend {backend}")
@@ -58,9 +58,9 @@ def plan(
     json_out: Annotated[bool, Opt("--json", help="print the plan as JSON")] = False,
 ) -> None:
     """Show which blocks start pretrained and which train in each stage, with parameter counts."""
-    from tle.assembly import Blueprint, build
-    from tle.runner import check_counts, prepare
-    from tle.spec import build_spec
+    from tle.run.assembly import Blueprint, build
+    from tle.run.runner import check_counts, prepare
+    from tle.contract.spec import build_spec
 
     if classes < 2:
         raise UserError(f"--classes {classes}: a classifier needs at least two classes", "give --classes 2 or more")

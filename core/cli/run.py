@@ -10,7 +10,7 @@ from rich.table import Table
 
 from tle.cli.app import STATE, Opt, app, err, out, parse_sets
 from tle.errors import UserError
-from tle.status import RunStatus
+from tle.store.status import RunStatus
 
 
 
@@ -60,7 +60,7 @@ def run(
     quiet: Annotated[bool, Opt("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
     """Run one experiment and track it in MLflow."""
-    from tle.spec import build_spec, read_spec_file
+    from tle.contract.spec import build_spec, read_spec_file
 
     STATE["debug"] |= debug
     STATE["quiet"] |= quiet
@@ -88,7 +88,7 @@ def run(
         spec = result.spec
     else:
         spec = build_spec(read_spec_file(config) if config else {}, overrides)
-        from tle.runner import run_experiment
+        from tle.run.runner import run_experiment
 
         result = run_experiment(spec, console=err, quiet=STATE["quiet"])
     if result is None:  # a node other than 0 of a distributed run: node 0 tracks and reports it
@@ -130,8 +130,8 @@ def _resume(run_id: str, tracking_uri: str | None):
     import shutil
     import tempfile
 
-    from tle.resume import load_resume
-    from tle.runner import run_experiment
+    from tle.run.resume import load_resume
+    from tle.run.runner import run_experiment
 
     workdir = Path(tempfile.mkdtemp(prefix="tle-resume-"))
     try:

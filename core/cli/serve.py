@@ -11,7 +11,7 @@ from rich.table import Table
 
 from tle.cli.app import Opt, app, out, output_file
 from tle.errors import UserError
-from tle.status import RunStatus
+from tle.store.status import RunStatus
 
 
 def _onnx_from(ref: str, tracking_uri: str | None, dst: Path) -> Path:
@@ -21,7 +21,7 @@ def _onnx_from(ref: str, tracking_uri: str | None, dst: Path) -> Path:
         if not path.is_file():
             raise UserError(f"ONNX model {ref} does not exist", "give a .onnx file or a run id")
         return path
-    from tle.tracking import artifact_files, configure
+    from tle.store.tracking import artifact_files, configure
 
     mlflow = configure(tracking_uri)
     run_id = ref[len("runs:/"):].strip("/").split("/")[0] if ref.startswith("runs:/") else ref
@@ -42,8 +42,8 @@ def _run_onnx(ref: str, tracking_uri: str | None, dst: Path) -> Path:
     path = Path(ref)
     if path.suffix == ".onnx" or path.exists():
         return _onnx_from(ref, tracking_uri, dst)
-    from tle.stored_run import BACKEND_TAG, WEIGHTS_ARTIFACT
-    from tle.tracking import artifact_files, configure
+    from tle.store.stored_run import BACKEND_TAG, WEIGHTS_ARTIFACT
+    from tle.store.tracking import artifact_files, configure
 
     mlflow = configure(tracking_uri)
     run_id = ref[len("runs:/"):].strip("/").split("/")[0] if ref.startswith("runs:/") else ref
@@ -61,7 +61,7 @@ def _run_onnx(ref: str, tracking_uri: str | None, dst: Path) -> Path:
         raise UserError(f"run {run_id} ended {run.info.status} without an ONNX model",
                         f"resume it (tle run --resume {run_id}) or run it again")
     from tle.cli.app import err
-    from tle.export_run import export_in_worker
+    from tle.run.export import export_in_worker
 
     backend = run.data.tags.get(BACKEND_TAG) or run.data.params.get("backend", "")
     err.print(f"run {run_id} has no ONNX model: building it from its weights in a {backend} worker", highlight=False)
@@ -80,7 +80,7 @@ def export(
     import shutil
     import tempfile
 
-    from tle.serving import open_model
+    from tle.interop.serving import open_model
 
     target = output_file(output or Path(f"{run_id.split('/')[-1][:12]}.onnx"), "-o/--output")
     with tempfile.TemporaryDirectory() as tmp:
@@ -108,7 +108,7 @@ def predict(
     import numpy as np
 
     from tle.data.images import IMAGE_SUFFIXES, load_image
-    from tle.serving import open_model, softmax
+    from tle.interop.serving import open_model, softmax
 
     files: list[Path] = []
     for p in images:

@@ -50,7 +50,7 @@ def init_study(
     quiet: Annotated[bool, Opt("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
     """Activation histograms per initialiser across backends (S4), or a model's blocks at initialisation."""
-    from tle.study import init_study as study
+    from tle.studies import init_study as study
 
     STATE["quiet"] |= quiet
     if format_ not in FORMATS:
@@ -99,7 +99,7 @@ def init_study(
                 result = study.run_dense(backends, inits, samples=_or(samples, 1000), features=_or(features, 784),
                                          units=_or(units, 256), activation=activation or "sigmoid",
                                          seeds=seed or [0, 1, 2], workdir=workdir, on_progress=advance)
-        from tle.study import init_plots
+        from tle.studies import init_plots
 
         # The artifact keeps one name in every run, whatever --plot says.
         png = workdir / ("block_profile.png" if model else "init_histograms.png")
@@ -124,8 +124,8 @@ def _or(value: int | None, default: int) -> int:
 def _dataset(source: str, image_size: int | None, channels: int | None, model: str, backend: str) -> dict:
     from pydantic import ValidationError
 
-    from tle.plugins import load_backend
-    from tle.spec import DataSpec
+    from tle.backends.manager import load_backend
+    from tle.contract.spec import DataSpec
 
     if image_size is None:
         image_size = load_backend(backend).model(model).default_size

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from tle.cli.app import STATE, Opt, app, err, out, parse_sets
 from tle.errors import UserError
-from tle.status import RunStatus
+from tle.store.status import RunStatus
 
 
 @app.command()
@@ -31,20 +31,20 @@ def sweep(
     set_: Annotated[Optional[list[str]], Opt("--set", help="override a base spec field: --set train.epochs=2")] = None,
 ) -> None:
     """Run a grid of experiments (any spec field by dotted key) and print their table."""
-    from tle.study.grid import load_grid
-    from tle.study.table import FORMATS, layout
+    from tle.studies.grid import load_grid
+    from tle.analysis.table import FORMATS, layout
 
     if fmt not in FORMATS:
         raise UserError(f"unknown --format {fmt!r}", f"choose one of {', '.join(FORMATS)}")
     grid = load_grid(grid_file, parse_sets(set_ or []))
     layout(grid, _split(rows), _split(cols))  # a bad --rows/--cols fails before any cell runs
     if dry_run:
-        from tle.study.sweep import check_cells
+        from tle.studies.sweep import check_cells
 
         check_cells(grid.cells())
         _print_cells(grid)
         return
-    from tle.study.sweep import Sweep
+    from tle.studies.sweep import Sweep
 
     jobs, why = _jobs(jobs, len(grid.cells()))
 
@@ -76,7 +76,7 @@ def sweep(
 def _jobs(text: str, cells: int) -> tuple[int, str]:
     """The number of workers, and for ``auto`` the line that says how it was chosen."""
     if text.strip().lower() == "auto":
-        from tle.study.local import usable_cores
+        from tle.workers.local import usable_cores
 
         cores = usable_cores()
         jobs = max(1, min(cores, cells))

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tle.data.sources import arrays
 from tle.errors import UserError
 
 KERAS_BASE = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
@@ -41,8 +42,6 @@ def datasets_dir() -> Path:
 
 
 def load_builtin(name: str):
-    from tle.data.sources import arrays
-
     loader = {"mnist": _mnist, "fashion_mnist": _fashion, "cifar10": _cifar10, "cifar100": _cifar100,
               "emnist_letters": _emnist_letters}[name]
     parts, class_names = loader(datasets_dir())

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from tle.data import sources
+from tle.data.builtin import load_builtin
 from tle.errors import UserError
-from tle.hookspecs import hookimpl
-from tle.spec import DataSpec
+from tle.contract.hookspecs import hookimpl
+from tle.contract.spec import DataSpec
 
 
 def _digits(arg: str, spec: DataSpec):
@@ -30,8 +31,6 @@ def _needs_path(kind: str, load):
 
 def _builtin(name: str):
     def loader(arg: str, spec: DataSpec):
-        from tle.data.builtin import load_builtin
-
         src = load_builtin(name)
         return sources.select_classes(src, arg, spec.source) if arg else src
 

@@ -2,7 +2,7 @@
 
 Subclass :class:`BackendConformance` in your backend's test suite, name your
 backend and one small model, and pytest checks the whole contract of
-``tle.hookspecs`` on real data (scikit-learn's digits) with a real MLflow store::
+``tle.contract.hookspecs`` on real data (scikit-learn's digits) with a real MLflow store::
 
     from tle.testing import BackendConformance
 
@@ -15,7 +15,7 @@ What is checked: the backend's info and model registration; logits and loss
 of ``evaluate``; construction fixed by the seed; parameter counts per block
 and the freeze state of every stage of every strategy (exactly the plan's);
 ``apply_init`` seeded per block, refusing unknown blocks; a run through the
-core's runner that trains (``train`` returning a :class:`tle.contracts.Trained`
+core's runner that trains (``train`` returning a :class:`tle.contract.records.Trained`
 that counts the epochs the loop saw), beats chance and lands in MLflow with its params,
 metrics, datasets and artifacts; the weights round trip (head kept only for
 the same classes) and ``--weights runs:/ID``; ONNX parity; resuming from a
@@ -35,12 +35,12 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 
-from tle.contracts import ResolvedWeights, Trained
+from tle.contract.records import ResolvedWeights, Trained
 from tle.errors import UserError
-from tle.hookspecs import hookimpl
-from tle.loop import History, TrainLoop
-from tle.strategy import HEAD, build_plan
-from tle.status import RunStatus
+from tle.contract.hookspecs import hookimpl
+from tle.contract.loop import History, TrainLoop
+from tle.contract.strategy import HEAD, build_plan
+from tle.store.status import RunStatus
 
 __all__ = ["BackendConformance"]
 
@@ -75,7 +75,7 @@ class BackendConformance:
     @pytest.fixture(scope="class")
     @classmethod
     def conformance_backend(cls):
-        from tle.plugins import load_backend
+        from tle.backends.manager import load_backend
 
         assert cls.backend and cls.model, "set the backend and model class attributes"
         return load_backend(cls.backend)
@@ -84,7 +84,7 @@ class BackendConformance:
     @classmethod
     def conformance_data(cls, conformance_backend):
         from tle.data import load_dataset
-        from tle.spec import DataSpec
+        from tle.contract.spec import DataSpec
 
         spec = DataSpec(source=cls.dataset, image_size=cls._size(conformance_backend), channels=cls.channels,
                         max_per_class=cls.max_per_class)
@@ -107,8 +107,8 @@ class BackendConformance:
         """One scratch run through the core's runner, exported to ONNX; a wrapper records what ``train`` returns."""
         import mlflow
 
-        from tle.plugins import manager
-        from tle.runner import run_experiment
+        from tle.backends.manager import manager
+        from tle.run.runner import run_experiment
 
         recorder = _TrainRecorder(conformance_trained)
         before = mlflow.get_tracking_uri()
@@ -127,8 +127,8 @@ class BackendConformance:
 
     @classmethod
     def _spec(cls, store: str, **top):
-        from tle.plugins import load_backend
-        from tle.spec import build_spec
+        from tle.backends.manager import load_backend
+        from tle.contract.spec import build_spec
 
         tree: dict[str, Any] = {
             "backend": cls.backend, "model": cls.model, "init": cls.init,
@@ -143,7 +143,7 @@ class BackendConformance:
         return build_spec(tree)
 
     def _build(self, backend, data, seed: int = 0, weights: ResolvedWeights | None = None, class_names=None):
-        from tle.spec import HeadSpec
+        from tle.contract.spec import HeadSpec
 
         names = list(class_names or data.class_names)
         return backend.hook.load_backbone(model=self.model, num_classes=len(names), class_names=names,
@@ -171,7 +171,7 @@ class BackendConformance:
         return list(backend.model(self.model).blocks)
 
     def _train(self, backend, model, data, stage, **loop):
-        from tle.spec import TrainSpec
+        from tle.contract.spec import TrainSpec
 
         backend.hook.freeze_policy(model=model, trainable=dict(stage.trainable), fixed_stats=stage.fixed_stats)
         history = History()
@@ -184,9 +184,9 @@ class BackendConformance:
 
     @staticmethod
     def _check_trained(trained, epochs: int) -> None:
-        """``train`` returns a :class:`tle.contracts.Trained` that counts the epochs the loop saw (no early
+        """``train`` returns a :class:`tle.contract.records.Trained` that counts the epochs the loop saw (no early
         stopping here) and whose stage metrics are numbers."""
-        assert isinstance(trained, Trained), f"train returned {type(trained).__name__}, not tle.contracts.Trained"
+        assert isinstance(trained, Trained), f"train returned {type(trained).__name__}, not tle.contract.records.Trained"
         assert trained.epochs == epochs and not trained.stopped_early, (trained, epochs)
         assert all(isinstance(k, str) and isinstance(v, (int, float)) for k, v in trained.metrics.items()), trained
 
@@ -228,7 +228,7 @@ class BackendConformance:
 
     def test_conformance_every_stage_of_every_strategy_freezes_what_the_plan_says(self, conformance_backend,
                                                                                   conformance_data):
-        from tle.runner import check_counts
+        from tle.run.runner import check_counts
 
         blocks = self._blocks(conformance_backend)
         strategies = ["scratch", "feature-extractor", f"finetune:{blocks[-1]}", f"transfer:{blocks[0]}"]
@@ -244,7 +244,7 @@ class BackendConformance:
         assert len(totals) == 1, totals  # freezing never adds or drops parameters
 
     def test_conformance_apply_init_is_seeded_per_block(self, conformance_backend, conformance_data, tmp_path):
-        from tle.initializers import InitSpec
+        from tle.contract.initializers import InitSpec
 
         block = self._blocks(conformance_backend)[0]
         drawn = []
@@ -256,7 +256,7 @@ class BackendConformance:
         assert drawn[0] == drawn[1] and drawn[0] != drawn[2]
 
     def test_conformance_apply_init_refuses_an_unknown_block(self, conformance_backend, conformance_data):
-        from tle.initializers import InitSpec
+        from tle.contract.initializers import InitSpec
 
         model = self._build(conformance_backend, conformance_data)
         with pytest.raises(UserError):
@@ -311,7 +311,7 @@ class BackendConformance:
                                                           conformance_data, conformance_store, tmp_path):
         import mlflow
 
-        from tle.serving import open_model
+        from tle.interop.serving import open_model
 
         if "onnx" not in conformance_backend.info.capabilities:
             pytest.skip(f"backend {self.backend} does not export ONNX")
@@ -324,7 +324,7 @@ class BackendConformance:
         assert served.shape == (5, conformance_data.num_classes)
 
     def test_conformance_weights_of_a_run_start_another_run(self, conformance_run, conformance_store):
-        from tle.runner import run_experiment
+        from tle.run.runner import run_experiment
 
         spec = self._spec(conformance_store, strategy="feature-extractor", weights=f"runs:/{conformance_run.run_id}")
         result = run_experiment(spec, quiet=True, export=False)

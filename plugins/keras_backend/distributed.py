@@ -14,7 +14,7 @@ tensorflow#72388).
 from __future__ import annotations
 
 from tle import UserError
-from tle.distributed import DistributedPlan
+from tle.contract.distributed import DistributedPlan
 
 ENGINE = "tf.distribute.MirroredStrategy"
 

@@ -1,10 +1,10 @@
 """Starting weights from another framework: a portable file, a torchvision ``.pth``, torchvision's ImageNet file.
 
-A portable file (``tle.portable``: a run of another backend handed over by the
+A portable file (``tle.contract.portable``: a run of another backend handed over by the
 core, or ``tle convert``) loads through ``portable.py``. Files only torch can
 read (a ``.pt``/``.pth`` state dict, torchvision's ImageNet weights in the
 torch hub cache) are first turned into a portable file by the torch backend in
-a worker process of its own (``tle.convert.portable_from_backend``):
+a worker process of its own (``tle.contract.helpers.portable_from_backend``):
 TensorFlow and torch's exporter never share a process. The head is kept only
 for the same classes and the same head kind; otherwise the ``original`` head's
 pretrained layers (VGG's fc1/fc2) come along and its last layer is new.
@@ -17,8 +17,9 @@ import tempfile
 from pathlib import Path
 
 from tle import UserError
-from tle.contracts import same_classes
-from tle.portable import check_model, is_portable, read
+from tle.contract.helpers import portable_from_backend
+from tle.contract.records import ForeignWeights, same_classes
+from tle.contract.portable import check_model, is_portable, read
 from tle_keras import registry
 from tle_keras.portable import HEAD, from_portable
 
@@ -36,11 +37,9 @@ def load_through_torch(knet, weights, head, class_names) -> None:
     name = knet.model_name
     folder = Path(tempfile.mkdtemp(prefix="tle-foreign-"))
     try:
-        from tle.convert import portable_from_backend
-
         text = "imagenet" if weights.kind == "imagenet" else str(weights.path)
-        path = portable_from_backend("torch", text, name, head, knet.input_shape, knet.num_classes, folder,
-                                     source=str(weights.source or text))
+        path = portable_from_backend(ForeignWeights("torch", text, name, head, tuple(knet.input_shape),
+                                                    knet.num_classes, folder, source=str(weights.source or text)))
         load_portable(knet, path, str(weights.source or text), class_names, head)
     finally:
         shutil.rmtree(folder, ignore_errors=True)

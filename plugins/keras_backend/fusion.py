@@ -3,7 +3,7 @@
 Only heads that read the same features can be fused, so the backbones (every
 non-head weight and BatchNorm statistic) must hash alike: the second run
 trained with ``--strategy feature-extractor --weights runs:/BACKBONE`` like the
-first. The ranking and the merge are ``tle.head_fusion``'s (shared with
+first. The ranking and the merge are ``tle.contract.head_fusion``'s (shared with
 the torch backend); this file reads the heads out of a :class:`KerasNet` and
 builds the fused one: the first model's backbone and a head of the same kind.
 Keras keeps a Dense kernel as ``(inputs, outputs)``; the shared code wants
@@ -16,9 +16,9 @@ import hashlib
 
 import numpy as np
 
-from tle.contracts import ResolvedWeights
-from tle.spec import HeadSpec
-from tle.head_fusion import HeadArrays, check_models, merge
+from tle.contract.records import ResolvedWeights
+from tle.contract.spec import HeadSpec
+from tle.contract.head_fusion import HeadArrays, check_models, merge
 from tle_keras.heads import NEW_LAST
 from tle_keras.models import build
 from tle_keras.wrapper import HEAD, KerasNet

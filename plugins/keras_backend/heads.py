@@ -1,4 +1,4 @@
-"""The classifier put on a backbone (the block called ``head``), from a :class:`tle.spec.HeadSpec`.
+"""The classifier put on a backbone (the block called ``head``), from a :class:`tle.contract.spec.HeadSpec`.
 
 ``dense``    flatten (VGG) or global-average-pool (others) -> Dense(hidden) ReLU
              -> Dropout -> Dense(N)                                     (S0, S3)

@@ -1,4 +1,4 @@
-"""Keras's initialisers (see ``tle.initializers``) applied to the layers of named blocks.
+"""Keras's initialisers (see ``tle.contract.initializers``) applied to the layers of named blocks.
 
 The kernel of every Conv2D / Dense / DepthwiseConv2D of a block is redrawn with
 the Keras initialiser of that name (``normal:STD`` -> ``RandomNormal(0, STD)``,
@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tle.initializers import InitSpec, require_blocks
-from tle.seeds import derive
+from tle.contract.initializers import InitSpec, require_blocks
+from tle.contract.seeds import derive
 from tle_keras.runtime import keras as _keras
 
 keras = _keras()

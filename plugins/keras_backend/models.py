@@ -1,6 +1,6 @@
 """Building a :class:`KerasNet`: input + preprocessing, the backbone, its block map, a head, starting weights.
 
-Reuse in a warm sweep worker: while ``TLE_REUSE_MODELS=1`` (``tle.study.worker``
+Reuse in a warm sweep worker: while ``TLE_REUSE_MODELS=1`` (``tle.run.worker``
 sets it around each cell, when the previous cell's model is no longer used),
 the KerasNet built last is kept, and a cell asking for the same architecture
 (model, classes, input shape, head, precision) gets it back with the state of a

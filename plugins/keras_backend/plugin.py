@@ -1,4 +1,4 @@
-"""The keras backend's hook implementations (see ``tle.hookspecs`` for the contract).
+"""The keras backend's hook implementations (see ``tle.contract.hookspecs`` for the contract).
 
 TensorFlow/Keras are imported inside the hooks only (about 9 s): ``tle
 backends`` and ``tle models`` import this module and must stay fast. Never
@@ -9,8 +9,8 @@ exporter, torch.compile) crashes the process.
 from __future__ import annotations
 
 from tle import UserError, hookimpl
-from tle.contracts import BackendInfo
-from tle.plugin_helpers import delegate, fuse_heads, installed_version
+from tle.contract.records import BackendInfo
+from tle.contract.helpers import delegate, fuse_heads, installed_version
 
 
 @hookimpl
@@ -51,7 +51,7 @@ def resolve_device(device):
 
 @hookimpl
 def load_backbone(model, num_classes, class_names, input_shape, head, weights, device, precision, seed):
-    from tle.spec import HeadSpec
+    from tle.contract.spec import HeadSpec
     from tle_keras.models import build
 
     resolve_device(device)  # a GPU asked for but absent fails here, before anything is built
@@ -74,7 +74,7 @@ def freeze_policy(model, trainable, fixed_stats):
 def count_parameters(model):
     import numpy as np
 
-    from tle.contracts import BlockCount
+    from tle.contract.records import BlockCount
 
     counts = []
     for block in model.trainable:
@@ -86,7 +86,7 @@ def count_parameters(model):
     return counts
 
 
-# The hooks tle.plugin_helpers writes: fuse through tle.head_fusion, and those that pass their arguments straight
+# The hooks tle.contract.helpers writes: fuse through tle.contract.head_fusion, and those that pass their arguments straight
 # on to one function, imported on the hook's first call. plugins/torch_backend/plugin.py mirrors them.
 fuse = fuse_heads("tle_keras.fusion:fuse")
 globals().update(delegate({

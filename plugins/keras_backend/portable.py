@@ -1,4 +1,4 @@
-"""A built Keras model to and from the portable weight dict (``tle.portable``: torchvision keys, torch layouts).
+"""A built Keras model to and from the portable weight dict (``tle.contract.portable``: torchvision keys, torch layouts).
 
 Every layer with weights has one torch module path:
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from tle import UserError
-from tle.initializers import InitSpec
+from tle.contract.initializers import InitSpec
 from tle_keras.init import derived_seed, initializer
 from tle_keras.runtime import keras as _keras
 

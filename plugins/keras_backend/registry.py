@@ -20,7 +20,7 @@ whose strided depthwise convs pad asymmetrically).
 
 from __future__ import annotations
 
-from tle.contracts import ModelInfo
+from tle.contract.records import ModelInfo
 
 BLOCKS = tuple(f"block{i}" for i in range(1, 6))
 

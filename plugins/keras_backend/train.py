@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tle.contracts import Evaluation, Trained
+from tle.contract.records import Evaluation, Trained
 from tle_keras import cache
 from tle_keras.init import derived_seed
 from tle_keras.runtime import keras as _keras, set_random_seed, tf as _tf

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from tle import UserError
-from tle.contracts import same_classes
+from tle.contract.records import same_classes
 from tle_keras import registry
 
 SAVED_NAME = "weights.h5"
@@ -149,7 +149,7 @@ def _all_layers(model):
 
 def load_file(knet, path: Path, source: str) -> bool:
     """Load a weights file into ``knet``; return whether its head was kept (the classes the file names, by the core's
-    rule :func:`tle.contracts.same_classes`, and layers that fit)."""
+    rule :func:`tle.contract.records.same_classes`, and layers that fit)."""
     named, attrs = read_named(Path(path), source)
     if attrs.get("keras3"):
         return _load_keras3(knet, Path(path), source)

@@ -1,6 +1,6 @@
 """Initialisers for synapses that live in [0, 1].
 
-Every initialiser of ``tle.initializers`` draws, with Keras's formulas, the
+Every initialiser of ``tle.contract.initializers`` draws, with Keras's formulas, the
 *deviation* of a synapse from Mozafari's mean 0.8; the result is clipped to
 [0, 1] (synapses stay non-negative). ``normal:0.05`` is therefore the paper's
 N(0.8, 0.05), and the backend's default (``registry.DEFAULT_INIT``) when a run
@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tle.initializers import InitSpec, require_blocks
-from tle.seeds import derive
+from tle.contract.initializers import InitSpec, require_blocks
+from tle.contract.seeds import derive
 from tle_torch.init import sample  # the torch backend's sampler: this backend is built on torch too
 
 MEAN = 0.8

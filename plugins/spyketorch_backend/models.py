@@ -39,6 +39,6 @@ def build(name: str, class_names: list[str], input_shape, head, weights, seed: i
 
 
 def _mozafari():
-    from tle.initializers import InitSpec
+    from tle.contract.initializers import InitSpec
 
     return InitSpec.parse(registry.DEFAULT_INIT)

@@ -1,4 +1,4 @@
-"""The spiking backend's hook implementations (see ``tle.hookspecs`` for the contract).
+"""The spiking backend's hook implementations (see ``tle.contract.hookspecs`` for the contract).
 
 torch is imported inside the hooks only: ``tle backends`` / ``tle models``
 import this module and must stay fast.
@@ -7,8 +7,8 @@ import this module and must stay fast.
 from __future__ import annotations
 
 from tle import UserError, hookimpl
-from tle.contracts import BackendInfo
-from tle.plugin_helpers import delegate, installed_version
+from tle.contract.records import BackendInfo
+from tle.contract.helpers import delegate, installed_version
 from tle_spyketorch import registry
 
 
@@ -44,7 +44,7 @@ def freeze_policy(model, trainable):
 
 @hookimpl
 def count_parameters(model):
-    from tle.contracts import BlockCount
+    from tle.contract.records import BlockCount
 
     counts = []
     for block in model.trainable:
@@ -64,7 +64,7 @@ def export_extras(model, directory):
 
 @hookimpl
 def fuse(models, class_names, options, images):
-    from tle.contracts import Fused, FuseOptions
+    from tle.contract.records import Fused, FuseOptions
     from tle_spyketorch.fusion import fuse as run
 
     o = FuseOptions.of(options)
@@ -74,7 +74,7 @@ def fuse(models, class_names, options, images):
     return Fused(fused, tuple(fused.scales), fused.ranked_by)
 
 
-# The hooks tle.plugin_helpers writes: those that pass their arguments straight on to one function, imported on
+# The hooks tle.contract.helpers writes: those that pass their arguments straight on to one function, imported on
 # the hook's first call.
 globals().update(delegate({
     "register_models": "tle_spyketorch.registry:model_infos", "resolve_device": "tle_torch.device:resolve",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tle.contracts import ModelInfo, TrainingPhase
+from tle.contract.records import ModelInfo, TrainingPhase
 
 BLOCKS = ("conv1", "conv2")
 # Mozafari et al.'s synapses, N(0.8, 0.05): ``normal`` draws the deviation from 0.8 (see ``init``).

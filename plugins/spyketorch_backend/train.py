@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from tle import UserError
-from tle.contracts import Evaluation, Trained
-from tle.seeds import derive
+from tle.contract.records import Evaluation, Trained
+from tle.contract.seeds import derive
 from tle_spyketorch import layers, plasticity, registry
 from tle_torch.device import configure_threads
 

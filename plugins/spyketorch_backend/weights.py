@@ -30,7 +30,7 @@ def read(path: Path, source: str) -> dict[str, torch.Tensor]:
 
 
 def load_into(net, state: dict[str, torch.Tensor], source: str, keep_head: bool) -> None:
-    """The synapses into ``net``; the head when ``keep_head`` (the core's rule, :func:`tle.contracts.same_classes`)
+    """The synapses into ``net``; the head when ``keep_head`` (the core's rule, :func:`tle.contract.records.same_classes`)
     and its rows fit."""
     for block in BLOCKS:
         own = net.synapses(block)

@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from tle import UserError
-from tle.distributed import RANKS_ON, DistributedPlan, RankContext, rank_failure
+from tle.contract.distributed import RANKS_ON, DistributedPlan, RankContext, rank_failure
 
 ENGINE = "torch DDP (torch.distributed.run)"
 RAY_ENGINE = "torch DDP (Ray Train TorchTrainer)"
@@ -184,7 +184,7 @@ def _ray_rank(config: dict) -> None:
 # Imported once by the fork server, before it forks the ranks: each rank starts without importing torch again
 # (seconds per process). The server is a fresh process (no CUDA context, no MLflow connection, no threads of the
 # launcher), which is what makes forking it safe where forking the launcher is not.
-PRELOAD = ["torch", "torchvision", "tle.runner", "tle.data", "tle_torch.plugin", "tle_torch.train", "tle_torch.models"]
+PRELOAD = ["torch", "torchvision", "tle.run.runner", "tle.data", "tle_torch.plugin", "tle_torch.train", "tle_torch.models"]
 
 
 def _start_method() -> str:

@@ -2,7 +2,7 @@
 
 Heads fuse only when they read the same features, so every run must share one
 frozen backbone (its weights and BatchNorm statistics hash alike: trained with
-``--strategy feature-extractor --weights runs:/BACKBONE``). ``tle.head_fusion``
+``--strategy feature-extractor --weights runs:/BACKBONE``). ``tle.contract.head_fusion``
 ranks and merges the heads as arrays; here they are read out of each TleNet,
 and the fused model gets the first run's backbone and a head of its kind.
 """
@@ -14,9 +14,9 @@ import hashlib
 import numpy as np
 import torch
 
-from tle.contracts import ResolvedWeights
-from tle.spec import HeadSpec
-from tle.head_fusion import HeadArrays, check_models, merge
+from tle.contract.records import ResolvedWeights
+from tle.contract.spec import HeadSpec
+from tle.contract.head_fusion import HeadArrays, check_models, merge
 from tle_torch.models import build
 from tle_torch.wrapper import HEAD, TleNet
 

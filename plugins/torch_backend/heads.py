@@ -1,4 +1,4 @@
-"""The classifier put on a backbone (the block called ``head``), from a :class:`tle.spec.HeadSpec`.
+"""The classifier put on a backbone (the block called ``head``), from a :class:`tle.contract.spec.HeadSpec`.
 
 ``dense``    pool/flatten -> Linear(hidden) -> ReLU -> Dropout -> Linear(N)   (S0)
 ``linear``   pool/flatten -> Linear(N)

@@ -1,4 +1,4 @@
-"""Keras's initialisers (see ``tle.initializers``) applied to the conv/linear layers of named blocks.
+"""Keras's initialisers (see ``tle.contract.initializers``) applied to the conv/linear layers of named blocks.
 
 Fans follow Keras: for a kernel, ``fan_in = kernel area x input channels`` and
 ``fan_out = kernel area x output channels``, read from torch's weight shape
@@ -21,8 +21,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.conv import _ConvNd
 
-from tle.initializers import Distribution, InitSpec, require_blocks
-from tle.seeds import derive
+from tle.contract.initializers import Distribution, InitSpec, require_blocks
+from tle.contract.seeds import derive
 
 
 def block_generator(seed: int, block: str) -> torch.Generator:
@@ -40,7 +40,7 @@ def draw(weight: torch.Tensor, init: InitSpec, generator: torch.Generator) -> to
 
 
 def sample(out: torch.Tensor, dist: Distribution, generator: torch.Generator) -> torch.Tensor:
-    """Fill ``out`` from ``dist`` (``tle.initializers``: the formulas live there) with one torch call."""
+    """Fill ``out`` from ``dist`` (``tle.contract.initializers``: the formulas live there) with one torch call."""
     v = dist.value
     if dist.kind == "constant":
         return out.fill_(v)

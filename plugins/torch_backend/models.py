@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from tle import UserError
-from tle.portable import check_model, is_portable
-from tle.portable import read as read_portable
+from tle.contract.portable import check_model, is_portable
+from tle.contract.portable import read as read_portable
 from tle_torch import blocks as block_maps
 from tle_torch import registry
 from tle_torch import weights as weight_files

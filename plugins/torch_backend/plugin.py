@@ -1,4 +1,4 @@
-"""The torch backend's hook implementations (see ``tle.hookspecs`` for the contract).
+"""The torch backend's hook implementations (see ``tle.contract.hookspecs`` for the contract).
 
 torch is imported inside the hooks only: ``tle backends`` / ``tle models``
 import this module and must stay fast.
@@ -7,8 +7,8 @@ import this module and must stay fast.
 from __future__ import annotations
 
 from tle import hookimpl
-from tle.contracts import BackendInfo
-from tle.plugin_helpers import delegate, fuse_heads, installed_version
+from tle.contract.records import BackendInfo
+from tle.contract.helpers import delegate, fuse_heads, installed_version
 
 
 @hookimpl
@@ -25,7 +25,7 @@ def backend_info():
 
 @hookimpl
 def load_backbone(model, num_classes, class_names, input_shape, head, weights, device, seed):
-    from tle.spec import HeadSpec
+    from tle.contract.spec import HeadSpec
     from tle_torch.device import resolve
     from tle_torch.models import build
 
@@ -48,7 +48,7 @@ def freeze_policy(model, trainable, fixed_stats):
 
 @hookimpl
 def count_parameters(model):
-    from tle.contracts import BlockCount
+    from tle.contract.records import BlockCount
 
     counts = []
     for block in model.trainable:
@@ -58,7 +58,7 @@ def count_parameters(model):
     return counts
 
 
-# The hooks tle.plugin_helpers writes: fuse through tle.head_fusion, and those that pass their arguments straight
+# The hooks tle.contract.helpers writes: fuse through tle.contract.head_fusion, and those that pass their arguments straight
 # on to one function, imported on the hook's first call. plugins/keras_backend/plugin.py mirrors them.
 fuse = fuse_heads("tle_torch.fusion:fuse")
 globals().update(delegate({

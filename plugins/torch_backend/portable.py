@@ -1,4 +1,4 @@
-"""This backend's models to and from the portable weight dict of :mod:`tle.portable`.
+"""This backend's models to and from the portable weight dict of :mod:`tle.contract.portable`.
 
 A :class:`TleNet` keeps torchvision's modules under ``body.blockN.<path with _>``
 and remembers each one's torchvision path (``tv_paths``), so the backbone's
@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tle.contracts import same_classes
-from tle.portable import HEAD_PREFIX, PortableWeights
+from tle.contract.records import same_classes
+from tle.contract.portable import HEAD_PREFIX, PortableWeights
 from tle_torch import weights as weight_files
 
 

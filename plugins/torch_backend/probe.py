@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from tle import UserError
-from tle.initializers import InitSpec
+from tle.contract.initializers import InitSpec
 from tle_torch.init import block_generator, reinit_module
 
 ACTIVATIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu, "linear": lambda z: z}

@@ -8,7 +8,7 @@ block holds is documented in ``blocks.py`` and the package README.
 
 from __future__ import annotations
 
-from tle.contracts import ModelInfo
+from tle.contract.records import ModelInfo
 
 BLOCKS = tuple(f"block{i}" for i in range(1, 6))
 

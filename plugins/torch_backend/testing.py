@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from tle.data import Dataset
-from tle.loop import History, TrainLoop
+from tle.contract.loop import History, TrainLoop
 
 
 def digits_dataset(classes=range(10), size: int = 32, seed: int = 0, val: float = 0.2, test: float = 0.2,

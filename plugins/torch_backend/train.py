@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from tle.contracts import Evaluation, Trained
+from tle.contract.records import Evaluation, Trained
 from tle_torch import cache, distributed
 from tle_torch.device import configure_threads
 

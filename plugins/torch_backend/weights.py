@@ -158,7 +158,7 @@ def load_torchvision_layout(tv: nn.Module, name: str, state: dict[str, torch.Ten
 
 def load_tle_layout(net, state: dict[str, torch.Tensor], source: str, keep_head: bool) -> None:
     """Load the backbone of a file written by ``save_weights``, and its head when ``keep_head`` (the core's rule,
-    :func:`tle.contracts.same_classes`) and it fits."""
+    :func:`tle.contract.records.same_classes`) and it fits."""
     own = net.state_dict()
     chosen: dict[str, torch.Tensor] = {}
     missing = []

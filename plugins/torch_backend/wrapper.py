@@ -12,7 +12,7 @@ source (ImageNet, a file, an earlier run) fits every dataset.
 Freeze state: ``trainable`` per block. ``train()`` keeps frozen blocks in eval
 mode, so BatchNorm layers of frozen blocks use and keep their running
 statistics during training, as Keras does for ``trainable = False``. Blocks in
-``fixed_stats`` (the stage's, see ``tle.strategy``) keep only their BatchNorm
+``fixed_stats`` (the stage's, see ``tle.contract.strategy``) keep only their BatchNorm
 layers in eval mode: the running statistics stay, gamma/beta still train, and
 dropout elsewhere in the block stays on.
 """

@@ -1,4 +1,4 @@
-"""Initialisers with Keras's definitions (see ``tle.initializers``), drawn with NumPy."""
+"""Initialisers with Keras's definitions (see ``tle.contract.initializers``), drawn with NumPy."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from tle.initializers import TRUNCATED_STD_CORRECTION, InitSpec
+from tle.contract.initializers import TRUNCATED_STD_CORRECTION, InitSpec
 
 # Variance scale of each family; uniform limits are sqrt(3 * scale), normals' std sqrt(scale).
 _SCALE = {

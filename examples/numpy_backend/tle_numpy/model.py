@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from tle.errors import UserError
-from tle.initializers import InitSpec
-from tle.spec import HeadSpec
+from tle.contract.initializers import InitSpec
+from tle.contract.spec import HeadSpec
 from tle_numpy.init import draw
 
 HEAD = "head"

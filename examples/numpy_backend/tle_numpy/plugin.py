@@ -1,4 +1,4 @@
-"""The hook implementations tle calls; see ``tle.hookspecs`` for the contract.
+"""The hook implementations tle calls; see ``tle.contract.hookspecs`` for the contract.
 
 Each hook declares only the arguments it uses (pluggy allows any subset).
 NumPy is the "framework" here and the core imports it anyway; a real backend
@@ -11,8 +11,8 @@ from __future__ import annotations
 from importlib.metadata import version
 
 from tle import UserError, hookimpl
-from tle.contracts import BackendInfo, BlockCount, ModelInfo
-from tle.spec import HeadSpec
+from tle.contract.records import BackendInfo, BlockCount, ModelInfo
+from tle.contract.spec import HeadSpec
 from tle_numpy import onnx_export, probe, training
 from tle_numpy import weights as npz
 from tle_numpy.model import MODELS, build, init_layer, layer_rng

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from tle.errors import UserError
-from tle.initializers import InitSpec
+from tle.contract.initializers import InitSpec
 from tle_numpy.init import draw
 from tle_numpy.model import Net, layer_rng
 

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from tle.contracts import Evaluation, Trained
+from tle.contract.records import Evaluation, Trained
 from tle_numpy import checkpoint
 from tle_numpy.model import Net, softmax_cross_entropy
 from tle_numpy.optim import make_optimizer

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tle.contracts import ResolvedWeights
+from tle.contract.records import ResolvedWeights
 from tle.errors import UserError
 from tle_numpy.model import HEAD, Net
 

@@ -1,0 +1,2 @@
+"""Serving exported models with ONNX Runtime (:mod:`tle.interop.serving`), for the run's parity check and for
+``tle predict`` / ``tle serve``."""

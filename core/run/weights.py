@@ -1,0 +1,144 @@
+"""Resolving ``--weights`` into something a backend can load without MLflow.
+
+``none`` and ``imagenet`` pass through (the backend owns its hub and cache);
+a path must exist; ``runs:/ID`` and ``models:/NAME/VERSION`` (or
+``models:/NAME@ALIAS``) are looked up in the tracking store and the run's
+``weights/`` artifact, saved by the backend's ``save_weights`` hook, is
+downloaded to a local file. This is how a backbone trained by one experiment
+feeds the next, offline. A run of another backend (same model name, so the
+same architecture) is handed over as a portable file (``tle.contract.portable``) that
+its own backend writes in a worker process.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tle.contract.helpers import provide_foreign_reader
+from tle.contract.records import ForeignWeights, ResolvedWeights
+from tle.errors import UserError
+from tle.store.stored_run import BACKEND_TAG, CLASS_NAMES_ARTIFACT, MODEL_TAG, WEIGHTS_ARTIFACT
+from tle.store.tracking import artifact_files
+from tle.store.status import RunStatus
+from tle.workers.task import in_worker
+
+__all__ = ["CLASS_NAMES_ARTIFACT", "FORMS", "WEIGHTS_ARTIFACT", "resolve_weights"]
+FORMS = "none, imagenet, a file path, runs:/RUN_ID or models:/NAME/VERSION"
+
+
+def resolve_weights(text: str, backend: str, workdir: Path | None = None, model: str | None = None) -> ResolvedWeights:
+    """``model``: the architecture the weights are for; a run of another backend must be of the same one."""
+    if text in ("none", "imagenet"):
+        return ResolvedWeights(kind=text, source=text)
+    if text.startswith("runs:/"):
+        return _from_run(text[len("runs:/"):].strip("/").split("/")[0], text, backend, workdir, model)
+    if text.startswith("models:/"):
+        return _from_run(_registered_run_id(text), text, backend, workdir, model)
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise UserError(f"weights file {text!r} does not exist", f"use one of: {FORMS}")
+    return ResolvedWeights(kind="file", source=text, path=path.resolve())
+
+
+def _client():
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient()
+
+
+def _registered_run_id(text: str) -> str:
+    ref = text[len("models:/"):].strip("/")
+    client = _client()
+    try:
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            version = client.get_model_version_by_alias(name, alias)
+        else:
+            name, _, number = ref.partition("/")
+            if not number.isdigit():
+                raise UserError(f"{text!r} must name a version", "write models:/NAME/VERSION or models:/NAME@ALIAS")
+            version = client.get_model_version(name, number)
+    except UserError:
+        raise
+    except Exception:
+        raise UserError(f"registered model {text!r} not found in the tracking store",
+                        "check the name and version with the MLflow UI or --tracking-uri") from None
+    if not version.run_id:
+        raise UserError(f"registered model {text!r} has no source run", "register a model logged by tle run")
+    return version.run_id
+
+
+def _from_run(run_id: str, source: str, backend: str, workdir: Path | None, model: str | None) -> ResolvedWeights:
+    from tle.store.stored_run import get_run
+
+    run = get_run(run_id)
+    run_backend = run.data.tags.get(BACKEND_TAG)
+    target = Path(tempfile.mkdtemp(prefix="tle-weights-", dir=workdir))
+    if run_backend and run_backend != backend:
+        return _from_other_backend(run, source, run_backend, model, target)
+    files = artifact_files(run_id, WEIGHTS_ARTIFACT, target)
+    if files is None:
+        raise UserError(f"run {run_id} has no {WEIGHTS_ARTIFACT}/ artifact",
+                        f"it did not finish; check its status ({run.info.status}) or use another run")
+    if len(files) != 1:
+        raise UserError(f"run {run_id} holds {len(files)} weight files, expected one", "use a run made by tle run")
+    return ResolvedWeights(kind="file", source=source, path=files[0], class_names=_class_names(run_id, target))
+
+
+def _class_names(run_id: str, target: Path) -> tuple[str, ...] | None:
+    files = artifact_files(run_id, CLASS_NAMES_ARTIFACT, target)
+    try:
+        return tuple(json.loads(files[0].read_text())) if files else None
+    except ValueError:
+        return None
+
+
+def _from_other_backend(run, source: str, run_backend: str, model: str | None, target: Path) -> ResolvedWeights:
+    """A run of another framework: its backend writes the portable file (tle.contract.portable) in a process of its own."""
+    import mlflow
+
+    run_model = run.data.tags.get(MODEL_TAG)
+    if model is not None and run_model and run_model != model:
+        raise UserError(f"weights in {source} are a {run_backend} {run_model}, not a {model}",
+                        f"use --model {run_model}: across frameworks weights fit the same architecture only")
+    if run.info.status != RunStatus.FINISHED:
+        raise UserError(f"run {run.info.run_id} is {run.info.status}; only finished runs give weights to another "
+                        "framework", "use a finished run")
+    key = (mlflow.get_tracking_uri(), run.info.run_id)
+    if key not in _PORTABLE or not _PORTABLE[key].is_file():
+        # A finished run's weights never change: a warm sweep worker converts a shared backbone once.
+        folder = Path(tempfile.mkdtemp(prefix="tle-portable-"))
+        atexit.register(shutil.rmtree, folder, True)
+        _PORTABLE[key] = Path(portable_of_run(run.info.run_id, run_backend, key[0], folder)["path"])
+    return ResolvedWeights(kind="file", source=source, path=_PORTABLE[key],
+                           class_names=_class_names(run.info.run_id, target))
+
+
+_PORTABLE: dict[tuple[str, str], Path] = {}  # (store, run id) -> its portable file, for this process's life
+
+
+def portable_of_run(run_id: str, backend: str, tracking_uri: str, out: Path, logits: bool = False) -> dict[str, Any]:
+    """The run's weights as a portable file, written in a worker of the run's own ``backend``
+    (:func:`tle.run.convert.write_portable` there)."""
+    return in_worker(backend, "portable", run_id, tracking_uri, {"out": str(out), "logits": logits},
+                     failed=f"cannot read run {run_id}'s weights in {backend}", fix="check the run with tle show")
+
+
+def portable_from_backend(request: ForeignWeights) -> Path:
+    """Weights that ``request.backend`` reads natively, as a portable file written by that backend in a worker of
+    its own (the reader :func:`tle.contract.helpers.portable_from_backend` hands backends)."""
+    import mlflow
+
+    outcome = in_worker(request.backend, "portable", "", mlflow.get_tracking_uri(), request.options(),
+                        failed=f"{request.backend} could not read {request.source or request.weights} for "
+                               f"{request.model}",
+                        fix=f"check that {request.backend} reads it (tle run --backend {request.backend} --weights ...)")
+    return Path(outcome["path"])
+
+
+provide_foreign_reader(portable_from_backend)

@@ -1,0 +1,231 @@
+"""MLflow tracking: one run per experiment, never left RUNNING.
+
+MLflow is imported lazily: ``tle --help`` must stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tle.errors import UserError
+from tle.contract.loop import EpochRecord
+from tle.store.status import ERROR_TAG, RunStatus
+
+
+def configure(uri: str | None, experiment: str | None = None):
+    """Point MLflow at ``uri`` (None keeps MLFLOW_TRACKING_URI or MLflow's default)."""
+    from tle.store.lock import absolute_uri, prepare, store_lock
+
+    # A dead server is reported before MLflow (seconds to import) is even loaded.
+    given = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if given:
+        prepare(absolute_uri(given))
+    import mlflow
+
+    if uri:
+        mlflow.set_tracking_uri(absolute_uri(uri))
+    uri = mlflow.get_tracking_uri()
+    if not given:
+        prepare(uri)
+    try:
+        # The first touch creates/migrates a new SQLite store; only one process may do that at a time.
+        with store_lock(uri):
+            if experiment:
+                mlflow.set_experiment(experiment)
+            else:
+                mlflow.MlflowClient().search_experiments(max_results=1)
+    except UserError:
+        raise
+    except Exception as exc:
+        if experiment:
+            raise UserError(f"cannot use MLflow experiment {experiment!r} at {uri}: "
+                            f"{str(exc).splitlines()[0]}", "check --tracking-uri / MLFLOW_TRACKING_URI") from None
+        raise UserError(f"cannot open the MLflow store {uri}: {str(exc).splitlines()[0]}",
+                        "check --tracking-uri / MLFLOW_TRACKING_URI") from None
+    return mlflow
+
+
+class Tracker:
+    """Thin wrapper that names what tle logs, so every backend's runs look alike."""
+
+    def __init__(self, mlflow_module, run):
+        self._mlflow = mlflow_module
+        self.run = run
+        self.run_id: str = run.info.run_id
+
+    def params(self, params: dict[str, Any]) -> None:
+        items = list(params.items())
+        for i in range(0, len(items), 90):  # MLflow caps one batch at 100 params
+            self._mlflow.log_params(dict(items[i:i + 90]))
+
+    def tags(self, tags: dict[str, Any]) -> None:
+        self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        clean = {k: float(v) for k, v in metrics.items() if v is not None}
+        if clean:
+            self._mlflow.log_metrics(clean, step=step)
+
+    def epoch(self, record: EpochRecord) -> None:
+        self.metrics({**record.metrics, "stage": record.stage}, step=record.step)
+
+    def artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        if Path(path).is_dir():
+            self._mlflow.log_artifacts(str(path), artifact_path)
+        else:
+            self._mlflow.log_artifact(str(path), artifact_path)
+
+    def text(self, text: str, name: str) -> None:
+        self._mlflow.log_text(text, name)
+
+    def json(self, obj: Any, name: str) -> None:
+        self._mlflow.log_text(json.dumps(obj, indent=2), name)
+
+    def datasets(self, data) -> None:
+        """The run's train/val/test splits as MLflow dataset inputs (the UI's Dataset column; searchable by name and
+        digest): name = the data source, digest = the split fingerprint and the split, context = the split."""
+        from mlflow.data import from_numpy
+
+        import time
+
+        from tle.store.lock import store_lock
+
+        fingerprint = data.fingerprint()
+        splits = [(s, *data.split(s)) for s in ("train", "val", "test")]
+        datasets = [from_numpy(x, source=dataset_source(data.name), targets=y, name=data.name,
+                               digest=f"{fingerprint}-{s}") for s, x, y in splits]
+        # Sweep workers log the same split at once: MLflow inserts a dataset row per (experiment, name, digest)
+        # and the second insert of a race fails; under the store's lock (SQLite) and with a retry (a server)
+        # the later run finds the row and only links it.
+        for attempt in range(3):
+            try:
+                with store_lock(self._mlflow.get_tracking_uri()):
+                    self._mlflow.log_inputs(datasets=datasets, contexts=[s for s, _, _ in splits],
+                                            tags_list=[{} for _ in splits])
+                return
+            except Exception:
+                if attempt == 2:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
+
+    def onnx_model(self, path: Path, sample, logits, registered_name: str | None) -> None:
+        import onnx
+        from mlflow.models import infer_signature
+
+        self._mlflow.onnx.log_model(
+            onnx_model=onnx.load(str(path)), name="model",
+            signature=infer_signature(sample, logits),
+            registered_model_name=registered_name,
+            # Inferring requirements spawns a subprocess per run; these are known.
+            pip_requirements=["onnxruntime", "onnx", "numpy"],
+            save_as_external_data=False,
+        )
+
+
+def artifact_files(run_id: str, artifact_path: str, dst: Path) -> list[Path] | None:
+    """Download one artifact (a file or a folder) of a run; its files, sorted, or None if it is absent."""
+    import mlflow
+
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path,
+                                                         dst_path=str(dst)))
+    except Exception:
+        return None
+    return sorted(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else [local]
+
+
+def environment_tags() -> dict[str, str]:
+    from importlib.metadata import version
+
+    import tle
+
+    tags = {"tle.version": tle.__version__, "python": platform.python_version(), "platform": platform.platform()}
+    for dist in ("mlflow", "onnx", "onnxruntime", "numpy"):
+        try:
+            tags[f"version.{dist}"] = version(dist)
+        except Exception:
+            pass
+    return tags
+
+
+@contextmanager
+def tracked_run(mlflow_module, *, name: str | None, tags: dict[str, str],
+                run_id: str | None = None) -> Iterator[Tracker]:
+    """Start (or, with ``run_id``, reopen) a run; end it FINISHED, FAILED (any error) or KILLED (Ctrl-C/SIGTERM)."""
+    if run_id:
+        run = mlflow_module.start_run(run_id=run_id, tags=tags)
+    else:
+        run = mlflow_module.start_run(run_name=name, tags=tags)
+    tracker = Tracker(mlflow_module, run)
+    try:
+        yield tracker
+    except KeyboardInterrupt as exc:
+        _mark(exc, tracker.run_id)
+        _end(mlflow_module, RunStatus.KILLED, "interrupted")
+        raise
+    except BaseException as exc:
+        _mark(exc, tracker.run_id)
+        _end(mlflow_module, RunStatus.FAILED, f"{type(exc).__name__}: {exc}")
+        raise
+    else:
+        mlflow_module.end_run(RunStatus.FINISHED)
+
+
+def _end(mlflow_module, status: str, reason: str) -> None:
+    try:
+        mlflow_module.set_tag(ERROR_TAG, reason[:5000])
+    finally:
+        mlflow_module.end_run(status)
+
+
+def _mark(exc: BaseException, run_id: str) -> None:
+    """Let callers (a sweep worker) learn which run an error ended."""
+    try:
+        exc.tle_run_id = run_id  # type: ignore[attr-defined]
+    except AttributeError:
+        pass
+
+
+_SOURCE_CLASS: list[type] = []
+
+
+def dataset_source(source: str):
+    """Where a split came from, as tle names it (``digits:0-4``, ``folder:/data/ships``), as an MLflow dataset source.
+    The class is made on first use: MLflow is imported lazily."""
+    if not _SOURCE_CLASS:
+        from mlflow.data.dataset_source import DatasetSource
+
+        class TleDatasetSource(DatasetSource):
+            def __init__(self, source: str):
+                self.source = source
+
+            @staticmethod
+            def _get_source_type() -> str:
+                return "tle"
+
+            def load(self, **kwargs):
+                raise NotImplementedError("tle datasets are loaded by tle.data.load_dataset from the run's spec")
+
+            @staticmethod
+            def _can_resolve(raw_source) -> bool:
+                return False
+
+            @classmethod
+            def _resolve(cls, raw_source):
+                return cls(str(raw_source))
+
+            def to_dict(self) -> dict:
+                return {"source": self.source}
+
+            @classmethod
+            def from_dict(cls, source_dict: dict):
+                return cls(source_dict["source"])
+
+        _SOURCE_CLASS.append(TleDatasetSource)
+    return _SOURCE_CLASS[0](source)

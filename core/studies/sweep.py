@@ -1,0 +1,337 @@
+"""``tle sweep``: run a grid's cells on warm workers, one parent run, nested cell runs, resumable.
+
+Resume: a cell whose spec key (:meth:`ExperimentSpec.key`) and data
+fingerprint already have a FINISHED run in the experiment is not run again; its
+run is reused in the table. Failed and killed cells run again. Rerunning the
+same sweep reopens its parent run, so all its cells stay nested under one
+parent however many times it was interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console
+
+from tle.errors import UserError
+from tle.run import worker as worker_program
+from tle.studies.grid import PRETRAIN, Cell, Grid
+from tle.workers.schedule import Scheduler, Task
+from tle.studies.sweep_store import (CELL, PARENT_TAG, ROLE, CellRun, end_sweep, finished_by_key, open_parent, quiet_signals,
+                             read_runs, record_failure)
+from tle.store.status import RunStatus
+
+EXECUTORS = ("local", "ray")
+
+
+@dataclass
+class CellResult:
+    cell: Cell
+    status: str = RunStatus.PENDING  # FINISHED, FAILED, KILLED, PENDING (never started)
+    run_id: str | None = None
+    reused: bool = False  # finished by an earlier run of the same spec and data
+    error: str = ""
+    outcome: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SweepResult:
+    grid: Grid
+    parent_id: str
+    experiment: str
+    uri: str
+    results: list[CellResult]
+    runs: dict[str, CellRun] = field(default_factory=dict)
+    wall_seconds: float = 0.0
+    interrupted: bool = False
+    table: Any = None  # tle.analysis.table.Table, logged on the parent when the sweep ended
+
+    @property
+    def cells(self) -> list[CellResult]:
+        return [r for r in self.results if r.cell.role != PRETRAIN]
+
+    @property
+    def ok(self) -> bool:
+        return not self.interrupted and all(r.status == RunStatus.FINISHED for r in self.results)
+
+    def run_of(self, result: CellResult) -> CellRun | None:
+        return self.runs.get(result.run_id or "")
+
+
+def check_cells(cells: list[Cell]) -> None:
+    """Every backend, model and strategy of the grid exists: user errors before any run starts."""
+    from tle.run.runner import prepare
+
+    seen: set[tuple] = set()
+    for cell in cells:
+        t = cell.spec.train  # what prepare() reads: a cell differing in any of it is checked on its own
+        sig = (cell.spec.backend, cell.spec.model, cell.spec.strategy, cell.spec.weights == "none", t.epochs, t.lr,
+               t.finetune_epochs, t.finetune_lr, t.batchnorm)
+        if sig in seen:
+            continue
+        seen.add(sig)
+        spec = cell.spec
+        if spec.weights == PRETRAIN:  # resolved to runs:/ID once its pretraining cell finished
+            spec = spec.model_copy(update={"weights": "runs:/pretrain"})
+        try:
+            prepare(spec)
+        except UserError as exc:
+            raise UserError(f"sweep cell {cell.label}: {exc}") from None
+
+
+def make_pool(executor: str, address: str | None, jobs: int):
+    if executor == "local":
+        from tle.workers.local import LocalPool
+
+        return LocalPool(jobs)
+    if executor == "ray":
+        from tle.workers.ray import RayPool  # Ray: an optional, heavy dependency
+
+        return RayPool(worker_program, address, num_cpus=None)
+    raise UserError(f"unknown executor {executor!r}", f"choose one of {', '.join(EXECUTORS)}")
+
+
+class Sweep:
+    def __init__(self, grid: Grid, *, executor: str = "local", jobs: int = 1, address: str | None = None,
+                 tracking_uri: str | None = None, gpus_per_cell: float | None = None,
+                 console: Console | None = None, quiet: bool = False, metric: str = "test_acc",
+                 rows: list[str] | None = None, cols: list[str] | None = None):
+        """``metric``, ``rows``, ``cols``: the table logged on the parent run (``tle.analysis.table.build_table``)."""
+        from tle.store.lock import absolute_uri, sqlite_path
+
+        if executor not in EXECUTORS:
+            raise UserError(f"unknown executor {executor!r}", f"choose one of {', '.join(EXECUTORS)}")
+        if jobs < 1:
+            raise UserError(f"--jobs {jobs} must be at least 1", "use --jobs 1 or more")
+        self.grid = grid
+        self.cells = grid.cells()
+        check_cells(self.cells)
+        base = self.cells[0].spec
+        import mlflow
+
+        self.uri = absolute_uri(tracking_uri or base.tracking.uri or mlflow.get_tracking_uri())
+        if executor == "ray" and address and sqlite_path(self.uri) is not None:
+            raise UserError(f"a sweep on the Ray cluster {address} cannot track into the local file {self.uri}",
+                            "start an MLflow server reachable from every node and pass --tracking-uri http://HOST:5000")
+        from tle.store.lock import prepare
+
+        prepare(self.uri)  # a dead tracking server: one line now, not MLflow's retries after cells ran
+        if executor == "ray" and address:
+            from tle.workers.ray import probe_address
+
+            probe_address(address)  # nothing listening: one line in seconds, not Ray's minutes of retries
+        self.experiment = base.tracking.experiment
+        self.executor, self.jobs, self.address = executor, jobs, address
+        self.gpus = gpus_per_cell
+        self.console = console or Console(stderr=True)
+        self.quiet = quiet
+        self.metric, self.rows, self.cols = metric, rows, cols
+        self._fingerprints: dict[str, str] = {}
+
+    # -- the parts ------------------------------------------------------------
+
+    def _spec_for(self, cell: Cell) -> dict[str, Any]:
+        spec = cell.spec.model_copy(update={"tracking": cell.spec.tracking.model_copy(update={
+            "uri": self.uri, "experiment": self.experiment,
+            "run_name": cell.spec.tracking.run_name or f"{self.grid.name}: {cell.label}"})})
+        return spec.model_dump(mode="json")
+
+    def _tags(self, cell: Cell, parent_id: str) -> dict[str, str]:
+        tags = {PARENT_TAG: parent_id, "tle.sweep": self.grid.name, CELL: str(cell.index), ROLE: cell.role}
+        tags.update({f"axis.{k}": str(v) for k, v in cell.axes.items()})
+        return tags
+
+    def _fingerprint(self, cell: Cell) -> str | None:
+        from tle.data.load import split_fingerprint
+        from tle.backends.manager import load_backend
+
+        spec = cell.spec
+        key = json.dumps([spec.dataset.model_dump(mode="json"), spec.train.seed, spec.backend], sort_keys=True)
+        if key not in self._fingerprints:
+            try:
+                extra = load_backend(spec.backend).dataset_sources()
+                self._fingerprints[key] = split_fingerprint(spec.dataset, spec.train.seed, extra)
+            except UserError:
+                self._fingerprints[key] = ""  # the cell will fail with the same error, recorded as FAILED
+        return self._fingerprints[key] or None
+
+    def _reusable(self, cell: Cell, finished: dict[str, list[Any]]) -> Any | None:
+        candidates = finished.get(cell.key) or []
+        if not candidates:
+            return None
+        fp = self._fingerprint(cell)
+        return next((r for r in candidates if fp and r.data.params.get("data.fingerprint") == fp), None)
+
+    def _gpus(self, cell: Cell) -> float:
+        if self.gpus is not None:
+            return self.gpus
+        device = cell.spec.train.device
+        return 1.0 if device.startswith(("cuda", "gpu")) else 0.0
+
+    # -- running --------------------------------------------------------------
+
+    def run(self) -> SweepResult:
+        """Run the cells. The executor is joined before the parent run exists (an unreachable cluster creates no
+        run); from then on the parent and every cell end FINISHED, FAILED (with ``tle.error``) or KILLED
+        (Ctrl-C, SIGTERM), whatever ends the sweep."""
+        from tle.progress import make_progress
+
+        started = time.perf_counter()
+        pool = make_pool(self.executor, self.address, self.jobs)
+        try:
+            return self._run_on(pool, started, make_progress(self.console, self.quiet))
+        finally:
+            if hasattr(pool, "close"):
+                with quiet_signals():
+                    pool.close()
+
+    def _run_on(self, pool, started: float, progress) -> SweepResult:
+        from tle.analysis.report import record
+        from tle.analysis.table import build_table
+        from tle.store.tracking import configure
+
+        mlflow = configure(self.uri, self.experiment)
+        client = mlflow.MlflowClient()
+        exp_id = mlflow.get_experiment_by_name(self.experiment).experiment_id
+        parent_id = None
+        scheduler = None
+        try:
+            parent_id, reopened = open_parent(client, exp_id, self.grid.name, self.grid.key(),
+                                              {"tle.sweep": self.grid.name, "tle.executor": self.executor})
+            if not reopened:
+                client.log_text(parent_id, self.grid.source, "sweep.yaml")
+                client.log_param(parent_id, "axes",
+                                 json.dumps({k: v for k, v in self.grid.axes.items()}, default=str)[:6000])
+            results = {c.index: CellResult(c) for c in self.cells}
+            finished = finished_by_key(client, exp_id)
+            sweep = SweepResult(self.grid, parent_id, self.experiment, self.uri, list(results.values()))
+            if progress is not None:
+                progress.start()
+            scheduler = Scheduler(pool, self.jobs)
+            self._run_cells(results, finished, client, exp_id, parent_id, scheduler, progress)
+            scheduler.close()  # in the try: a signal while the idle workers stop still ends the parent
+            scheduler = None
+            sweep.results = [results[c.index] for c in self.cells]
+            sweep.runs = read_runs(client, [r.run_id for r in sweep.results], exp_id)
+            sweep.wall_seconds = time.perf_counter() - started
+            # The study layer ends its parent run on every path: here FINISHED (or FAILED when a cell did not
+            # finish) with the table and counts, below KILLED/FAILED for whatever stopped it.
+            sweep.table = build_table(sweep, metric=self.metric, rows=self.rows, cols=self.cols)
+            record(sweep, sweep.table)
+        except BaseException as exc:
+            if parent_id is not None:
+                with quiet_signals():
+                    end_sweep(client, exp_id, parent_id, exc)
+            raise
+        finally:
+            if progress is not None:
+                progress.stop()
+            if scheduler is not None:
+                scheduler.close()
+        return sweep
+
+    def _run_cells(self, results, finished, client, exp_id, parent_id, scheduler, progress) -> None:
+        """Every cell in one schedule: a transfer cell becomes ready when its pretraining cell finished and
+        a group's ONNX export when its cells ended, so workers go on with their own backend's work instead
+        of being restarted between phases."""
+        tasks = [Task(c.index, c.backend, self._spec_for(c), self._tags(c, parent_id), c.label, self._gpus(c),
+                      after=(c.pretrain.index,) if c.pretrain is not None else ()) for c in self.cells]
+        exports = self._export_tasks(len(self.cells))
+        if not self.quiet:
+            pre = sum(c.role == PRETRAIN for c in self.cells)
+            self.console.print(f"sweep {self.grid.name}: {len(tasks)} cells" + (f" ({pre} pretraining)" if pre else "")
+                               + f" on up to {self.jobs} {self.executor} worker(s)"
+                               + (f"; then ONNX export of the best cell of {len(exports)} group(s)" if exports else ""))
+        bar = progress.add_task("cells", total=len(tasks) + len(exports), info="") if progress is not None else None
+
+        def resolve(task: Task) -> dict[str, Any] | None:
+            if task.kind == "export":
+                return self._pick_best(task, results, client, exp_id)
+            res = results[task.cell]
+            if res.cell.pretrain is not None:
+                source = results[res.cell.pretrain.index]
+                res.cell = res.cell.with_weights(f"runs:/{source.run_id}")
+                task.spec = self._spec_for(res.cell)
+            reuse = self._reusable(res.cell, finished)
+            if reuse is None:
+                return None
+            return {"cell": task.cell, "status": RunStatus.FINISHED, "run_id": reuse.info.run_id, "reused": True}
+
+        def on_start(task: Task) -> None:
+            if bar is not None:
+                progress.update(bar, info=task.label)
+
+        def on_done(task: Task, outcome: dict[str, Any]) -> None:
+            if bar is not None:
+                progress.advance(bar)
+            if task.kind == "export":
+                self._export_done(task, outcome, results)
+                return
+            res = results[task.cell]
+            res.status = outcome.get("status", RunStatus.FAILED)
+            res.run_id = outcome.get("run_id")
+            res.error = outcome.get("error", "")
+            res.reused = bool(outcome.get("reused"))
+            res.outcome = outcome
+            if res.status != RunStatus.FINISHED and res.run_id is None:
+                res.run_id = record_failure(client, exp_id, task.spec["tracking"]["run_name"], task.tags,
+                                            res.error or res.status, spec=task.spec)
+                if res.status == RunStatus.KILLED:
+                    client.set_terminated(res.run_id, status=RunStatus.KILLED)
+            if not self.quiet:
+                mark = {RunStatus.FINISHED: "[green]done[/]", RunStatus.KILLED: "[yellow]killed[/]"}.get(res.status, "[red]failed[/]")
+                if res.reused:
+                    mark = "[dim]reused[/]"
+                extra = f"  {res.error}" if res.error and res.status != RunStatus.FINISHED else ""
+                took = "" if res.reused else f" ({outcome.get('seconds', 0):.1f}s)"
+                self.console.print(f"  {mark} {task.label}{took}{extra}", highlight=False, markup=True)
+
+        scheduler.run(tasks + exports, on_start=on_start, on_done=on_done, resolve=resolve)
+
+    # -- export.onnx: best ----------------------------------------------------
+
+    def _export_tasks(self, first_id: int) -> list[Task]:
+        """One export per group (cells differing only in seed) whose spec says ``export.onnx: best``."""
+        from tle.analysis.stats import group_key
+
+        groups: dict[str, list[Cell]] = {}
+        for c in self.cells:
+            if c.role != PRETRAIN and c.spec.export.onnx == "best":
+                groups.setdefault(group_key(c.axes), []).append(c)
+        tasks = []
+        for i, members in enumerate(groups.values()):
+            head = members[0]
+            label = " ".join(f"{k}={v}" for k, v in head.axes.items() if k != "train.seed") or "all"
+            tasks.append(Task(first_id + i, head.backend, {}, {}, f"export best of {label}", self._gpus(head),
+                              kind="export", after=tuple(c.index for c in members), strict=False))
+        return tasks
+
+    def _pick_best(self, task: Task, results, client, exp_id) -> dict[str, Any] | None:
+        """The group's finished cell with the best best_val_acc; None runs the export, an outcome skips it."""
+        done = [results[i] for i in task.after if results[i].status == RunStatus.FINISHED and results[i].run_id]
+        runs = read_runs(client, [r.run_id for r in done], exp_id)
+        done = [r for r in done if r.run_id in runs]
+        if not done:
+            return {"cell": task.cell, "status": RunStatus.FINISHED, "skipped": "no finished cell"}
+        best = max(done, key=lambda r: runs[r.run_id].metrics.get("best_val_acc", -1.0))
+        if "onnx_max_abs_diff" in runs[best.run_id].metrics:
+            return {"cell": task.cell, "status": RunStatus.FINISHED, "run_id": best.run_id, "skipped": "exported earlier"}
+        task.run_id, task.label = best.run_id, f"best of its group: {best.cell.label}"
+        task.spec, task.cell_of = self._spec_for(best.cell), best.cell.index
+        return None
+
+    def _export_done(self, task: Task, outcome: dict[str, Any], results) -> None:
+        if outcome.get("status") == RunStatus.FINISHED:
+            if not self.quiet and not outcome.get("skipped"):
+                diff = outcome.get("onnx_max_abs_diff")
+                self.console.print(f"  [green]exported[/] {task.label} (max |diff| {diff:.1e}, "
+                                   f"{outcome.get('seconds', 0):.1f}s)", highlight=False)
+            return
+        res = results.get(task.cell_of)
+        if res is not None:  # the model trained, but the sweep did not deliver what it promised
+            res.status, res.error = RunStatus.FAILED, f"ONNX export: {outcome.get('error', '')}"
+        if not self.quiet:
+            self.console.print(f"  [red]export failed[/] {task.label}: {outcome.get('error', '')}", highlight=False)
