@@ -6,13 +6,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tle-installed
 
-.PHONY: demo test test-studies setup clean
+.PHONY: demo test test-studies check setup clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml examples/numpy_backend/pyproject.toml
+$(STAMP): pyproject.toml examples/numpy_backend/pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[all,dev]" -e examples/numpy_backend
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[all,dev]" -e examples/numpy_backend
 	@touch $@
 
 demo: $(STAMP)
@@ -22,7 +22,14 @@ demo: $(STAMP)
 # cores: one process alone keeps 2 cores only ~55 % busy (waits on subprocesses, stores, servers).
 TEST_THREADS ?= $(shell $(PYTHON) -c 'import os; print(max(1, (os.cpu_count() or 2) // 2))')
 
-test: $(STAMP)
+# The structure: the core's layers (import-linter, pyproject's [tool.importlinter]), the hook contract and the core
+# type-checked (pyright, [tool.pyright]), no unused or undefined names (ruff F).
+check: $(STAMP)
+	$(BIN)/lint-imports
+	$(BIN)/pyright
+	$(BIN)/ruff check --select F,E9 core plugins tests examples benchmarks
+
+test: check
 	OMP_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -n 2 --dist loadfile -m "not study"
 
 # The study-sized checks left out of `make test` (tests/conftest.py: STUDY), about 6 minutes on 2 cores.

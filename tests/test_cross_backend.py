@@ -178,7 +178,8 @@ def test_convert_gives_the_other_framework_the_same_function(digits_runs, store)
     run = digits_runs[source]
     proc = tle("--quiet", "convert", run["run_id"], "--to", target, "--json", env={"MLFLOW_TRACKING_URI": store},
                check_rc=0)
-    out = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert len(proc.stdout.strip().splitlines()) == 1, proc.stdout  # one JSON object on one line, like every --json
+    out = json.loads(proc.stdout)
     assert out["backend"] == target and out["source_run_id"] == run["run_id"]
     assert out["max_abs_diff"] <= 1e-4 and out["images"] > 300, out
     assert out["test_acc"] == pytest.approx(run["test_acc"], abs=0.01), out

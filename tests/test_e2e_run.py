@@ -229,8 +229,9 @@ def test_compare_reports_transfer_metrics_against_scratch(base_run, store, tmp_p
     scratch = run_json(*common, env=env, cwd=tmp_path)
     moved = run_json(*common, "--strategy", "transfer:all", "--weights", f"runs:/{result['run_id']}",
                      env=env, cwd=tmp_path)
-    rows = {r["run_id"]: r for r in json.loads(tle("compare", "--experiment", "e2e-compare", "--json", env=env,
-                                                   check_rc=0).stdout)}
+    printed = tle("compare", "--experiment", "e2e-compare", "--json", env=env, check_rc=0).stdout
+    assert len(printed.strip().splitlines()) == 1  # one JSON object on one line, as every --json prints
+    rows = {r["run_id"]: r for r in json.loads(printed)["runs"]}
     assert rows[scratch["run_id"]]["jumpstart"] is None
     row = rows[moved["run_id"]]
     curve = [m.value for m in sorted(client.get_metric_history(moved["run_id"], "val_acc"), key=lambda m: m.step)]

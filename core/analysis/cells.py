@@ -197,7 +197,7 @@ def records(cells: list[CellRow]) -> list[dict[str, Any]]:
 
 
 def to_json(cells: list[CellRow], what: str) -> str:
-    return json.dumps({"title": title(what, cells), "rule": RULE, "cells": records(cells)}, indent=2, default=str)
+    return json.dumps({"title": title(what, cells), "rule": RULE, "cells": records(cells)}, default=str)
 
 
 def to_csv(cells: list[CellRow]) -> str:

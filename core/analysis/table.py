@@ -118,7 +118,7 @@ class SweepTable:
     def json(self) -> str:
         return json.dumps({"title": self.title, "metric": self.metric, "rows": self.rows, "cols": self.cols,
                            "rule": "beyond_seed_spread: |mean - scratch mean| > sd + scratch sd; welch_p: Welch's t-test",
-                           "groups": self.records()}, indent=2, default=str)
+                           "groups": self.records()}, default=str)
 
     def rich(self):
         from rich.table import Table

@@ -58,7 +58,7 @@ def compare(
     if cells or (sweep and not runs):
         _print_cells(rows, title, fmt_)
     elif fmt_ == "json":
-        print(json.dumps([public(r) for r in rows]))
+        print(json.dumps({"title": title, "runs": [public(r) for r in rows]}))
     elif fmt_ == "csv":
         print(_csv(rows), end="")
     elif fmt_ == "markdown":

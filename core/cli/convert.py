@@ -30,7 +30,7 @@ def convert(
 
     result = convert_run(run_id, to, mlflow.get_tracking_uri(), on_start=started)
     if as_json:
-        out.print_json(dumps(result))
+        print(dumps(result))
         return
     out.print(f"run {result['run_id']}: {result['backend']} {result['model']} from {result['source_backend']} run "
               f"{run_id}; max |logit diff| {result['max_abs_diff']:.2e} on {result['images']} test images "

@@ -217,4 +217,4 @@ def _not_converted(outcome: dict[str, Any]) -> Exception:
 
 
 def dumps(result: dict[str, Any]) -> str:
-    return json.dumps(result, indent=2)
+    return json.dumps(result)
