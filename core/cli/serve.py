@@ -14,60 +14,52 @@ from tle.errors import UserError
 from tle.store.status import RunStatus
 
 
-def _onnx_from(ref: str, tracking_uri: str | None, dst: Path) -> Path:
-    """An ONNX file for a path, a run id or runs:/ID."""
+def _onnx_file(ref: str) -> Path | None:
+    """``ref`` as an ONNX file path, or None when it names a run (an id or runs:/ID)."""
     path = Path(ref)
     if path.suffix == ".onnx" or path.exists():
         if not path.is_file():
             raise UserError(f"ONNX model {ref} does not exist", "give a .onnx file or a run id")
         return path
-    from tle.store.tracking import artifact_files, configure
-
-    mlflow = configure(tracking_uri)
-    run_id = ref[len("runs:/"):].strip("/").split("/")[0] if ref.startswith("runs:/") else ref
-    files = artifact_files(run_id, "model", dst)
-    if files is None:
-        raise UserError(f"{ref!r} is neither an ONNX file nor a run with an ONNX model in {mlflow.get_tracking_uri()}",
-                        "give a .onnx path or a run id from 'tle compare' / the MLflow UI")
-    found = [f for f in files if f.suffix == ".onnx"]
-    if not found:
-        raise UserError(f"run {run_id} has no ONNX model", "run it again with --export")
-    return found[0]
+    return None
 
 
 def _run_onnx(ref: str, tracking_uri: str | None, dst: Path) -> Path:
-    """:func:`_onnx_from`, and for a finished run trained without export (``--no-export``, a sweep's cell that was
-    not the best of its group) first the ONNX model built from its logged weights in a worker of its backend,
-    with the parity check, logged to that run."""
-    path = Path(ref)
-    if path.suffix == ".onnx" or path.exists():
-        return _onnx_from(ref, tracking_uri, dst)
-    from tle.store.stored_run import BACKEND_TAG, WEIGHTS_ARTIFACT
-    from tle.store.tracking import artifact_files, configure
+    """An ONNX file for a path, a run id or runs:/ID. A finished run trained without export (``--no-export``, a
+    sweep's cell that was not the best of its group, a fused run) first gets the ONNX model built from its logged
+    weights in a worker of its backend, with the parity check, logged to that run."""
+    path = _onnx_file(ref)
+    if path is not None:
+        return path
+    from tle.store.stored_run import WEIGHTS_ARTIFACT, StoredRun
+    from tle.store.tracking import configure
 
     mlflow = configure(tracking_uri)
-    run_id = ref[len("runs:/"):].strip("/").split("/")[0] if ref.startswith("runs:/") else ref
     try:
-        run = mlflow.MlflowClient().get_run(run_id)
-    except Exception:
-        return _onnx_from(ref, tracking_uri, dst)  # not a run: the usual one-line error
-    found = [f for f in artifact_files(run_id, "model", dst) or [] if f.suffix == ".onnx"]
-    if found:
-        return found[0]
-    if artifact_files(run_id, WEIGHTS_ARTIFACT, dst / WEIGHTS_ARTIFACT) is None:
-        raise UserError(f"run {run_id} has neither an ONNX model nor weights to build one from",
+        stored = StoredRun(ref, workdir=dst / "stored", doing="export")
+    except UserError:
+        raise UserError(f"{ref!r} is neither an ONNX file nor a run in {mlflow.get_tracking_uri()}",
+                        "give a .onnx path or a run id from 'tle compare' / the MLflow UI") from None
+    found = stored.onnx_model()
+    if found is not None:
+        return found
+    if stored.artifact(WEIGHTS_ARTIFACT) is None:
+        raise UserError(f"run {stored.run_id} has neither an ONNX model nor weights to build one from",
                         "run it again with --export")
-    if run.info.status != RunStatus.FINISHED:
-        raise UserError(f"run {run_id} ended {run.info.status} without an ONNX model",
-                        f"resume it (tle run --resume {run_id}) or run it again")
+    stored.require(RunStatus.FINISHED, fix=f"it has no ONNX model: resume it (tle run --resume {stored.run_id}) "
+                                           "or run it again")
+    stored.check_rebuilds()
     from tle.cli.app import err
     from tle.run.export import export_in_worker
 
-    backend = run.data.tags.get(BACKEND_TAG) or run.data.params.get("backend", "")
-    err.print(f"run {run_id} has no ONNX model: building it from its weights in a {backend} worker", highlight=False)
-    diff = export_in_worker(run_id, backend, mlflow.get_tracking_uri())
-    err.print(f"exported with parity max |diff| {diff:.1e}; logged to run {run_id}", highlight=False)
-    return _onnx_from(ref, tracking_uri, dst)
+    err.print(f"run {stored.run_id} has no ONNX model: building it from its weights in a {stored.backend} worker",
+              highlight=False)
+    diff = export_in_worker(stored.run_id, stored.backend or "", mlflow.get_tracking_uri())
+    err.print(f"exported with parity max |diff| {diff:.1e}; logged to run {stored.run_id}", highlight=False)
+    found = StoredRun(stored.run_id, workdir=dst / "exported").onnx_model()
+    if found is None:
+        raise RuntimeError(f"run {stored.run_id} was exported but holds no ONNX model")
+    return found
 
 
 @app.command()

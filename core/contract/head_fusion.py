@@ -105,6 +105,22 @@ def check_models(models: list, head_kind, backbone_hash) -> str:
     return kind
 
 
+def kept(units: int, keep: float) -> int:
+    """How many of a model's ``units`` hidden units the fused head keeps."""
+    return max(1, round(keep * units))
+
+
+def merged_spec(heads: list, keep: float):
+    """The :class:`tle.contract.spec.HeadSpec` of :func:`merge`'s head over models whose heads were built from
+    ``heads`` (theirs, in order): a ``dense`` head has :func:`kept` units of each, the first's dropout; a
+    ``linear`` head is the first's. What the fused run's ``spec.yaml`` names, so that it rebuilds the fused model
+    from its weights."""
+    first = heads[0]
+    if first.kind != "dense":
+        return first
+    return first.model_copy(update={"hidden": sum(kept(h.hidden, keep) for h in heads)})
+
+
 def merge(heads: list[HeadArrays], keep: float = 0.5, ratio: float = 0.1) -> MergedHead:
     """One head over the ordered union of the classes; ``keep=1`` gives the full concatenation."""
     if not (0 < keep <= 1 and 0 < ratio <= 1):
@@ -123,7 +139,7 @@ def merge(heads: list[HeadArrays], keep: float = 0.5, ratio: float = 0.1) -> Mer
         return MergedHead(kind, classes, out_w, out_b)
     rows: list[tuple[int, int]] = []
     for i, h in enumerate(heads):
-        take = max(1, round(keep * len(h.hidden_w)))
+        take = kept(len(h.hidden_w), keep)
         rows += [(i, u) for u in ranked(h.hidden_w, ratio)[:take]]
     hidden_w = np.stack([heads[i].hidden_w[u] for i, u in rows]).astype(np.float32)
     hidden_b = np.asarray([heads[i].hidden_b[u] for i, u in rows], dtype=np.float32)

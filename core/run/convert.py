@@ -23,6 +23,7 @@ import numpy as np
 from tle.errors import UserError
 from tle.run import weights
 from tle.store.status import RunStatus
+from tle.store.stored_run import StoredRun
 
 TOLERANCE = 1e-4  # max |logit difference| a conversion may show; the ONNX parity check's atol
 CONVERTED_FROM = "tle.converted_from"
@@ -69,10 +70,10 @@ def write_portable(run_id: str, tracking_uri: str | None, out: Path, logits: boo
     from tle.run.rebuild import rebuild
     from tle.store.tracking import configure
 
-    mlflow = configure(tracking_uri)
+    configure(tracking_uri)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    stored = rebuild(run_id, mlflow, out, load_data)
+    stored = rebuild(StoredRun(run_id, workdir=out / "stored", doing="convert"), out, load_data)
     arrays = _portable_arrays(stored.backend, stored.model, stored.spec.model)
     path = write(out / f"{run_id}.tle.npz", PortableWeights(
         model=stored.spec.model, arrays=arrays, head=stored.spec.head.kind,
@@ -126,23 +127,23 @@ def convert_here(run_id: str, options: dict[str, Any], tracking_uri: str | None,
     """In the target backend: build the model from the portable file, check logits, store it as a new run."""
     from tle.run.assembly import assemble
     from tle.contract.records import ResolvedWeights
-    from tle.data import load_dataset
-    from tle.run.outputs import export_and_check, save_weights
+    from tle.run.outputs import Output, export_and_check, save_weights
     from tle.backends.manager import load_backend
     from tle.contract.portable import read
     from tle.run.runner import default_run_name
-    from tle.store.stored_run import read_spec, record_inputs, run_tags
+    from tle.store.stored_run import FUSED_FROM, record_inputs, run_tags
     from tle.store.tracking import configure, environment_tags, tracked_run
 
     mlflow = configure(tracking_uri)
-    source_spec = read_spec(mlflow, run_id, "convert")
-    spec = source_spec.model_copy(update={"backend": options["to"], "weights": f"runs:/{run_id}"})
-    backend = load_backend(spec.backend)
-    backend.model(spec.model)
-    data = (load_data or load_dataset)(spec.dataset, seed=spec.train.seed, extra_sources=backend.dataset_sources())
     portable = read(options["path"])
     workdir = Path(tempfile.mkdtemp(prefix="tle-convert-"))
     try:
+        source = StoredRun(run_id, workdir=workdir / "stored", doing="convert")
+        source_spec = source.spec()
+        spec = source_spec.model_copy(update={"backend": options["to"], "weights": f"runs:/{run_id}"})
+        backend = load_backend(spec.backend)
+        backend.model(spec.model)
+        data = source.data(load_data, backend=backend)  # under the run's classes: a fused run's too
         started = time.perf_counter()
         model = assemble(backend.hook, spec, data, workdir, weights=ResolvedWeights(
             kind="file", source=f"runs:/{run_id}", path=Path(options["path"]), class_names=portable.class_names))
@@ -154,9 +155,11 @@ def convert_here(run_id: str, options: dict[str, Any], tracking_uri: str | None,
         diff = float(np.max(np.abs(ours - reference))) if ours.shape == reference.shape else float("inf")
         accuracy = float(np.mean(np.argmax(ours, axis=1) == data.y_test)) if len(ours) else float("nan")
 
+        # A fused run's conversion holds the fused classes over the first parent's data, as the fused run does.
+        lineage = {FUSED_FROM: ",".join(source.parents)} if source.parents else {}
         tags = run_tags(spec, backend, spec.strategy, extra={CONVERTED_FROM: run_id,
                                                              CONVERTED_FROM_BACKEND: source_spec.backend,
-                                                             **environment_tags()})
+                                                             **lineage, **environment_tags()})
         with tracked_run(mlflow, name=f"{default_run_name(spec)}-from-{source_spec.backend}", tags=tags) as run:
             record_inputs(run, spec, data)
             run.metrics({DIFF_METRIC: diff, "test_acc": accuracy, "convert_import_seconds": import_seconds,
@@ -165,8 +168,9 @@ def convert_here(run_id: str, options: dict[str, Any], tracking_uri: str | None,
                 raise ConversionMismatch(f"{spec.backend}'s {spec.model} differs from run {run_id}'s "
                                          f"{source_spec.backend} model by {diff:.3g} on {len(ours)} test images "
                                          f"(tolerance {TOLERANCE:g})")
-            save_weights(backend.hook, model, run, workdir)
-            onnx_diff = export_and_check(spec, backend.hook, model, data, run, workdir)
+            out = Output(backend.hook, model, run, workdir)
+            save_weights(out)
+            onnx_diff = export_and_check(spec, data, out)
             return {"new_run_id": run.run_id, "max_abs_diff": diff, "onnx_max_abs_diff": onnx_diff,
                     "test_acc": accuracy, "images": int(len(ours)), "import_seconds": import_seconds}
     finally:
@@ -180,12 +184,10 @@ def convert_run(run_id: str, to: str, tracking_uri: str, on_start=None) -> dict[
     """``tle convert``: the run's model in backend ``to``, checked and stored; returns what the command prints.
     ``on_start(source_backend, model)`` is called once the request is known to be valid, before the workers start."""
     from tle.backends.manager import load_backend
-    from tle.store.stored_run import BACKEND_TAG, MODEL_TAG, get_run
-    from tle.workers.task import in_worker
+    from tle.workers.task import OnFailure, WorkerRequest, in_worker
 
-    run = get_run(run_id, tracking_uri)
-    source = run.data.tags.get(BACKEND_TAG)
-    model = run.data.tags.get(MODEL_TAG)
+    with StoredRun(run_id, tracking_uri, doing="convert") as stored:
+        source, model = stored.backend, stored.model
     if not source or not model:
         raise UserError(f"run {run_id} was not made by tle run (no backend/model tags)", "convert a tle run")
     if source == to:
@@ -197,10 +199,10 @@ def convert_run(run_id: str, to: str, tracking_uri: str, on_start=None) -> dict[
     folder = Path(tempfile.mkdtemp(prefix="tle-convert-"))
     try:
         exported = weights.portable_of_run(run_id, source, tracking_uri, folder, logits=True)
-        outcome = in_worker(to, "convert", run_id, tracking_uri,
-                            {"to": to, "path": exported["path"], "logits": exported["logits"],
-                             "export_seconds": exported.get("export_seconds", 0.0)},
-                            otherwise=_not_converted)
+        outcome = in_worker(WorkerRequest(to, "convert", run_id, tracking_uri,
+                                          {"to": to, "path": exported["path"], "logits": exported["logits"],
+                                           "export_seconds": exported.get("export_seconds", 0.0)}),
+                            OnFailure(otherwise=_not_converted))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return {"run_id": outcome["new_run_id"], "source_run_id": run_id, "source_backend": source, "backend": to,

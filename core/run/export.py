@@ -13,27 +13,24 @@ import tempfile
 from pathlib import Path
 
 from tle.store.status import RunStatus
+from tle.store.stored_run import StoredRun
 
 
 def export_finished_run(run_id: str, tracking_uri: str | None = None, load_data=None) -> float:
-    """Export run ``run_id``'s model, check parity, log it to the run; returns the max |diff|."""
-    from tle.run.outputs import export_and_check
+    """Export run ``run_id``'s model, check parity, log it to the run; returns the max |diff|. The run stays
+    FINISHED (its training did finish); an export that fails is its ``tle.export_error`` tag."""
+    from tle.run.outputs import Output, export_and_check
     from tle.run.rebuild import rebuild
-    from tle.store.tracking import Tracker, configure
+    from tle.store.tracking import configure, tracked_run
 
     mlflow = configure(tracking_uri)
     workdir = Path(tempfile.mkdtemp(prefix="tle-export-"))
     try:
-        stored = rebuild(run_id, mlflow, workdir, load_data, doing="export")
-        spec, backend, data, model = stored.spec, stored.backend, stored.data, stored.model
-        run = mlflow.start_run(run_id=run_id)
-        try:
-            return export_and_check(spec, backend.hook, model, data, Tracker(mlflow, run), workdir)
-        except BaseException as exc:
-            mlflow.set_tag("tle.export_error", f"{type(exc).__name__}: {exc}"[:5000])
-            raise
-        finally:
-            mlflow.end_run(RunStatus.FINISHED)  # the training it records did finish
+        with StoredRun(run_id, workdir=workdir / "stored", doing="export") as stored:
+            stored.require(RunStatus.FINISHED, fix=f"resume it (tle run --resume {run_id}) or run it again")
+            built = rebuild(stored, workdir, load_data)
+        with tracked_run(mlflow, run_id=run_id, adding="export") as run:
+            return export_and_check(built.spec, built.data, Output(built.backend.hook, built.model, run, workdir))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -42,8 +39,9 @@ def export_in_worker(run_id: str, backend: str, tracking_uri: str, timeout: floa
     """:func:`export_finished_run` in a worker process of ``backend`` (``python -m tle.run.worker``, as a sweep's
     ``export.onnx: best`` runs it), so the framework is imported there and TensorFlow never meets torch's exporter
     in one process. Returns the max |diff| of the parity check; a UserError with the worker's reason otherwise."""
-    from tle.workers.task import in_worker
+    from tle.workers.task import OnFailure, WorkerRequest, in_worker
 
-    outcome = in_worker(backend, "export", run_id, tracking_uri, {}, timeout=timeout,
-                        failed=f"cannot build run {run_id}'s ONNX model from its weights", fix="run it again with --export")
+    outcome = in_worker(WorkerRequest(backend, "export", run_id, tracking_uri),
+                        OnFailure(f"cannot build run {run_id}'s ONNX model from its weights", "run it again with --export"),
+                        timeout=timeout)
     return float(outcome["onnx_max_abs_diff"])

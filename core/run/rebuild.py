@@ -8,9 +8,8 @@ from typing import Any
 
 from tle.backends.manager import load_backend
 from tle.contract.spec import ExperimentSpec
-from tle.data import load_dataset
 from tle.run.assembly import assemble
-from tle.store.stored_run import read_spec
+from tle.store.stored_run import StoredRun
 
 
 @dataclass
@@ -18,14 +17,16 @@ class StoredModel:
     run_id: str
     spec: ExperimentSpec
     backend: Any  # tle.backends.manager.Backend
-    data: Any  # tle.data.Dataset
+    data: Any  # tle.data.Dataset, under the run's class names
     model: Any  # the backend's native model, weights and head of the run
 
 
-def rebuild(run_id: str, mlflow, workdir: Path, load_data=None, doing: str = "use") -> StoredModel:
-    """The run's model in this process, with its own weights and head (the class names match)."""
-    spec = read_spec(mlflow, run_id, doing)
+def rebuild(stored: StoredRun, workdir: Path, load_data=None) -> StoredModel:
+    """The run's model in this process, from its spec and its own weights, head kept (the class names are the
+    run's): a fused run's too."""
+    spec = stored.spec()
+    stored.check_rebuilds()
     backend = load_backend(spec.backend)
-    data = (load_data or load_dataset)(spec.dataset, seed=spec.train.seed, extra_sources=backend.dataset_sources())
-    model = assemble(backend.hook, spec, data, workdir, weights=f"runs:/{run_id}")
-    return StoredModel(run_id, spec, backend, data, model)
+    data = stored.data(load_data, backend=backend)
+    model = assemble(backend.hook, spec, data, workdir, weights=stored.resolved_weights())
+    return StoredModel(stored.run_id, spec, backend, data, model)

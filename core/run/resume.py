@@ -10,13 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from tle.errors import UserError
 from tle.contract.loop import EPOCH_METRICS, EpochRecord, History
-from tle.contract.spec import ExperimentSpec, build_spec
+from tle.contract.spec import ExperimentSpec
 from tle.store.status import RunStatus
-from tle.store.stored_run import FINGERPRINT_PARAM, SPEC_ARTIFACT, SPEC_KEY
+from tle.store.stored_run import SPEC_KEY, StoredRun
 
 CHECKPOINT_ARTIFACT = "checkpoint"
 RESUMABLE = (RunStatus.KILLED, RunStatus.FAILED, RunStatus.RUNNING)
@@ -36,27 +33,14 @@ class Resume:
 
 
 def load_resume(run_id: str, tracking_uri: str | None, workdir: Path) -> Resume:
-    from tle.store.tracking import artifact_files, configure
+    from tle.store.tracking import configure
 
-    mlflow = configure(tracking_uri)
-    client = mlflow.MlflowClient()
-    try:
-        run = client.get_run(run_id)
-    except Exception:
-        raise UserError(f"run {run_id!r} not found in {mlflow.get_tracking_uri()}",
-                        "check the id, or pass the --tracking-uri of the store that holds it") from None
-    if run.info.status not in RESUMABLE:
-        raise UserError(f"run {run_id} is {run.info.status}; only interrupted runs can be resumed",
-                        "start a new run instead")
-    try:
-        spec = build_spec(yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{run_id}/{SPEC_ARTIFACT}")))
-    except UserError:
-        raise
-    except Exception:
-        raise UserError(f"run {run_id} has no {SPEC_ARTIFACT}", "it was not made by tle run; start a new run") from None
-    checkpoint = artifact_files(run_id, CHECKPOINT_ARTIFACT, workdir)
-    return Resume(run_id, spec, _history(client, run_id), checkpoint[0] if checkpoint else None,
-                  run.data.params.get(FINGERPRINT_PARAM), run.data.tags.get(SPEC_KEY))
+    configure(tracking_uri)
+    stored = StoredRun(run_id, workdir=workdir, doing="resume")
+    stored.require(*RESUMABLE, fix="only interrupted runs can be resumed; start a new run instead")
+    checkpoint = stored.artifact(CHECKPOINT_ARTIFACT)
+    return Resume(run_id, stored.spec(), _history(stored.client, run_id), checkpoint[0] if checkpoint else None,
+                  stored.fingerprint, stored.tags.get(SPEC_KEY))
 
 
 def _history(client, run_id: str) -> History:

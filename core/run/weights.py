@@ -13,7 +13,6 @@ its own backend writes in a worker process.
 from __future__ import annotations
 
 import atexit
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,10 +21,9 @@ from typing import Any
 from tle.contract.helpers import provide_foreign_reader
 from tle.contract.records import ForeignWeights, ResolvedWeights
 from tle.errors import UserError
-from tle.store.stored_run import BACKEND_TAG, CLASS_NAMES_ARTIFACT, MODEL_TAG, WEIGHTS_ARTIFACT
-from tle.store.tracking import artifact_files
+from tle.store.stored_run import CLASS_NAMES_ARTIFACT, WEIGHTS_ARTIFACT, StoredRun
 from tle.store.status import RunStatus
-from tle.workers.task import in_worker
+from tle.workers.task import OnFailure, WorkerRequest, in_worker
 
 __all__ = ["CLASS_NAMES_ARTIFACT", "FORMS", "WEIGHTS_ARTIFACT", "resolve_weights"]
 FORMS = "none, imagenet, a file path, runs:/RUN_ID or models:/NAME/VERSION"
@@ -74,49 +72,29 @@ def _registered_run_id(text: str) -> str:
 
 
 def _from_run(run_id: str, source: str, backend: str, workdir: Path | None, model: str | None) -> ResolvedWeights:
-    from tle.store.stored_run import get_run
-
-    run = get_run(run_id)
-    run_backend = run.data.tags.get(BACKEND_TAG)
     target = Path(tempfile.mkdtemp(prefix="tle-weights-", dir=workdir))
-    if run_backend and run_backend != backend:
-        return _from_other_backend(run, source, run_backend, model, target)
-    files = artifact_files(run_id, WEIGHTS_ARTIFACT, target)
-    if files is None:
-        raise UserError(f"run {run_id} has no {WEIGHTS_ARTIFACT}/ artifact",
-                        f"it did not finish; check its status ({run.info.status}) or use another run")
-    if len(files) != 1:
-        raise UserError(f"run {run_id} holds {len(files)} weight files, expected one", "use a run made by tle run")
-    return ResolvedWeights(kind="file", source=source, path=files[0], class_names=_class_names(run_id, target))
+    stored = StoredRun(run_id, workdir=target)
+    if stored.backend and stored.backend != backend:
+        return _from_other_backend(stored, source, model)
+    return stored.resolved_weights(source)
 
 
-def _class_names(run_id: str, target: Path) -> tuple[str, ...] | None:
-    files = artifact_files(run_id, CLASS_NAMES_ARTIFACT, target)
-    try:
-        return tuple(json.loads(files[0].read_text())) if files else None
-    except ValueError:
-        return None
-
-
-def _from_other_backend(run, source: str, run_backend: str, model: str | None, target: Path) -> ResolvedWeights:
+def _from_other_backend(stored: StoredRun, source: str, model: str | None) -> ResolvedWeights:
     """A run of another framework: its backend writes the portable file (tle.contract.portable) in a process of its own."""
-    import mlflow
-
-    run_model = run.data.tags.get(MODEL_TAG)
+    run_backend, run_model = stored.backend, stored.model
     if model is not None and run_model and run_model != model:
         raise UserError(f"weights in {source} are a {run_backend} {run_model}, not a {model}",
                         f"use --model {run_model}: across frameworks weights fit the same architecture only")
-    if run.info.status != RunStatus.FINISHED:
-        raise UserError(f"run {run.info.run_id} is {run.info.status}; only finished runs give weights to another "
-                        "framework", "use a finished run")
-    key = (mlflow.get_tracking_uri(), run.info.run_id)
+    stored.require(RunStatus.FINISHED, fix="use a finished run: only finished runs give weights to another framework")
+    key = (stored.uri, stored.run_id)
     if key not in _PORTABLE or not _PORTABLE[key].is_file():
         # A finished run's weights never change: a warm sweep worker converts a shared backbone once.
         folder = Path(tempfile.mkdtemp(prefix="tle-portable-"))
         atexit.register(shutil.rmtree, folder, True)
-        _PORTABLE[key] = Path(portable_of_run(run.info.run_id, run_backend, key[0], folder)["path"])
+        _PORTABLE[key] = Path(portable_of_run(stored.run_id, run_backend, key[0], folder)["path"])
+    names = stored.class_names
     return ResolvedWeights(kind="file", source=source, path=_PORTABLE[key],
-                           class_names=_class_names(run.info.run_id, target))
+                           class_names=tuple(names) if names is not None else None)
 
 
 _PORTABLE: dict[tuple[str, str], Path] = {}  # (store, run id) -> its portable file, for this process's life
@@ -125,8 +103,8 @@ _PORTABLE: dict[tuple[str, str], Path] = {}  # (store, run id) -> its portable f
 def portable_of_run(run_id: str, backend: str, tracking_uri: str, out: Path, logits: bool = False) -> dict[str, Any]:
     """The run's weights as a portable file, written in a worker of the run's own ``backend``
     (:func:`tle.run.convert.write_portable` there)."""
-    return in_worker(backend, "portable", run_id, tracking_uri, {"out": str(out), "logits": logits},
-                     failed=f"cannot read run {run_id}'s weights in {backend}", fix="check the run with tle show")
+    return in_worker(WorkerRequest(backend, "portable", run_id, tracking_uri, {"out": str(out), "logits": logits}),
+                     OnFailure(f"cannot read run {run_id}'s weights in {backend}", "check the run with tle show"))
 
 
 def portable_from_backend(request: ForeignWeights) -> Path:
@@ -134,10 +112,11 @@ def portable_from_backend(request: ForeignWeights) -> Path:
     its own (the reader :func:`tle.contract.helpers.portable_from_backend` hands backends)."""
     import mlflow
 
-    outcome = in_worker(request.backend, "portable", "", mlflow.get_tracking_uri(), request.options(),
-                        failed=f"{request.backend} could not read {request.source or request.weights} for "
-                               f"{request.model}",
-                        fix=f"check that {request.backend} reads it (tle run --backend {request.backend} --weights ...)")
+    outcome = in_worker(WorkerRequest(request.backend, "portable", "", mlflow.get_tracking_uri(), request.options()),
+                        OnFailure(f"{request.backend} could not read {request.source or request.weights} for "
+                                  f"{request.model}",
+                                  f"check that {request.backend} reads it (tle run --backend {request.backend} "
+                                  "--weights ...)"))
     return Path(outcome["path"])
 
 

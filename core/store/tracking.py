@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,6 +60,11 @@ class Tracker:
         self._mlflow = mlflow_module
         self.run = run
         self.run_id: str = run.info.run_id
+        self.outcome: tuple[str, str | None] = (RunStatus.FINISHED, None)  # how tracked_run ends it without an error
+
+    def end_as(self, status: str, reason: str) -> None:
+        """End the run ``status`` with ``reason`` (the ``tle.error`` tag) when its block ends without an error."""
+        self.outcome = (status, reason)
 
     def params(self, params: dict[str, Any]) -> None:
         items = list(params.items())
@@ -155,33 +162,59 @@ def environment_tags() -> dict[str, str]:
 
 
 @contextmanager
-def tracked_run(mlflow_module, *, name: str | None, tags: dict[str, str],
-                run_id: str | None = None) -> Iterator[Tracker]:
-    """Start (or, with ``run_id``, reopen) a run; end it FINISHED, FAILED (any error) or KILLED (Ctrl-C/SIGTERM)."""
+def tracked_run(mlflow_module, *, name: str | None = None, tags: dict[str, str] | None = None,
+                run_id: str | None = None, parent_id: str | None = None,
+                adding: str | None = None) -> Iterator[Tracker]:
+    """The one way tle opens and closes a run: start one (a child of ``parent_id``, which must be RUNNING, when
+    given) or, with ``run_id``, reopen one; end it FINISHED, FAILED (any error, with the ``tle.error`` tag) or
+    KILLED (Ctrl-C/SIGTERM, tagged ``interrupted``), with a second signal held off while the end is written.
+
+    A run that ends otherwise without an error says so with :meth:`Tracker.end_as` (a sweep whose cells did not
+    all finish, a cell that failed before its run existed). ``adding``: ``run_id`` is a finished run reopened to
+    add ``adding`` to it (``export``: its ONNX model); what it recorded did finish, so it ends FINISHED whatever
+    happens, an error or an interrupt tagged ``tle.<adding>_error``."""
     if run_id:
         run = mlflow_module.start_run(run_id=run_id, tags=tags)
     else:
-        run = mlflow_module.start_run(run_name=name, tags=tags)
+        run = mlflow_module.start_run(run_name=name, tags=tags, parent_run_id=parent_id, nested=parent_id is not None)
     tracker = Tracker(mlflow_module, run)
+    tag = f"tle.{adding}_error" if adding else ERROR_TAG
     try:
         yield tracker
     except KeyboardInterrupt as exc:
         _mark(exc, tracker.run_id)
-        _end(mlflow_module, RunStatus.KILLED, "interrupted")
+        _end(mlflow_module, RunStatus.FINISHED if adding else RunStatus.KILLED, tag, "interrupted")
         raise
     except BaseException as exc:
         _mark(exc, tracker.run_id)
-        _end(mlflow_module, RunStatus.FAILED, f"{type(exc).__name__}: {exc}")
+        _end(mlflow_module, RunStatus.FINISHED if adding else RunStatus.FAILED, tag, f"{type(exc).__name__}: {exc}")
         raise
     else:
-        mlflow_module.end_run(RunStatus.FINISHED)
+        status, reason = tracker.outcome
+        _end(mlflow_module, status, tag, reason)
 
 
-def _end(mlflow_module, status: str, reason: str) -> None:
+def _end(mlflow_module, status: str, tag: str, reason: str | None) -> None:
+    with quiet_signals():
+        try:
+            if reason:
+                mlflow_module.set_tag(tag, reason[:5000])
+        finally:
+            mlflow_module.end_run(status)
+
+
+@contextmanager
+def quiet_signals():
+    """Hold off Ctrl-C and SIGTERM while a run's end is written (a second signal would leave it RUNNING)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        mlflow_module.set_tag(ERROR_TAG, reason[:5000])
+        yield
     finally:
-        mlflow_module.end_run(status)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _mark(exc: BaseException, run_id: str) -> None:

@@ -41,29 +41,34 @@ parent measured on the parents' validation splits (:mod:`tle.studies.calibration
 ``weights``: the backend's factor from the weights alone (spyketorch: the mean
 synapse); ``none``: S2's raw scores. Bagging applies the factors the fused
 model applied. The result is a new MLflow run tagged with its parents and
-its alignment: metrics per model and task, the fused model's weights (usable
-as ``--weights runs:/ID``), its ONNX model after the parity check, and the
-backend's extra exports. A task that bagging or the fused model loses against
+its alignment: metrics per model and task, what every run that holds weights
+holds (:func:`tle.store.stored_run.record_inputs`: ``spec.yaml``, the first
+run's spec with the fused head; the fused classes; the first run's data
+fingerprint), the fused model's weights (usable as ``--weights runs:/ID``;
+checked to rebuild the fused model from the spec, so ``tle export`` /
+``predict`` / ``convert`` of a ``--no-export`` fusion work), its ONNX model
+after the parity check, and the backend's extra exports. A task that bagging or the fused model loses against
 its own run (:func:`lost_tasks`) is a warning and the ``tle.warning`` tag.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import yaml
 
+from tle.contract.head_fusion import merged_spec
 from tle.contract.records import ExportMetadata, Fused, FuseOptions, ResolvedWeights
+from tle.contract.spec import ExperimentSpec
 from tle.studies.calibration import calibrate
 from tle.errors import UserError
 from tle.studies.vote import bagging_accuracy, named_accuracy
 from tle.store.status import RunStatus, warning_tags
-from tle.store.stored_run import CLASS_NAMES_ARTIFACT, FINGERPRINT_PARAM, SPEC_ARTIFACT, WEIGHTS_ARTIFACT
+from tle.progress import print_warning
+from tle.store.stored_run import CLASS_NAMES_ARTIFACT, FUSED_FROM, REBUILD_ERROR, WEIGHTS_ARTIFACT, StoredRun, record_inputs
 
 FUSED, BAGGING, CONCATENATION = "fused", "bagging", "concatenation"
 ALIGNS = ("index", "names")
@@ -166,26 +171,17 @@ def aligned_names(class_names: list[list[str]], align: str) -> list[list[str]]:
     return [list(shared) for _ in names]
 
 
-def _load_parent(mlflow, run_id: str, backend_name: str | None, workdir: Path):
-    from tle.contract.spec import build_spec
-    from tle.store.stored_run import get_run
-    from tle.store.tracking import artifact_files
-
-    run = get_run(run_id, mlflow.get_tracking_uri())
-    if run.info.status != RunStatus.FINISHED:
-        raise UserError(f"run {run_id} is {run.info.status}, not FINISHED", "fuse finished runs only")
-    target = workdir / run_id
-    spec_files = artifact_files(run_id, SPEC_ARTIFACT, target)
-    names = artifact_files(run_id, CLASS_NAMES_ARTIFACT, target)
-    weights = artifact_files(run_id, WEIGHTS_ARTIFACT, target)
-    if not spec_files or not names or not weights or len(weights) != 1:
-        raise UserError(f"run {run_id} lacks {SPEC_ARTIFACT}, {CLASS_NAMES_ARTIFACT} or a single "
-                        f"{WEIGHTS_ARTIFACT}/ file", "fuse runs made by tle run")
-    spec = build_spec(yaml.safe_load(spec_files[0].read_text()))
+def _load_parent(stored: StoredRun, backend_name: str | None) -> ExperimentSpec:
+    """A parent's spec, once it is known to be a finished run of the first parent's backend with its files."""
+    stored.require(RunStatus.FINISHED, fix="fuse finished runs only")
+    spec = stored.spec()
     if backend_name is not None and spec.backend != backend_name:
-        raise UserError(f"run {run_id} was trained with backend {spec.backend!r}, the first with {backend_name!r}",
-                        "fuse runs of one backend")
-    return spec, json.loads(names[0].read_text()), weights[0], run.data.params.get(FINGERPRINT_PARAM)
+        raise UserError(f"run {stored.run_id} was trained with backend {spec.backend!r}, the first with "
+                        f"{backend_name!r}", "fuse runs of one backend")
+    if stored.class_names is None:
+        raise UserError(f"run {stored.run_id} lacks {CLASS_NAMES_ARTIFACT}", "fuse runs made by tle run")
+    stored.weights()
+    return spec
 
 
 def run_fusion(run_ids: list[str], *, keep: float = 0.5, ratio: float = 0.1, align: str = "index",
@@ -198,7 +194,6 @@ def run_fusion(run_ids: list[str], *, keep: float = 0.5, ratio: float = 0.1, ali
     ``export``: ONNX-export the fused model (None: as the first run did). Every refusal comes before a run is
     created."""
     from tle.run.assembly import assemble
-    from tle.data import load_dataset
     from tle.backends.manager import load_backend
     from tle.store.tracking import configure, environment_tags, tracked_run
 
@@ -222,20 +217,12 @@ def run_fusion(run_ids: list[str], *, keep: float = 0.5, ratio: float = 0.1, ali
         parents: list[Parent] = []
         backend = None
         for run_id in run_ids:
-            spec, names, weights_path, fingerprint = _load_parent(mlflow, run_id, backend.name if backend else None,
-                                                                  workdir)
+            stored = StoredRun(run_id, workdir=workdir / run_id, doing="fuse")
+            spec = _load_parent(stored, backend.name if backend else None)
             backend = backend or load_backend(spec.backend)
-            data = load_dataset(spec.dataset, seed=spec.train.seed, extra_sources=backend.dataset_sources())
-            if fingerprint and data.fingerprint() != fingerprint:
-                raise UserError(f"the data of run {run_id} changed since it ran (other split or files)",
-                                "fuse runs whose data is still where it was")
-            if [str(c) for c in data.class_names] != [str(c) for c in names]:
-                raise UserError(f"run {run_id}'s data now has classes {data.class_names}, the run had {names}",
-                                "fuse runs whose data is unchanged")
-            parent = Parent(run_id, spec, [str(c) for c in names], data)
-            # Its own classes: the head is kept. The files were fetched above, for the checks.
-            parent.model = assemble(backend.hook, spec, data, workdir, weights=ResolvedWeights(
-                kind="file", source=f"runs:/{run_id}", path=weights_path, class_names=tuple(parent.class_names)))
+            data = stored.data(check=True, backend=backend)  # its own classes: the head is kept
+            parent = Parent(run_id, spec, list(data.class_names), data)
+            parent.model = assemble(backend.hook, spec, data, workdir, weights=stored.resolved_weights())
             parent.size = sum(c.total for c in backend.hook.count_parameters(model=parent.model))
             parents.append(parent)
         shapes = {p.data.input_shape for p in parents}
@@ -276,15 +263,22 @@ def run_fusion(run_ids: list[str], *, keep: float = 0.5, ratio: float = 0.1, ali
         mlflow_experiment = experiment or first.tracking.experiment
         configure(tracking_uri, mlflow_experiment)
         tags = {"backend": backend.name, "model": first.model, "strategy": "fusion",
-                "dataset": " + ".join(p.spec.dataset.source for p in parents), "tle.parents": ",".join(run_ids),
+                "dataset": " + ".join(p.spec.dataset.source for p in parents), FUSED_FROM: ",".join(run_ids),
                 "tle.fusion.align": align,
                 **{f"tle.parent.{i}": r for i, r in enumerate(run_ids)}, "framework": backend.info.framework,
                 "framework_version": backend.info.framework_version, **environment_tags()}
         name = run_name or f"{backend.name}-{first.model}-fusion"
+        exported = bool(first.export.onnx if export is None else export)
+        # What rebuilds the fused model from its weights (tle export / predict / convert of the run): the first
+        # parent's model and data, the fused head, the fused classes.
+        spec = first.model_copy(update={
+            "head": merged_spec([p.spec.head for p in parents], keep),
+            "export": first.export.model_copy(update={"onnx": exported}),
+            "tracking": first.tracking.model_copy(update={"experiment": mlflow_experiment, "run_name": name})})
         with tracked_run(mlflow, name=name, tags=tags) as run:
             result.run_id = run.run_id
             _track(FusionRun(run, hook, parents, fused, classes, result, options, workdir / "out", console, quiet,
-                             bool(first.export.onnx if export is None else export)))
+                             exported, spec))
         return result
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -354,13 +348,26 @@ class FusionRun:
     console: object
     quiet: bool
     export: bool
+    spec: ExperimentSpec  # the fused run's: the first parent's with the fused head
+
+
+def fused_data(parents: list[Parent], classes: list[str]):
+    """The fused run's data as its spec reloads it: the first parent's, under the fused classes (the first
+    parent's classes come first among them, at their own indices, so its labels stay what they were)."""
+    first = parents[0]
+    if classes[:len(first.names)] != first.names:
+        raise RuntimeError(f"the fused classes {classes} do not begin with the first run's {first.names}")
+    return replace(first.data, class_names=list(classes))
 
 
 def _track(f: FusionRun) -> None:
-    from tle.run.outputs import export_extras, export_onnx, log_extras, save_weights
+    from tle.run.outputs import Output, export_extras, export_onnx, log_extras, save_weights
 
     run, hook, parents, fused, classes, result = f.run, f.hook, f.parents, f.fused, f.classes, f.result
     first = parents[0].spec
+    # The fused run's inputs as every run writes them: spec.yaml, class_names.json, the fingerprint.
+    data = fused_data(parents, classes)
+    record_inputs(run, f.spec, data)
     run.params({"fusion.keep": f.options.keep, "fusion.ratio": f.options.ratio,
                 "fusion.parents": ",".join(result.parents), "fusion.align": result.align,
                 "fusion.normalise": result.normalise, "fusion.rank": result.ranked_by,
@@ -386,16 +393,42 @@ def _track(f: FusionRun) -> None:
         run.tags(warning_tags(result.warnings))
     log_extras(run, evaluation.extras, FUSED, "evaluation_extras.json")
     run.json(result.as_dict(), "fusion_report.json")
-    run.json(classes, CLASS_NAMES_ARTIFACT)
     f.workdir.mkdir(parents=True, exist_ok=True)
-    save_weights(hook, fused, run, f.workdir)
-    export_extras(hook, fused, run, f.workdir)
+    out = Output(hook, fused, run, f.workdir, console=None if f.quiet else f.console)
+    save_weights(out)
+    _check_rebuild(f, data, np.ascontiguousarray(union_x[: first.export.parity_batch]))
+    export_extras(out)
     if not f.export:
         return
     h, w, c = parents[0].data.input_shape
     sample = np.ascontiguousarray(union_x[: first.export.parity_batch])
     meta = ExportMetadata(class_names=classes, image_size=(h, w), channels=c, backend=first.backend,
                           model=first.model, extra={"run_id": run.run_id, "parents": ",".join(result.parents)})
-    result.onnx_max_abs_diff = export_onnx(hook, fused, run, f.workdir, sample, meta, first.export,
-                                           differs="the fused model's ONNX output differs",
-                                           console=None if f.quiet else f.console)
+    result.onnx_max_abs_diff = export_onnx(out, sample, meta, first.export,
+                                           differs="the fused model's ONNX output differs")
+
+
+def _check_rebuild(f: FusionRun, data, sample: np.ndarray) -> None:
+    """Whether the fused run's spec and saved weights rebuild the fused model (its logits on ``sample``), as
+    ``tle export`` / ``predict`` / ``convert`` of the run will. If not (a backend whose fused model its spec cannot
+    name), the run says why in :data:`REBUILD_ERROR` and those commands refuse it in one line."""
+    from tle.run.assembly import assemble
+
+    files = sorted(p for p in (f.workdir / WEIGHTS_ARTIFACT).rglob("*") if p.is_file())
+    weights = ResolvedWeights(kind="file", source=f"runs:/{f.run.run_id}", path=files[0],
+                              class_names=tuple(data.class_names))
+    batch = f.spec.train.batch_size
+    try:
+        again = assemble(f.hook, f.spec, data, f.workdir / "rebuild", weights=weights)
+        ours = np.asarray(f.hook.evaluate(model=again, images=sample, labels=None, batch_size=batch).logits)
+    except UserError as exc:
+        reason = str(exc).splitlines()[0]
+    else:
+        fused = np.asarray(f.hook.evaluate(model=f.fused, images=sample, labels=None, batch_size=batch).logits)
+        if ours.shape == fused.shape and np.allclose(ours, fused, atol=f.spec.export.atol, rtol=f.spec.export.rtol):
+            return
+        diff = float(np.max(np.abs(ours - fused))) if ours.shape == fused.shape else float("inf")
+        reason = f"the model its spec.yaml and weights build differs from the fused model by {diff:.3g}"
+    f.run.tags({REBUILD_ERROR: reason})
+    if not f.quiet and f.console is not None:
+        print_warning(f.console, f"run {f.run.run_id}: {reason}; export it now with tle fuse --export")
