@@ -15,7 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 
-from conftest import tle  # noqa: E402
+from conftest import tle, tle_inprocess  # noqa: E402
 from tle import UserError  # noqa: E402
 from tle.contract.records import ResolvedWeights  # noqa: E402
 from tle.contract.spec import HeadSpec  # noqa: E402
@@ -39,7 +39,7 @@ def one_thread():
 def build(classes, seed=0, kind="dense", hidden=8):
     return plugin.load_backbone(model="vgg_small", num_classes=len(classes), class_names=list(classes),
                                 input_shape=(32, 32, 1), head=HeadSpec(kind=kind, hidden=hidden),
-                                weights=ResolvedWeights("none"), device="cpu", seed=seed)
+                                weights=ResolvedWeights("none"), device="cpu", precision="fp32", seed=seed)
 
 
 def sibling(net, classes, seed, kind="dense", hidden=8):
@@ -75,7 +75,7 @@ def test_fused_head_keeps_the_top_units_of_each_model_wired_to_their_classes():
     with torch.no_grad():  # biases too, so that carrying them over is checked
         a.head.fc2.bias.uniform_(-1, 1)
         b.head.fc2.bias.uniform_(-1, 1)
-    fused = plugin.fuse(models=[a, b], class_names=[A_CLASSES, B_CLASSES], options={"keep": 0.5, "ratio": 0.1})
+    fused = plugin.fuse(models=[a, b], class_names=[A_CLASSES, B_CLASSES], options={"keep": 0.5, "ratio": 0.1}).model
     assert fused.num_classes == 7 and fused.head.fc1.out_features == 8  # the size of one model's head
     w1, w2 = fused.head.fc1.weight.detach(), fused.head.fc2.weight.detach()
     for parent, source in enumerate((a, b)):
@@ -96,14 +96,14 @@ def test_concatenation_and_linear_heads_reproduce_each_model_on_its_classes():
     x = images()
     a = build(A_CLASSES, seed=1)
     b = sibling(a, B_CLASSES, seed=2)
-    both = plugin.fuse(models=[a, b], class_names=[A_CLASSES, B_CLASSES], options={"concatenate": True})
+    both = plugin.fuse(models=[a, b], class_names=[A_CLASSES, B_CLASSES], options={"concatenate": True}).model
     assert both.head.fc1.out_features == 16
     out = logits(both, x)
     assert np.allclose(out[:, :3], logits(a, x), atol=1e-5) and np.allclose(out[:, 3:], logits(b, x), atol=1e-5)
 
     la = build(A_CLASSES, seed=3, kind="linear")
     lb = sibling(la, B_CLASSES, seed=4, kind="linear")
-    merged = plugin.fuse(models=[la, lb], class_names=[A_CLASSES, B_CLASSES], options={})
+    merged = plugin.fuse(models=[la, lb], class_names=[A_CLASSES, B_CLASSES], options={}).model
     out = logits(merged, x)
     assert np.allclose(out[:, :3], logits(la, x), atol=1e-5) and np.allclose(out[:, 3:], logits(lb, x), atol=1e-5)
 
@@ -120,7 +120,7 @@ def test_index_alignment_puts_class_k_of_every_model_on_output_k():
     with torch.no_grad():
         a.head.fc2.bias.uniform_(-1, 1)
         b.head.fc2.bias.uniform_(-1, 1)
-    fused = plugin.fuse(models=[a, b], class_names=names, options={"keep": 0.5})
+    fused = plugin.fuse(models=[a, b], class_names=names, options={"keep": 0.5}).model
     assert fused.num_classes == 3 and fused.head.fc1.out_features == 8
     w2 = fused.head.fc2.weight.detach()
     for parent, source in enumerate((a, b)):
@@ -130,7 +130,7 @@ def test_index_alignment_puts_class_k_of_every_model_on_output_k():
         assert torch.allclose(w2[:, cols], source.head.fc2.weight.detach()[:, top] / 2)
     assert torch.allclose(fused.head.fc2.bias.detach(), (a.head.fc2.bias.detach() + b.head.fc2.bias.detach()) / 2)
     x = images()
-    both = plugin.fuse(models=[a, b], class_names=names, options={"concatenate": True})
+    both = plugin.fuse(models=[a, b], class_names=names, options={"concatenate": True}).model
     assert np.allclose(logits(both, x), (logits(a, x) + logits(b, x)) / 2, atol=1e-5)
 
 
@@ -146,7 +146,8 @@ def test_fusion_refuses_other_backbones_heads_and_models():
         plugin.fuse(models=[a, sibling(a, B_CLASSES, seed=2, kind="linear")], class_names=[A_CLASSES, B_CLASSES],
                     options={})
     small = plugin.load_backbone(model="resnet_small", num_classes=4, class_names=B_CLASSES, input_shape=(32, 32, 1),
-                                 head=HeadSpec(hidden=8), weights=ResolvedWeights("none"), device="cpu", seed=0)
+                                 head=HeadSpec(hidden=8), weights=ResolvedWeights("none"), device="cpu",
+                                 precision="fp32", seed=0)
     with pytest.raises(UserError, match="same model and image size"):
         plugin.fuse(models=[a, small], class_names=[A_CLASSES, B_CLASSES], options={})
 
@@ -159,13 +160,13 @@ COMMON = {"backend": "torch", "model": "vgg_small", "export": {"onnx": False},
 
 
 def run(source, strategy="scratch", weights="none", epochs=3, lr=1e-3, train=40, head="dense"):
-    from tle.run.runner import run_experiment
+    from tle.run.runner import RunOptions, run_experiment
     from tle.contract.spec import build_spec
 
     spec = build_spec({**COMMON, "strategy": strategy, "weights": weights,
                        "dataset": {"source": source, "image_size": 32, "train": train},
                        "head": {"kind": head}, "train": {"epochs": epochs, "lr": lr, "batch_size": 16}})
-    return run_experiment(spec, quiet=True)
+    return run_experiment(spec, RunOptions(quiet=True))
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +221,8 @@ def test_tle_fuse_logs_a_fused_run_beside_bagging_and_the_concatenation(fused_ru
     weights = resolve_weights(f"runs:/{fused['run_id']}", "torch", tmp_path)
     assert list(weights.class_names) == [str(d) for d in range(10)]
     again = plugin.load_backbone(model="vgg_small", num_classes=10, class_names=list(weights.class_names),
-                                 input_shape=(32, 32, 1), head=HeadSpec(), weights=weights, device="cpu", seed=9)
+                                 input_shape=(32, 32, 1), head=HeadSpec(), weights=weights, device="cpu",
+                                 precision="fp32", seed=9)
     assert again.new_head == []
     onnx_file = [f for f in artifact_files(fused["run_id"], "model", tmp_path / "onnx") if f.suffix == ".onnx"][0]
     x = images(8)
@@ -250,7 +252,7 @@ def test_tle_fuse_align_index_scores_each_task_on_its_own_labels(fused_runs, sto
 def test_tle_fuse_refuses_runs_on_different_backbones(fused_runs, store, one_thread):
     _, a, _, _ = fused_runs
     other = run("digits:5-9", epochs=1, train=10)
-    proc = tle("fuse", a.run_id, other.run_id, env={"MLFLOW_TRACKING_URI": store, **one_thread})
+    proc = tle_inprocess("fuse", a.run_id, other.run_id, env={"MLFLOW_TRACKING_URI": store, **one_thread})
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "backbone weights differ" in lines[0], proc.stderr

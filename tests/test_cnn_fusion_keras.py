@@ -73,7 +73,7 @@ def test_fused_head_keeps_the_top_units_of_each_model_wired_to_their_classes():
     for net in (a, b):  # biases too, so that carrying them over is checked
         kernel, bias = net.net.get_layer("head_logits").get_weights()
         net.net.get_layer("head_logits").set_weights([kernel, rng.uniform(-1, 1, bias.shape).astype(np.float32)])
-    fused = plugin.fuse(models=[a, b], class_names=[A_CLASSES, B_CLASSES], options={"keep": 0.5, "ratio": 0.1})
+    fused = plugin.fuse(models=[a, b], class_names=[A_CLASSES, B_CLASSES], options={"keep": 0.5, "ratio": 0.1}).model
     assert fused.class_names == A_CLASSES + B_CLASSES
     w1, _ = fused.net.get_layer("head_fc1").get_weights()
     w2, b2 = fused.net.get_layer("head_logits").get_weights()
@@ -100,7 +100,7 @@ def test_concatenation_reproduces_each_model_on_its_classes():
     x = images()
     a = build(A_CLASSES, seed=1)
     b = sibling(a, B_CLASSES, seed=2)
-    both = plugin.fuse(models=[a, b], class_names=[A_CLASSES, B_CLASSES], options={"concatenate": True})
+    both = plugin.fuse(models=[a, b], class_names=[A_CLASSES, B_CLASSES], options={"concatenate": True}).model
     assert both.net.get_layer("head_fc1").get_weights()[0].shape[1] == 16
     out = logits(both, x)
     assert np.allclose(out[:, :3], logits(a, x), atol=1e-5) and np.allclose(out[:, 3:], logits(b, x), atol=1e-5)
@@ -124,14 +124,14 @@ def test_fusion_refuses_other_backbones_and_heads():
 
 
 def run(source, strategy="scratch", weights="none", epochs=3, lr=1e-3, train=40, head="dense"):
-    from tle.run.runner import run_experiment
+    from tle.run.runner import RunOptions, run_experiment
     from tle.contract.spec import build_spec
 
     spec = build_spec({"backend": "keras", "model": "vgg_small", "export": {"onnx": False},
                        "tracking": {"experiment": "cnn-fusion-keras"}, "strategy": strategy, "weights": weights,
                        "dataset": {"source": source, "image_size": 32, "train": train},
                        "head": {"kind": head}, "train": {"epochs": epochs, "lr": lr, "batch_size": 16}})
-    return run_experiment(spec, quiet=True)
+    return run_experiment(spec, RunOptions(quiet=True))
 
 
 @child
@@ -139,7 +139,7 @@ def run(source, strategy="scratch", weights="none", epochs=3, lr=1e-3, train=40,
 def test_tle_fuse_logs_a_fused_run_beside_bagging_and_the_concatenation(store):
     import mlflow
 
-    from conftest import tle
+    from conftest import tle, tle_inprocess
 
     env = {"MLFLOW_TRACKING_URI": store, **ONE_THREAD}
     # A linear head on the backbone, so that A's dense head starts new like B's (a head for the same classes
@@ -177,7 +177,7 @@ def test_tle_fuse_logs_a_fused_run_beside_bagging_and_the_concatenation(store):
 
     # Runs on other backbones: one line, exit 2.
     other = run("digits:5-9", epochs=1, train=10)
-    proc = tle("fuse", a.run_id, other.run_id, env=env)
+    proc = tle_inprocess("fuse", a.run_id, other.run_id, env=env)  # this child process has TensorFlow already
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "backbone weights differ" in proc.stderr
 

@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from conftest import tle
+from conftest import tle, tle_inprocess
 
 pytestmark = pytest.mark.slow
 
@@ -61,9 +61,9 @@ def test_compare_of_a_sweep_prints_one_row_per_cell_with_mean_and_sd(swept):
 def test_compare_runs_gives_one_row_per_run(swept):
     uri, _, _ = swept
     rows = json.loads(tle("compare", "--sweep", "views", "--runs", "--tracking-uri", uri, "--format", "json",
-                          check_rc=0).stdout)
+                          check_rc=0).stdout)["runs"]
     assert len(rows) == 7 and all("run_id" in r for r in rows)
-    proc = tle("compare", "--sweep", "views", "--runs", "--cells", "--tracking-uri", uri)
+    proc = tle_inprocess("compare", "--sweep", "views", "--runs", "--cells", "--tracking-uri", uri)
     assert proc.returncode == 2 and "not both" in proc.stderr
 
 

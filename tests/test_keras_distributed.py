@@ -53,11 +53,11 @@ def _weights(run_id: str, dst: Path) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def mirrored(store):
-    from tle.run.runner import run_experiment
+    from tle.run.runner import RunOptions, run_experiment
     from tle.contract.spec import build_spec
 
     result = run_experiment(build_spec({}, {**OVERRIDES, "train.distributed.nproc": 2,
-                                            "tracking.experiment": "keras-mirrored"}), quiet=True)
+                                            "tracking.experiment": "keras-mirrored"}), RunOptions(quiet=True))
     from tle_keras.distributed import release
 
     release()
@@ -80,11 +80,11 @@ def test_two_logical_cpus_train_one_run(mirrored):
 
 @child
 def test_two_logical_cpus_match_one_device(mirrored, store, tmp_path):
-    from tle.run.runner import run_experiment
+    from tle.run.runner import RunOptions, run_experiment
     from tle.contract.spec import build_spec
 
     single = run_experiment(build_spec({}, {**OVERRIDES, "tracking.experiment": "keras-single",
-                                            "export.onnx": False}), quiet=True)
+                                            "export.onnx": False}), RunOptions(quiet=True))
     a, b = _weights(single.run_id, tmp_path / "one"), _weights(mirrored.run_id, tmp_path / "two")
     assert len(a) == len(b)
     delta = max(float(np.abs(x.astype(np.float64) - y).max()) for x, y in zip(a.values(), b.values(), strict=True))

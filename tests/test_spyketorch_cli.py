@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from conftest import tle  # noqa: E402
+from conftest import tle, tle_inprocess  # noqa: E402
 
 COMMON = ("--backend", "spyketorch", "--model", "mozafari_small", "--image-size", 16, "--batch-size", 16,
           "--experiment", "snn", "--set", "dataset.max_per_class=90")
@@ -98,14 +98,14 @@ def test_plan_shows_the_training_phases():
 
 
 def test_fuse_needs_a_backend_that_can_fuse(store, tmp_path):
-    from tle.run.runner import run_experiment
+    from tle.run.runner import RunOptions, run_experiment
     from tle.contract.spec import build_spec
 
     ids = [run_experiment(build_spec({"backend": "numpy", "model": "mlp", "dataset": f"digits:{classes}",
                                       "train": {"epochs": 1}, "export": {"onnx": False},
-                                      "tracking": {"experiment": "snn-numpy", "uri": store}}), quiet=True).run_id
+                                      "tracking": {"experiment": "snn-numpy", "uri": store}}), RunOptions(quiet=True)).run_id
            for classes in ("0-1", "2-3")]
-    proc = tle("fuse", *ids, env={"MLFLOW_TRACKING_URI": store})
+    proc = tle_inprocess("fuse", *ids, env={"MLFLOW_TRACKING_URI": store})
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: backend 'numpy' cannot fuse models")
     assert len(proc.stderr.strip().splitlines()) == 1

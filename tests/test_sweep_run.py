@@ -178,7 +178,7 @@ def test_compare_on_a_sweep_writes_curves_and_transfer_metrics(tmp_path):
     assert moved["delta_vs_scratch"] == pytest.approx(moved["test_acc_mean"] - next(
         g for g in table["groups"] if g["strategy"] == "scratch")["test_acc_mean"])
     proc = tle("compare", "--sweep", "cmp", "--runs", "--tracking-uri", uri, "--format", "json", check_rc=0)
-    rows = {r["run_id"]: r for r in json.loads(proc.stdout)}
+    rows = {r["run_id"]: r for r in json.loads(proc.stdout)["runs"]}
     cells = {r.info.run_id: r for r in runs_of(uri, "cmp", "tags.`tle.role` = 'cell'")}
     assert set(cells) <= set(rows) and len(cells) == 4
     client = client_for(uri)

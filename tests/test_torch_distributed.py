@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import tle
+from conftest import tle, tle_inprocess
 from tle.errors import UserError
 
 # 500 training images (50 per class) in global batches of 16: every rank's share is whole (250 = 31 x 8 + 2), so
@@ -87,7 +87,7 @@ def test_two_ranks_equal_one_process(ddp, store, tmp_path):
     training's own steps, an order of magnitude above that noise."""
     import torch
 
-    from tle.run.runner import run_experiment
+    from tle.run.runner import RunOptions, run_experiment
     from tle.contract.spec import build_spec
 
     overrides = {"backend": "torch", "model": "vgg_small", "dataset.source": "digits", "dataset.image_size": 32,
@@ -95,11 +95,11 @@ def test_two_ranks_equal_one_process(ddp, store, tmp_path):
                  "train.batch_size": 16, "train.epochs": 2, "train.seed": 3, "train.lr": 0.001, "train.optimizer": "sgd",
                  "init": "he_normal",
                  "tracking.experiment": "ddp-reference", "export.onnx": False}
-    single = run_experiment(build_spec({}, overrides), quiet=True)
+    single = run_experiment(build_spec({}, overrides), RunOptions(quiet=True))
     threads = torch.get_num_threads()
     torch.set_num_threads(1 if threads > 1 else 2)
     try:
-        noisy = run_experiment(build_spec({}, overrides), quiet=True)
+        noisy = run_experiment(build_spec({}, overrides), RunOptions(quiet=True))
     finally:
         torch.set_num_threads(threads)
     a, b = _weights(single.run_id, tmp_path / "one"), _weights(ddp["run_id"], tmp_path / "two")
@@ -192,7 +192,7 @@ def test_failed_rank_fails_the_run_and_sigterm_kills_it(store, tmp_path):
     (["--backend", "keras", "--nnodes", "2", "--master-addr", "10.0.0.1"], "Keras cannot train one run across hosts"),
 ])
 def test_user_errors_exit_2_before_any_run(store, flags, says):
-    proc = tle(*ARGS, *flags, "--experiment", "ddp-refused")
+    proc = tle_inprocess(*ARGS, *flags, "--experiment", "ddp-refused")
     assert proc.returncode == 2, proc.stderr
     assert says in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -206,13 +206,13 @@ def test_user_errors_exit_2_before_any_run(store, flags, says):
 ])
 def test_settings_that_cannot_run_are_refused_before_any_run(store, overrides, says):
     """The checks the CLI turns into exit 2 and one line (as above), in this process: no framework start-up."""
-    from tle.run.runner import run_experiment
+    from tle.run.runner import RunOptions, run_experiment
     from tle.contract.spec import build_spec
 
     spec = build_spec({}, {"backend": "torch", "model": "vgg_small", "train.distributed.nproc": 2,
                            "tracking.experiment": "ddp-refused", **overrides})
     with pytest.raises(UserError, match=says):
-        run_experiment(spec, quiet=True)
+        run_experiment(spec, RunOptions(quiet=True))
     assert _runs("ddp-refused") == []
 
 

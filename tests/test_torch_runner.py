@@ -8,7 +8,7 @@ pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 pytest.importorskip("onnxscript")
 
-from tle.run.runner import run_experiment  # noqa: E402
+from tle.run.runner import RunOptions, run_experiment  # noqa: E402
 from tle.contract.spec import build_spec  # noqa: E402
 
 
@@ -23,12 +23,12 @@ def spec(tmp_path, source, **extra):
 @pytest.mark.slow
 def test_pretrain_then_finetune_from_the_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    source = run_experiment(spec(tmp_path, "digits:0-4", train={"epochs": 4, "batch_size": 32}), quiet=True)
+    source = run_experiment(spec(tmp_path, "digits:0-4", train={"epochs": 4, "batch_size": 32}), RunOptions(quiet=True))
     assert source.device == "cpu" and source.onnx_max_abs_diff < 1e-4
     assert source.best_val_acc > 0.7
 
     target = run_experiment(spec(tmp_path, "digits:5-9", strategy="finetune:block5",
-                                 weights=f"runs:/{source.run_id}"), quiet=True)
+                                 weights=f"runs:/{source.run_id}"), RunOptions(quiet=True))
     head, finetune = target.counts
     assert sum(c.trainable for c in head) == head[-1].total
     assert {c.name for c in finetune if c.trainable} == {"block5", "head"}
@@ -46,5 +46,5 @@ def test_pretrain_then_finetune_from_the_run(tmp_path, monkeypatch):
 
     # Same classes as the source run: its head comes back with the backbone.
     same = run_experiment(spec(tmp_path, "digits:0-4", strategy="feature-extractor", weights=f"runs:/{source.run_id}",
-                               train={"epochs": 1, "batch_size": 32, "lr": 1e-5}), quiet=True)
+                               train={"epochs": 1, "batch_size": 32, "lr": 1e-5}), RunOptions(quiet=True))
     assert same.history.records[0].metrics["val_acc"] >= source.history.records[-1].metrics["val_acc"] - 0.05

@@ -88,9 +88,9 @@ def run(
         spec = result.spec
     else:
         spec = build_spec(read_spec_file(config) if config else {}, overrides)
-        from tle.run.runner import run_experiment
+        from tle.run.runner import RunOptions, run_experiment
 
-        result = run_experiment(spec, console=err, quiet=STATE["quiet"])
+        result = run_experiment(spec, RunOptions(console=err, quiet=STATE["quiet"]))
     if result is None:  # a node other than 0 of a distributed run: node 0 tracks and reports it
         if json_out:
             print(json.dumps({"node_rank": spec.train.distributed.node_rank, "status": RunStatus.FINISHED}))
@@ -131,7 +131,7 @@ def _resume(run_id: str, tracking_uri: str | None):
     import tempfile
 
     from tle.run.resume import load_resume
-    from tle.run.runner import run_experiment
+    from tle.run.runner import RunOptions, run_experiment
 
     workdir = Path(tempfile.mkdtemp(prefix="tle-resume-"))
     try:
@@ -139,6 +139,6 @@ def _resume(run_id: str, tracking_uri: str | None):
         spec = state.spec
         if tracking_uri:
             spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(update={"uri": tracking_uri})})
-        return run_experiment(spec, console=err, quiet=STATE["quiet"], resume=state)
+        return run_experiment(spec, RunOptions(console=err, quiet=STATE["quiet"], resume=state))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -44,13 +44,13 @@ def sweep(
         check_cells(grid.cells())
         _print_cells(grid)
         return
-    from tle.studies.sweep import Sweep
+    from tle.studies.sweep import Executor, Sweep, TableLayout
 
-    jobs, why = _jobs(jobs, len(grid.cells()))
+    workers, why = _jobs(jobs, len(grid.cells()))
 
-    runner = Sweep(grid, executor=executor, jobs=jobs, address=address, tracking_uri=tracking_uri,
-                   gpus_per_cell=gpus_per_cell, console=err, quiet=STATE["quiet"], metric=metric,
-                   rows=_split(rows), cols=_split(cols))
+    runner = Sweep(grid, Executor(executor, workers, address, gpus_per_cell),
+                   TableLayout(metric, _split(rows), _split(cols)), tracking_uri=tracking_uri, console=err,
+                   quiet=STATE["quiet"])
     if why and not STATE["quiet"]:
         err.print(why, highlight=False)
     result = runner.run()  # the parent run has ended (FINISHED, FAILED or KILLED) when this returns or raises

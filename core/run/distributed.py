@@ -54,7 +54,7 @@ class _Silent:
 def tracked(tracked_run, mlflow, rank: RankContext | None, *, name: str | None, tags: dict[str, str],
             run_id: str | None):
     """``tracked_run`` for a plain run and for rank 0 (reopening the launcher's run); nothing for other ranks."""
-    if not writes(rank):
+    if rank is not None and not writes(rank):
         yield _Silent(rank.run_id)
         return
     with tracked_run(mlflow, name=name, tags={**tags, **_rank_tags(rank)},
@@ -132,12 +132,12 @@ def rank_main(context: RankContext, spec_data: dict, run_id: str | None, resume,
     _current = replace(context, run_id=run_id)
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     try:
-        from tle.run.runner import run_experiment
+        from tle.run.runner import RunOptions, run_experiment
         from tle.contract.spec import ExperimentSpec
 
         spec = ExperimentSpec.model_validate(spec_data)
-        result = run_experiment(spec, console=Console(stderr=True), quiet=quiet or context.rank != 0,
-                                resume=resume, tags=tags, export=export)
+        result = run_experiment(spec, RunOptions(console=Console(stderr=True), quiet=quiet or context.rank != 0,
+                                                 resume=resume, tags=tags, export=export))
         return result if context.rank == 0 else None
     except BaseException as exc:
         record_failure(Path(failures), context.rank, exc)

@@ -8,9 +8,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rich.console import Console
+from rich.progress import Progress
 
 from tle.run import distributed
 from tle.run import plots
@@ -20,7 +23,7 @@ from tle.errors import UserError
 from tle.contract.loop import History, TrainLoop
 from tle.progress import make_progress, print_warning
 from tle.run.metrics import Report, classification_report
-from tle.run.outputs import export_and_check, export_extras, log_extras, save_weights
+from tle.run.outputs import Output, export_and_check, export_extras, log_extras, save_weights
 from tle.run.resume import CHECKPOINT_ARTIFACT, Resume
 from tle.backends.manager import Backend, load_backend
 from tle.contract.spec import ExperimentSpec
@@ -28,7 +31,11 @@ from tle.store.status import warning_tags
 from tle.store.stored_run import SPEC_KEY, record_inputs, run_tags
 from tle.contract.strategy import Plan, Stage, build_plan
 
-__all__ = ["RunResult", "SPEC_KEY", "check_counts", "default_run_name", "export_and_check",
+if TYPE_CHECKING:
+    from tle.data import Dataset
+    from tle.store.tracking import Tracker
+
+__all__ = ["RunOptions", "RunResult", "SPEC_KEY", "check_counts", "default_run_name", "export_and_check",
            "export_extras", "log_extras", "prepare", "run_experiment"]
 
 
@@ -121,7 +128,7 @@ class RunState:
     backend: Backend
     plan: Plan
     console: Console
-    progress: object  # the rich Progress, or None when quiet
+    progress: Progress | None  # None when quiet
     quiet: bool
     started: float  # perf_counter at the start
     resume: Resume | None
@@ -129,23 +136,35 @@ class RunState:
     export: bool
     clock: Stopwatch = field(default_factory=Stopwatch)
     workdir: Path | None = None
-    data: object = None  # tle.data.Dataset
-    model: object = None  # the backend's native model
-    run: object = None  # tle.store.tracking.Tracker
+    data: Dataset | None = None
+    model: Any = None  # the backend's native model (opaque: it goes back into the hooks)
+    run: Tracker | None = None
 
 
-def run_experiment(spec: ExperimentSpec, console: Console | None = None, quiet: bool = False,
-                   resume: Resume | None = None, tags: dict[str, str] | None = None,
-                   load_data=None, export: bool | None = None) -> RunResult:
+@dataclass(frozen=True)
+class RunOptions:
+    """How one experiment runs, beside its spec: where it prints, what it continues, what it adds.
+
+    ``tags`` are added to the run (a sweep's parent id, its axes); ``load_data`` replaces
+    :func:`tle.data.load_dataset` (a warm sweep worker keeps the data of earlier cells); ``export`` overrides
+    ``spec.export.onnx`` (a sweep exporting only its best cells trains the others without export)."""
+
+    console: Console | None = None
+    quiet: bool = False
+    resume: Resume | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+    load_data: Callable[..., Dataset] | None = None
+    export: bool | None = None
+
+
+def run_experiment(spec: ExperimentSpec, options: RunOptions | None = None) -> RunResult | None:
     """Run one experiment.
 
-    ``tags`` are added to the run (a sweep's parent id, its axes); ``load_data``
-    replaces :func:`tle.data.load_dataset` (a warm sweep worker keeps the data of
-    earlier cells); ``export`` overrides ``spec.export.onnx`` (a sweep exporting
-    only its best cells trains the others without export). With
-    ``train.distributed`` this process launches the ranks (see :mod:`tle.run.distributed`)
-    and returns rank 0's result; None on a node other than 0 and in ranks other than 0.
+    With ``train.distributed`` this process launches the ranks (see :mod:`tle.run.distributed`) and returns rank
+    0's result; None on a node other than 0 and in ranks other than 0.
     """
+    options = options or RunOptions()
+    console, quiet, resume = options.console, options.quiet, options.resume
     console = console or Console(stderr=True)
     started = time.perf_counter()
     # Of the spec as given: a sweep matches its cells by it before any backend is loaded.
@@ -154,8 +173,8 @@ def run_experiment(spec: ExperimentSpec, console: Console | None = None, quiet: 
     spec = spec.with_defaults(backend.info.default_init)
     if resume is not None and "resume" not in backend.info.capabilities:
         raise UserError(f"backend {spec.backend!r} cannot resume runs", "start a new run instead")
-    tags = {**(tags or {}), SPEC_KEY: key}
-    export = bool(spec.export.onnx) if export is None else export
+    tags = {**options.tags, SPEC_KEY: key}
+    export = bool(spec.export.onnx) if options.export is None else options.export
     if spec.train.distributed.active and distributed.current() is None:
         dplan = distributed.plan_for(spec, backend)
         if not dplan.in_process:
@@ -169,10 +188,11 @@ def run_experiment(spec: ExperimentSpec, console: Console | None = None, quiet: 
         tags.update(dplan.tags())
     progress = make_progress(console, quiet)
     with progress if progress is not None else nullcontext():
-        return _run(RunState(spec, backend, plan, console, progress, quiet, started, resume, tags, export), load_data)
+        return _run(RunState(spec=spec, backend=backend, plan=plan, console=console, progress=progress, quiet=quiet,
+                             started=started, resume=resume, tags=tags, export=export), options.load_data)
 
 
-def _run(state: RunState, load_data) -> RunResult:
+def _run(state: RunState, load_data) -> RunResult | None:
     from tle.data import load_dataset
     from tle.store.tracking import configure, environment_tags, tracked_run
 
@@ -228,6 +248,7 @@ def _run(state: RunState, load_data) -> RunResult:
 def _train_and_report(state: RunState) -> RunResult | None:
     spec, backend, plan, data, model, run = state.spec, state.backend, state.plan, state.data, state.model, state.run
     resume, clock, workdir, hook = state.resume, state.clock, state.workdir, state.backend.hook
+    assert data is not None and run is not None and workdir is not None, "_run sets them before it trains"
     history = History(list(resume.history.records)) if resume else History()
     checkpoint = _checkpoint_path(spec, backend, workdir)
     resume_from = resume.checkpoint if resume else None
@@ -290,14 +311,14 @@ def _train_and_report(state: RunState) -> RunResult | None:
     run.artifact(workdir / "confusion_matrix.png", "plots")
     clock.lap("report")
 
-    save_weights(hook, model, run, workdir)
+    out = Output(hook, model, run, workdir, console=None if state.quiet else state.console)
+    save_weights(out)
     clock.lap("weights")
 
     result = RunResult(run.run_id, spec, plan, history, report, all_counts)
     if state.export:
-        result.onnx_max_abs_diff = export_and_check(spec, hook, model, data, run, workdir, state.console,
-                                                    state.quiet)
-        export_extras(hook, model, run, workdir)
+        result.onnx_max_abs_diff = export_and_check(spec, data, out)
+        export_extras(out)
         clock.lap("export")
     return result
 

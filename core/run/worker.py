@@ -80,7 +80,7 @@ def execute(task: dict[str, Any], cache: DataCache) -> dict[str, Any]:
     """Run one cell; the outcome says how it ended. Ctrl-C/SIGTERM propagate after the run is ended KILLED."""
     from rich.console import Console
 
-    from tle.run.runner import run_experiment
+    from tle.run.runner import RunOptions, run_experiment
     from tle.contract.spec import ExperimentSpec
 
     started = time.perf_counter()
@@ -96,8 +96,8 @@ def execute(task: dict[str, Any], cache: DataCache) -> dict[str, Any]:
         if reuse:
             os.environ[REUSE_MODELS] = "1"
         try:
-            result = run_experiment(spec, console=Console(stderr=True), quiet=True, tags=tags,
-                                    load_data=cache, export=spec.export.onnx is True)
+            result = run_experiment(spec, RunOptions(console=Console(stderr=True), quiet=True, tags=tags, load_data=cache,
+                                                     export=spec.export.onnx is True))
         finally:
             if reuse:
                 os.environ.pop(REUSE_MODELS, None)

@@ -20,8 +20,8 @@ from tle.errors import UserError
 from tle.run import worker as worker_program
 from tle.studies.grid import PRETRAIN, Cell, Grid
 from tle.workers.schedule import Scheduler, Task
-from tle.studies.sweep_store import (CELL, PARENT_TAG, ROLE, CellRun, end_sweep, finished_by_key, open_parent, quiet_signals,
-                             read_runs, record_failure)
+from tle.studies.sweep_store import (CELL, PARENT_TAG, ROLE, CellRun, described, finished_by_key, parent_run,
+                                     quiet_signals, read_runs, record_failure)
 from tle.store.status import RunStatus
 
 EXECUTORS = ("local", "ray")
@@ -94,16 +94,34 @@ def make_pool(executor: str, address: str | None, jobs: int):
     raise UserError(f"unknown executor {executor!r}", f"choose one of {', '.join(EXECUTORS)}")
 
 
+@dataclass(frozen=True)
+class Executor:
+    """Where a sweep's cells run: ``kind`` local (warm worker processes, ``jobs`` at once) or ray (the cluster at
+    ``address``, or a Ray started on this machine); ``gpus_per_cell`` of a GPU per cell (None: the backend's)."""
+
+    kind: str = "local"
+    jobs: int = 1
+    address: str | None = None
+    gpus_per_cell: float | None = None
+
+
+@dataclass(frozen=True)
+class TableLayout:
+    """The table logged on the parent run and printed (:func:`tle.analysis.table.build_table`)."""
+
+    metric: str = "test_acc"
+    rows: list[str] | None = None
+    cols: list[str] | None = None
+
+
 class Sweep:
-    def __init__(self, grid: Grid, *, executor: str = "local", jobs: int = 1, address: str | None = None,
-                 tracking_uri: str | None = None, gpus_per_cell: float | None = None,
-                 console: Console | None = None, quiet: bool = False, metric: str = "test_acc",
-                 rows: list[str] | None = None, cols: list[str] | None = None):
-        """``metric``, ``rows``, ``cols``: the table logged on the parent run (``tle.analysis.table.build_table``)."""
+    def __init__(self, grid: Grid, executor: Executor = Executor(), layout: TableLayout = TableLayout(), *,
+                 tracking_uri: str | None = None, console: Console | None = None, quiet: bool = False):
         from tle.store.lock import absolute_uri, sqlite_path
 
-        if executor not in EXECUTORS:
-            raise UserError(f"unknown executor {executor!r}", f"choose one of {', '.join(EXECUTORS)}")
+        executor_kind, jobs, address = executor.kind, executor.jobs, executor.address
+        if executor_kind not in EXECUTORS:
+            raise UserError(f"unknown executor {executor_kind!r}", f"choose one of {', '.join(EXECUTORS)}")
         if jobs < 1:
             raise UserError(f"--jobs {jobs} must be at least 1", "use --jobs 1 or more")
         self.grid = grid
@@ -113,22 +131,22 @@ class Sweep:
         import mlflow
 
         self.uri = absolute_uri(tracking_uri or base.tracking.uri or mlflow.get_tracking_uri())
-        if executor == "ray" and address and sqlite_path(self.uri) is not None:
+        if executor_kind == "ray" and address and sqlite_path(self.uri) is not None:
             raise UserError(f"a sweep on the Ray cluster {address} cannot track into the local file {self.uri}",
                             "start an MLflow server reachable from every node and pass --tracking-uri http://HOST:5000")
         from tle.store.lock import prepare
 
         prepare(self.uri)  # a dead tracking server: one line now, not MLflow's retries after cells ran
-        if executor == "ray" and address:
+        if executor_kind == "ray" and address:
             from tle.workers.ray import probe_address
 
             probe_address(address)  # nothing listening: one line in seconds, not Ray's minutes of retries
         self.experiment = base.tracking.experiment
-        self.executor, self.jobs, self.address = executor, jobs, address
-        self.gpus = gpus_per_cell
+        self.executor, self.jobs, self.address = executor_kind, jobs, address
+        self.gpus = executor.gpus_per_cell
         self.console = console or Console(stderr=True)
         self.quiet = quiet
-        self.metric, self.rows, self.cols = metric, rows, cols
+        self.metric, self.rows, self.cols = layout.metric, layout.rows, layout.cols
         self._fingerprints: dict[str, str] = {}
 
     # -- the parts ------------------------------------------------------------
@@ -195,37 +213,36 @@ class Sweep:
 
         mlflow = configure(self.uri, self.experiment)
         client = mlflow.MlflowClient()
-        exp_id = mlflow.get_experiment_by_name(self.experiment).experiment_id
-        parent_id = None
+        experiment = mlflow.get_experiment_by_name(self.experiment)
+        assert experiment is not None  # configure() set it, creating it if new
+        exp_id = experiment.experiment_id
         scheduler = None
         try:
-            parent_id, reopened = open_parent(client, exp_id, self.grid.name, self.grid.key(),
-                                              {"tle.sweep": self.grid.name, "tle.executor": self.executor})
-            if not reopened:
-                client.log_text(parent_id, self.grid.source, "sweep.yaml")
-                client.log_param(parent_id, "axes",
-                                 json.dumps({k: v for k, v in self.grid.axes.items()}, default=str)[:6000])
-            results = {c.index: CellResult(c) for c in self.cells}
-            finished = finished_by_key(client, exp_id)
-            sweep = SweepResult(self.grid, parent_id, self.experiment, self.uri, list(results.values()))
-            if progress is not None:
-                progress.start()
-            scheduler = Scheduler(pool, self.jobs)
-            self._run_cells(results, finished, client, exp_id, parent_id, scheduler, progress)
-            scheduler.close()  # in the try: a signal while the idle workers stop still ends the parent
-            scheduler = None
-            sweep.results = [results[c.index] for c in self.cells]
-            sweep.runs = read_runs(client, [r.run_id for r in sweep.results], exp_id)
-            sweep.wall_seconds = time.perf_counter() - started
-            # The study layer ends its parent run on every path: here FINISHED (or FAILED when a cell did not
-            # finish) with the table and counts, below KILLED/FAILED for whatever stopped it.
-            sweep.table = build_table(sweep, metric=self.metric, rows=self.rows, cols=self.cols)
-            record(sweep, sweep.table)
-        except BaseException as exc:
-            if parent_id is not None:
-                with quiet_signals():
-                    end_sweep(client, exp_id, parent_id, exc)
-            raise
+            with parent_run(mlflow, exp_id, self.grid.name, self.grid.key(),
+                            {"tle.sweep": self.grid.name, "tle.executor": self.executor}) as (parent, reopened):
+                parent_id = parent.run_id
+                if not reopened:
+                    parent.text(self.grid.source, "sweep.yaml")
+                    parent.params({"axes": json.dumps({k: v for k, v in self.grid.axes.items()}, default=str)[:6000]})
+                results = {c.index: CellResult(c) for c in self.cells}
+                finished = finished_by_key(client, exp_id)
+                sweep = SweepResult(self.grid, parent_id, self.experiment, self.uri, list(results.values()))
+                if progress is not None:
+                    progress.start()
+                scheduler = Scheduler(pool, self.jobs)
+                self._run_cells(results, finished, mlflow, exp_id, parent_id, scheduler, progress)
+                scheduler.close()  # in the block: a signal while the idle workers stop still ends the parent
+                scheduler = None
+                sweep.results = [results[c.index] for c in self.cells]
+                sweep.runs = read_runs(client, [r.run_id for r in sweep.results if r.run_id], exp_id)
+                sweep.wall_seconds = time.perf_counter() - started
+                # The parent ends FINISHED with the table and counts, FAILED when a cell did not finish; KILLED or
+                # FAILED for whatever stops it before.
+                sweep.table = build_table(sweep, metric=self.metric, rows=self.rows, cols=self.cols)
+                record(sweep, sweep.table)
+                if not sweep.ok:
+                    bad = sum(r.status != RunStatus.FINISHED for r in sweep.results)
+                    parent.end_as(RunStatus.FAILED, f"{bad} of {len(sweep.results)} cells did not finish")
         finally:
             if progress is not None:
                 progress.stop()
@@ -233,10 +250,11 @@ class Sweep:
                 scheduler.close()
         return sweep
 
-    def _run_cells(self, results, finished, client, exp_id, parent_id, scheduler, progress) -> None:
+    def _run_cells(self, results, finished, mlflow, exp_id, parent_id, scheduler, progress) -> None:
         """Every cell in one schedule: a transfer cell becomes ready when its pretraining cell finished and
         a group's ONNX export when its cells ended, so workers go on with their own backend's work instead
         of being restarted between phases."""
+        client = mlflow.MlflowClient()
         tasks = [Task(c.index, c.backend, self._spec_for(c), self._tags(c, parent_id), c.label, self._gpus(c),
                       after=(c.pretrain.index,) if c.pretrain is not None else ()) for c in self.cells]
         exports = self._export_tasks(len(self.cells))
@@ -261,11 +279,11 @@ class Sweep:
             return {"cell": task.cell, "status": RunStatus.FINISHED, "run_id": reuse.info.run_id, "reused": True}
 
         def on_start(task: Task) -> None:
-            if bar is not None:
+            if progress is not None and bar is not None:
                 progress.update(bar, info=task.label)
 
         def on_done(task: Task, outcome: dict[str, Any]) -> None:
-            if bar is not None:
+            if progress is not None and bar is not None:
                 progress.advance(bar)
             if task.kind == "export":
                 self._export_done(task, outcome, results)
@@ -277,10 +295,9 @@ class Sweep:
             res.reused = bool(outcome.get("reused"))
             res.outcome = outcome
             if res.status != RunStatus.FINISHED and res.run_id is None:
-                res.run_id = record_failure(client, exp_id, task.spec["tracking"]["run_name"], task.tags,
-                                            res.error or res.status, spec=task.spec)
-                if res.status == RunStatus.KILLED:
-                    client.set_terminated(res.run_id, status=RunStatus.KILLED)
+                res.run_id = record_failure(mlflow, parent_id, task.spec["tracking"]["run_name"],
+                                            {**described(task.spec), **task.tags}, res.error or res.status,
+                                            RunStatus.KILLED if res.status == RunStatus.KILLED else RunStatus.FAILED)
             if not self.quiet:
                 mark = {RunStatus.FINISHED: "[green]done[/]", RunStatus.KILLED: "[yellow]killed[/]"}.get(res.status, "[red]failed[/]")
                 if res.reused:

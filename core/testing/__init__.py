@@ -30,7 +30,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pytest
@@ -50,7 +50,7 @@ class BackendConformance:
     model: ClassVar[str] = ""
     dataset: ClassVar[str] = "digits:0-2"  # three classes: chance is 1/3
     image_size: ClassVar[int | None] = None  # None: the model's default size
-    channels: ClassVar[int] = 1
+    channels: ClassVar[Literal[1, 3]] = 1
     max_per_class: ClassVar[int] = 40
     epochs: ClassVar[int] = 2
     batch_size: ClassVar[int] = 16
@@ -108,13 +108,14 @@ class BackendConformance:
         import mlflow
 
         from tle.backends.manager import manager
-        from tle.run.runner import run_experiment
+        from tle.run.runner import RunOptions, run_experiment
 
         recorder = _TrainRecorder(conformance_trained)
         before = mlflow.get_tracking_uri()
         manager().register(recorder, name="conformance:train-recorder")
         try:
-            return run_experiment(cls._spec(conformance_store, strategy="scratch"), quiet=True, export=True)
+            return run_experiment(cls._spec(conformance_store, strategy="scratch"),
+                                  RunOptions(quiet=True, export=True))
         finally:
             manager().unregister(recorder)
             mlflow.set_tracking_uri(before)
@@ -304,12 +305,14 @@ class BackendConformance:
         assert run.data.params["backend"] == self.backend and "data.fingerprint" in run.data.params
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"weights", "spec.yaml", "class_names.json", "plots"} <= artifacts, artifacts
+        assert run.inputs is not None
         contexts = {t.value for d in run.inputs.dataset_inputs for t in d.tags if t.key == "mlflow.data.context"}
         assert contexts == {"train", "val", "test"}
 
     def test_conformance_onnx_model_matches_the_framework(self, conformance_backend, conformance_run,
                                                           conformance_data, conformance_store, tmp_path):
         import mlflow
+        import mlflow.artifacts
 
         from tle.interop.serving import open_model
 
@@ -324,10 +327,11 @@ class BackendConformance:
         assert served.shape == (5, conformance_data.num_classes)
 
     def test_conformance_weights_of_a_run_start_another_run(self, conformance_run, conformance_store):
-        from tle.run.runner import run_experiment
+        from tle.run.runner import RunOptions, run_experiment
 
         spec = self._spec(conformance_store, strategy="feature-extractor", weights=f"runs:/{conformance_run.run_id}")
-        result = run_experiment(spec, quiet=True, export=False)
+        result = run_experiment(spec, RunOptions(quiet=True, export=False))
+        assert result is not None  # not a distributed run
         # Same classes: the head comes along, so the frozen-backbone run starts where the first one ended.
         assert result.test.accuracy >= self.min_accuracy, result.test.accuracy
 
