@@ -41,7 +41,7 @@ def build(model: str, classes: int, device: str, seed: int = 0):
     a = ARCHS[model]
     return plugin.load_backbone(model=model, num_classes=classes, class_names=[str(c) for c in range(classes)],
                                 input_shape=(a.size, a.size, 1), head=HeadSpec(), weights=ResolvedWeights("none"),
-                                device=device, seed=seed)
+                                device=device, precision="fp32", seed=seed)
 
 
 def selective(net, seed: int = 0):

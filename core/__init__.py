@@ -12,6 +12,6 @@ except PackageNotFoundError:  # running from a source tree that was not installe
     __version__ = "0.0.0"
 
 from tle.errors import UserError  # noqa: E402
-from tle.contract.hookspecs import hookimpl, hookspec  # noqa: E402
+from tle.contract.hookspecs import hookimpl, hookspec, implements  # noqa: E402
 
-__all__ = ["UserError", "__version__", "hookimpl", "hookspec"]
+__all__ = ["UserError", "__version__", "hookimpl", "hookspec", "implements"]

@@ -58,39 +58,39 @@ def test_plugin_group_can_wrap_hooks(tmp_path):
     assert "extra_net" in proc.stdout and "mlp" in proc.stdout
 
 
-def test_delegated_hooks_declare_the_hooks_arguments_and_import_late(tmp_path, monkeypatch):
-    """tle.contract.helpers.delegate: hooks pluggy checks and calls like written ones, importing their module late."""
-    import sys
-    import types
+MISSPELT = ("from tle import hookimpl\nfrom tle.contract.records import BackendInfo\n"
+            "@hookimpl\ndef backend_info():\n"
+            "    return BackendInfo(name='typo', framework='none', framework_version='-', description='typo')\n"
+            "@hookimpl\ndef load_backbon(model, num_classes):\n    return None\n")
 
-    import pluggy
 
+@pytest.mark.parametrize("group, command", [("tle.backends", ("plan", "--backend", "typo", "--model", "mlp")),
+                                            ("tle.plugins", ("plan", "--backend", "numpy", "--model", "mlp"))])
+def test_a_misspelt_hook_fails_at_load_with_one_line(tmp_path, group, command):
+    """pluggy's check_pending, as a user error: a hook name tle does not have is never silently ignored."""
+    env = fake_distribution(tmp_path, "typo", MISSPELT, group=group)
+    proc = tle(*command, env=env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    kind = "backend" if group == "tle.backends" else "plugin"
+    assert f"{kind} 'typo' (typo_plugin) implements 'load_backbon', which is not a tle hook" in proc.stderr
+    assert "rename it to 'load_backbone'" in proc.stderr
+
+
+def test_implements_checks_the_name_and_marks_a_hookimpl():
+    """tle.implements(spec): @hookimpl, for a function named after its hook (pyright checks its signature)."""
+    from tle import implements
     from tle.contract import hookspecs
-    from tle.contract.helpers import delegate
 
-    (tmp_path / "late_target.py").write_text("def fit(net, data, stage, spec, loop):\n"
-                                            "    return net, data, stage, spec, loop\n"
-                                            "def export(net, path, meta):\n    return net, path, meta\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    plugin = types.ModuleType("delegating_plugin")
-    plugin.__dict__.update(delegate({"train": "late_target:fit",
-                                     "export_onnx": "late_target:export(model, path, metadata)"}))
-    pm = pluggy.PluginManager("tle")
-    pm.add_hookspecs(hookspecs)
-    pm.register(plugin)  # pluggy checks the declared arguments against the specs here
-    assert plugin.train.__module__ == __name__ and plugin.train.__name__ == "train"  # pickled by reference
-    try:
-        assert "late_target" not in sys.modules
-        assert pm.hook.train(model=1, data=2, stage=3, train=4, loop=5) == (1, 2, 3, 4, 5)
-        assert pm.hook.export_onnx(model=1, path=2, sample=3, metadata=4) == (1, 2, 4)
-        assert plugin.export_onnx(model=1, path=2, sample=3, metadata=4) == (1, 2, 4)  # called as written out
-        assert "late_target" in sys.modules
-    finally:
-        sys.modules.pop("late_target", None)
-    with pytest.raises(ValueError, match="not a hook"):
-        delegate({"trian": "late_target:fit"})
-    with pytest.raises(ValueError, match="no argument epochs"):
-        delegate({"train": "late_target:fit(model, epochs)"})
+    def resolve_device(device: str) -> str:
+        return device
+
+    assert implements(hookspecs.resolve_device)(resolve_device) is resolve_device
+    assert hasattr(resolve_device, "tle_impl")  # what pluggy looks for
+    with pytest.raises(ValueError, match="resolve_devise implements resolve_device"):
+        @implements(hookspecs.resolve_device)
+        def resolve_devise(device: str) -> str:
+            return device
 
 
 @pytest.mark.parametrize("args, words", [

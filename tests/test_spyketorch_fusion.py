@@ -20,7 +20,7 @@ from tle_spyketorch.fusion import importance  # noqa: E402
 def build(classes, seed=0, size=16, channels=1, model="mozafari_small"):
     return plugin.load_backbone(model=model, num_classes=len(classes), class_names=list(classes),
                                 input_shape=(size, size, channels), head=HeadSpec(), weights=ResolvedWeights("none"),
-                                device="cpu", seed=seed)
+                                device="cpu", precision="fp32", seed=seed)
 
 
 def sibling(net, classes, seed):

@@ -28,7 +28,7 @@ def _train(model, data, strategy="scratch", source=None, epochs=10, presentation
 
     net = plugin.load_backbone(model=model, num_classes=data.num_classes, class_names=list(data.class_names),
                                input_shape=data.input_shape, head=HeadSpec(), weights=ResolvedWeights("none"),
-                               device="cpu", seed=0)
+                               device="cpu", precision="fp32", seed=0)
     if source is not None:  # S2's network B: the source's conv1-conv2, a conv3 of its own
         net.conv1.data.copy_(source.conv1)
         net.conv2.data.copy_(source.conv2)

@@ -30,7 +30,7 @@ def build(model, num_classes=10, size=32, channels=3, head=None, weights=NONE, s
     classes = list(classes or (str(i) for i in range(num_classes)))
     return plugin.load_backbone(model=model, num_classes=num_classes, class_names=classes,
                                 input_shape=(size, size, channels),
-                                head=head or HeadSpec(), weights=weights, device="cpu", seed=seed)
+                                head=head or HeadSpec(), weights=weights, device="cpu", precision="fp32", seed=seed)
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +156,7 @@ def test_original_head_replaces_only_the_last_linear():
     tv = block_maps.build_torchvision("alexnet")
     net = plugin.load_backbone(model="alexnet", num_classes=4, class_names=list("abcd"), input_shape=(64, 64, 3),
                                head=HeadSpec(kind="original"),
-                               weights=NONE, device="cpu", seed=0)
+                               weights=NONE, device="cpu", precision="fp32", seed=0)
     assert net.new_head == ["classifier.6"]
     assert net.head.classifier[6].out_features == 4
     assert net.head.classifier[1].weight.shape == tv.classifier[1].weight.shape

@@ -30,7 +30,8 @@ from tle_torch import plugin  # noqa: E402
 def test_onnx_parity(tmp_path, model, size, channels, head):
     net = plugin.load_backbone(model=model, num_classes=6, class_names=[f"class{i}" for i in range(6)],
                                input_shape=(size, size, channels),
-                               head=HeadSpec(kind=head), weights=ResolvedWeights(kind="none"), device="cpu", seed=0)
+                               head=HeadSpec(kind=head), weights=ResolvedWeights(kind="none"), device="cpu",
+                               precision="fp32", seed=0)
     rng = np.random.default_rng(0)
     with torch.no_grad():  # non-trivial BatchNorm statistics, as after training
         net.train()(torch.from_numpy(rng.random((8, size, size, channels), dtype=np.float32)))

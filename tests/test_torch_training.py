@@ -36,7 +36,7 @@ def prepared(model, data, strategy, weights=NONE, seed=0, head=None, device="cpu
     """What the runner does before training: load (drawing the head), then init the plan's fresh blocks."""
     net = plugin.load_backbone(model=model, num_classes=data.num_classes, class_names=data.class_names,
                                input_shape=data.input_shape,
-                               head=head or HeadSpec(), weights=weights, device=device, seed=seed)
+                               head=head or HeadSpec(), weights=weights, device=device, precision="fp32", seed=seed)
     plan = build_plan(strategy, net.block_names, epochs=2, lr=1e-3, batchnorm=batchnorm)
     plugin.apply_init(model=net, blocks=[b for b in plan.reinit if b != HEAD], init=GLOROT, seed=seed)
     return net, plan

@@ -8,6 +8,7 @@ must not import their framework at module level.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from difflib import get_close_matches
 from importlib.metadata import EntryPoint, entry_points
 from types import ModuleType
 
@@ -59,6 +60,7 @@ def manager() -> pluggy.PluginManager:
         pm.register(builtin_datasets, name="builtin:datasets")
         for ep in entry_points(group=PLUGINS_GROUP):
             pm.register(_import_entry_point(ep, "plugin"), name=f"plugin:{ep.name}")
+        _check_hooks(pm)
         _MANAGER.append(pm)
     return _MANAGER[0]
 
@@ -68,7 +70,34 @@ def _registered(name: str, module: ModuleType) -> str:
     key = f"backend:{name}"
     if pm.get_plugin(key) is None:
         pm.register(module, name=key)
+        _check_hooks(pm)
     return key
+
+
+def _check_hooks(pm: pluggy.PluginManager) -> None:
+    """pluggy's ``check_pending``: every hook a plugin implements is one of :mod:`tle.contract.hookspecs`'s. A
+    misspelt one would never be called (pluggy registers it and waits for a spec of that name); here it is a
+    :class:`UserError` naming the plugin and the hook, and the plugin is unregistered, so that it costs the other
+    backends nothing."""
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        plugin = exc.plugin
+        key = pm.get_name(plugin) or "?"
+        unknown = sorted(caller.name for caller in pm.get_hookcallers(plugin) or ()
+                         if not caller.has_spec() and any(impl.plugin is plugin and not impl.optionalhook
+                                                          for impl in caller.get_hookimpls()))
+        pm.unregister(plugin)
+        kind, _, name = key.partition(":")
+        hook = unknown[0] if unknown else "?"
+        close = get_close_matches(hook, _hook_names(), n=1)
+        raise UserError(f"{kind or 'plugin'} {name or key!r} ({getattr(plugin, '__name__', plugin)}) implements "
+                        f"{hook!r}, which is not a tle hook",
+                        f"rename it{f' to {close[0]!r}' if close else ''} (tle's hooks: tle.contract.hookspecs)") from None
+
+
+def _hook_names() -> list[str]:
+    return [name for name in vars(hookspecs) if hasattr(getattr(hookspecs, name), "tle_spec")]
 
 
 class _BackendHooks:
@@ -158,6 +187,8 @@ def survey_backends() -> list[BackendStatus]:
             module = ep.load()
             info = _BackendHooks(manager(), _registered(name, module)).backend_info()
             rows.append(BackendStatus(name, version, info.framework, info.framework_version, info.status, ep.value))
+        except UserError as exc:  # a hook tle does not have (_check_hooks)
+            rows.append(BackendStatus(name, version, "?", "?", f"invalid: {exc}", ep.value))
         except Exception as exc:
             rows.append(BackendStatus(name, version, "?", "?", f"import failed: {_describe_import_error(exc)}",
                                       ep.value))

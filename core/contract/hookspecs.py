@@ -15,7 +15,10 @@ Backends return their own native objects (a ``torch.nn.Module``, a
 handles and passes them back into the other hooks. Images always travel as
 float32 NumPy arrays in NHWC layout with values in [0, 1]; labels as int64.
 
-A hook implementation may declare any subset of a hook's arguments.
+A hook implementation may declare any subset of a hook's arguments. The backends
+shipped with tle declare them all and mark each hook with :func:`implements`
+instead of ``@hookimpl``: the type checker (pyright, in CI) then checks the
+implementation's arguments and return type against its spec here.
 Block names are the ones the backend declares in :func:`register_models`
 (``block1`` ... ``blockN`` for CNNs, ``conv1`` ... for spiking nets); the
 classifier added on top is always called ``head``.
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import pluggy
 
@@ -45,6 +48,27 @@ if TYPE_CHECKING:  # the annotations only: importing these here would make every
 hookspec = pluggy.HookspecMarker("tle")
 hookimpl = pluggy.HookimplMarker("tle")
 
+_Args = ParamSpec("_Args")
+_Return = TypeVar("_Return")
+
+
+def implements(spec: Callable[_Args, _Return]) -> Callable[[Callable[_Args, _Return]], Callable[_Args, _Return]]:
+    """``@hookimpl`` for a function that implements ``spec`` (one of the hooks below) with its very signature.
+
+    ``@implements(hookspecs.train)`` over ``def train(model, data, stage, train, loop) -> Trained`` marks it as
+    ``@hookimpl`` does; the type checker reads the decorator's signature and reports an implementation whose
+    arguments or return type do not fit ``spec`` (a spec returns ``X`` or ``X | None``: an implementation
+    returning ``X`` fits both). At import, a function not named after ``spec`` is a :class:`ValueError`.
+    """
+
+    def mark(function: Callable[_Args, _Return]) -> Callable[_Args, _Return]:
+        name = getattr(function, "__name__", "?")
+        if name != spec.__name__:
+            raise ValueError(f"{name} implements {spec.__name__}: name the function after its hook")
+        return hookimpl(function)
+
+    return mark
+
 
 # -- registration ---------------------------------------------------------------
 
@@ -60,6 +84,7 @@ def backend_info() -> BackendInfo:
     initialiser a run gets when its spec names none (``glorot_uniform``
     unless the backend's weights live elsewhere, as spiking synapses do).
     """
+    ...
 
 
 @hookspec
@@ -79,6 +104,7 @@ def register_models() -> Iterable[ModelInfo]:
     that order for the blocks the stage trains. Models trained end to end leave
     ``phases`` empty.
     """
+    ...
 
 
 @hookspec
@@ -92,6 +118,7 @@ def register_datasets() -> dict[str, Callable[[str, DataSpec], ImageSet | Source
     (``digits``, ``synthetic``, ``folder``, ``npz``, ``mnist`` ...) are registered
     through this hook too, by ``tle.data.plugin``; a prefix a backend gives wins.
     """
+    ...
 
 
 # -- one experiment, in the order the runner calls them -------------------------
@@ -99,7 +126,7 @@ def register_datasets() -> dict[str, Callable[[str, DataSpec], ImageSet | Source
 
 @hookspec(firstresult=True)
 def load_backbone(model: str, num_classes: int, class_names: list[str], input_shape: tuple[int, int, int],
-                  head: HeadSpec, weights: ResolvedWeights, device: str, precision: str, seed: int) -> Any:
+                  head: HeadSpec, weights: ResolvedWeights, device: str, precision: str, seed: int) -> object:
     """Build ``model`` with a head of ``num_classes`` outputs.
 
     :param str model: a name from :func:`register_models`.
@@ -117,15 +144,16 @@ def load_backbone(model: str, num_classes: int, class_names: list[str], input_sh
     :param str precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``; backends that fix
         the compute dtype at build time (Keras's mixed-precision policy) read it here.
     :param int seed: seed for everything random in construction.
-    :return: the native model (opaque to the core).
+    :return: the native model (opaque to the core: it only hands it back to the other hooks).
 
     Raise :class:`tle.UserError` for an unknown model, missing weights offline,
     or weights that do not fit the model (name the layer).
     """
+    ...
 
 
 @hookspec(firstresult=True)
-def apply_init(model: Any, blocks: list[str], init: InitSpec, seed: int) -> bool:
+def apply_init(model: Any, blocks: list[str], init: InitSpec, seed: int) -> bool | None:
     """Re-initialise the named ``blocks`` (may include ``head``) with ``init``.
 
     :param list[str] blocks: blocks the strategy starts from scratch.
@@ -136,10 +164,11 @@ def apply_init(model: Any, blocks: list[str], init: InitSpec, seed: int) -> bool
         (``tryfirst=True``) for initialisers it adds and return ``None`` for the
         rest.
     """
+    ...
 
 
 @hookspec(firstresult=True)
-def freeze_policy(model: Any, trainable: dict[str, bool], fixed_stats: Iterable[str]) -> None:
+def freeze_policy(model: Any, trainable: dict[str, bool], fixed_stats: Iterable[str]) -> bool | None:
     """Make exactly the blocks with ``trainable[name] is True`` trainable; called before each stage.
 
     :param dict[str, bool] trainable: every block and ``head``.
@@ -148,15 +177,18 @@ def freeze_policy(model: Any, trainable: dict[str, bool], fixed_stats: Iterable[
         run in inference mode, while their scale and shift still train when the block is trainable
         (``train.batchnorm``, see :mod:`tle.contract.strategy`). Every frozen block is in it. The other blocks
         re-estimate their statistics in training mode. A backend without normalisation layers ignores it.
+    :return: ``True`` when done; ``None`` leaves the call to the next implementation (as for :func:`apply_init`).
     """
+    ...
 
 
 @hookspec(firstresult=True)
-def count_parameters(model: Any) -> Iterable[BlockCount]:
+def count_parameters(model: Any) -> list[BlockCount]:
     """Return a :class:`tle.contract.records.BlockCount` per block and ``head``, in order.
 
     Reflects the current freeze state: the core checks it against the plan.
     """
+    ...
 
 
 @hookspec(firstresult=True)
@@ -194,6 +226,7 @@ def train(model: Any, data: Dataset, stage: Stage, train: TrainSpec, loop: Train
         ``cached_blocks``, the STDP phases' measures). Optimisers and other
         state stay inside the backend.
     """
+    ...
 
 
 @hookspec(firstresult=True)
@@ -208,6 +241,7 @@ def evaluate(model: Any, images: np.ndarray, labels: np.ndarray | None, batch_si
         and per-neuron ``firing_counts``); where the core logs them (``tle
         fuse`` does), numbers become metrics and the rest a JSON artifact.
     """
+    ...
 
 
 @hookspec(firstresult=True)
@@ -218,6 +252,7 @@ def save_weights(model: Any, directory: Path) -> str | Path:
         artifact; ``--weights runs:/ID`` hands the same file back to
         :func:`load_backbone`.
     """
+    ...
 
 
 @hookspec(firstresult=True)
@@ -232,6 +267,7 @@ def portable_weights(model: Any) -> dict[str, np.ndarray] | None:
 
     :return: ``dict[str, numpy.ndarray]`` or ``None``.
     """
+    ...
 
 
 @hookspec(firstresult=True)
@@ -244,6 +280,7 @@ def export_onnx(model: Any, path: Path, sample: np.ndarray, metadata: ExportMeta
     :return: the path written. The graph's input is NHWC float32 in [0, 1];
         its output is logits. The core then checks parity with onnxruntime.
     """
+    ...
 
 
 @hookspec(firstresult=True)
@@ -253,11 +290,12 @@ def export_extras(model: Any, directory: Path) -> list[str] | None:
     :return: the paths written, or ``None``. ``tle fuse`` logs them under the run's
         ``export/`` artifact.
     """
+    ...
 
 
 @hookspec(firstresult=True)
 def fuse(models: list[Any], class_names: list[list[str]], options: FuseOptions,
-         images: list[np.ndarray] | None) -> Fused | Any | None:
+         images: list[np.ndarray] | None) -> Fused | None:
     """Merge several trained models into one (S2's knowledge fusion); used by ``tle fuse``.
 
     :param list models: native models built by :func:`load_backbone` from finished runs
@@ -279,10 +317,11 @@ def fuse(models: list[Any], class_names: list[list[str]], options: FuseOptions,
     :param images: with ``options.rank == "activity"``, each model's own training images (its
         run's split, N x H x W x C in [0, 1]), in the models' order, to rank units by how often
         they decide; ``None`` otherwise. A hook that does not name this argument never gets it.
-    :return: the fused native model, or a :class:`tle.contract.records.Fused` holding it with the
+    :return: a :class:`tle.contract.records.Fused` holding the fused native model, with the
         factor it applied to each model's scores (``normalise``; the core applies the same
-        factors before bagging), or ``None`` if the backend cannot fuse (the core then stops
-        with a user error). The fused model's logits follow the ordered union of
+        factors before bagging; none: every factor 1), or ``None`` if the backend cannot fuse (the
+        core then stops with a user error). The core still reads a bare model, from a backend
+        written before this contract was type-checked, as ``Fused(model)``. The fused model's logits follow the ordered union of
         ``class_names``: the first model's classes, then each later model's new classes in
         their order. :func:`evaluate`, :func:`save_weights`, :func:`export_onnx` and
         :func:`export_extras` must accept it.
@@ -292,6 +331,7 @@ def fuse(models: list[Any], class_names: list[list[str]], options: FuseOptions,
     (per class, the largest logit among the models that know the class) and beside the
     concatenation when the backend gives one.
     """
+    ...
 
 
 @hookspec(firstresult=True)
@@ -300,6 +340,7 @@ def resolve_device(device: str) -> str:
 
     Logged with the run. Must not fail when CUDA is absent: ``auto`` falls back to CPU.
     """
+    ...
 
 
 # -- one run over several processes or devices (``train.distributed``, see :mod:`tle.run.distributed`) ----
@@ -324,6 +365,7 @@ def distributed_plan(distributed: DistributedSpec, device: str) -> DistributedPl
     Raise :class:`tle.UserError` for what cannot run here (NCCL without CUDA, more processes than GPUs, a
     multi-host setting the framework does not support), naming the setting.
     """
+    ...
 
 
 @hookspec(firstresult=True)
@@ -345,6 +387,7 @@ def launch_ranks(plan: DistributedPlan, distributed: DistributedSpec, entry: Cal
     launcher saw})``; when this process is interrupted (SIGINT, SIGTERM), stop every rank (none may survive) and
     raise ``KeyboardInterrupt``.
     """
+    ...
 
 
 # -- probes: activations at initialisation (``tle init-study``, S4) -------------------
@@ -367,6 +410,7 @@ def dense_activations(inputs: np.ndarray, units: int, activation: str, init: Ini
     :param int seed: seed of the kernel's draw.
     :return: float32 NumPy array ``(N, units)``, computed by the framework in inference mode.
     """
+    ...
 
 
 @hookspec(firstresult=True)
@@ -383,3 +427,4 @@ def block_activations(model: Any, images: np.ndarray) -> dict[str, np.ndarray]:
         order (not ``head``), each the block's output with the channels last
         (``(N, H, W, C)`` for conv blocks, ``(N, C)`` for dense ones).
     """
+    ...

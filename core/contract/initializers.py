@@ -58,7 +58,7 @@ class InitSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
-    scale: float | None = Field(None, gt=0, description="stddev for normal, limit for uniform")
+    scale: float | None = Field(default=None, gt=0, description="stddev for normal, limit for uniform")
 
     @field_validator("name")
     @classmethod
@@ -94,6 +94,7 @@ class InitSpec(BaseModel):
         if name in ("zeros", "ones"):
             return Distribution("constant", 0.0 if name == "zeros" else 1.0)
         if name in ("normal", "uniform"):
+            assert p is not None  # PARAMETRISED has both
             return Distribution(name, p)
         family, dist = name.split("_")
         scale = {"glorot": 2.0 / (fan_in + fan_out), "he": 2.0 / fan_in, "lecun": 1.0 / fan_in}[family]
@@ -106,10 +107,9 @@ class InitSpec(BaseModel):
         name, p = self.name, self.param
         if name in ("zeros", "ones"):
             return 0.0
-        if name == "normal":
-            return p
-        if name == "uniform":
-            return p / math.sqrt(3)
+        if name in ("normal", "uniform"):
+            assert p is not None  # PARAMETRISED has both
+            return p if name == "normal" else p / math.sqrt(3)
         fan = {"glorot": (fan_in + fan_out) / 2, "he": fan_in / 2, "lecun": fan_in}[name.split("_")[0]]
         return math.sqrt(1.0 / fan)
 

@@ -226,8 +226,8 @@ class Fused:
 
     ``scales[i]``: the factor the fused model applied to model ``i``'s scores (its logits, for a
     spiking net its potentials); the core multiplies model ``i``'s logits by it before bagging, so
-    that bagging and the fused model compare the models on the same scale. A hook may instead return
-    the bare model (every factor 1). ``ranked_by``: what ordered the units it kept (``activity`` or ``weights``).
+    that bagging and the fused model compare the models on the same scale; none given: every factor 1
+    (the core also reads a bare model so, from a backend older than the typed contract). ``ranked_by``: what ordered the units it kept (``activity`` or ``weights``).
     """
 
     model: Any

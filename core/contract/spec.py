@@ -26,9 +26,9 @@ class _Strict(BaseModel):
 
 
 class SyntheticSpec(_Strict):
-    classes: int = Field(4, ge=2, le=1000)
-    per_class: int = Field(60, ge=3)
-    size: int = Field(32, ge=4, le=1024)
+    classes: int = Field(default=4, ge=2, le=1000)
+    per_class: int = Field(default=60, ge=3)
+    size: int = Field(default=32, ge=4, le=1024)
     channels: Literal[1, 3] = 3
 
 
@@ -46,13 +46,14 @@ class DataSpec(_Strict):
     """
 
     source: str = "digits"
-    image_size: int | None = Field(None, ge=4, le=2048, description="square side in pixels; null keeps the native size")
+    image_size: int | None = Field(default=None, ge=4, le=2048,
+                                   description="square side in pixels; null keeps the native size")
     channels: Literal[1, 3] | None = None
-    max_per_class: int | None = Field(None, ge=1)
+    max_per_class: int | None = Field(default=None, ge=1)
     train: SplitSize | None = None
     val: SplitSize = 0.2
     test: SplitSize = 0.2
-    seed: int | None = Field(None, description="split seed; null uses train.seed")
+    seed: int | None = Field(default=None, description="split seed; null uses train.seed")
     synthetic: SyntheticSpec = Field(default_factory=SyntheticSpec)
 
     @model_validator(mode="before")
@@ -92,8 +93,8 @@ class HeadSpec(_Strict):
     """
 
     kind: Literal["dense", "linear", "original"] = "dense"
-    hidden: int = Field(256, ge=1)
-    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    hidden: int = Field(default=256, ge=1)
+    dropout: float = Field(default=0.5, ge=0.0, lt=1.0)
     init: InitSpec | None = None
 
     @field_validator("init", mode="before")
@@ -119,7 +120,7 @@ class StdpSpec(_Strict):
     that (a fixed 8 passes over 541 images was 4,328 and left conv2 unconverged).
     """
 
-    presentations: int = Field(8000, ge=0, description="images presented to each STDP layer at most")
+    presentations: int = Field(default=8000, ge=0, description="images presented to each STDP layer at most")
 
 
 class DistributedSpec(_Strict):
@@ -132,13 +133,15 @@ class DistributedSpec(_Strict):
     on CUDA, gloo on CPU.
     """
 
-    nproc: int | Literal["auto"] = Field(1, description="processes (torch) or replicas (keras) per node")
-    nnodes: int = Field(1, ge=1)
-    node_rank: int = Field(0, ge=0)
+    nproc: int | Literal["auto"] = Field(default=1, description="processes (torch) or replicas (keras) per node")
+    nnodes: int = Field(default=1, ge=1)
+    node_rank: int = Field(default=0, ge=0)
     master_addr: str = "127.0.0.1"
-    master_port: int | None = Field(None, ge=1, le=65535, description="null: a free port on one node, 29500 across nodes")
+    master_port: int | None = Field(default=None, ge=1, le=65535,
+                                    description="null: a free port on one node, 29500 across nodes")
     backend: Literal["auto", "gloo", "nccl"] = "auto"
-    sync_batchnorm: bool = Field(False, description="BatchNorm statistics over the global batch (SyncBatchNorm)")
+    sync_batchnorm: bool = Field(default=False,
+                                 description="BatchNorm statistics over the global batch (SyncBatchNorm)")
 
     @field_validator("nproc")
     @classmethod
@@ -159,23 +162,24 @@ class DistributedSpec(_Strict):
 
 
 class TrainSpec(_Strict):
-    epochs: int = Field(5, ge=1)
-    batch_size: int = Field(32, ge=1)
+    epochs: int = Field(default=5, ge=1)
+    batch_size: int = Field(default=32, ge=1)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    finetune_lr: float = Field(1e-5, gt=0)
-    finetune_epochs: int = Field(2, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    finetune_lr: float = Field(default=1e-5, gt=0)
+    finetune_epochs: int = Field(default=2, ge=1)
     seed: int = 0
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    early_stopping: int | None = Field(None, ge=1, description="patience in epochs on val_acc; null = off")
+    early_stopping: int | None = Field(default=None, ge=1, description="patience in epochs on val_acc; null = off")
     # One meaning in every backend (see tle.contract.strategy): "frozen" keeps the BatchNorm statistics of blocks that
     # start pretrained fixed while their gamma/beta train; "train" re-estimates them on the new data.
-    batchnorm: Literal["frozen", "train"] = Field("frozen", description="BatchNorm statistics of pretrained blocks")
+    batchnorm: Literal["frozen", "train"] = Field(default="frozen",
+                                                  description="BatchNorm statistics of pretrained blocks")
     cache_features: bool = True
-    checkpoint: bool = Field(True, description="write a checkpoint each epoch so --resume can continue the run")
+    checkpoint: bool = Field(default=True, description="write a checkpoint each epoch so --resume can continue the run")
     augment: bool = False
     stdp: StdpSpec = Field(default_factory=StdpSpec)
     distributed: DistributedSpec = Field(default_factory=DistributedSpec)
@@ -190,7 +194,8 @@ class TrainSpec(_Strict):
 
 
 class TrackingSpec(_Strict):
-    uri: str | None = Field(None, description="MLflow tracking URI; null = MLFLOW_TRACKING_URI or MLflow's default")
+    uri: str | None = Field(default=None,
+                            description="MLflow tracking URI; null = MLFLOW_TRACKING_URI or MLflow's default")
     experiment: str = "tle"
     run_name: str | None = None
 
@@ -201,16 +206,16 @@ class TrackingSpec(_Strict):
         if not value.strip():
             raise ValueError("the MLflow experiment name is empty; give one, e.g. --experiment s1")
         return value.strip()
-    registered_model: str | None = Field(None, description="register the ONNX model under this name")
+    registered_model: str | None = Field(default=None, description="register the ONNX model under this name")
 
 
 class ExportSpec(_Strict):
     # "best": in a sweep, only each group's best cell (by best_val_acc over its seeds) is exported
     # after the grid ran; a single run counts as its own group's best.
     onnx: bool | Literal["best"] = True
-    atol: float = Field(1e-4, gt=0)
-    rtol: float = Field(1e-3, ge=0)
-    parity_batch: int = Field(16, ge=1)
+    atol: float = Field(default=1e-4, gt=0)
+    rtol: float = Field(default=1e-3, ge=0)
+    parity_batch: int = Field(default=16, ge=1)
 
 
 class ExperimentSpec(_Strict):
@@ -312,9 +317,9 @@ def read_spec_file(path: str | Path, given_by: str = "-c/--config") -> dict[str,
 def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     """Apply one override such as ``train.epochs=3`` to a raw spec dict."""
     keys = dotted.split(".")
-    node = tree
+    node: dict[str, Any] = tree
     for key in keys[:-1]:
-        child = node.get(key)
+        child: Any = node.get(key)
         if isinstance(child, str) and key == "dataset":
             child = {"source": child}
         if not isinstance(child, dict):

@@ -8,13 +8,35 @@ exporter, torch.compile) crashes the process.
 
 from __future__ import annotations
 
-from tle import UserError, hookimpl
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tle import UserError
+from tle.contract import hookspecs
+from tle.contract.helpers import fuse_heads, installed_version
+from tle.contract.hookspecs import implements
 from tle.contract.records import BackendInfo
-from tle.contract.helpers import delegate, fuse_heads, installed_version
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    import numpy as np
+
+    from tle.contract.distributed import DistributedPlan
+    from tle.contract.initializers import InitSpec
+    from tle.contract.loop import TrainLoop
+    from tle.contract.records import (BlockCount, Evaluation, ExportMetadata, Fused, FuseOptions, ModelInfo,
+                                      ResolvedWeights, Trained)
+    from tle.contract.spec import DistributedSpec, HeadSpec, TrainSpec
+    from tle.contract.strategy import Stage
+    from tle.data import Dataset
+
+# Every hook is a plain function with its spec's arguments; TensorFlow/Keras are imported inside the hook, on its
+# first call. @implements(spec) is @hookimpl, and lets pyright check the signature and return type against spec.
 
 
-@hookimpl
-def backend_info():
+@implements(hookspecs.backend_info)
+def backend_info() -> BackendInfo:
     tf_version = installed_version("tensorflow") or installed_version("tensorflow-cpu")
     keras_version = installed_version("keras")
     status = "ok"
@@ -30,8 +52,15 @@ def backend_info():
                                      "distributed"))
 
 
-@hookimpl
-def resolve_device(device):
+@implements(hookspecs.register_models)
+def register_models() -> list[ModelInfo]:
+    from tle_keras.registry import model_infos
+
+    return model_infos()
+
+
+@implements(hookspecs.resolve_device)
+def resolve_device(device: str) -> str:
     from tle_keras.runtime import gpus
 
     device = (device or "auto").strip().lower()
@@ -49,8 +78,9 @@ def resolve_device(device):
     return f"GPU:{int(index)}"
 
 
-@hookimpl
-def load_backbone(model, num_classes, class_names, input_shape, head, weights, device, precision, seed):
+@implements(hookspecs.load_backbone)
+def load_backbone(model: str, num_classes: int, class_names: list[str], input_shape: tuple[int, int, int],
+                  head: HeadSpec, weights: ResolvedWeights, device: str, precision: str, seed: int) -> object:
     from tle.contract.spec import HeadSpec
     from tle_keras.models import build
 
@@ -59,8 +89,15 @@ def load_backbone(model, num_classes, class_names, input_shape, head, weights, d
                  class_names=class_names, precision=precision or "auto")
 
 
-@hookimpl
-def freeze_policy(model, trainable, fixed_stats):
+@implements(hookspecs.apply_init)
+def apply_init(model: Any, blocks: list[str], init: InitSpec, seed: int) -> bool:
+    from tle_keras.init import apply_init as init_blocks
+
+    return init_blocks(model, blocks, init, seed)
+
+
+@implements(hookspecs.freeze_policy)
+def freeze_policy(model: Any, trainable: dict[str, bool], fixed_stats: Iterable[str]) -> bool:
     for block in model.trainable:
         flag = trainable.get(block) is True
         model.trainable[block] = flag
@@ -70,8 +107,8 @@ def freeze_policy(model, trainable, fixed_stats):
     return True
 
 
-@hookimpl
-def count_parameters(model):
+@implements(hookspecs.count_parameters)
+def count_parameters(model: Any) -> list[BlockCount]:
     import numpy as np
 
     from tle.contract.records import BlockCount
@@ -86,14 +123,66 @@ def count_parameters(model):
     return counts
 
 
-# The hooks tle.contract.helpers writes: fuse through tle.contract.head_fusion, and those that pass their arguments straight
-# on to one function, imported on the hook's first call. plugins/torch_backend/plugin.py mirrors them.
-fuse = fuse_heads("tle_keras.fusion:fuse")
-globals().update(delegate({
-    "register_models": "tle_keras.registry:model_infos",
-    "apply_init": "tle_keras.init:apply_init", "train": "tle_keras.train:fit", "evaluate": "tle_keras.train:evaluate",
-    "save_weights": "tle_keras.weights:save", "portable_weights": "tle_keras.portable:to_portable",
-    "export_onnx": "tle_keras.export:export",
-    "dense_activations": "tle_keras.probe:dense_activations", "block_activations": "tle_keras.probe:block_activations",
-    "distributed_plan": "tle_keras.distributed:plan",
-}))
+@implements(hookspecs.train)
+def train(model: Any, data: Dataset, stage: Stage, train: TrainSpec, loop: TrainLoop) -> Trained:
+    from tle_keras.train import fit
+
+    return fit(model, data, stage, train, loop)
+
+
+@implements(hookspecs.evaluate)
+def evaluate(model: Any, images: np.ndarray, labels: np.ndarray | None, batch_size: int) -> Evaluation:
+    from tle_keras.train import evaluate as run
+
+    return run(model, images, labels, batch_size)
+
+
+@implements(hookspecs.save_weights)
+def save_weights(model: Any, directory: Path) -> str:
+    from tle_keras.weights import save
+
+    return save(model, directory)
+
+
+@implements(hookspecs.portable_weights)
+def portable_weights(model: Any) -> dict[str, np.ndarray]:
+    from tle_keras.portable import to_portable
+
+    return to_portable(model)
+
+
+@implements(hookspecs.export_onnx)
+def export_onnx(model: Any, path: Path, sample: np.ndarray, metadata: ExportMetadata) -> str:
+    from tle_keras.export import export
+
+    return export(model, path, sample, metadata)
+
+
+@implements(hookspecs.fuse)
+def fuse(models: list[Any], class_names: list[list[str]], options: FuseOptions,
+         images: list[np.ndarray] | None = None) -> Fused:
+    """Heads fused by :mod:`tle.contract.head_fusion`; ``images`` is not used (pluggy leaves it out: it has a default)."""
+    from tle_keras.fusion import fuse as fuse_nets
+
+    return fuse_heads(fuse_nets, models, class_names, options)
+
+
+@implements(hookspecs.dense_activations)
+def dense_activations(inputs: np.ndarray, units: int, activation: str, init: InitSpec, seed: int) -> np.ndarray:
+    from tle_keras.probe import dense_activations as probe
+
+    return probe(inputs, units, activation, init, seed)
+
+
+@implements(hookspecs.block_activations)
+def block_activations(model: Any, images: np.ndarray) -> dict[str, np.ndarray]:
+    from tle_keras.probe import block_activations as probe
+
+    return probe(model, images)
+
+
+@implements(hookspecs.distributed_plan)
+def distributed_plan(distributed: DistributedSpec, device: str) -> DistributedPlan:
+    from tle_keras.distributed import plan
+
+    return plan(distributed, device)

@@ -26,6 +26,11 @@ BLOCK_RULES = {"conv1": "STDP", "conv2": "STDP", "head": "R-STDP"}
 
 
 class SpikingNet(nn.Module):
+    # Set on a fused net only (tle_spyketorch.fusion.fuse): the factor applied to each parent's scores, and what
+    # ranked the units it kept.
+    scales: list[float]
+    ranked_by: str
+
     def __init__(self, name: str, arch: Arch, class_names: list[str], input_shape: tuple[int, int, int],
                  per_class: int | None = None):
         super().__init__()

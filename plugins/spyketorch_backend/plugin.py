@@ -6,14 +6,34 @@ import this module and must stay fast.
 
 from __future__ import annotations
 
-from tle import UserError, hookimpl
-from tle.contract.records import BackendInfo
-from tle.contract.helpers import delegate, installed_version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tle import UserError
+from tle.contract import hookspecs
+from tle.contract.helpers import installed_version
+from tle.contract.hookspecs import implements
+from tle.contract.records import BackendInfo, Fused, FuseOptions
 from tle_spyketorch import registry
 
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
-@hookimpl
-def backend_info():
+    import numpy as np
+
+    from tle.contract.initializers import InitSpec
+    from tle.contract.loop import TrainLoop
+    from tle.contract.records import BlockCount, Evaluation, ExportMetadata, ModelInfo, ResolvedWeights, Trained
+    from tle.contract.spec import HeadSpec, TrainSpec
+    from tle.contract.strategy import Stage
+    from tle.data import Dataset
+
+# Every hook is a plain function with its spec's arguments; torch is imported inside the hook, on its first call.
+# @implements(spec) is @hookimpl, and lets pyright check the signature and return type against spec.
+
+
+@implements(hookspecs.backend_info)
+def backend_info() -> BackendInfo:
     torch_version = installed_version("torch")
     status = "ok" if torch_version else "torch is not installed"
     return BackendInfo(name="spyketorch", framework="pytorch", framework_version=torch_version or "-",
@@ -22,8 +42,22 @@ def backend_info():
                        default_init=registry.DEFAULT_INIT)
 
 
-@hookimpl
-def load_backbone(model, num_classes, class_names, input_shape, head, weights, device, seed):
+@implements(hookspecs.register_models)
+def register_models() -> list[ModelInfo]:
+    return registry.model_infos()
+
+
+@implements(hookspecs.resolve_device)
+def resolve_device(device: str) -> str:
+    from tle_torch.device import resolve
+
+    return resolve(device)
+
+
+@implements(hookspecs.load_backbone)
+def load_backbone(model: str, num_classes: int, class_names: list[str], input_shape: tuple[int, int, int],
+                  head: HeadSpec, weights: ResolvedWeights, device: str, precision: str, seed: int) -> object:
+    """``precision`` is not used: spikes and potentials are computed in float32."""
     from tle_spyketorch.models import build
     from tle_torch.device import resolve
 
@@ -33,8 +67,17 @@ def load_backbone(model, num_classes, class_names, input_shape, head, weights, d
     return net.to(resolve(device))
 
 
-@hookimpl
-def freeze_policy(model, trainable):
+@implements(hookspecs.apply_init)
+def apply_init(model: Any, blocks: list[str], init: InitSpec, seed: int) -> bool:
+    from tle_spyketorch.init import apply_init as init_blocks
+
+    return init_blocks(model, blocks, init, seed)
+
+
+@implements(hookspecs.freeze_policy)
+def freeze_policy(model: Any, trainable: dict[str, bool], fixed_stats: Iterable[str] = ()) -> bool:
+    """A spiking net has no normalisation layers: ``fixed_stats`` is not used (pluggy leaves it out: it has a
+    default)."""
     for block in model.trainable:
         flag = trainable.get(block) is True
         model.trainable[block] = flag
@@ -42,8 +85,8 @@ def freeze_policy(model, trainable):
     return True
 
 
-@hookimpl
-def count_parameters(model):
+@implements(hookspecs.count_parameters)
+def count_parameters(model: Any) -> list[BlockCount]:
     from tle.contract.records import BlockCount
 
     counts = []
@@ -53,18 +96,45 @@ def count_parameters(model):
     return counts
 
 
-@hookimpl
-def export_extras(model, directory):
-    from pathlib import Path
+@implements(hookspecs.train)
+def train(model: Any, data: Dataset, stage: Stage, train: TrainSpec, loop: TrainLoop) -> Trained:
+    from tle_spyketorch.train import fit
 
+    return fit(model, data, stage, train, loop)
+
+
+@implements(hookspecs.evaluate)
+def evaluate(model: Any, images: np.ndarray, labels: np.ndarray | None, batch_size: int) -> Evaluation:
+    from tle_spyketorch.train import evaluate as run
+
+    return run(model, images, labels, batch_size)
+
+
+@implements(hookspecs.save_weights)
+def save_weights(model: Any, directory: Path) -> str:
+    from tle_spyketorch.weights import save
+
+    return save(model, directory)
+
+
+@implements(hookspecs.export_onnx)
+def export_onnx(model: Any, path: Path, sample: np.ndarray, metadata: ExportMetadata) -> str:
+    """No ``sample``: the graph is written node by node."""
+    from tle_spyketorch.export import export
+
+    return export(model, path, metadata)
+
+
+@implements(hookspecs.export_extras)
+def export_extras(model: Any, directory: Path) -> list[str]:
     from tle_spyketorch.nir_export import export
 
     return [export(model, Path(directory) / "model.nir")]
 
 
-@hookimpl
-def fuse(models, class_names, options, images):
-    from tle.contract.records import Fused, FuseOptions
+@implements(hookspecs.fuse)
+def fuse(models: list[Any], class_names: list[list[str]], options: FuseOptions,
+         images: list[np.ndarray] | None) -> Fused:
     from tle_spyketorch.fusion import fuse as run
 
     o = FuseOptions.of(options)
@@ -72,13 +142,3 @@ def fuse(models, class_names, options, images):
                 normalise=o.normalise, images=images if o.rank == "activity" else None,
                 given=list(o.scales) or None)
     return Fused(fused, tuple(fused.scales), fused.ranked_by)
-
-
-# The hooks tle.contract.helpers writes: those that pass their arguments straight on to one function, imported on
-# the hook's first call.
-globals().update(delegate({
-    "register_models": "tle_spyketorch.registry:model_infos", "resolve_device": "tle_torch.device:resolve",
-    "apply_init": "tle_spyketorch.init:apply_init", "train": "tle_spyketorch.train:fit",
-    "evaluate": "tle_spyketorch.train:evaluate", "save_weights": "tle_spyketorch.weights:save",
-    "export_onnx": "tle_spyketorch.export:export(model, path, metadata)",  # no sample: it writes the graph node by node
-}))

@@ -1,6 +1,8 @@
 """The hook implementations tle calls; see ``tle.contract.hookspecs`` for the contract.
 
-Each hook declares only the arguments it uses (pluggy allows any subset).
+Each hook is marked ``@implements(hookspecs.<hook>)``, tle's ``@hookimpl`` that also lets a type checker
+(pyright) check the function's arguments and return type against the hook's spec: so each declares all of
+its spec's arguments, used or not (pluggy itself allows any subset, with plain ``@hookimpl``).
 NumPy is the "framework" here and the core imports it anyway; a real backend
 would import torch & co. inside the hooks, never at module level.
 ``fuse`` is left out: a backend that cannot fuse simply does not implement it.
@@ -8,14 +10,29 @@ would import torch & co. inside the hooks, never at module level.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from importlib.metadata import version
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tle import UserError, hookimpl
+import numpy as np
+
+from tle import UserError
+from tle.contract import hookspecs
+from tle.contract.hookspecs import implements
 from tle.contract.records import BackendInfo, BlockCount, ModelInfo
 from tle.contract.spec import HeadSpec
 from tle_numpy import onnx_export, probe, training
 from tle_numpy import weights as npz
-from tle_numpy.model import MODELS, build, init_layer, layer_rng
+from tle_numpy.model import MODELS, Net, build, init_layer, layer_rng
+
+if TYPE_CHECKING:
+    from tle.contract.initializers import InitSpec
+    from tle.contract.loop import TrainLoop
+    from tle.contract.records import Evaluation, ExportMetadata, ResolvedWeights, Trained
+    from tle.contract.spec import TrainSpec
+    from tle.contract.strategy import Stage
+    from tle.data import Dataset
 
 DESCRIPTIONS = {
     "mlp": "flatten -> Dense 128 ReLU -> Dense 64 ReLU",
@@ -23,29 +40,32 @@ DESCRIPTIONS = {
 }
 
 
-@hookimpl
-def backend_info():
+@implements(hookspecs.backend_info)
+def backend_info() -> BackendInfo:
     return BackendInfo(name="numpy", framework="numpy", framework_version=version("numpy"),
                        description="example backend: NumPy MLPs with hand-written backprop",
                        devices=("cpu",), capabilities=("onnx", "resume", "feature-cache"))
 
 
-@hookimpl
-def register_models():
+@implements(hookspecs.register_models)
+def register_models() -> list[ModelInfo]:
     return [ModelInfo(name=name, blocks=tuple(f"block{i}" for i in range(1, len(widths) + 1)), family="mlp",
                       description=DESCRIPTIONS[name]) for name, widths in MODELS.items()]
 
 
-@hookimpl
-def resolve_device(device):
+@implements(hookspecs.resolve_device)
+def resolve_device(device: str) -> str:
     if device in ("auto", "cpu"):
         return "cpu"
     raise UserError(f"the numpy backend runs on the CPU only, not {device!r}", "use --device cpu or auto")
 
 
-@hookimpl
-def load_backbone(model, num_classes, class_names, input_shape, head, weights, seed):
-    net = build(model, tuple(input_shape), num_classes, head or HeadSpec(), seed)
+@implements(hookspecs.load_backbone)
+def load_backbone(model: str, num_classes: int, class_names: list[str], input_shape: tuple[int, int, int],
+                  head: HeadSpec, weights: ResolvedWeights, device: str, precision: str, seed: int) -> Net:
+    """``device`` is always the CPU (see :func:`resolve_device`); ``precision`` is always float32."""
+    height, width, channels = input_shape  # a tuple or a list: build keeps a tuple
+    net = build(model, (height, width, channels), num_classes, head or HeadSpec(), seed)
     kind = weights.kind if weights is not None else "none"
     if kind == "imagenet":
         raise UserError("the numpy example backend has no ImageNet weights",
@@ -57,8 +77,8 @@ def load_backbone(model, num_classes, class_names, input_shape, head, weights, s
     return net
 
 
-@hookimpl
-def apply_init(model, blocks, init, seed):
+@implements(hookspecs.apply_init)
+def apply_init(model: Net, blocks: list[str], init: InitSpec, seed: int) -> bool:
     unknown = set(blocks) - set(model.blocks)
     if unknown:
         raise UserError(f"{model.model} has no block {', '.join(sorted(unknown))}",
@@ -69,14 +89,15 @@ def apply_init(model, blocks, init, seed):
     return True
 
 
-@hookimpl
-def freeze_policy(model, trainable):
+@implements(hookspecs.freeze_policy)
+def freeze_policy(model: Net, trainable: dict[str, bool], fixed_stats: Iterable[str] = ()) -> bool:
+    """No normalisation layers: ``fixed_stats`` is not used (pluggy leaves it out: it has a default)."""
     model.trainable = {block: trainable.get(block) is True for block in model.blocks}
     return True
 
 
-@hookimpl
-def count_parameters(model):
+@implements(hookspecs.count_parameters)
+def count_parameters(model: Net) -> list[BlockCount]:
     counts = []
     for block in model.blocks:
         total = sum(layer.size for layer in model.layers if layer.block == block)
@@ -84,31 +105,31 @@ def count_parameters(model):
     return counts
 
 
-@hookimpl
-def train(model, data, stage, train, loop):
+@implements(hookspecs.train)
+def train(model: Net, data: Dataset, stage: Stage, train: TrainSpec, loop: TrainLoop) -> Trained:
     return training.fit(model, data, stage, train, loop)
 
 
-@hookimpl
-def evaluate(model, images, labels, batch_size):
+@implements(hookspecs.evaluate)
+def evaluate(model: Net, images: np.ndarray, labels: np.ndarray | None, batch_size: int) -> Evaluation:
     return training.evaluate(model, images, labels, batch_size)
 
 
-@hookimpl
-def save_weights(model, directory):
+@implements(hookspecs.save_weights)
+def save_weights(model: Net, directory: Path) -> Path:
     return npz.save(model, directory)
 
 
-@hookimpl
-def export_onnx(model, path, metadata):
+@implements(hookspecs.export_onnx)
+def export_onnx(model: Net, path: Path, sample: np.ndarray, metadata: ExportMetadata) -> Path:
     return onnx_export.export(model, path, metadata.as_props())
 
 
-@hookimpl
-def dense_activations(inputs, units, activation, init, seed):
+@implements(hookspecs.dense_activations)
+def dense_activations(inputs: np.ndarray, units: int, activation: str, init: InitSpec, seed: int) -> np.ndarray:
     return probe.dense_activations(inputs, int(units), activation, init, int(seed or 0))
 
 
-@hookimpl
-def block_activations(model, images):
+@implements(hookspecs.block_activations)
+def block_activations(model: Net, images: np.ndarray) -> dict[str, np.ndarray]:
     return probe.block_activations(model, images)
