@@ -9,8 +9,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# Measured, study-sized checks (minutes each on 2 cores): `make test-studies` runs them, `make test` leaves them
-# out so CI stays under its 30 minutes. Each still asserts something that can fail (see its docstring).
+# Measured, study-sized checks (minutes each on 2 cores), marked study: `make test` (CI) runs them with the rest,
+# `make test-studies` (-m study) only them. Each asserts something that can fail (see its docstring).
 STUDY = (
     "test_batchnorm_finetune.py",  # BN frozen vs train, 3 seeds x 2 frameworks (a sweep of 20 runs)
     "test_mlflow_ui.py",  # a real MLflow server and Chromium
@@ -25,11 +25,16 @@ STUDY = (
 
 def pytest_collection_modifyitems(config, items):
     """Tests marked own_process run only inside the child pytest their module starts (TLE_KERAS_INPROC=1):
-    TensorFlow and torch's exporter (triton) must not share a process. Tests listed in STUDY are marked study."""
+    TensorFlow and torch's exporter (triton) must not share a process. Tests listed in STUDY are marked study, and
+    their files come first."""
     for item in items:
         if any(f"{Path(item.fspath).name}::{item.name}".startswith(s) if "::" in s else Path(item.fspath).name == s
                for s in STUDY):
             item.add_marker(pytest.mark.study)
+    # The files with study-sized checks first (a stable sort: each file's tests stay together and in order): xdist
+    # hands out whole files in this order, so the longest start early instead of leaving one worker alone at the end.
+    long_files = {Path(i.fspath) for i in items if i.get_closest_marker("study")}
+    items.sort(key=lambda i: Path(i.fspath) not in long_files)
     if os.environ.get("TLE_KERAS_INPROC") == "1":
         return
     kept = [i for i in items if i.get_closest_marker("own_process") is None]
@@ -79,6 +84,67 @@ def tle(*args, env=None, cwd=None, timeout=600, check_rc=None):
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **(env or {})}
     proc = subprocess.run([sys.executable, "-m", "tle", *map(str, args)], capture_output=True, text=True,
                           env=full_env, cwd=cwd, timeout=timeout)
+    if check_rc is not None:
+        assert proc.returncode == check_rc, f"rc={proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return proc
+
+
+def tle_inprocess(*args, env=None, cwd=None, check_rc=None):
+    """The CLI (``tle.cli.main``: its exit codes and error lines) in this process, inside typer's ``CliRunner``
+    isolation (its own stdout, stderr and environment): for tests that check a user error's exit code and line,
+    without the second or more an interpreter and the CLI's imports take to start. Returns what :func:`tle` returns.
+
+    Everything the call changes in this process is given back (environment, working folder, the CLI's global flags,
+    the SIGTERM handler, MLflow's tracking URI). Warnings go to its stderr as a fresh interpreter's filters show them,
+    so "one line" means what it means to a user. A command that loads TensorFlow must not run here (TensorFlow and
+    torch's exporter crash one process, see :func:`run_own_process`): this fails if one did. Keep :func:`tle` for what
+    only a real process shows (signals, a process's exit, the frameworks a command loads)."""
+    import signal
+    import warnings
+
+    from tle.cli import main
+    from tle.cli.app import STATE
+    from typer.testing import CliRunner
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    had_tensorflow = "tensorflow" in sys.modules
+    tracking = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    uri = tracking._tracking_uri if tracking is not None else None  # set_tracking_uri's own value, None included
+    environ, state, here, sigterm = dict(os.environ), dict(STATE), os.getcwd(), signal.getsignal(signal.SIGTERM)
+    argv = [str(a) for a in args]
+    code = 0
+    try:
+        with CliRunner().isolation(env={"COLUMNS": "200", **(env or {})}) as (out, err, _), \
+                warnings.catch_warnings():
+            warnings.resetwarnings()  # Python's defaults, not pytest's
+            for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+                warnings.simplefilter("ignore", category)
+            warnings.filterwarnings("default", category=DeprecationWarning, module="__main__")
+            warnings.showwarning = show
+            if cwd is not None:
+                os.chdir(cwd)
+            try:
+                main(argv)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            stdout, stderr = out.getvalue().decode(), err.getvalue().decode(errors="replace")
+    finally:
+        os.chdir(here)
+        STATE.update(state)
+        signal.signal(signal.SIGTERM, sigterm)
+        tracking = sys.modules.get("mlflow.tracking._tracking_service.utils")
+        if tracking is not None:
+            tracking.set_tracking_uri(uri)
+        os.environ.clear()
+        os.environ.update(environ)
+    assert had_tensorflow or "tensorflow" not in sys.modules, \
+        f"tle {' '.join(argv)} loaded TensorFlow into the test process: run it with tle(), in a process of its own"
+    proc = subprocess.CompletedProcess(["tle", *argv], code, stdout, stderr)
     if check_rc is not None:
         assert proc.returncode == check_rc, f"rc={proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     return proc

@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from conftest import tle
+from conftest import tle, tle_inprocess
 
 EPOCHS = 4
 
@@ -217,7 +217,7 @@ def test_sigint_ends_run_killed_then_resume_finishes_it(store, tmp_path, backend
 
 def test_resume_refuses_a_finished_run(base_run, store, tmp_path):
     result, _ = base_run
-    proc = tle("run", "--resume", result["run_id"], env={"MLFLOW_TRACKING_URI": store}, cwd=tmp_path)
+    proc = tle_inprocess("run", "--resume", result["run_id"], env={"MLFLOW_TRACKING_URI": store}, cwd=tmp_path)
     assert proc.returncode == 2 and "FINISHED" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 

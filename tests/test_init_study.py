@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import tle
+from conftest import tle, tle_inprocess
 
 from tle.contract.initializers import InitSpec
 from tle.studies.init_study import BlockAccumulator, dense_summary, study_inputs
@@ -178,7 +178,7 @@ def test_csv_has_one_row_per_backend_init_and_seed(capsys):
     (["--model", "mlp", "--backend", "numpy", "--dataset", "folder:/no/such/folder"], "folder"),
 ])
 def test_user_errors_are_one_line(args, message, tmp_path):
-    proc = tle("--quiet", "init-study", *args, "--no-track", cwd=tmp_path, check_rc=2)
+    proc = tle_inprocess("--quiet", "init-study", *args, "--no-track", cwd=tmp_path, check_rc=2)
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "Traceback" not in proc.stderr
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import tle
+from conftest import tle, tle_inprocess
 
 
 def fake_distribution(root, name, module_source, group="tle.backends"):
@@ -32,7 +32,7 @@ def test_selecting_a_broken_backend_is_a_user_error(tmp_path):
 
 
 def test_unknown_backend_lists_installed():
-    proc = tle("models", "--backend", "nosuch")
+    proc = tle_inprocess("models", "--backend", "nosuch")
     assert proc.returncode == 2 and "unknown backend 'nosuch'" in proc.stderr and "numpy" in proc.stderr
 
 
@@ -111,7 +111,7 @@ def test_implements_checks_the_name_and_marks_a_hookimpl():
     (["convert", "0123456789abcdef", "--to", "keras"], ["not found", "--tracking-uri"]),
 ])
 def test_user_errors_exit_2_with_one_line(args, words, store_env, tmp_path):
-    proc = tle(*args, env=store_env, cwd=tmp_path)
+    proc = tle_inprocess(*args, env=store_env, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
@@ -127,7 +127,7 @@ def test_convert_refuses_a_model_the_other_backend_does_not_have(store_env, tmp_
                          "--epochs", "1", "--no-export", "--json", env=store_env, cwd=tmp_path,
                          check_rc=0).stdout.strip().splitlines()[-1])
     for target, words in (("torch", ["no model 'mlp'", "resnet_small"]), ("numpy", ["already a numpy run"])):
-        proc = tle("convert", run["run_id"], "--to", target, env=store_env, cwd=tmp_path)
+        proc = tle_inprocess("convert", run["run_id"], "--to", target, env=store_env, cwd=tmp_path)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert all(word in proc.stderr for word in words), proc.stderr

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, tle
+from conftest import ROOT, tle, tle_inprocess
 from test_sweep_run import runs_of
 
 pytestmark = pytest.mark.slow
@@ -91,6 +91,6 @@ def test_ray_executor_gives_the_local_table(tmp_path):
 def test_ray_on_a_cluster_refuses_a_local_sqlite_store(tmp_path):
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump(RAY_GRID))
-    proc = tle("sweep", path, "--executor", "ray", "--address", "10.0.0.1:6379", "--tracking-uri",
-               f"sqlite:///{tmp_path / 'm.db'}", check_rc=2)
+    proc = tle_inprocess("sweep", path, "--executor", "ray", "--address", "10.0.0.1:6379", "--tracking-uri",
+                         f"sqlite:///{tmp_path / 'm.db'}", check_rc=2)
     assert "MLflow server" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

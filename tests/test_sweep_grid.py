@@ -5,7 +5,7 @@ import math
 import pytest
 import yaml
 
-from conftest import tle
+from conftest import tle, tle_inprocess
 from tle.errors import UserError
 from tle.studies.grid import load_grid
 from tle.analysis.stats import Summary, difference
@@ -75,11 +75,11 @@ def test_cli_dry_run_and_user_errors(tmp_path):
     proc = tle("sweep", good, "--dry-run", check_rc=0)
     assert "3 cells" in proc.stdout and "pretrain #0" in proc.stdout
     bad_model = write(tmp_path, {"base": {"backend": "numpy", "model": "nope"}}, "bad.yaml")
-    proc = tle("sweep", bad_model, "--dry-run", check_rc=2)
+    proc = tle_inprocess("sweep", bad_model, "--dry-run", check_rc=2)
     assert "has no model 'nope'" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     (tmp_path / "broken.yaml").write_text("axes: [1, 2\n")
-    proc = tle("sweep", tmp_path / "broken.yaml", check_rc=2)
+    proc = tle_inprocess("sweep", tmp_path / "broken.yaml", check_rc=2)
     assert "cannot parse" in proc.stderr and "Traceback" not in proc.stderr
 
 
