@@ -29,10 +29,11 @@ check: $(STAMP)
 	$(BIN)/pyright
 	$(BIN)/ruff check --select F,E9 core plugins tests examples benchmarks
 
+# Everything, the study-sized checks (tests/conftest.py: STUDY) included: what CI runs (.ci/run), inside its 30 minutes.
 test: check
-	OMP_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -n 2 --dist loadfile -m "not study"
+	OMP_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -n 2 --dist loadfile
 
-# The study-sized checks left out of `make test` (tests/conftest.py: STUDY), about 6 minutes on 2 cores.
+# Only the study-sized checks, about 6 minutes on 2 cores.
 test-studies: $(STAMP)
 	OMP_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -n 2 --dist loadfile -m study
 
