@@ -1,14 +1,14 @@
-"""Closing a sweep in the store: the table and counts on the parent run, and its final status."""
+"""A sweep's results in the store: the table and counts on the parent run (the sweep ends the run)."""
 
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from tle.store.status import ERROR_TAG, RunStatus
+from tle.store.status import RunStatus
 
 
 def record(sweep, table) -> None:
-    """Log ``table`` (markdown, csv, json) and the cell counts on the parent; end it FINISHED or FAILED."""
+    """Log ``table`` (markdown, csv, json) and the cell counts on the parent (still open: the sweep ends it)."""
     from tle.store.tracking import configure
 
     mlflow = configure(sweep.uri)
@@ -32,10 +32,6 @@ def record(sweep, table) -> None:
         if group.summary is not None and group.summary.n:
             name = "_".join(str(v) for v in group.axes.values()) or "all"
             client.log_metric(sweep.parent_id, _metric_name(f"{table.metric}_mean.{name}"), group.summary.mean)
-    if not sweep.ok:
-        bad = len(cells) - counts["cells_finished"]
-        client.set_tag(sweep.parent_id, ERROR_TAG, f"{bad} of {len(cells)} cells did not finish")
-    client.set_terminated(sweep.parent_id, status=RunStatus.FINISHED if sweep.ok else RunStatus.FAILED)
 
 
 def _metric_name(text: str) -> str:

@@ -24,7 +24,6 @@ import os
 import selectors
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,7 +33,6 @@ import numpy as np
 from tle.errors import UserError
 from tle.contract.initializers import InitSpec
 from tle.backends.manager import backend_entry_points, load_backend
-from tle.store.status import RunStatus
 
 DENSE_HOOK = "dense_activations"
 BLOCK_HOOK = "block_activations"
@@ -435,9 +433,6 @@ def metrics_of(result: StudyResult, backend: str | None = None) -> dict[str, flo
 
 def track(result: StudyResult, plot: Path, uri: str | None, experiment: str, run_name: str) -> str:
     """One parent run with every backend's metrics and the PNG; one child run per backend to compare in the UI."""
-    from mlflow.entities import Metric, Param, RunTag
-    from mlflow.tracking import MlflowClient
-
     from tle.store.tracking import configure, environment_tags, tracked_run
 
     mlflow = configure(uri, experiment)
@@ -451,22 +446,10 @@ def track(result: StudyResult, plot: Path, uri: str | None, experiment: str, run
         run.metrics(metrics_of(result))
         run.artifact(plot, "plots")
         run.json(result.as_dict(), "init_study.json")
-        client = MlflowClient()
-        now = int(time.time() * 1000)
         for backend, meta in result.backends.items():
             tags = {**base, "backend": backend, "framework": meta.framework,
-                    "framework_version": meta.framework_version, "device": meta.device,
-                    "mlflow.parentRunId": run.run_id}
-            child = client.create_run(run.run.info.experiment_id, tags=tags, run_name=f"{run_name}-{backend}")
-            try:
-                metrics = [Metric(k, float(v), now, 0) for k, v in metrics_of(result, backend).items()]
-                metrics.append(Metric("worker_seconds", meta.seconds, now, 0))
-                items = [Param(k, v) for k, v in params.items()]
-                for i in range(0, max(len(metrics), len(items)), 90):  # MLflow caps a batch's size
-                    client.log_batch(child.info.run_id, metrics=metrics[i:i + 90], params=items[i:i + 90],
-                                     tags=[RunTag("backend", backend)] if i == 0 else [])
-            except BaseException:
-                client.set_terminated(child.info.run_id, RunStatus.FAILED)
-                raise
-            client.set_terminated(child.info.run_id, RunStatus.FINISHED)
+                    "framework_version": meta.framework_version, "device": meta.device}
+            with tracked_run(mlflow, name=f"{run_name}-{backend}", tags=tags, parent_id=run.run_id) as child:
+                child.params(params)
+                child.metrics({**metrics_of(result, backend), "worker_seconds": meta.seconds}, step=0)
         return run.run_id

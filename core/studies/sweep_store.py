@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import signal
-import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from tle.store.stored_run import SPEC_KEY
 from tle.store.status import ERROR_TAG, RunStatus
+from tle.store.stored_run import SPEC_KEY
+from tle.store.tracking import Tracker, quiet_signals, tracked_run
+
+__all__ = ["CELL", "PARENT_TAG", "ROLE", "CellRun", "described", "end_orphans", "finished_by_key", "parent_run",
+           "quiet_signals", "read_runs", "record_failure"]
 
 PARENT_TAG = "mlflow.parentRunId"
 SWEEP_KEY = "tle.sweep.key"
@@ -34,18 +37,28 @@ class CellRun:
         return self.tags.get(ERROR_TAG, "")
 
 
-def open_parent(client, experiment_id: str, name: str, key: str, tags: dict[str, str]) -> tuple[str, bool]:
-    """The sweep's parent run: reopened when this sweep ran before (same key), else new. Returns (id, reopened)."""
-    found = client.search_runs([experiment_id], filter_string=f"tags.`{SWEEP_KEY}` = '{key}' and tags.`{ROLE}` = 'sweep'",
+@contextmanager
+def parent_run(mlflow, experiment_id: str, name: str, key: str, tags: dict[str, str]) -> Iterator[tuple[Tracker, bool]]:
+    """The sweep's parent run, reopened when this sweep ran before (same key), else new; yields it and whether it
+    was reopened. Opened and closed by :func:`tle.store.tracking.tracked_run`: FINISHED, FAILED (any error, or
+    :meth:`Tracker.end_as`) or KILLED (Ctrl-C, SIGTERM), and the cells still RUNNING when an error ends it (their
+    workers were stopped) end the same way, each with ``tle.error``."""
+    client = mlflow.MlflowClient()
+    found = client.search_runs([experiment_id],
+                               filter_string=f"tags.`{SWEEP_KEY}` = '{key}' and tags.`{ROLE}` = 'sweep'",
                                order_by=["attributes.start_time DESC"], max_results=1)
-    if found:
-        run_id = found[0].info.run_id
-        client.update_run(run_id, status=RunStatus.RUNNING)
-        if ERROR_TAG in found[0].data.tags:  # how it ended last time
-            client.delete_tag(run_id, ERROR_TAG)
-        return run_id, True
-    run = client.create_run(experiment_id, run_name=name, tags={**tags, SWEEP_KEY: key, ROLE: "sweep"})
-    return run.info.run_id, False
+    if found and ERROR_TAG in found[0].data.tags:  # how it ended last time
+        client.delete_tag(found[0].info.run_id, ERROR_TAG)
+    reopened = found[0].info.run_id if found else None
+    with tracked_run(mlflow, name=name, tags=None if reopened else {**tags, SWEEP_KEY: key, ROLE: "sweep"},
+                     run_id=reopened) as parent:
+        try:
+            yield parent, reopened is not None
+        except BaseException as exc:
+            status = RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED
+            with quiet_signals():
+                end_orphans(client, experiment_id, parent.run_id, status)
+            raise
 
 
 def finished_by_key(client, experiment_id: str) -> dict[str, list[Any]]:
@@ -86,45 +99,22 @@ def end_orphans(client, experiment_id: str, parent_id: str, status: str) -> int:
     return len(running)
 
 
-def end_sweep(client, experiment_id: str, parent_id: str, exc: BaseException) -> None:
-    """End a sweep that ``exc`` stopped: Ctrl-C/SIGTERM -> KILLED, anything else -> FAILED; its cells still
-    RUNNING the same, each with ``tle.error``."""
-    killed = isinstance(exc, KeyboardInterrupt)
-    status = RunStatus.KILLED if killed else RunStatus.FAILED
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    reason = "interrupted" if killed else f"{type(exc).__name__}: {first}".rstrip(": ")
-    end_orphans(client, experiment_id, parent_id, status)
-    client.set_tag(parent_id, ERROR_TAG, reason[:5000])
-    client.set_terminated(parent_id, status=status)
+def described(spec: dict | None) -> dict[str, str]:
+    """The tags that say what a cell was (``spec``, as a task carries it), as a run's tags say it."""
+    if not spec:
+        return {}
+    dataset = spec.get("dataset")
+    described = {"backend": spec.get("backend"), "model": spec.get("model"), "strategy": spec.get("strategy"),
+                 "weights": spec.get("weights"),
+                 "dataset": dataset.get("source") if isinstance(dataset, dict) else dataset}
+    return {k: str(v) for k, v in described.items() if v is not None}
 
 
-@contextmanager
-def quiet_signals():
-    """Hold off Ctrl-C and SIGTERM while a sweep writes how it ended (a second signal would leave runs RUNNING)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def record_failure(client, experiment_id: str, name: str, tags: dict[str, str], error: str,
-                   spec: dict | None = None) -> str:
-    """A FAILED child run for a cell that failed before its run existed (e.g. a data error).
-
-    Tagged with what the cell was (``spec``), as a run is, so that it reads like one in the UI and in compare.
-    """
-    described = {}
-    if spec:
-        dataset = spec.get("dataset")
-        described = {"backend": spec.get("backend"), "model": spec.get("model"), "strategy": spec.get("strategy"),
-                     "weights": spec.get("weights"),
-                     "dataset": dataset.get("source") if isinstance(dataset, dict) else dataset}
-    run = client.create_run(experiment_id, run_name=name, tags={
-        **{k: str(v) for k, v in described.items() if v is not None}, **tags, ERROR_TAG: error[:5000]})
-    client.set_terminated(run.info.run_id, status=RunStatus.FAILED)
-    return run.info.run_id
+def record_failure(mlflow, parent_id: str, name: str, tags: dict[str, str], error: str,
+                   status: str = RunStatus.FAILED) -> str:
+    """A child run of the sweep for a cell that failed (or was killed, ``status``) before its run existed (e.g. a
+    data error), ended with ``error`` as ``tle.error``; ``tags`` say what the cell was (:func:`described`), so that
+    it reads like a run in the UI and in compare."""
+    with tracked_run(mlflow, name=name, tags=tags, parent_id=parent_id) as run:
+        run.end_as(status, error)
+        return run.run_id
