@@ -19,10 +19,11 @@ def convert(
     """Store a run's model as a new run of another backend: native weights, ONNX model, and the max |logit
     difference| against the source on its test images (above 1e-4 the command fails, exit 1)."""
     from tle.run.convert import TOLERANCE, convert_run, dumps
+    from tle.store.stored_run import run_id_of
     from tle.store.tracking import configure
 
     mlflow = configure(tracking_uri)
-    run_id = run_id[len("runs:/"):].strip("/").split("/")[0] if run_id.startswith("runs:/") else run_id
+    run_id = run_id_of(run_id)
     def started(source: str, model: str) -> None:
         if not STATE["quiet"] and not as_json:
             err.print(f"converting {source} run {run_id} ({model}) to {to}, each framework in a worker process of "

@@ -21,7 +21,7 @@ from typing import Any
 from tle.contract.helpers import provide_foreign_reader
 from tle.contract.records import ForeignWeights, ResolvedWeights
 from tle.errors import UserError
-from tle.store.stored_run import CLASS_NAMES_ARTIFACT, WEIGHTS_ARTIFACT, StoredRun
+from tle.store.stored_run import CLASS_NAMES_ARTIFACT, WEIGHTS_ARTIFACT, StoredRun, run_id_of
 from tle.store.status import RunStatus
 from tle.workers.task import OnFailure, WorkerRequest, in_worker
 
@@ -34,7 +34,7 @@ def resolve_weights(text: str, backend: str, workdir: Path | None = None, model:
     if text in ("none", "imagenet"):
         return ResolvedWeights(kind=text, source=text)
     if text.startswith("runs:/"):
-        return _from_run(text[len("runs:/"):].strip("/").split("/")[0], text, backend, workdir, model)
+        return _from_run(run_id_of(text), text, backend, workdir, model)
     if text.startswith("models:/"):
         return _from_run(_registered_run_id(text), text, backend, workdir, model)
     path = Path(text).expanduser()
@@ -82,6 +82,7 @@ def _from_run(run_id: str, source: str, backend: str, workdir: Path | None, mode
 def _from_other_backend(stored: StoredRun, source: str, model: str | None) -> ResolvedWeights:
     """A run of another framework: its backend writes the portable file (tle.contract.portable) in a process of its own."""
     run_backend, run_model = stored.backend, stored.model
+    assert run_backend is not None  # _from_run comes here for a run of another backend only
     if model is not None and run_model and run_model != model:
         raise UserError(f"weights in {source} are a {run_backend} {run_model}, not a {model}",
                         f"use --model {run_model}: across frameworks weights fit the same architecture only")
