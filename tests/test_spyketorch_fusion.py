@@ -336,14 +336,14 @@ def test_index_fusion_stays_near_bagging_on_both_tasks(s2_index):
 def test_index_fusion_of_runs_with_other_class_counts_exits_2_and_logs_nothing(s2_index, store):
     import mlflow
 
-    from conftest import tle
+    from conftest import tle_inprocess
 
     env, a, _, _ = s2_index
     three = _cli_run(env, "--dataset", "digits:5-7", "--epochs", 1, "--set", "dataset.max_per_class=20",
                      "--strategy", "feature-extractor", "--weights", f"runs:/{a}")
     client = mlflow.MlflowClient()
     before = len(client.search_runs([client.get_experiment_by_name("snn-align").experiment_id]))
-    proc = tle("fuse", a, three, "--align", "index", env=env)
+    proc = tle_inprocess("fuse", a, three, "--align", "index", env=env)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "as many classes, these have A 5, B 3" in lines[0] and "--align names" in lines[0]
