@@ -62,5 +62,6 @@ def welch_p(a: list[float], b: list[float]) -> float | None:
     if len(set(a)) == 1 and len(set(b)) == 1:
         return 0.0 if a[0] != b[0] else 1.0
     result = stats.ttest_ind(a, b, equal_var=False)
-    p = float(result.pvalue)
+    # scipy's stubs leave TtestResult's fields out (it is a tuple bunch): the checker is wrong here
+    p = float(result.pvalue)  # pyright: ignore[reportAttributeAccessIssue]
     return p if math.isfinite(p) else None

@@ -84,8 +84,7 @@ def run(
         if given or config:
             raise UserError(f"--resume continues a run with its own spec; drop {', '.join(given) or '--config'}",
                             "start a new run to change settings")
-        result = _resume(resume, tracking_uri)
-        spec = result.spec
+        spec, result = _resume(resume, tracking_uri)
     else:
         spec = build_spec(read_spec_file(config) if config else {}, overrides)
         from tle.run.runner import RunOptions, run_experiment
@@ -127,6 +126,7 @@ def run(
 
 
 def _resume(run_id: str, tracking_uri: str | None):
+    """The resumed run's spec, and what :func:`tle.run.runner.run_experiment` returns for it."""
     import shutil
     import tempfile
 
@@ -139,6 +139,6 @@ def _resume(run_id: str, tracking_uri: str | None):
         spec = state.spec
         if tracking_uri:
             spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(update={"uri": tracking_uri})})
-        return run_experiment(spec, RunOptions(console=err, quiet=STATE["quiet"], resume=state))
+        return spec, run_experiment(spec, RunOptions(console=err, quiet=STATE["quiet"], resume=state))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -11,6 +11,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Optional
 
+from rich.progress import TaskID
 from rich.table import Table
 
 from tle.cli.app import STATE, Opt, app, err, out, output_file
@@ -63,8 +64,10 @@ def init_study(
         raise UserError(f"{flags} {'apply' if len(wrong) > 1 else 'applies'} "
                         f"{'only with --model' if model is None else 'to the dense study, not with --model'}",
                         "see 'tle init-study --help'")
-    if any(s < 0 for s in seed or []):
-        raise UserError(f"--seed must be a non-negative integer, not {min(seed)}", "e.g. --seed 0 --seed 1 --seed 2")
+    negative = [s for s in seed or [] if s < 0]
+    if negative:
+        raise UserError(f"--seed must be a non-negative integer, not {min(negative)}",
+                        "e.g. --seed 0 --seed 1 --seed 2")
     inits = study.parse_inits(init)
     hook = study.BLOCK_HOOK if model else study.DENSE_HOOK
     backends = study.select_backends(backend, hook, model)
@@ -75,7 +78,7 @@ def init_study(
     from tle.progress import make_progress
 
     progress = make_progress(err, STATE["quiet"])
-    tasks: dict[str, int] = {}
+    tasks: dict[str, TaskID] = {}
 
     def advance(name: str, done_init: str | None) -> None:
         if progress is None:
@@ -92,6 +95,7 @@ def init_study(
                 for name in backends:
                     tasks[name] = progress.add_task(f"init-study {name}", total=len(inits), info="", start=False)
             if model:
+                assert data is not None  # read above for a --model study
                 result = study.run_model(backends, inits, model=model, dataset=data,
                                          batch=_or(batch, 32), seeds=seed or [0], device=device or "auto",
                                          workdir=workdir, on_progress=advance)
@@ -130,7 +134,8 @@ def _dataset(source: str, image_size: int | None, channels: int | None, model: s
     if image_size is None:
         image_size = load_backend(backend).model(model).default_size
     try:
-        spec = DataSpec(source=source, image_size=image_size, channels=channels)
+        # Validated from a dict: --channels is any int here, and pydantic says which it accepts (1 or 3).
+        spec = DataSpec.model_validate({"source": source, "image_size": image_size, "channels": channels})
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "dataset"

@@ -121,6 +121,13 @@ def merged_spec(heads: list, keep: float):
     return first.model_copy(update={"hidden": sum(kept(h.hidden, keep) for h in heads)})
 
 
+def _hidden(head: HeadArrays) -> tuple[np.ndarray, np.ndarray]:
+    """A ``dense`` head's hidden layer: its weights and biases."""
+    if head.hidden_w is None or head.hidden_b is None:
+        raise ValueError(f"a {head.kind} head has no hidden layer")
+    return head.hidden_w, head.hidden_b
+
+
 def merge(heads: list[HeadArrays], keep: float = 0.5, ratio: float = 0.1) -> MergedHead:
     """One head over the ordered union of the classes; ``keep=1`` gives the full concatenation."""
     if not (0 < keep <= 1 and 0 < ratio <= 1):
@@ -137,12 +144,13 @@ def merge(heads: list[HeadArrays], keep: float = 0.5, ratio: float = 0.1) -> Mer
                 out_w[c] += h.out_w[j] / owners[str(name)]
                 out_b[c] += h.out_b[j] / owners[str(name)]
         return MergedHead(kind, classes, out_w, out_b)
+    hidden = [_hidden(h) for h in heads]
     rows: list[tuple[int, int]] = []
-    for i, h in enumerate(heads):
-        take = kept(len(h.hidden_w), keep)
-        rows += [(i, u) for u in ranked(h.hidden_w, ratio)[:take]]
-    hidden_w = np.stack([heads[i].hidden_w[u] for i, u in rows]).astype(np.float32)
-    hidden_b = np.asarray([heads[i].hidden_b[u] for i, u in rows], dtype=np.float32)
+    for i, (w, _) in enumerate(hidden):
+        take = kept(len(w), keep)
+        rows += [(i, u) for u in ranked(w, ratio)[:take]]
+    hidden_w = np.stack([hidden[i][0][u] for i, u in rows]).astype(np.float32)
+    hidden_b = np.asarray([hidden[i][1][u] for i, u in rows], dtype=np.float32)
     out_w = np.zeros((len(classes), len(rows)), dtype=np.float32)
     out_b = np.zeros(len(classes), dtype=np.float32)
     for i, h in enumerate(heads):

@@ -86,7 +86,7 @@ class TrainLoop:
                 self._progress.reset(self._batch_task, total=batches)
 
     def batch_end(self, n: int = 1, loss: float | None = None) -> None:
-        if self._batch_task is not None:
+        if self._batch_task is not None and self._progress is not None:
             info = f"loss {loss:.4f}" if loss is not None else ""
             self._progress.update(self._batch_task, advance=n, info=info)
 
@@ -98,7 +98,7 @@ class TrainLoop:
         self.history.records.append(record)
         self.epochs_done = epoch + 1
         self._on_epoch(record)
-        if self._epoch_task is not None:
+        if self._epoch_task is not None and self._progress is not None:
             shown = "  ".join(f"{k} {clean[k]:.4f}" for k in EPOCH_METRICS if k in clean)
             self._progress.update(self._epoch_task, completed=epoch + 1, info=shown)
         self._check_early_stop(clean.get("val_acc"))

@@ -66,8 +66,9 @@ def write(path: Path | str, weights: PortableWeights) -> Path:
         path = path.with_name(path.name + SUFFIX)
     meta = {"model": weights.model, "head": weights.head, "backend": weights.backend,
             "class_names": list(weights.class_names) if weights.class_names is not None else None, **weights.extra}
-    arrays = {k: np.ascontiguousarray(v) for k, v in weights.arrays.items()}
-    np.savez(path, **arrays, **{META: np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)})
+    arrays: dict[str, np.ndarray] = {k: np.ascontiguousarray(v) for k, v in weights.arrays.items()}
+    arrays[META] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(path, allow_pickle=True, **arrays)  # allow_pickle: as by default (named, so that no array is taken for it)
     return path
 
 

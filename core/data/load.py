@@ -75,8 +75,8 @@ def _split(src: Source, spec: DataSpec, seed: int, keep: np.ndarray) -> tuple[np
 def _finish(images: np.ndarray, spec: DataSpec) -> np.ndarray:
     # Both steps are linear per pixel, so their order changes nothing but the cost: run the
     # one that shrinks the data first.
-    size = (spec.image_size,) * 2 if spec.image_size else images.shape[1:3]
-    channels = spec.channels or {2: 1, 4: 3}.get(images.shape[-1], images.shape[-1])  # drop alpha
+    size = (spec.image_size, spec.image_size) if spec.image_size else (int(images.shape[1]), int(images.shape[2]))
+    channels = spec.channels or {2: 1, 4: 3}.get(images.shape[-1], int(images.shape[-1]))  # drop alpha
     if channels >= images.shape[-1]:
         images = to_channels(resize_batch(images, size), channels)
     else:

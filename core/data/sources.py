@@ -7,7 +7,7 @@ are ever decoded, generated or converted to float.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,8 +51,10 @@ class Unreadable(Exception):
 
 def digits(arg: str, what: str) -> Source:
     from sklearn.datasets import load_digits
+    from sklearn.utils import Bunch
 
     bunch = load_digits()
+    assert isinstance(bunch, Bunch)  # not the tuple of return_X_y=True
     images = bunch.images.astype(np.float32)[..., None] / 16.0
     src = Source(bunch.target.astype(np.int64), [str(d) for d in range(10)], lambda idx: images[idx])
     return select_classes(src, arg, what) if arg else src
@@ -173,6 +175,7 @@ def folder(arg: str, spec: DataSpec) -> Source:
             given[split] = np.arange(start, len(files))
 
     channels = spec.channels or (3 if colour else 1)
+    assert first_size is not None  # every class folder of the training split holds an image (checked above)
     size = (spec.image_size, spec.image_size) if spec.image_size else first_size
 
     def fetch(idx: np.ndarray) -> np.ndarray:
@@ -219,7 +222,8 @@ def npz(arg: str) -> Source:
     raise UserError(f"{path} holds {sorted(data)}, not the expected arrays", hint)
 
 
-def arrays(parts: list[tuple[str | None, np.ndarray, np.ndarray]], class_names: list[str] | None, what: str) -> Source:
+def arrays(parts: Sequence[tuple[str | None, np.ndarray, np.ndarray]], class_names: list[str] | None,
+           what: str) -> Source:
     """A source over in-memory arrays: NHW or NHWC, uint8/int (0..255 or 0..65535) or float in [0, 1].
 
     ``parts`` are ``(split or None, images, labels)``; several parts may share a

@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tle.errors import UserError
+
+if TYPE_CHECKING:  # imported where a session is opened: reading the spec must not load onnxruntime
+    from onnxruntime import InferenceSession
 
 # Preference order; the actual list is whatever onnxruntime reports here. TensorRT is left out on
 # purpose: it builds engines for minutes on first use.
@@ -25,7 +29,7 @@ def providers(prefer_gpu: bool = True) -> list[str]:
 
 @dataclass
 class OnnxModel:
-    session: object
+    session: InferenceSession
     path: Path
     metadata: dict[str, str]
 
@@ -56,11 +60,11 @@ class OnnxModel:
 
     @property
     def used_providers(self) -> list[str]:
-        return self.session.get_providers()
+        return list(self.session.get_providers())
 
     def logits(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         images = np.ascontiguousarray(images, dtype=np.float32)
-        out = [self.session.run(None, {self.input_name: images[i:i + batch_size]})[0]
+        out = [np.asarray(self.session.run(None, {self.input_name: images[i:i + batch_size]})[0])
                for i in range(0, len(images), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
 

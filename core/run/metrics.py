@@ -26,7 +26,9 @@ def classification_report(labels: np.ndarray, logits: np.ndarray, loss: float, c
     k = len(class_names)
     pred = logits.argmax(axis=1)
     ids = list(range(k))
-    p, r, f, s = precision_recall_fscore_support(labels, pred, labels=ids, zero_division=0)
+    # sklearn has no stubs: the checker takes zero_division's type from its default ("warn"), the result for a float
+    p, r, f, s = (np.asarray(v) for v in precision_recall_fscore_support(
+        labels, pred, labels=ids, zero_division=0))  # pyright: ignore[reportArgumentType]
     per_class = {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
                  for i, name in enumerate(class_names)}
     return Report(

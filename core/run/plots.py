@@ -57,7 +57,7 @@ def confusion_matrix(matrix: np.ndarray, class_names: list[str], path: Path, tit
         peak = matrix.max() if matrix.size else 0
         for i in range(k):
             for j in range(k):
-                ax.text(j, i, int(matrix[i, j]), ha="center", va="center",
+                ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center",
                         color="white" if matrix[i, j] > peak / 2 else "black", fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")

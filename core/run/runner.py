@@ -138,7 +138,7 @@ class RunState:
     workdir: Path | None = None
     data: Dataset | None = None
     model: Any = None  # the backend's native model (opaque: it goes back into the hooks)
-    run: Tracker | None = None
+    run: Tracker | distributed._Silent | None = None  # what a rank other than 0 tracks with: nothing
 
 
 @dataclass(frozen=True)

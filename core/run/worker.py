@@ -111,6 +111,7 @@ def execute(task: dict[str, Any], cache: DataCache) -> dict[str, Any]:
         outcome.update(status=RunStatus.FAILED, run_id=getattr(exc, "tle_run_id", None),
                        error=f"{type(exc).__name__}: {first}"[:1000])
     else:
+        assert result is not None  # only a node other than 0 of a distributed run returns None, never a cell
         compute = sum(r.metrics.get("epoch_seconds", 0.0) for r in result.history.records)
         outcome.update(status=RunStatus.FINISHED, run_id=result.run_id, timings=result.timings,
                        compute_seconds=compute + result.timings.get("evaluate", 0.0),

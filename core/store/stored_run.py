@@ -168,6 +168,7 @@ class StoredRun:
         """One artifact (a file or a folder) of the run: its files, sorted, or None if it is absent."""
         if path not in self._fetched:
             import mlflow
+            import mlflow.artifacts
 
             try:
                 local = Path(mlflow.artifacts.download_artifacts(run_id=self.run_id, artifact_path=path,

@@ -97,7 +97,7 @@ class Tracker:
     def datasets(self, data) -> None:
         """The run's train/val/test splits as MLflow dataset inputs (the UI's Dataset column; searchable by name and
         digest): name = the data source, digest = the split fingerprint and the split, context = the split."""
-        from mlflow.data import from_numpy
+        from mlflow.data.numpy_dataset import from_numpy  # where it is defined (mlflow.data adds it at run time)
 
         import time
 
@@ -138,6 +138,7 @@ class Tracker:
 def artifact_files(run_id: str, artifact_path: str, dst: Path) -> list[Path] | None:
     """Download one artifact (a file or a folder) of a run; its files, sorted, or None if it is absent."""
     import mlflow
+    import mlflow.artifacts
 
     try:
         local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path,

@@ -57,6 +57,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -69,6 +70,12 @@ from tle.studies.vote import bagging_accuracy, named_accuracy
 from tle.store.status import RunStatus, warning_tags
 from tle.progress import print_warning
 from tle.store.stored_run import CLASS_NAMES_ARTIFACT, FUSED_FROM, REBUILD_ERROR, WEIGHTS_ARTIFACT, StoredRun, record_inputs
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from tle.data import Dataset
+    from tle.store.tracking import Tracker
 
 FUSED, BAGGING, CONCATENATION = "fused", "bagging", "concatenation"
 ALIGNS = ("index", "names")
@@ -84,10 +91,10 @@ LOST = 1 / 3
 @dataclass
 class Parent:
     run_id: str
-    spec: object
+    spec: ExperimentSpec
     class_names: list[str]
-    data: object
-    model: object = None
+    data: Dataset
+    model: Any = None  # the backend's native model
     size: int = 0
     names: list[str] = field(default_factory=list)  # its classes as the fusion names them (per ``align``)
 
@@ -225,6 +232,7 @@ def run_fusion(run_ids: list[str], *, keep: float = 0.5, ratio: float = 0.1, ali
             parent.model = assemble(backend.hook, spec, data, workdir, weights=stored.resolved_weights())
             parent.size = sum(c.total for c in backend.hook.count_parameters(model=parent.model))
             parents.append(parent)
+        assert backend is not None  # loaded for the first run (there are two or more)
         shapes = {p.data.input_shape for p in parents}
         if len(shapes) != 1:
             raise UserError(f"the runs saw images of different shapes {sorted(shapes)}", "fuse runs on one image size")
@@ -337,15 +345,15 @@ def _score(hook, parents, fused, classes, concatenated=None, scales=None) -> Fus
 class FusionRun:
     """A fused model on its way into its MLflow run."""
 
-    run: object  # tle.store.tracking.Tracker
-    hook: object
+    run: Tracker
+    hook: Any  # the backend's hooks (tle.backends.manager.Backend.hook)
     parents: list[Parent]
-    fused: object  # the backend's native fused model
+    fused: Any  # the backend's native fused model
     classes: list[str]
     result: FusionResult
     options: FuseOptions
     workdir: Path
-    console: object
+    console: Console | None
     quiet: bool
     export: bool
     spec: ExperimentSpec  # the fused run's: the first parent's with the fused head

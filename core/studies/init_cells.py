@@ -66,7 +66,7 @@ def model(backend: Backend, request: dict, folder: Path) -> dict:
     images = np.ascontiguousarray(pool[: int(request["batch"])])
     hook = backend.hook
     device = hook.resolve_device(device=request["device"]) or "cpu"
-    net = build(hook, Blueprint(info.name, tuple(data.class_names), tuple(data.input_shape), HeadSpec(),
+    net = build(hook, Blueprint(info.name, tuple(data.class_names), (h, w, c), HeadSpec(),
                                 request["device"], "fp32", seeds[0]))
     chunk = int(request["chunk"])
     cells = []

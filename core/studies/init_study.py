@@ -24,9 +24,10 @@ import os
 import selectors
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -284,10 +285,15 @@ class _Worker:
         self.proc = subprocess.Popen([sys.executable, "-m", WORKER, str(self.folder)], stdout=subprocess.PIPE,
                                      stderr=self.stderr, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
+    @property
+    def stdout(self) -> IO[str]:
+        assert self.proc.stdout is not None  # opened above (stdout=PIPE)
+        return self.proc.stdout
+
     def result(self) -> dict:
         """Its result; its UserError comes back as ours (exit 2), anything else as a RuntimeError."""
         rc = self.proc.wait()
-        self.proc.stdout.close()
+        self.stdout.close()
         self.stderr.seek(0)
         lines = [line.rstrip() for line in self.stderr.read().splitlines() if line.strip()]
         self.stderr.close()
@@ -303,7 +309,7 @@ class _Worker:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-        self.proc.stdout.close()
+        self.stdout.close()
         self.stderr.close()
 
 
@@ -328,10 +334,10 @@ def run_workers(backends: list[str], request: dict, workdir: Path, parallel: boo
                 if on_progress is not None:
                     on_progress(name, None)
                 running[name] = _Worker(name, request, workdir)
-                selector.register(running[name].proc.stdout, selectors.EVENT_READ, name)
+                selector.register(running[name].stdout, selectors.EVENT_READ, name)
             for key, _ in selector.select():
                 name = key.data
-                line = key.fileobj.readline()
+                line = running[name].stdout.readline()  # key.fileobj
                 if line.startswith("done ") and on_progress is not None:
                     on_progress(name, line[5:].strip())
                 elif not line:  # end of output: the worker is done
@@ -345,7 +351,7 @@ def run_workers(backends: list[str], request: dict, workdir: Path, parallel: boo
 
 
 def run_dense(backends: list[str], inits: list[str], *, samples: int = 1000, features: int = 784,
-              units: int = 256, activation: str = "sigmoid", seeds: list[int] = (0, 1, 2), workdir: Path,
+              units: int = 256, activation: str = "sigmoid", seeds: Sequence[int] = (0, 1, 2), workdir: Path,
               on_progress: Callable[[str, str | None], None] | None = None) -> StudyResult:
     """S4: the same inputs through one dense layer per initialiser, in every backend."""
     if activation not in ACTIVATIONS:
@@ -378,7 +384,7 @@ def run_dense(backends: list[str], inits: list[str], *, samples: int = 1000, fea
 
 
 def run_model(backends: list[str], inits: list[str], *, model: str, dataset: dict, batch: int = 32,
-              chunk: int = 8, seeds: list[int] = (0,), device: str = "auto", workdir: Path,
+              chunk: int = 8, seeds: Sequence[int] = (0,), device: str = "auto", workdir: Path,
               on_progress: Callable[[str, str | None], None] | None = None) -> StudyResult:
     """A real model at initialisation: per-block statistics on one batch of the dataset, per initialiser."""
     if batch < 1:

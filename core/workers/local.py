@@ -19,7 +19,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from collections.abc import Mapping
+from typing import IO, Any
 
 from tle.workers.schedule import Task
 from tle.store.status import RunStatus
@@ -42,8 +43,18 @@ def _die_with_parent() -> None:
 @dataclass(eq=False)
 class LocalWorker:
     backend: str
-    proc: subprocess.Popen
+    proc: subprocess.Popen[str]
     log: Path
+
+    @property
+    def stdin(self) -> IO[str]:
+        assert self.proc.stdin is not None  # LocalPool.start opens it (stdin=PIPE)
+        return self.proc.stdin
+
+    @property
+    def stdout(self) -> IO[str]:
+        assert self.proc.stdout is not None  # LocalPool.start opens it (stdout=PIPE)
+        return self.proc.stdout
 
     def tail(self, lines: int = 3) -> str:
         try:
@@ -86,18 +97,18 @@ class LocalPool:
                                 env=self.env, start_new_session=True,
                                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
         worker = LocalWorker(backend, proc, log)
-        self.selector.register(proc.stdout, selectors.EVENT_READ, worker)
+        self.selector.register(worker.stdout, selectors.EVENT_READ, worker)
         return worker
 
     def submit(self, worker: LocalWorker, task: Task) -> None:
-        worker.proc.stdin.write(json.dumps(task.message()) + "\n")
-        worker.proc.stdin.flush()
+        worker.stdin.write(json.dumps(task.message()) + "\n")
+        worker.stdin.flush()
 
     def wait(self, timeout: float) -> list[tuple[LocalWorker, dict[str, Any]]]:
         done = []
         for key, _ in self.selector.select(timeout):
             worker: LocalWorker = key.data
-            line = worker.proc.stdout.readline()
+            line = worker.stdout.readline()
             if line:
                 done.append((worker, json.loads(line)))
                 continue
@@ -113,7 +124,7 @@ class LocalPool:
     def stop(self, worker: LocalWorker) -> None:
         self._forget(worker)
         try:
-            worker.proc.stdin.close()
+            worker.stdin.close()
         except OSError:
             pass
         try:
@@ -121,7 +132,8 @@ class LocalPool:
         except subprocess.TimeoutExpired:
             worker.proc.kill()
 
-    def interrupt(self, busy: dict[LocalWorker, Task], grace: float) -> list[tuple[LocalWorker, dict[str, Any]]]:
+    def interrupt(self, busy: Mapping[LocalWorker, Task | None],
+                  grace: float) -> list[tuple[LocalWorker, dict[str, Any]]]:
         for worker in busy:
             if worker.proc.poll() is None:
                 worker.proc.send_signal(signal.SIGTERM)
@@ -138,8 +150,11 @@ class LocalPool:
             self._forget(worker)
         return reported
 
+    def close(self) -> None:
+        """Nothing to release: the scheduler stops the workers (a :class:`tle.workers.ray.RayPool` leaves Ray)."""
+
     def _forget(self, worker: LocalWorker) -> None:
         try:
-            self.selector.unregister(worker.proc.stdout)
+            self.selector.unregister(worker.stdout)
         except (KeyError, ValueError):
             pass

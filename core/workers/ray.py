@@ -13,15 +13,19 @@ and reach the tracking store: use an MLflow server URI there, not a SQLite file.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tle.contract.distributed import RANKS_ON
 from tle.errors import UserError
 from tle.workers.schedule import Task
 from tle.store.status import RunStatus
+
+if TYPE_CHECKING:  # Ray is optional and heavy: imported when a RayPool starts
+    from ray.actor import ActorClass
 
 
 PROBE_SECONDS = 3.0
@@ -66,11 +70,10 @@ def probe_address(address: str, timeout: float = PROBE_SECONDS) -> None:
                     "on this machine")
 
 
-def _actor_class(ray, program: ModuleType):
+def _actor_class(ray, program: ModuleType) -> ActorClass:
     """The actor runs the worker program (``program``: ``warm_up``, ``DataCache``, ``handle``) in its process; the
     pool never learns what a task does (the local pool runs the same program as ``python -m``)."""
 
-    @ray.remote
     class CellActor:
         def __init__(self, backend: str):
             self.backend = backend
@@ -81,7 +84,7 @@ def _actor_class(ray, program: ModuleType):
         def run(self, message: dict[str, Any]) -> dict[str, Any]:
             return program.handle(message, self.cache)
 
-    return CellActor
+    return ray.remote(CellActor)
 
 
 class RayPool:
@@ -95,7 +98,8 @@ class RayPool:
         previous = signal.getsignal(signal.SIGTERM)
         try:
             ray.init(address=address or None, num_cpus=num_cpus if not address else None, include_dashboard=False,
-                     ignore_reinit_error=True, log_to_driver=False, configure_logging=True, logging_level="ERROR")
+                     ignore_reinit_error=True, log_to_driver=False, configure_logging=True,
+                     logging_level=logging.ERROR)
         except SystemExit:  # Ray's own SIGTERM handler, while it waits for the cluster: end as a SIGTERM does
             raise KeyboardInterrupt from None
         except Exception as exc:

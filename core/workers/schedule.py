@@ -43,6 +43,7 @@ class Pool(Protocol):
 
     def wait(self, timeout: float) -> list[tuple[Any, dict[str, Any]]]:
         """Outcomes of finished tasks as ``(worker, outcome)``; a dead worker's outcome says so."""
+        ...
 
     def alive(self, worker: Any) -> bool: ...
 
@@ -50,6 +51,7 @@ class Pool(Protocol):
 
     def interrupt(self, busy: dict[Any, Task], grace: float) -> list[tuple[Any, dict[str, Any]]]:
         """Stop every busy worker (their runs end KILLED) and return what they reported."""
+        ...
 
 
 class Scheduler:
