@@ -36,7 +36,8 @@ class Dataset:
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return tuple(int(d) for d in self.x_train.shape[1:])  # type: ignore[return-value]
+        height, width, channels = self.x_train.shape[1:]  # NHWC
+        return int(height), int(width), int(channels)
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         if name not in SPLITS:
