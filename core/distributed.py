@@ -146,7 +146,7 @@ def launch(spec, backend, plan: DistributedPlan, run_tags: dict[str, str], name:
                 console.print(f"node {plan.node_rank}: {plan.local_processes} ranks ({plan.engine}); node 0 "
                               f"tracks the run")
             backend.hook.launch_ranks(plan=plan, distributed=spec.train.distributed, entry=rank_main,
-                                      args=tuple(args), failures=str(failures))
+                                      args=tuple(args), failures=str(failures), waiting=_say(console))
             return None
         from tle.tracking import configure, tracked_run
 
@@ -157,7 +157,7 @@ def launch(spec, backend, plan: DistributedPlan, run_tags: dict[str, str], name:
                               f"{plan.collective} on {', '.join(plan.devices)}")
             args[1] = run.run_id
             results = backend.hook.launch_ranks(plan=plan, distributed=spec.train.distributed, entry=rank_main,
-                                                args=tuple(args), failures=str(failures))
+                                                args=tuple(args), failures=str(failures), waiting=_say(console))
             result = (results or {}).get(0)
             if result is None:
                 raise RuntimeError("rank 0 returned no result")
@@ -165,6 +165,12 @@ def launch(spec, backend, plan: DistributedPlan, run_tags: dict[str, str], name:
             return result
     finally:
         shutil.rmtree(failures, ignore_errors=True)
+
+
+def _say(console):
+    """What the launcher waits for, as one line on stderr, quiet or not: a run that waits on another host must
+    say so (a progress bar would only spin)."""
+    return lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 def rank_main(context: RankContext, spec_data: dict, run_id: str | None, resume,

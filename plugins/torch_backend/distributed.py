@@ -3,7 +3,9 @@
 The launching side (``plan``, ``launch``) runs in the process the user started: it picks the devices and the
 collective (NCCL on CUDA, one process per GPU by default; gloo on CPU), then starts ``nproc`` processes with
 ``elastic_launch`` over a static rendezvous at ``master_addr:master_port`` (``node_rank`` orders the hosts,
-exactly as ``torchrun --nnodes --node-rank --master-addr`` does). No restarts: a failed rank fails the run.
+exactly as ``torchrun --nnodes --node-rank --master-addr`` does), joined by :mod:`tle_torch.rendezvous` so that
+the wait for the other nodes says what it waits for, ends after ``join_timeout`` and stops on Ctrl-C/SIGTERM.
+No restarts: a failed rank fails the run; a collective that waits longer than ``collective_timeout`` fails.
 
 The training side (``world``, ``replicate``, ``shard``, ``all_sum``) is what ``train.fit`` uses inside a rank:
 ``DistributedDataParallel`` over the trainable part of the net, each rank on its share of every global batch.
@@ -16,6 +18,7 @@ splits evenly over the ranks; otherwise the sampler repeats a few images, as DDP
 from __future__ import annotations
 
 import ctypes
+import datetime
 import logging
 import os
 import signal
@@ -89,12 +92,14 @@ def _ray_plan(distributed, device: str | None) -> DistributedPlan:
                            collective=collective, engine=RAY_ENGINE)
 
 
-def launch(plan: DistributedPlan, distributed, entry, args: tuple, failures: str) -> dict:
+def launch(plan: DistributedPlan, distributed, entry, args: tuple, failures: str, waiting=None) -> dict:
     if plan.engine == RAY_ENGINE:
         return _launch_ray(plan, entry, args, failures)
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    from tle_torch import rendezvous
 
     # The agent's INFO/ERROR lines (its config, a failure table) would drown the one line tle reports.
     # (torch sets a level on each of its loggers, so the parent's level alone does not reach them.)
@@ -105,13 +110,16 @@ def launch(plan: DistributedPlan, distributed, entry, args: tuple, failures: str
     port = distributed.master_port or (_free_port() if one_host else DEFAULT_PORT)
     addr = "127.0.0.1" if one_host and distributed.master_addr in ("localhost", "127.0.0.1") else distributed.master_addr
     config = LaunchConfig(min_nodes=distributed.nnodes, max_nodes=distributed.nnodes,
-                          nproc_per_node=plan.local_processes, run_id=f"tle-{port}", rdzv_backend="static",
-                          rdzv_endpoint=f"{addr}:{port}", rdzv_configs={"rank": distributed.node_rank},
+                          nproc_per_node=plan.local_processes, run_id=f"tle-{port}", rdzv_backend=rendezvous.BACKEND,
+                          rdzv_endpoint=f"{addr}:{port}",
+                          rdzv_configs={"rank": distributed.node_rank, "timeout": int(distributed.join_timeout) + 1,
+                                        "join_timeout": distributed.join_timeout, "waiting": waiting},
                           max_restarts=0, start_method=_start_method(), monitor_interval=0.1,
                           local_addr=addr if one_host else None)  # across hosts each agent names its own
     handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return elastic_launch(config, _rank)(entry, args, plan.collective, plan.devices)
+        return elastic_launch(config, _rank)(entry, args, plan.collective, plan.devices,
+                                             distributed.collective_timeout)
     except ChildFailedError as exc:
         seen = {rank: _what_happened(f) for rank, f in exc.failures.items()}
         raise rank_failure(failures, seen) from None
@@ -210,8 +218,9 @@ def _die_with_parent() -> None:
         pass
 
 
-def _rank(entry, args: tuple, collective: str, devices: tuple[str, ...]):
-    """The function each spawned process runs (must be importable: the start method is spawn)."""
+def _rank(entry, args: tuple, collective: str, devices: tuple[str, ...], timeout: float):
+    """The function each spawned process runs (must be importable: the start method is spawn). ``timeout``: how
+    long one collective waits for the other ranks (``train.distributed.collective_timeout``) before it fails."""
     _die_with_parent()
     rank, local, world = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
     device = devices[local]
@@ -221,7 +230,7 @@ def _rank(entry, args: tuple, collective: str, devices: tuple[str, ...]):
     if device.startswith("cuda"):
         torch.cuda.set_device(device)
         kwargs["device_id"] = torch.device(device)
-    dist.init_process_group(collective, **kwargs)
+    dist.init_process_group(collective, timeout=datetime.timedelta(seconds=timeout), **kwargs)
     try:
         where = [None] * world
         dist.all_gather_object(where, f"{socket.gethostname()}/{device}")
