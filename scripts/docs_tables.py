@@ -47,8 +47,9 @@ def cores() -> int:
 class Study:
     """One study's temporary directory and store, the commands run in it, and what they printed."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, study: str | None = None):
         self.name = name
+        self.study = study or name  # the argument of this script that runs it
         self.dir = Path(tempfile.mkdtemp(prefix=f"tle-docs-{name}-"))
         self.uri = f"sqlite:///{self.dir / 'mlflow.db'}"
         self.env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -72,7 +73,7 @@ class Study:
         RESULTS.mkdir(exist_ok=True)
         took = self.seconds if seconds is None else seconds
         stamp = (f"*Printed by `{command}` on {dt.date.today().isoformat()}, {cores()} CPU cores shared with "
-                 f"other work, {took:.0f} s; written by `python scripts/docs_tables.py {self.name}`.*")
+                 f"other work, {took:.0f} s; written by `python scripts/docs_tables.py {self.study}`.*")
         path = RESULTS / f"{stem}.md"
         path.write_text(printed.strip() + "\n\n" + stamp + "\n")
         print(f"[{self.name}] wrote {path.relative_to(ROOT)}", file=sys.stderr)
@@ -107,10 +108,11 @@ class Study:
         return target
 
 
-def sweep_study(name: str, sweep: str, experiment: str, flags: str = "", curve_filter: str = "") -> Study:
+def sweep_study(name: str, sweep: str, experiment: str, flags: str = "", curve_filter: str = "",
+                study: str | None = None) -> Study:
     """A sweep as its README section shows it: the table (markdown), then `tle compare --sweep` (transfer
     metrics and the overlaid validation curves), and one cell's learning curves."""
-    st = Study(name)
+    st = Study(name, study)
     command = f"tle sweep {sweep} --jobs 2{flags} --format markdown"
     st.sh(f"tle --quiet sweep {ROOT / sweep} --jobs 2{flags} --format table > table.txt")
     sweep_seconds = st.seconds
@@ -159,7 +161,7 @@ def s1() -> None:
     sweep_study("s1", "examples/sweeps/s1_offline.yaml", "s1-offline",
                 curve_filter="tags.backend = 'torch' and tags.model = 'resnet_small' "
                              "and tags.strategy = 'finetune:block5'")
-    sweep_study("s1-shared", "examples/sweeps/s1_offline_shared.yaml", "s1-offline-shared")
+    sweep_study("s1-shared", "examples/sweeps/s1_offline_shared.yaml", "s1-offline-shared", study="s1")
 
 
 def s3() -> None:
@@ -186,26 +188,41 @@ def batchnorm() -> None:
     sweep_study("batchnorm", "scripts/sweeps/bn_synthetic.yaml", "bn-synthetic", " --rows backend,train.batchnorm",
                 curve_filter="tags.backend = 'torch' and tags.strategy = 'finetune:block4' "
                              "and params.`train.batchnorm` = 'train'")
-    sweep_study("batchnorm-demo", "scripts/sweeps/bn_demo.yaml", "bn-demo", " --rows backend,train.batchnorm")
+    sweep_study("batchnorm-demo", "scripts/sweeps/bn_demo.yaml", "bn-demo", " --rows backend,train.batchnorm",
+                study="batchnorm")
 
 
 def cnn_fusion() -> None:
-    """examples/cnn_fusion.sh torch and keras: the fusion runs' metrics read back from the store."""
+    """examples/cnn_fusion.sh torch and keras: the fusion runs' accuracies, read back from the store."""
     for backend in ("torch", "keras"):
-        st = Study(f"cnn-fusion-{backend}")
-        st.sh(f"bash {ROOT / 'examples/cnn_fusion.sh'} {backend} > printed.txt")
+        st = Study(f"cnn-fusion-{backend}", "cnn-fusion")
+        printed = st.sh(f"bash {ROOT / 'examples/cnn_fusion.sh'} {backend}")
         experiment = next(e.name for e in st.client().search_experiments() if e.name.startswith("cnn-fusion"))
         fused = {r.data.tags.get("tle.fusion.align"): r for r in st.runs(experiment) if "tle.parents" in r.data.tags}
-        blocks = []
-        for align in ("index", "names"):
-            report = json.loads(Path(st.client().download_artifacts(fused[align].info.run_id, "fusion_report.json",
-                                                                    str(st.dir))).read_text())
-            (st.dir / f"report-{align}.json").write_text(json.dumps(report, indent=1))
-            blocks.append(f"**--align {align}**\n\n" + fusion_table(fused[align].data.metrics, align))
-        st.write(f"cnn-fusion-{backend}", (st.dir / "printed.txt").read_text() + "\n\n" + "\n\n".join(blocks),
-                 f"examples/cnn_fusion.sh {backend}")
+        blocks = [f"**`--align {align}`** (run `{fused[align].info.run_id}`)\n\n" + fusion_table(fused[align])
+                  for align in ("index", "names") if align in fused]
+        text = ("\n\n".join(blocks) + "\n\nWhat `examples/cnn_fusion.sh " + backend + "` printed:\n\n```text\n"
+                + printed.strip() + "\n```")
+        st.write(f"cnn-fusion-{backend}", text, f"examples/cnn_fusion.sh {backend}")
         st.plot(experiment, "tags.mlflow.runName = 'net B (5-9)'", "plots/learning_curves.png",
                 f"cnn-fusion-{backend}-net-b-learning-curves.png")
+
+
+def fusion_table(run) -> str:
+    """A fusion run's test accuracy per model and task (its metrics ``<model>_acc_<task>``) and sizes."""
+    m, params = run.data.metrics, run.data.params
+    tasks = [t for t in ("task1", "task2", "task3", "union") if any(k.endswith(f"_acc_{t}") for k in m)]
+    titles = [params.get(f"fusion.{t}", t) if t != "union" else "union" for t in tasks]
+    labels = {"A": "A", "B": "B", "bagging": "bagging (both vote)", "concatenation": "concatenation",
+              "fused": "fused"}
+    lines = ["| model | " + " | ".join(titles) + " | params |", "|---|" + "---:|" * (len(tasks) + 1)]
+    for key, label in labels.items():
+        if not any(f"{key}_acc_{t}" in m for t in tasks):
+            continue
+        cells = [f"{m[f'{key}_acc_{t}']:.4f}" if f"{key}_acc_{t}" in m else "-" for t in tasks]
+        size = m.get(f"{key}_params")
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {'-' if size is None else f'{size:,.0f}'} |")
+    return "\n".join(lines)
 
 
 def s2() -> None:
@@ -218,17 +235,6 @@ def s2() -> None:
     experiment = next(e.name for e in st.client().search_experiments() if e.name.startswith("s2-"))
     st.plot(experiment, "tags.mlflow.runName = 'S2 net B seed 0'", "plots/learning_curves.png",
             "s2-net-b-learning-curves.png")
-
-
-def fusion_table(metrics: dict, align: str) -> str:
-    tasks = ["task1", "task2"] + (["union"] if align == "names" else [])
-    head = "| model | " + " | ".join(tasks) + " |\n|---|" + "---:|" * len(tasks)
-    rows = []
-    for model in ("A", "B", "bagging", "concat", "fused"):
-        vals = [metrics.get(f"{model}_acc_{t}") for t in tasks]
-        if any(v is not None for v in vals):
-            rows.append(f"| {model} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in vals) + " |")
-    return head + "\n" + "\n".join(rows)
 
 
 def cli() -> None:
