@@ -271,6 +271,39 @@ def plan() -> None:
         print(f"[plan] wrote {path.relative_to(ROOT)}", file=sys.stderr)
 
 
+def accuracy_rows(text: str) -> list[list[str]]:
+    """The body rows of the first table in TEXT (rich's box drawing or markdown), each cell without its
+    time (`· 2.0s`), which varies from run to run."""
+    rows = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line[0] not in "│|" or set(line) <= set("|-: "):
+            continue
+        cells = [re.sub(r"\s*·\s*[\d.]+s$", "", c.strip()) for c in re.split(r"[│|]", line.strip("│|"))]
+        if cells[0] != "backend":  # the header row is not a result
+            rows.append(cells)
+    return rows
+
+
+def check_demo(output: str | None) -> None:
+    """Does what `make demo` printed (OUTPUT, a file; or a fresh run) equal the README's demo table?"""
+    if output:
+        printed = Path(output).read_text()
+    else:
+        st = Study("check-demo")
+        printed = st.sh(f"bash {ROOT / 'examples/demo.sh'}")
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("| backend | scratch |")
+    want, got = accuracy_rows(readme[start:].split("\n\n")[0]), accuracy_rows(printed)
+    for row in want:
+        print("README:", " | ".join(row))
+    for row in got:
+        print("demo:  ", " | ".join(row))
+    if want != got:
+        raise SystemExit("the README's demo table differs from what make demo printed (times aside)")
+    print("the README's demo table is what make demo printed (times aside)")
+
+
 STUDIES = {"cli": cli, "plan": plan, "demo": demo, "s0": s0, "s1": s1, "s3": s3, "s4": s4, "batchnorm": batchnorm,
            "cnn-fusion": cnn_fusion, "s2": s2}
 
@@ -279,7 +312,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("studies", nargs="*", help=f"any of {', '.join(STUDIES)} or all")
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--check-demo", nargs="?", const="", metavar="OUTPUT",
+                    help="compare what make demo printed (a file; none: run it now) with the README's demo table")
     args = ap.parse_args()
+    if args.check_demo is not None:
+        return check_demo(args.check_demo or None)
     if args.list or not args.studies:
         print("\n".join(f"{k}: {(v.__doc__ or '').strip().splitlines()[0] if v.__doc__ else ''}"
                         for k, v in STUDIES.items()))
