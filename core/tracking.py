@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -177,11 +179,47 @@ def tracked_run(mlflow_module, *, name: str | None, tags: dict[str, str],
         mlflow_module.end_run(RunStatus.FINISHED)
 
 
-def _end(mlflow_module, status: str, reason: str) -> None:
+# After a failure or a signal the tracking server may be what failed: the writes that end the run get one try of
+# this many seconds each, not MLflow's retries (minutes against a server that went away; tle.store.HTTP_DEFAULTS).
+END_TRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+
+
+@contextmanager
+def _one_try() -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in END_TRIES}
+    os.environ.update(END_TRIES)  # MLflow reads them at each request
     try:
-        mlflow_module.set_tag(ERROR_TAG, reason[:5000])
+        yield
     finally:
-        mlflow_module.end_run(status)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _end(mlflow_module, status: str, reason: str) -> None:
+    """End the active run ``status`` with ``reason``, in seconds whatever the store does: a write that fails is
+    said in one line on stderr and does not hide why the run ended (the caller re-raises that)."""
+    run = mlflow_module.active_run()
+    failed: list[BaseException] = []
+    with _one_try():
+        try:
+            mlflow_module.set_tag(ERROR_TAG, reason[:5000])
+        except Exception as exc:
+            failed.append(exc)
+        try:
+            mlflow_module.end_run(status)  # takes the run off MLflow's stack first, even when the write fails
+        except Exception as exc:
+            failed.append(exc)
+    if failed:
+        text = str(failed[0]).strip()
+        # MLflow's message buries the reason ("[Errno 111] Connection refused") in a page of urllib3's repr
+        errno = re.search(r"\[Errno -?\d+\] [^'\")]+", text)
+        reason = errno.group(0) if errno else (text.splitlines() or [type(failed[0]).__name__])[0][:200]
+        run_id = run.info.run_id if run is not None else "?"
+        print(f"warning: run {run_id} stays RUNNING in {mlflow_module.get_tracking_uri()}: the store did not take "
+              f"its end ({status}): {reason}", file=sys.stderr, flush=True)
 
 
 def _mark(exc: BaseException, run_id: str) -> None:
