@@ -183,3 +183,61 @@ def test_the_flags_reach_the_spec(store):
     """--join-timeout / --collective-timeout: refused values exit 2 with one line naming the field."""
     proc = tle(*ARGS, "--join-timeout", "0", "--experiment", "join-refused")
     assert proc.returncode == 2 and "join_timeout" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+HANG_PLUGIN = '''"""Test-only tle plugin: rank 1 of a distributed run never reaches its first collective in training."""
+import time
+
+from tle import hookimpl
+from tle.distributed import current
+
+
+@hookimpl(wrapper=True)
+def train(model, data, stage, train, loop):
+    rank = current()
+    if rank is not None and rank.rank == 1:
+        time.sleep(3600)
+    return (yield)
+'''
+
+
+def _hang_plugin(root: Path) -> Path:
+    """A distribution on ``root`` (put on PYTHONPATH) that registers HANG_PLUGIN in the ``tle.plugins`` group, as a
+    third party's plugin is registered: no switch inside tle's own code."""
+    info = root / "tle_test_hang-0.0.dist-info"
+    info.mkdir(parents=True)
+    (root / "tle_test_hang.py").write_text(HANG_PLUGIN)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: tle-test-hang\nVersion: 0.0\n")
+    (info / "entry_points.txt").write_text("[tle.plugins]\nhang = tle_test_hang\n")
+    return root
+
+
+def test_a_rank_that_never_reaches_a_collective_fails_the_run_after_collective_timeout(store, tmp_path):
+    """Rank 1 hangs before training; rank 0 waits in DDP's first collective for ``--collective-timeout`` seconds,
+    then the run ends FAILED with rank 0's line and no rank left (without the bound: torch's 30 minutes)."""
+    path = _hang_plugin(tmp_path / "plugin")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(path), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "tle", *ARGS[:-4], "--nproc", "2", "--collective-timeout", "5",
+                             "--experiment", "hang", "--quiet"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    ranks: set[int] = set()
+    try:
+        while proc.poll() is None and time.monotonic() - started < 300:
+            ranks |= _descendants(proc.pid)
+            time.sleep(0.2)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    print(f"hung rank -> FAILED after {time.monotonic() - started:.1f}s in all; {err.strip()}")
+    assert proc.returncode == 1, err
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "rank 0" in line and "--collective-timeout 5s" in line and "Timed out" in line, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
+    (run,) = _runs("hang")
+    assert run.info.status == "FAILED" and "rank 0" in run.data.tags["tle.error"]
+    time.sleep(0.5)
+    assert ranks and not [p for p in ranks if _alive(p)], "a rank outlived the run"

@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from tle import UserError
-from tle.distributed import RANKS_ON, DistributedPlan, RankContext, rank_failure
+from tle.distributed import RANKS_ON, DistributedPlan, RankContext, RankFailed, rank_failure
 
 ENGINE = "torch DDP (torch.distributed.run)"
 RAY_ENGINE = "torch DDP (Ray Train TorchTrainer)"
@@ -106,6 +106,7 @@ def launch(plan: DistributedPlan, distributed, entry, args: tuple, failures: str
     for name in [n for n in logging.root.manager.loggerDict if n.startswith("torch.distributed.elastic")]:
         logging.getLogger(name).setLevel(logging.CRITICAL)
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)  # "Terminating process N via SIGTERM"
     one_host = distributed.nnodes == 1
     port = distributed.master_port or (_free_port() if one_host else DEFAULT_PORT)
     addr = "127.0.0.1" if one_host and distributed.master_addr in ("localhost", "127.0.0.1") else distributed.master_addr
@@ -122,13 +123,22 @@ def launch(plan: DistributedPlan, distributed, entry, args: tuple, failures: str
                                              distributed.collective_timeout)
     except ChildFailedError as exc:
         seen = {rank: _what_happened(f) for rank, f in exc.failures.items()}
-        raise rank_failure(failures, seen) from None
+        raise _timed_out(rank_failure(failures, seen), distributed.collective_timeout) from None
     except SignalException:
         # The agent has already stopped every rank (SIGTERM, then SIGKILL after its grace period).
         raise KeyboardInterrupt from None
     finally:
         for s, h in handlers.items():  # the agent's handlers raise SignalException; the CLI's end runs KILLED
             signal.signal(s, h)
+
+
+def _timed_out(error: Exception, timeout: float) -> Exception:
+    """A rank's collective that ran out of ``collective_timeout`` (gloo: "Timed out waiting 5000ms for recv
+    operation"), said as what it means for the run."""
+    if isinstance(error, RankFailed) and "Timed out waiting" in error.reason:
+        return RankFailed(error.rank, f"a collective waited longer than --collective-timeout {timeout:g}s for the "
+                                      f"other ranks (one hung or died; raise it if they are only slow): {error.reason}")
+    return error
 
 
 def _launch_ray(plan: DistributedPlan, entry, args: tuple, failures: str) -> dict:
