@@ -125,8 +125,10 @@ def test_sigterm_while_ray_waits_for_its_cluster_creates_no_run_and_ends_killed(
             time.sleep(0.2)  # the probe's connection, then Ray's own
         assert sweep.poll() is None and len(accepted) >= 2, sweep.stderr.read() if sweep.poll() is not None else ""
         time.sleep(1.0)
+        sent = time.monotonic()
         sweep.send_signal(signal.SIGTERM)
         _, err = sweep.communicate(timeout=60)
+        took = time.monotonic() - sent
     finally:
         if sweep.poll() is None:
             sweep.kill()
@@ -134,7 +136,35 @@ def test_sigterm_while_ray_waits_for_its_cluster_creates_no_run_and_ends_killed(
         for conn in accepted:
             conn.close()
     assert sweep.returncode == 130, err
+    # Ray's GCS client waits in C++, where Python runs no handler: 70 s here before ray.init left the main thread
+    assert took < 20, f"{took:.1f}s from SIGTERM to exit"
+    lines = err.strip().splitlines()
+    assert lines[0].startswith("joining the Ray cluster at 127.0.0.1:") and lines[-1] == "interrupted", lines
     assert _runs(store, "waitray") == [], "the parent run was created before Ray was joined"
+
+
+def test_a_ray_cluster_that_never_lets_the_sweep_join_fails_it_after_the_join_timeout(tmp_path, server):
+    """Something listens at the address but is not Ray (before: Ray's client retried for minutes, over 6 here)."""
+    base, store = server
+    listener = socket.socket()
+    listener.bind(("0.0.0.0", 0))
+    listener.listen(16)
+    try:
+        started = time.monotonic()
+        proc = tle("--quiet", "sweep", _grid(tmp_path, "slowray"), "--executor", "ray", "--address",
+                   f"127.0.0.1:{listener.getsockname()[1]}", "--tracking-uri", base,
+                   env={"TLE_RAY_JOIN_TIMEOUT": "5"}, timeout=120, check_rc=2)
+        took = time.monotonic() - started
+    finally:
+        listener.close()
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0].startswith("joining the Ray cluster at") and "up to 5s" in lines[0], lines
+    (error,) = [line for line in lines if line.startswith("error:")]
+    assert "did not let this sweep join within 5s" in error, lines
+    # Besides: Ray's C++ client's own warnings ("[... W ...] rpc_client.h: Failed to connect to GCS ...").
+    assert all(line.startswith(("joining", "error:", "[")) for line in lines) and "Traceback" not in proc.stderr
+    assert took < 60, f"{took:.1f}s"
+    assert _runs(store, "slowray") == []
 
 
 def test_sigterm_mid_sweep_ends_parent_and_cells_killed_with_a_reason(tmp_path):

@@ -179,6 +179,12 @@ class Sweep:
         from tle.progress import make_progress
 
         started = time.perf_counter()
+        if self.executor == "ray" and self.address:
+            from tle.study.ray_pool import join_timeout
+
+            # Quiet or not: the sweep waits on another host and must say so.
+            self.console.print(f"joining the Ray cluster at {self.address} (up to {join_timeout():g}s, "
+                               "TLE_RAY_JOIN_TIMEOUT)", highlight=False, markup=False, soft_wrap=True)
         pool = make_pool(self.executor, self.address, self.jobs)
         try:
             return self._run_on(pool, started, make_progress(self.console, self.quiet))
