@@ -18,6 +18,7 @@ from rich.console import Console
 
 from tle.errors import UserError
 from tle.study.grid import PRETRAIN, Cell, Grid
+from tle.study.ray_pool import join_timeout
 from tle.study.schedule import Scheduler, Task
 from tle.study.store import (CELL, PARENT_TAG, ROLE, CellRun, end_sweep, finished_by_key, open_parent, quiet_signals,
                              read_runs, record_failure)
@@ -180,8 +181,6 @@ class Sweep:
 
         started = time.perf_counter()
         if self.executor == "ray" and self.address:
-            from tle.study.ray_pool import join_timeout
-
             # Quiet or not: the sweep waits on another host and must say so.
             self.console.print(f"joining the Ray cluster at {self.address} (up to {join_timeout():g}s, "
                                "TLE_RAY_JOIN_TIMEOUT)", highlight=False, markup=False, soft_wrap=True)
