@@ -86,6 +86,18 @@ def end_orphans(client, experiment_id: str, parent_id: str, status: str) -> int:
     return len(running)
 
 
+def end_left_run(client, experiment_id: str, parent_id: str, cell: int, status: str, error: str) -> str | None:
+    """The run a worker that died (killed, out of memory) left RUNNING for ``cell``, ended ``status`` with ``error``
+    as ``tle.error``; its id, or None when the worker died before it started one."""
+    left = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}' and "
+                                                              f"tags.`{CELL}` = '{cell}' and attributes.status = 'RUNNING'",
+                              order_by=["attributes.start_time DESC"], max_results=10)
+    for run in left:
+        client.set_tag(run.info.run_id, ERROR_TAG, error[:5000])
+        client.set_terminated(run.info.run_id, status=status)
+    return left[0].info.run_id if left else None
+
+
 def end_sweep(client, experiment_id: str, parent_id: str, exc: BaseException) -> None:
     """End a sweep that ``exc`` stopped: Ctrl-C/SIGTERM -> KILLED, anything else -> FAILED; its cells still
     RUNNING the same, each with ``tle.error``."""

@@ -20,8 +20,8 @@ from tle.errors import UserError
 from tle.study.grid import PRETRAIN, Cell, Grid
 from tle.study.ray_pool import join_timeout
 from tle.study.schedule import Scheduler, Task
-from tle.study.store import (CELL, PARENT_TAG, ROLE, CellRun, end_sweep, finished_by_key, open_parent, quiet_signals,
-                             read_runs, record_failure)
+from tle.study.store import (CELL, PARENT_TAG, ROLE, CellRun, end_left_run, end_sweep, finished_by_key, open_parent,
+                             quiet_signals, read_runs, record_failure)
 from tle.status import RunStatus
 
 EXECUTORS = ("local", "ray")
@@ -281,8 +281,10 @@ class Sweep:
             res.reused = bool(outcome.get("reused"))
             res.outcome = outcome
             if res.status != RunStatus.FINISHED and res.run_id is None:
-                res.run_id = record_failure(client, exp_id, task.spec["tracking"]["run_name"], task.tags,
-                                            res.error or res.status, spec=task.spec)
+                # A worker that died leaves its cell's run RUNNING: that run ends, else one records the failure.
+                res.run_id = end_left_run(client, exp_id, parent_id, task.cell, res.status, res.error or res.status) \
+                    or record_failure(client, exp_id, task.spec["tracking"]["run_name"], task.tags,
+                                      res.error or res.status, spec=task.spec)
                 if res.status == RunStatus.KILLED:
                     client.set_terminated(res.run_id, status=RunStatus.KILLED)
             if not self.quiet:
