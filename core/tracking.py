@@ -215,7 +215,7 @@ def _end(mlflow_module, status: str, reason: str) -> None:
     if failed:
         text = str(failed[0]).strip()
         # MLflow's message buries the reason ("[Errno 111] Connection refused") in a page of urllib3's repr
-        errno = re.search(r"\[Errno -?\d+\] [^'\")]+", text)
+        errno = re.search(r"\[Errno -?\d+\] [^'\")]+|Read timed out", text)
         reason = errno.group(0) if errno else (text.splitlines() or [type(failed[0]).__name__])[0][:200]
         run_id = run.info.run_id if run is not None else "?"
         print(f"warning: run {run_id} stays RUNNING in {mlflow_module.get_tracking_uri()}: the store did not take "

@@ -1,8 +1,10 @@
-"""An HTTP tracking server that goes away in the middle of a run: the run ends within seconds, on its own (exit 1,
-one line) or on SIGTERM (exit 130, 'interrupted'), saying in one line that the run could not be marked, instead of
-MLflow retrying every write for minutes (tle.store.HTTP_DEFAULTS; tle.tracking.END_TRIES for the last writes).
+"""An HTTP tracking server that goes away (or hangs) in the middle of a run: the run ends within seconds, on its
+own (exit 1, one line) or on SIGTERM (exit 130, 'interrupted'), saying in one line that the run could not be marked,
+instead of MLflow retrying every write for minutes (tle.store.HTTP_DEFAULTS; tle.tracking.END_TRIES for the last
+writes).
 
-A real ``mlflow server`` per test, killed with SIGKILL once the run has logged two epochs."""
+A real ``mlflow server`` per case, killed with SIGKILL (or frozen with SIGSTOP) once the run has logged two
+epochs."""
 
 from __future__ import annotations
 
@@ -86,6 +88,10 @@ class Case:
         os.killpg(self.server.pid, signal.SIGKILL)
         self.server.wait(timeout=30)
 
+    def freeze_server(self) -> None:
+        """SIGSTOP: the server takes connections (the kernel's backlog) and never answers."""
+        os.killpg(self.server.pid, signal.SIGSTOP)
+
     def finish(self, since: float) -> tuple[int, float]:
         try:
             code = self.run.wait(timeout=120)
@@ -97,27 +103,29 @@ class Case:
         return code, took
 
     def close(self) -> None:
-        for proc in (self.run, self.server):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
+        if self.run is not None and self.run.poll() is None:
+            self.run.kill()
+        if self.server.poll() is None:
+            os.killpg(self.server.pid, signal.SIGKILL)
+            self.server.wait(timeout=30)
 
 
 def test_a_server_that_goes_away_mid_run_ends_the_run_within_seconds_with_or_without_sigterm(tmp_path):
     """Two runs side by side, each on its own server: one is left alone once its server died (it fails on its
     next write), the other gets SIGTERM half a second after (it is in MLflow's retries then)."""
-    alone, stopped = Case(tmp_path / "alone"), Case(tmp_path / "sigterm")
+    alone, stopped, frozen = Case(tmp_path / "alone"), Case(tmp_path / "sigterm"), Case(tmp_path / "frozen")
     try:
-        for case in (alone, stopped):
+        for case in (alone, stopped, frozen):
             case.start_run()
-        waiting = [alone, stopped]
+        waiting = [alone, stopped, frozen]
         deadline = time.monotonic() + 240
         while waiting and time.monotonic() < deadline:
             for case in list(waiting):
                 if case.logged_two_epochs():
-                    case.kill_server()
+                    case.freeze_server() if case is frozen else case.kill_server()
                     case.died = time.monotonic()
-                    if case is stopped:
-                        time.sleep(0.5)
+                    if case is not alone:
+                        time.sleep(0.5)  # the run's next write is in MLflow's retries, or waits for an answer
                         case.sent = time.monotonic()
                         case.run.send_signal(signal.SIGTERM)
                     waiting.remove(case)
@@ -125,11 +133,13 @@ def test_a_server_that_goes_away_mid_run_ends_the_run_within_seconds_with_or_wit
         assert not waiting, "no two epochs logged in time"
         code, took = alone.finish(alone.died)
         sig_code, sig_took = stopped.finish(stopped.sent)
+        frozen_code, frozen_took = frozen.finish(frozen.sent)
     finally:
-        alone.close()
-        stopped.close()
+        for case in (alone, stopped, frozen):
+            case.close()
     print(f"server gone -> exit {code}: {took:.1f}s; {alone.lines}")
     print(f"server gone, SIGTERM -> exit {sig_code}: {sig_took:.1f}s; {stopped.lines}")
+    print(f"server frozen, SIGTERM -> exit {frozen_code}: {frozen_took:.1f}s; {frozen.lines}")
 
     assert code == 1 and took < TO_EXIT, (took, alone.lines)
     errors = [line for line in alone.lines if line.startswith("error:")]
@@ -140,3 +150,8 @@ def test_a_server_that_goes_away_mid_run_ends_the_run_within_seconds_with_or_wit
     assert sig_code == 130 and sig_took < TO_EXIT, (sig_took, stopped.lines)
     assert stopped.lines[-1] == "interrupted" and "Traceback" not in "\n".join(stopped.lines), stopped.lines
     assert any("(KILLED)" in line and "stays RUNNING" in line for line in stopped.lines), stopped.lines
+
+    # A server that hangs: the write in flight stops at the signal; the two that end the run wait 5 s each at most
+    assert frozen_code == 130 and frozen_took < TO_EXIT, (frozen_took, frozen.lines)
+    assert frozen.lines[-1] == "interrupted" and "Traceback" not in "\n".join(frozen.lines), frozen.lines
+    assert any("(KILLED)" in line and "stays RUNNING" in line for line in frozen.lines), frozen.lines
