@@ -23,6 +23,7 @@ from typing import Any
 
 from tle.study.schedule import Task
 from tle.status import RunStatus
+from tle.threads import wait_env
 
 PR_SET_PDEATHSIG = 1
 
@@ -63,9 +64,10 @@ def usable_cores() -> int:
 
 def thread_env(jobs: int) -> dict[str, str]:
     """Split the cores between the workers: frameworks that each spin one thread per core slow to a crawl
-    when several share the machine. The user's own settings win."""
+    when several share the machine. Every worker also waits for its threads without spinning
+    (``tle.threads``), so that it shares the machine with other work too. The user's own settings win."""
     per = max(1, usable_cores() // max(1, jobs))
-    return {k: str(per) for k in THREAD_VARS if k not in os.environ} if jobs > 1 else {}
+    return {**wait_env(), **({k: str(per) for k in THREAD_VARS if k not in os.environ} if jobs > 1 else {})}
 
 
 class LocalPool:
