@@ -241,3 +241,19 @@ def test_a_rank_that_never_reaches_a_collective_fails_the_run_after_collective_t
     assert run.info.status == "FAILED" and "rank 0" in run.data.tags["tle.error"]
     time.sleep(0.5)
     assert ranks and not [p for p in ranks if _alive(p)], "a rank outlived the run"
+
+
+def test_two_nodes_on_one_host_join_and_finish_one_run(store):
+    """The positive control: node 1 started first (it waits for node 0), node 0 after; the ranks meet through the
+    join, train, and node 0's run ends FINISHED with world size 2. Exercises the agents' store after the join
+    (rank assignment, the exit barrier) through tle_torch.rendezvous.Polled."""
+    port = _free_port()
+    other = Launch("--node-rank", "1", "--master-port", str(port), "--experiment", "join-two", "--quiet")
+    other.await_line("waiting for node 0")
+    first = Launch("--node-rank", "0", "--master-port", str(port), "--experiment", "join-two", "--quiet")
+    assert first.finish(timeout=300) == 0, first.lines
+    assert other.finish(timeout=120) == 0, other.lines
+    assert any("all 2 nodes joined" in line for line in other.lines), other.lines
+    (run,) = _runs("join-two")
+    assert run.info.status == "FINISHED" and run.data.tags["distributed.world_size"] == "2"
+    print(f"two nodes: {time.monotonic() - other.started:.1f}s")

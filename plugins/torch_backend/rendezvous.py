@@ -12,6 +12,10 @@ socket (a connect that a signal interrupts) before they connect the store; then 
 (``tle/joined``) and polls the count in steps of :data:`POLL` seconds of Python sleep. So a signal ends the
 wait at once, the wait says what it waits for (``waiting``), and it ends after ``join_timeout`` with a
 :class:`tle.UserError` naming the address, the port and who joined.
+
+The agents go on using the store after the join: to hand out ranks, and at the end in an exit barrier that
+waits up to 300 s (torch's ``exit_barrier_timeout``) for the other nodes' agents, e.g. for node 0 while it
+exports and logs the model. Those waits go through :class:`Polled`, which waits the same way.
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ import socket
 import time
 from collections.abc import Callable
 
-from torch.distributed import TCPStore
-from torch.distributed.elastic.rendezvous import RendezvousParameters, rendezvous_handler_registry
+from torch.distributed import DistStoreError, Store, TCPStore
+from torch.distributed.elastic.rendezvous import RendezvousInfo, RendezvousParameters, rendezvous_handler_registry
 from torch.distributed.elastic.rendezvous.static_tcp_rendezvous import StaticTCPRendezvous
 from torch.distributed.elastic.rendezvous.utils import parse_rendezvous_endpoint
 
@@ -53,10 +57,13 @@ class Join(StaticTCPRendezvous):
     def get_backend(self) -> str:
         return BACKEND
 
-    def next_rendezvous(self):
+    def next_rendezvous(self) -> RendezvousInfo:
         if self._store is None:
             self._store = self._join()
-        return super().next_rendezvous()
+        info = super().next_rendezvous()
+        store = Polled(info.store, self.where, self.waiting)
+        store.set_timeout(datetime.timedelta(seconds=AFTER_JOIN))
+        return RendezvousInfo(store, info.rank, info.world_size, info.bootstrap_store_info)
 
     # -- the join -------------------------------------------------------------------------------------------
 
@@ -130,6 +137,51 @@ class Join(StaticTCPRendezvous):
             joined = store.add(JOINED, 0)
         if said or self.rank != 0:  # the other nodes said what they waited for in _await_node0
             self.waiting(f"all {self.world_size} nodes joined at {self.where}")
+
+
+class Polled(Store):
+    """The agents' store, waiting for keys in Python steps of :data:`POLL` s (``check``, then sleep) instead of in
+    one C++ call that holds off signals for up to its whole timeout; after :data:`REMIND` s it says what it waits
+    for. Only what torch's agent uses is here: set, get, add, check, multi_get, multi_set, wait."""
+
+    def __init__(self, inner: Store, where: str, waiting: Callable[[str], None]):
+        super().__init__()
+        self.inner, self.where, self.waiting = inner, where, waiting
+
+    def set(self, key: str, value) -> None:
+        self.inner.set(key, value)
+
+    def get(self, key: str) -> bytes:
+        self.wait([key])
+        return self.inner.get(key)
+
+    def add(self, key: str, amount: int) -> int:
+        return self.inner.add(key, amount)
+
+    def check(self, keys: list[str]) -> bool:
+        return self.inner.check(keys)
+
+    def multi_get(self, keys: list[str]) -> list[bytes]:
+        self.wait(keys)
+        return self.inner.multi_get(keys)
+
+    def multi_set(self, keys: list[str], values: list) -> None:
+        self.inner.multi_set(keys, values)
+
+    def wait(self, keys: list[str], timeout: datetime.timedelta | None = None) -> None:
+        seconds = (timeout or self.timeout).total_seconds()
+        started = time.monotonic()
+        remind = started + REMIND
+        while not self.inner.check(keys):
+            now = time.monotonic()
+            if now - started >= seconds:
+                raise DistStoreError(f"waited {seconds:g}s at {self.where} for {', '.join(keys)}")
+            if now >= remind:
+                what = "to finish" if any("terminal_state" in k for k in keys) else "to take their ranks"
+                self.waiting(f"waiting at {self.where} for the other nodes {what} ({seconds - (now - started):.0f}s "
+                             "left)")
+                remind = now + REMIND
+            time.sleep(POLL)
 
 
 def _first_line(exc: BaseException) -> str:
