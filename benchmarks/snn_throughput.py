@@ -99,11 +99,7 @@ def alternating(sides: list[tuple], rounds: int = 5) -> list[float]:
 
 def dense_macs(a, classes: int) -> dict[str, float]:
     """Multiply-adds per image of a dense T-step simulation of each layer (what a naive simulator computes)."""
-    s1 = a.size - a.kernel1 + 1
-    p1 = (s1 + 2 * a.pool1[2] - a.pool1[0]) // a.pool1[1] + 1
-    s2 = p1 - a.kernel2 + 1
-    p2 = (s2 + 2 * a.pool2[2] - a.pool2[0]) // a.pool2[1] + 1
-    s3 = p2 - a.kernel3 + 1
+    _, s1, _, s2, _, s3 = a.sides()  # conv1's, conv2's and conv3's output sides (MozafariDeep's paddings)
     t = a.timesteps
     conv1 = t * a.maps1 * 6 * a.kernel1**2 * s1 * s1
     conv2 = t * a.maps2 * a.maps1 * a.kernel2**2 * s2 * s2
@@ -115,8 +111,8 @@ def dense_macs(a, classes: int) -> dict[str, float]:
 
 def dense_conv_throughput(a, device: str) -> float:
     """MAC/s of torch's dense convolution on conv2's shapes with time folded into the batch (T x 16 images)."""
-    x = (torch.rand(16 * a.timesteps, a.maps1, 13 if a.size == 28 else 7, 13 if a.size == 28 else 7,
-                    device=device) < 0.2).float()
+    side = a.sides()[2]  # conv2's padded input
+    x = (torch.rand(16 * a.timesteps, a.maps1, side, side, device=device) < 0.2).float()
     w = torch.rand(a.maps2, a.maps1, a.kernel2, a.kernel2, device=device)
     out = x.shape[-1] - a.kernel2 + 1
     macs = x.shape[0] * a.maps2 * a.maps1 * a.kernel2**2 * out * out

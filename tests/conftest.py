@@ -187,3 +187,16 @@ def keeps_the_tracking_uri():
     yield
     if mlflow is not None:
         mlflow.set_tracking_uri(before)
+
+
+def plugin_dist(root: Path, name: str, source: str) -> Path:
+    """A distribution on ``root`` (put it on PYTHONPATH) that registers the module ``source`` as ``name`` in the
+    ``tle.plugins`` group, as a third party's plugin is registered: a test's fault (a rank that hangs or raises)
+    comes from a plugin wrapping a hook, never from a switch inside tle's own code."""
+    module = f"tle_test_{name}"
+    info = root / f"{module}-0.0.dist-info"
+    info.mkdir(parents=True)
+    (root / f"{module}.py").write_text(source)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: tle-test-{name}\nVersion: 0.0\n")
+    (info / "entry_points.txt").write_text(f"[tle.plugins]\n{name} = {module}\n")
+    return root

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 import yaml
@@ -125,8 +126,10 @@ def test_sigterm_while_ray_waits_for_its_cluster_creates_no_run_and_ends_killed(
             time.sleep(0.2)  # the probe's connection, then Ray's own
         assert sweep.poll() is None and len(accepted) >= 2, sweep.stderr.read() if sweep.poll() is not None else ""
         time.sleep(1.0)
+        sent = time.monotonic()
         sweep.send_signal(signal.SIGTERM)
         _, err = sweep.communicate(timeout=60)
+        took = time.monotonic() - sent
     finally:
         if sweep.poll() is None:
             sweep.kill()
@@ -134,7 +137,35 @@ def test_sigterm_while_ray_waits_for_its_cluster_creates_no_run_and_ends_killed(
         for conn in accepted:
             conn.close()
     assert sweep.returncode == 130, err
+    # Ray's GCS client waits in C++, where Python runs no handler: 70 s here before ray.init left the main thread
+    assert took < 20, f"{took:.1f}s from SIGTERM to exit"
+    lines = err.strip().splitlines()
+    assert lines[0].startswith("joining the Ray cluster at 127.0.0.1:") and lines[-1] == "interrupted", lines
     assert _runs(store, "waitray") == [], "the parent run was created before Ray was joined"
+
+
+def test_a_ray_cluster_that_never_lets_the_sweep_join_fails_it_after_the_join_timeout(tmp_path, server):
+    """Something listens at the address but is not Ray (before: Ray's client retried for minutes, over 6 here)."""
+    base, store = server
+    listener = socket.socket()
+    listener.bind(("0.0.0.0", 0))
+    listener.listen(16)
+    try:
+        started = time.monotonic()
+        proc = tle("--quiet", "sweep", _grid(tmp_path, "slowray"), "--executor", "ray", "--address",
+                   f"127.0.0.1:{listener.getsockname()[1]}", "--tracking-uri", base,
+                   env={"TLE_RAY_JOIN_TIMEOUT": "5"}, timeout=120, check_rc=2)
+        took = time.monotonic() - started
+    finally:
+        listener.close()
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0].startswith("joining the Ray cluster at") and "up to 5s" in lines[0], lines
+    (error,) = [line for line in lines if line.startswith("error:")]
+    assert "did not let this sweep join within 5s" in error, lines
+    # Besides: Ray's C++ client's own warnings ("[... W ...] rpc_client.h: Failed to connect to GCS ...").
+    assert all(line.startswith(("joining", "error:", "[")) for line in lines) and "Traceback" not in proc.stderr
+    assert took < 60, f"{took:.1f}s"
+    assert _runs(store, "slowray") == []
 
 
 def test_sigterm_mid_sweep_ends_parent_and_cells_killed_with_a_reason(tmp_path):
@@ -173,3 +204,43 @@ def test_a_sweep_with_a_failed_cell_ends_its_parent_failed_with_the_reason(tmp_p
     parent = next(r for r in runs if r.data.tags.get("tle.role") == "sweep")
     assert parent.info.status == "FAILED" and parent.data.tags["tle.error"] == "1 of 2 cells did not finish"
     assert all(r.data.tags.get("tle.error") for r in runs if r.info.status == "FAILED")
+
+
+def test_a_worker_that_dies_ends_its_cell_run_failed_at_once(tmp_path):
+    """SIGKILL to the warm worker mid-cell (as the OOM killer would): the sweep sees its pipe close, ends the run the
+    worker left RUNNING FAILED with the reason (before: that run stayed RUNNING and a second, FAILED run was made)."""
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    path = _grid(tmp_path, "dies", {"name": "dies", "base": {**NUMPY_BASE, "train": {"epochs": 2000, "batch_size": 4},
+                                                             "tracking": {"experiment": "dies"}},
+                                    "axes": {"train.seed": [0]}})
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONUNBUFFERED": "1"}
+    sweep = subprocess.Popen([sys.executable, "-m", "tle", "--quiet", "sweep", str(path), "--jobs", "1"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 180
+        running = None
+        while time.monotonic() < deadline and sweep.poll() is None and running is None:
+            time.sleep(0.5)
+            try:
+                running = next((r for r in _runs(uri, "dies") if r.data.tags.get("tle.role") == "cell"
+                                and r.info.status == "RUNNING"), None)
+            except Exception:
+                continue  # the store is being created
+        assert running is not None, sweep.stderr.read() if sweep.poll() is not None else "no cell run in time"
+        (worker,) = [int(k) for t in Path(f"/proc/{sweep.pid}/task").glob("*")
+                     for k in (t / "children").read_text().split()]
+        killed = time.monotonic()
+        os.kill(worker, signal.SIGKILL)
+        _, err = sweep.communicate(timeout=90)
+        took = time.monotonic() - killed
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    print(f"worker SIGKILL -> sweep exit {sweep.returncode}: {took:.1f}s")
+    assert sweep.returncode == 1, err
+    assert took < 30, f"{took:.1f}s"
+    runs = _runs(uri, "dies")
+    cells = [r for r in runs if r.data.tags.get("tle.role") == "cell"]
+    assert [r.info.run_id for r in cells] == [running.info.run_id], "the dead worker's run was not the one ended"
+    assert cells[0].info.status == "FAILED" and "worker for numpy exited with code -9" in cells[0].data.tags["tle.error"]
+    assert not [r for r in runs if r.info.status == "RUNNING"]

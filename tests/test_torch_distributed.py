@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import tle, tle_inprocess
+from conftest import plugin_dist, tle, tle_inprocess
 from tle.errors import UserError
 
 # 500 training images (50 per class) in global batches of 16: every rank's share is whole (250 = 31 x 8 + 2), so
@@ -144,12 +144,35 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+FAIL_PLUGIN = '''"""Test-only tle plugin: rank 1 of a distributed run raises at the start of its first epoch."""
+from tle import hookimpl
+from tle.run.distributed import current
+
+
+@hookimpl(wrapper=True)
+def train(model, data, stage, train, loop):
+    rank = current()
+    if rank is not None and rank.rank == 1:
+        start = loop.epoch_start
+
+        def failing(epoch, batches=None):
+            if epoch == 0:
+                raise RuntimeError(f"injected failure in rank {rank.rank} at epoch {epoch}")
+            start(epoch, batches)
+
+        loop.epoch_start = failing
+    return (yield)
+'''
+
+
 def test_failed_rank_fails_the_run_and_sigterm_kills_it(store, tmp_path):
     """A rank that raises: the run ends FAILED with that rank's one line, exit 1, no traceback. SIGTERM to the
     launcher once its ranks run: every rank stops, the run ends KILLED. Both launches at once."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
     failing = subprocess.Popen([sys.executable, "-m", "tle", *ARGS, "--nproc", "2", "--experiment", "ddp-fail",
-                                "--no-export"], env={**env, "TLE_TORCH_FAIL_RANK": "1:0"}, stdout=subprocess.PIPE,
+                                "--no-export"], env={**env, "PYTHONPATH": os.pathsep.join(
+                                    [str(plugin_dist(tmp_path / "plugin", "fail", FAIL_PLUGIN)),
+                                     env.get("PYTHONPATH", "")])}, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     killed = subprocess.Popen([sys.executable, "-m", "tle", *ARGS, "--epochs", "200", "--nproc", "2",
                                "--experiment", "ddp-kill"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -17,6 +17,7 @@ import pluggy
 from tle.contract import hookspecs
 from tle.contract.records import BackendInfo, ModelInfo
 from tle.errors import UserError
+from tle.contract.threads import share_cores
 
 BACKENDS_GROUP = "tle.backends"
 PLUGINS_GROUP = "tle.plugins"
@@ -158,6 +159,7 @@ def load_backend(name: str) -> Backend:
         known = ", ".join(sorted(eps)) or "none"
         raise UserError(f"unknown backend {name!r} (installed: {known})",
                         f"install a package that registers it in the {BACKENDS_GROUP!r} entry-point group")
+    share_cores()  # before the backend's hooks load its framework: OpenMP reads its wait policy only then
     module = _import_entry_point(eps[name], "backend")
     hooks = _BackendHooks(manager(), _registered(name, module))
     info = hooks.backend_info()

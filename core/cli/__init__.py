@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         result = app(args=argv, prog_name="tle", standalone_mode=False)
         code = result if isinstance(result, int) else 0
+        if code == 130:  # typer >= 0.20 answers Ctrl-C/SIGTERM (KeyboardInterrupt) with 130 itself, silently
+            err.print("interrupted", highlight=False)
     except typer.Exit as exc:
         code = exc.exit_code
     except click.NoArgsIsHelpError as exc:

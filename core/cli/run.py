@@ -49,6 +49,8 @@ def run(
     dist_backend: Annotated[Optional[str], Opt(help="auto | gloo | nccl: the collective backend of a distributed run")] = None,
     sync_batchnorm: Annotated[Optional[bool], Opt("--sync-batchnorm/--no-sync-batchnorm",
                                                   help="BatchNorm statistics over the global batch")] = None,
+    join_timeout: Annotated[Optional[float], Opt(help="seconds the nodes may take to meet at --master-addr:--master-port (default 300)")] = None,
+    collective_timeout: Annotated[Optional[float], Opt(help="seconds one collective may wait for a rank that hangs (default 1800)")] = None,
     experiment: Annotated[Optional[str], Opt(help="MLflow experiment name")] = None,
     tracking_uri: Annotated[Optional[str], Opt(help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")] = None,
     run_name: Annotated[Optional[str], Opt(help="MLflow run name")] = None,
@@ -77,6 +79,7 @@ def run(
         "train.distributed.nnodes": nnodes, "train.distributed.node_rank": node_rank,
         "train.distributed.master_addr": master_addr, "train.distributed.master_port": master_port,
         "train.distributed.backend": dist_backend, "train.distributed.sync_batchnorm": sync_batchnorm,
+        "train.distributed.join_timeout": join_timeout, "train.distributed.collective_timeout": collective_timeout,
     }
     overrides.update(parse_sets(set_ or []))
     if resume:

@@ -370,7 +370,7 @@ def distributed_plan(distributed: DistributedSpec, device: str) -> DistributedPl
 
 @hookspec(firstresult=True)
 def launch_ranks(plan: DistributedPlan, distributed: DistributedSpec, entry: Callable[..., Any],
-                 args: tuple, failures: str) -> dict[int, Any]:
+                 args: tuple, failures: str, waiting: Callable[[str], None]) -> dict[int, Any]:
     """Start this node's ``plan.local_processes`` ranks with the framework's own launcher and wait for all of them.
 
     Fired by the runner after :func:`distributed_plan` returned a plan with processes; on node 0 inside the
@@ -382,10 +382,16 @@ def launch_ranks(plan: DistributedPlan, distributed: DistributedSpec, entry: Cal
     :return: ``{global rank: entry's return value}`` for this node's ranks (rank 0's is the run's result).
 
     :param str failures: the folder where failing ranks record their one-line reasons.
+    :param waiting: call it with one line (no newline) whenever what the launcher waits for outside this process
+        changes: "waiting at ADDR:PORT for 2 nodes: 1 joined (join timeout 300s)"; the runner shows it.
 
     When a rank fails, stop the others and raise ``tle.contract.distributed.rank_failure(failures, {rank: what the
     launcher saw})``; when this process is interrupted (SIGINT, SIGTERM), stop every rank (none may survive) and
-    raise ``KeyboardInterrupt``.
+    raise ``KeyboardInterrupt``, within seconds whatever the launcher waits for: never block the main thread in
+    a call that does not return to Python (a socket or store wait of the framework's C++ code) for longer than
+    a second or so, because Python runs signal handlers only between bytecodes. Every wait on other hosts is
+    bounded: ``distributed.join_timeout`` for the nodes to meet (then raise a :class:`tle.UserError` saying
+    where and who joined), ``distributed.collective_timeout`` for a collective.
     """
     ...
 

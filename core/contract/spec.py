@@ -123,6 +123,10 @@ class StdpSpec(_Strict):
     presentations: int = Field(default=8000, ge=0, description="images presented to each STDP layer at most")
 
 
+JOIN_TIMEOUT = 300.0  # torchrun waits 600 s (c10d, static) to 900 s (its launcher); a node not there in 5 min is not coming
+COLLECTIVE_TIMEOUT = 1800.0  # torch's default process-group timeout for gloo
+
+
 class DistributedSpec(_Strict):
     """One run over several processes, devices or hosts, on the framework's own engine (see ``tle.run.distributed``).
 
@@ -131,6 +135,11 @@ class DistributedSpec(_Strict):
     stays the global batch: each replica trains on its share. ``nnodes``/``node_rank``/``master_addr``/``master_port``
     join hosts as torchrun does (node 0 owns the tracked run). ``backend``: the collective backend, ``auto`` = NCCL
     on CUDA, gloo on CPU.
+
+    Every wait on another host is bounded: ``join_timeout`` for the nodes to meet at ``master_addr:master_port``
+    (torchrun's rendezvous timeout; the run then ends FAILED naming who joined), ``collective_timeout`` for one
+    collective (a rank that hangs or died: the others fail after it instead of waiting for ever; torch's gloo
+    default). Both are seconds, and neither changes what the run computes (not part of :meth:`ExperimentSpec.key`).
     """
 
     nproc: int | Literal["auto"] = Field(default=1, description="processes (torch) or replicas (keras) per node")
@@ -142,6 +151,10 @@ class DistributedSpec(_Strict):
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     sync_batchnorm: bool = Field(default=False,
                                  description="BatchNorm statistics over the global batch (SyncBatchNorm)")
+    join_timeout: float = Field(default=JOIN_TIMEOUT, gt=0, le=86400,
+                                description="seconds the nodes may take to meet at master_addr:master_port")
+    collective_timeout: float = Field(default=COLLECTIVE_TIMEOUT, gt=0, le=86400,
+                                      description="seconds one collective may wait for the other ranks")
 
     @field_validator("nproc")
     @classmethod
@@ -265,7 +278,7 @@ class ExperimentSpec(_Strict):
         """
         # Where the ranks meet is not what they compute; a run that is not distributed keeps the key it had
         # before train.distributed existed, so a sweep still finds its earlier cells.
-        where = {"node_rank", "master_addr", "master_port"}
+        where = {"node_rank", "master_addr", "master_port", "join_timeout", "collective_timeout"}
         body = self.model_dump(mode="json", exclude={"tracking": True, "train": {
             "checkpoint": True, "distributed": True if not self.train.distributed.active else where}})
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:20]

@@ -8,7 +8,7 @@ What runs where:
   through torch's elastic launcher). Impossible settings are user errors here, before MLflow is touched.
 - In one process, the run goes on as any run does, tagged with the world size and devices.
 - With processes, the launcher on node 0 creates the MLflow run and owns its status; the backend's
-  ``launch_ranks`` starts this node's ranks, each of which runs the whole experiment (:func:`rank_main`) with
+  ``launch_ranks`` starts this node's ranks, each of which runs the whole experiment (:func:`tle.run.runner.rank_main`) with
   its process group up. Rank 0 reopens the run and writes params, metrics, artifacts and the ONNX model into
   it; the other ranks train and write nothing. The launcher ends the run FINISHED, FAILED with the first
   failing rank's one-line reason, or KILLED (Ctrl-C, SIGTERM). Launchers on other nodes track nothing.
@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import os
 import traceback
+from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from tle.contract.distributed import (RANKS_ON, DistributedPlan, RankContext, RankFailed,  # noqa: F401
                                     rank_failure, record_failure)
@@ -82,37 +84,64 @@ def plan_for(spec, backend) -> DistributedPlan:
     return plan
 
 
-def launch(spec, backend, plan: DistributedPlan, run_tags: dict[str, str], name: str, quiet: bool, resume,
-           tags: dict[str, str], export: bool, console):
-    """Start this node's ranks and wait for them; on node 0 inside the one tracked run.
+@dataclass(frozen=True)
+class RankJob:
+    """What every rank of a distributed run is handed (``entry(context, job)``): the experiment as data, the run
+    rank 0 writes into, and how the rank runs it."""
+
+    spec_data: dict[str, Any]  # the resolved ExperimentSpec, as JSON data
+    run_id: str | None  # the run the launcher on node 0 opened; rank 0 writes into it
+    resume: Any  # the launcher's tle.run.resume.Resume (its checkpoint is on this host) or None
+    tags: dict[str, str]
+    export: bool
+    quiet: bool
+    failures: str = ""  # the folder where a failing rank records its one-line reason
+    debug: bool = False  # a failing rank prints its traceback (TLE_DEBUG=1)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """A distributed run as the process the user started launches it: on node 0 it opens the one tracked run."""
+
+    spec: Any  # ExperimentSpec
+    backend: Any  # tle.backends.manager.Backend
+    plan: DistributedPlan
+    name: str  # the run's name
+    run_tags: dict[str, str]
+    console: Any  # rich Console
+
+
+def launch(how: Launch, job: RankJob, entry: Callable[[RankContext, RankJob], Any]) -> Any:
+    """Start this node's ranks, each running ``entry(context, job)``, and wait for them; on node 0 inside the one
+    tracked run.
 
     Returns rank 0's :class:`tle.run.runner.RunResult` on node 0, None on the other nodes.
     """
     import shutil
     import tempfile
 
+    spec, backend, plan, console = how.spec, how.backend, how.plan, how.console
     failures = Path(tempfile.mkdtemp(prefix="tle-ranks-"))
     # The launcher's Resume (its checkpoint file is on this node) goes to the ranks as it is: they share the host.
-    args = [spec.model_dump(mode="json"), None, resume, tags, export,
-            quiet, str(failures), os.environ.get("TLE_DEBUG") == "1"]
+    job = replace(job, failures=str(failures), debug=os.environ.get("TLE_DEBUG") == "1")
     try:
         if plan.node_rank != 0:
-            if not quiet:
+            if not job.quiet:
                 console.print(f"node {plan.node_rank}: {plan.local_processes} ranks ({plan.engine}); node 0 "
                               f"tracks the run")
-            backend.hook.launch_ranks(plan=plan, distributed=spec.train.distributed, entry=rank_main,
-                                      args=tuple(args), failures=str(failures))
+            backend.hook.launch_ranks(plan=plan, distributed=spec.train.distributed, entry=entry,
+                                      args=(job,), failures=str(failures), waiting=_say(console))
             return None
         from tle.store.tracking import configure, tracked_run
 
         mlflow = configure(spec.tracking.uri, spec.tracking.experiment)
-        with tracked_run(mlflow, name=name, tags=run_tags, run_id=resume and resume.run_id) as run:
-            if not quiet:
+        with tracked_run(mlflow, name=how.name, tags=how.run_tags, run_id=job.resume and job.resume.run_id) as run:
+            if not job.quiet:
                 console.print(f"[bold]run[/] {run.run_id}  {plan.world_size} ranks, {plan.engine}, "
                               f"{plan.collective} on {', '.join(plan.devices)}")
-            args[1] = run.run_id
-            results = backend.hook.launch_ranks(plan=plan, distributed=spec.train.distributed, entry=rank_main,
-                                                args=tuple(args), failures=str(failures))
+            results = backend.hook.launch_ranks(plan=plan, distributed=spec.train.distributed, entry=entry,
+                                                args=(replace(job, run_id=run.run_id),), failures=str(failures),
+                                                waiting=_say(console))
             result = (results or {}).get(0)
             if result is None:
                 raise RuntimeError("rank 0 returned no result")
@@ -122,26 +151,22 @@ def launch(spec, backend, plan: DistributedPlan, run_tags: dict[str, str], name:
         shutil.rmtree(failures, ignore_errors=True)
 
 
-def rank_main(context: RankContext, spec_data: dict, run_id: str | None, resume,
-              tags: dict[str, str], export: bool, quiet: bool, failures: str, debug: bool):
-    """One rank: the whole experiment, tracked by rank 0 into ``run_id``. Fired by the backend's launcher in each
-    process it starts, with the process group up. A failure is recorded for the launcher as one line."""
+def _say(console):
+    """What the launcher waits for, as one line on stderr, quiet or not: a run that waits on another host must
+    say so (a progress bar would only spin)."""
+    return lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+def enter(context: RankContext, run_id: str | None) -> None:
+    """Make this process the rank ``context`` (of the run ``run_id``): :func:`current` gives it from now on."""
     global _current
-    from rich.console import Console
-
     _current = replace(context, run_id=run_id)
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    try:
-        from tle.run.runner import RunOptions, run_experiment
-        from tle.contract.spec import ExperimentSpec
 
-        spec = ExperimentSpec.model_validate(spec_data)
-        result = run_experiment(spec, RunOptions(console=Console(stderr=True), quiet=quiet or context.rank != 0,
-                                                 resume=resume, tags=tags, export=export))
-        return result if context.rank == 0 else None
-    except BaseException as exc:
-        record_failure(Path(failures), context.rank, exc)
-        if debug:
-            traceback.print_exc()
-        # The launcher reports the reason in one line; the rank's traceback would only bury it.
-        raise SystemExit(130 if isinstance(exc, KeyboardInterrupt) else 1) from None
+
+def fail(job: RankJob, context: RankContext, exc: BaseException) -> SystemExit:
+    """A rank's failure recorded for the launcher as one line (the rank's traceback would only bury it; printed
+    with TLE_DEBUG=1); the exit the rank ends with."""
+    record_failure(Path(job.failures), context.rank, exc)
+    if job.debug:
+        traceback.print_exc()
+    return SystemExit(130 if isinstance(exc, KeyboardInterrupt) else 1)

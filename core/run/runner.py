@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from contextlib import nullcontext
 import tempfile
@@ -18,6 +19,7 @@ from rich.progress import Progress
 from tle.run import distributed
 from tle.run import plots
 from tle.run.assembly import assemble, check_input
+from tle.contract.distributed import RankContext
 from tle.contract.records import BlockCount, Trained
 from tle.errors import UserError
 from tle.contract.loop import History, TrainLoop
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
     from tle.data import Dataset
     from tle.store.tracking import Tracker
 
-__all__ = ["RunOptions", "RunResult", "SPEC_KEY", "check_counts", "default_run_name", "export_and_check",
+__all__ = ["RunOptions", "RunResult", "SPEC_KEY", "rank_main", "check_counts", "default_run_name", "export_and_check",
            "export_extras", "log_extras", "prepare", "run_experiment"]
 
 
@@ -180,11 +182,12 @@ def run_experiment(spec: ExperimentSpec, options: RunOptions | None = None) -> R
         if not dplan.in_process:
             from tle.store.tracking import environment_tags
 
-            return distributed.launch(spec, backend, dplan, run_tags(spec, backend, str(plan.strategy),
-                                                                     ",".join(dplan.devices),
-                                                                     {**environment_tags(), **tags, **dplan.tags()}),
-                                      spec.tracking.run_name or default_run_name(spec), quiet, resume, tags, export,
-                                      console)
+            how = distributed.Launch(spec, backend, dplan, spec.tracking.run_name or default_run_name(spec),
+                                     run_tags(spec, backend, str(plan.strategy), ",".join(dplan.devices),
+                                              {**environment_tags(), **tags, **dplan.tags()}), console)
+            job = distributed.RankJob(spec_data=spec.model_dump(mode="json"), run_id=None, resume=resume, tags=tags,
+                                      export=export, quiet=quiet)
+            return distributed.launch(how, job, rank_main)
         tags.update(dplan.tags())
     progress = make_progress(console, quiet)
     with progress if progress is not None else nullcontext():
@@ -330,3 +333,18 @@ def _checkpoint_path(spec, backend, workdir: Path) -> Path | None:
     folder = workdir / CHECKPOINT_ARTIFACT
     folder.mkdir(exist_ok=True)
     return folder / "last"
+
+
+def rank_main(context: RankContext, job: distributed.RankJob) -> RunResult | None:
+    """One rank of a distributed run: the whole experiment, tracked by rank 0 into ``job.run_id``. Fired by the
+    backend's launcher in each process it starts, with the process group up; a failure is recorded for the
+    launcher as one line (:func:`tle.run.distributed.fail`)."""
+    distributed.enter(context, job.run_id)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    try:
+        spec = ExperimentSpec.model_validate(job.spec_data)
+        result = run_experiment(spec, RunOptions(console=Console(stderr=True), quiet=job.quiet or context.rank != 0,
+                                                 resume=job.resume, tags=job.tags, export=job.export))
+        return result if context.rank == 0 else None
+    except BaseException as exc:
+        raise distributed.fail(job, context, exc) from None

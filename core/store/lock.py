@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BA
                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 PROBE_TIMEOUT = 4.0
 LOCK_TIMEOUT = 300.0
+LOCK_SAY = 3.0  # seconds of waiting for the store's lock before saying so
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -54,13 +56,21 @@ def store_lock(uri: str):
     from filelock import FileLock, Timeout
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT)
+    lock = FileLock(str(path) + ".lock")
     try:
-        with lock:
-            yield
+        try:
+            lock.acquire(timeout=LOCK_SAY)
+        except Timeout:  # filelock polls in Python: a signal still ends the wait at once
+            print(f"waiting for {path}.lock: another process is creating or writing this MLflow store "
+                  f"(up to {LOCK_TIMEOUT:.0f}s)", file=sys.stderr, flush=True)
+            lock.acquire(timeout=LOCK_TIMEOUT - LOCK_SAY)
     except Timeout:
         raise UserError(f"another process has held {path}.lock for {LOCK_TIMEOUT:.0f}s",
                         "check for a hung tle process, or delete the lock file if none runs") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def check_server(uri: str, timeout: float = PROBE_TIMEOUT) -> None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -195,13 +197,49 @@ def tracked_run(mlflow_module, *, name: str | None = None, tags: dict[str, str] 
         _end(mlflow_module, status, tag, reason)
 
 
+# After a failure or a signal the tracking server may be what failed: the writes that end the run get one try of
+# this many seconds each, not MLflow's retries (minutes against a server that went away; tle.store.lock.HTTP_DEFAULTS).
+END_TRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+
+
+@contextmanager
+def _one_try() -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in END_TRIES}
+    os.environ.update(END_TRIES)  # MLflow reads them at each request
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _end(mlflow_module, status: str, tag: str, reason: str | None) -> None:
-    with quiet_signals():
-        try:
-            if reason:
+    """End the active run ``status`` with ``reason`` as ``tag``, in seconds whatever the store does, Ctrl-C and
+    SIGTERM held off meanwhile: a write that fails is said in one line on stderr and does not hide why the run
+    ended (the caller re-raises that)."""
+    run = mlflow_module.active_run()
+    failed: list[BaseException] = []
+    with quiet_signals(), _one_try():
+        if reason:
+            try:
                 mlflow_module.set_tag(tag, reason[:5000])
-        finally:
-            mlflow_module.end_run(status)
+            except Exception as exc:
+                failed.append(exc)
+        try:
+            mlflow_module.end_run(status)  # takes the run off MLflow's stack first, even when the write fails
+        except Exception as exc:
+            failed.append(exc)
+    if failed:
+        text = str(failed[0]).strip()
+        # MLflow's message buries the reason ("[Errno 111] Connection refused") in a page of urllib3's repr
+        errno = re.search(r"\[Errno -?\d+\] [^'\")]+|Read timed out", text)
+        reason = errno.group(0) if errno else (text.splitlines() or [type(failed[0]).__name__])[0][:200]
+        run_id = run.info.run_id if run is not None else "?"
+        print(f"warning: run {run_id} stays RUNNING in {mlflow_module.get_tracking_uri()}: the store did not take "
+              f"its end ({status}): {reason}", file=sys.stderr, flush=True)
 
 
 @contextmanager

@@ -19,9 +19,10 @@ from rich.console import Console
 from tle.errors import UserError
 from tle.run import worker as worker_program
 from tle.studies.grid import PRETRAIN, Cell, Grid
+from tle.workers.ray import join_timeout
 from tle.workers.schedule import Scheduler, Task
-from tle.studies.sweep_store import (CELL, PARENT_TAG, ROLE, CellRun, described, finished_by_key, parent_run,
-                                     quiet_signals, read_runs, record_failure)
+from tle.studies.sweep_store import (CELL, PARENT_TAG, ROLE, CellRun, described, end_left_run, finished_by_key,
+                                     parent_run, quiet_signals, read_runs, record_failure)
 from tle.store.status import RunStatus
 
 EXECUTORS = ("local", "ray")
@@ -198,6 +199,10 @@ class Sweep:
         from tle.progress import make_progress
 
         started = time.perf_counter()
+        if self.executor == "ray" and self.address:
+            # Quiet or not: the sweep waits on another host and must say so.
+            self.console.print(f"joining the Ray cluster at {self.address} (up to {join_timeout():g}s, "
+                               "TLE_RAY_JOIN_TIMEOUT)", highlight=False, markup=False, soft_wrap=True)
         pool = make_pool(self.executor, self.address, self.jobs)
         try:
             return self._run_on(pool, started, make_progress(self.console, self.quiet))
@@ -295,9 +300,11 @@ class Sweep:
             res.reused = bool(outcome.get("reused"))
             res.outcome = outcome
             if res.status != RunStatus.FINISHED and res.run_id is None:
-                res.run_id = record_failure(mlflow, parent_id, task.spec["tracking"]["run_name"],
-                                            {**described(task.spec), **task.tags}, res.error or res.status,
-                                            RunStatus.KILLED if res.status == RunStatus.KILLED else RunStatus.FAILED)
+                # A worker that died leaves its cell's run RUNNING: that run ends, else one records the failure.
+                ended = RunStatus.KILLED if res.status == RunStatus.KILLED else RunStatus.FAILED
+                res.run_id = end_left_run(client, exp_id, parent_id, task.cell, ended, res.error or res.status) \
+                    or record_failure(mlflow, parent_id, task.spec["tracking"]["run_name"],
+                                      {**described(task.spec), **task.tags}, res.error or res.status, ended)
             if not self.quiet:
                 mark = {RunStatus.FINISHED: "[green]done[/]", RunStatus.KILLED: "[yellow]killed[/]"}.get(res.status, "[red]failed[/]")
                 if res.reused:

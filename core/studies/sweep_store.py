@@ -99,6 +99,18 @@ def end_orphans(client, experiment_id: str, parent_id: str, status: str) -> int:
     return len(running)
 
 
+def end_left_run(client, experiment_id: str, parent_id: str, cell: int, status: str, error: str) -> str | None:
+    """The run a worker that died (killed, out of memory) left RUNNING for ``cell``, ended ``status`` with ``error``
+    as ``tle.error``; its id, or None when the worker died before it started one."""
+    left = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}' and "
+                                                              f"tags.`{CELL}` = '{cell}' and attributes.status = 'RUNNING'",
+                              order_by=["attributes.start_time DESC"], max_results=10)
+    for run in left:
+        client.set_tag(run.info.run_id, ERROR_TAG, error[:5000])
+        client.set_terminated(run.info.run_id, status=status)
+    return left[0].info.run_id if left else None
+
+
 def described(spec: dict | None) -> dict[str, str]:
     """The tags that say what a cell was (``spec``, as a task carries it), as a run's tags say it."""
     if not spec:

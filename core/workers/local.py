@@ -24,6 +24,7 @@ from typing import IO, Any
 
 from tle.workers.schedule import Task
 from tle.store.status import RunStatus
+from tle.contract.threads import wait_env
 
 PR_SET_PDEATHSIG = 1
 # The program a worker runs (``python -m PROGRAM BACKEND``): it reads tasks as JSON lines on stdin and answers
@@ -77,9 +78,10 @@ def usable_cores() -> int:
 
 def thread_env(jobs: int) -> dict[str, str]:
     """Split the cores between the workers: frameworks that each spin one thread per core slow to a crawl
-    when several share the machine. The user's own settings win."""
+    when several share the machine. Every worker also waits for its threads without spinning
+    (``tle.contract.threads``), so that it shares the machine with other work too. The user's own settings win."""
     per = max(1, usable_cores() // max(1, jobs))
-    return {k: str(per) for k in THREAD_VARS if k not in os.environ} if jobs > 1 else {}
+    return {**wait_env(), **({k: str(per) for k in THREAD_VARS if k not in os.environ} if jobs > 1 else {})}
 
 
 class LocalPool:

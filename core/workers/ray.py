@@ -9,6 +9,11 @@ CPU and, for cells that want a GPU, one GPU.
 Without ``--address`` Ray starts on this machine; with it the sweep joins that
 cluster, and every node must have tle and the backend's framework installed
 and reach the tracking store: use an MLflow server URI there, not a SQLite file.
+
+Joining waits at most ``TLE_RAY_JOIN_TIMEOUT`` seconds (default :data:`JOIN_TIMEOUT`). Ray's GCS client waits
+in C++ (minutes, retrying, against an address where something other than Ray listens), where Python runs no
+signal handler: ``ray.init`` therefore runs in a helper thread while the sweep's own thread waits in Python,
+so Ctrl-C and SIGTERM end the sweep at once.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
+import time
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +37,47 @@ if TYPE_CHECKING:  # Ray is optional and heavy: imported when a RayPool starts
 
 PROBE_SECONDS = 3.0
 DEFAULT_PORTS = {"ray": 10001, "gcs": 6379}  # Ray client server, GCS
+JOIN_TIMEOUT = 120.0  # seconds to join a cluster at --address; TLE_RAY_JOIN_TIMEOUT overrides it
+JOIN_POLL = 0.25  # seconds between two looks at the joining thread: the longest a signal waits
+
+
+def join_timeout() -> float:
+    text = os.environ.get("TLE_RAY_JOIN_TIMEOUT", "")
+    try:
+        value = float(text) if text else JOIN_TIMEOUT
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise UserError(f"TLE_RAY_JOIN_TIMEOUT={text!r} is not a number of seconds above 0",
+                        f"set it to e.g. {JOIN_TIMEOUT:g}, or unset it")
+    return value
+
+
+def _init_joining(ray, address: str, kwargs: dict[str, Any]) -> None:
+    """``ray.init(**kwargs)`` in a helper thread, this thread waiting in Python (see the module's docstring): a
+    signal raises here at once; after :func:`join_timeout` a one-line UserError. The helper is a daemon thread:
+    left behind in Ray's C++ wait, it does not hold the process's exit."""
+    timeout = join_timeout()
+    outcome: dict[str, BaseException] = {}
+
+    def join() -> None:
+        try:
+            ray.init(**kwargs)
+        except BaseException as exc:  # handed to the sweep's thread
+            outcome["error"] = exc
+
+    helper = threading.Thread(target=join, name="tle-ray-join", daemon=True)
+    deadline = time.monotonic() + timeout
+    helper.start()
+    while helper.is_alive():
+        if time.monotonic() >= deadline:
+            raise UserError(f"the Ray cluster at {address} did not let this sweep join within {timeout:g}s "
+                            "(something answers there, but not a Ray head that takes drivers)",
+                            "check --address (HOST:6379 for the GCS, ray://HOST:10001 for Ray Client) and the "
+                            "cluster's state (ray status there), or raise TLE_RAY_JOIN_TIMEOUT")
+        helper.join(JOIN_POLL)
+    if "error" in outcome:
+        raise outcome["error"]
 
 
 def probe_address(address: str, timeout: float = PROBE_SECONDS) -> None:
@@ -96,10 +144,16 @@ class RayPool:
             raise UserError("the ray executor needs Ray", "pip install 'tle[ray]'") from None
         self.ray = ray
         previous = signal.getsignal(signal.SIGTERM)
+        kwargs = dict(address=address or None, num_cpus=num_cpus if not address else None, include_dashboard=False,
+                      ignore_reinit_error=True, log_to_driver=False, configure_logging=True,
+                      logging_level=logging.ERROR)
         try:
-            ray.init(address=address or None, num_cpus=num_cpus if not address else None, include_dashboard=False,
-                     ignore_reinit_error=True, log_to_driver=False, configure_logging=True,
-                     logging_level=logging.ERROR)
+            if address and address.strip() not in ("auto", "local"):
+                _init_joining(ray, address, kwargs)
+            else:  # Ray starts (or finds) a cluster on this machine
+                ray.init(**kwargs)
+        except UserError:
+            raise
         except SystemExit:  # Ray's own SIGTERM handler, while it waits for the cluster: end as a SIGTERM does
             raise KeyboardInterrupt from None
         except Exception as exc:

@@ -1,8 +1,8 @@
 """Lateral inhibition while a layer learns: pointwise inhibition, then k winners.
 
 A neuron's priority orders the competition: it fires earlier, or at the same
-step with a higher potential. Priorities are exact (steps and potentials on the
-2**-10 grid), and ties go to the lower map, then the lower position (the
+step with a higher potential. Priorities are exact (steps and exact potentials, in
+float64), and ties go to the lower map, then the lower position (the
 order of a flattened ``(map, y, x)`` tensor), so the winners are the same on
 every device and for every batch size.
 """
@@ -14,10 +14,8 @@ import torch
 
 def priority(times: torch.Tensor, pot_at_fire: torch.Tensor, timesteps: int, fan_in: int) -> torch.Tensor:
     """(T - firing step) * M + potential at that step; M = fan_in + 1 exceeds any potential (synapses <= 1,
-    spikes 0/1). 0 for silent neurons."""
-    # float32 holds the sum exactly while it stays below 2**24 on the 2**-10 grid (mozafari: below 2**23).
-    exact32 = (timesteps + 1) * (fan_in + 1) * 1024 < 2**24
-    dtype = torch.float32 if exact32 else torch.float64
+    spikes 0/1). 0 for silent neurons. float64: exact for the layers' exact potentials (see ``layers``)."""
+    dtype = torch.float64
     score = (timesteps - times.to(dtype)) * float(fan_in + 1) + pot_at_fire.to(dtype)
     return torch.where(times < timesteps, score, torch.zeros_like(score))
 

@@ -43,4 +43,5 @@ def apply_init(net, blocks, init: InitSpec, seed: int) -> bool:
         weight = net.synapses(block)
         drawn = (MEAN + deviation(tuple(weight.shape), init, block_generator(seed, block))).clamp_(0.0, 1.0)
         weight.copy_(drawn.to(weight.device))
+    net.snap()  # conv1-conv2 on their grids (see ``layers``)
     return True

@@ -10,8 +10,9 @@ Three passes, one per use:
   learning layer, pointwise inhibition, k winners, STDP;
 * ``rstdp_step`` (conv3 learning) and ``final_potentials`` (inference):
   the last step only — without inhibition, potentials at the last step are a
-  function of the spikes at the last step, and the decision is the largest
-  final potential.
+  function of the spikes at the last step, and the decision (``decide``) is
+  SpykeTorch's: the neuron, at any of conv3's positions, with the largest final
+  potential; none when no potential is above 0.
 """
 
 from __future__ import annotations
@@ -69,20 +70,42 @@ class SpikingNet(nn.Module):
 
     @torch.no_grad()
     def hidden_spikes(self, images: torch.Tensor) -> torch.Tensor:
-        """conv3's input spikes at the last step."""
+        """conv2's pooled spikes at the last step: conv3's input before its padding."""
         a = self.arch
-        s = coding.final_spikes(images, self.bank)
-        s = layers.pool_spikes((layers.conv_final(s, self.conv1) >= a.threshold1).to(torch.float32), a.pool1)
-        return layers.pool_spikes((layers.conv_final(s, self.conv2) >= a.threshold2).to(torch.float32), a.pool2)
+        s = layers.pad_spikes(coding.final_spikes(images, self.bank, a.timesteps), a.pad0)
+        s = layers.pool_spikes((layers.conv_final(s, self.conv1) > a.threshold1).to(torch.float32), a.pool1)
+        return layers.pool_spikes((layers.conv_final(layers.pad_spikes(s, a.pad1), self.conv2) > a.threshold2)
+                                  .to(torch.float32), a.pool2)
+
+    def head_potentials(self, hidden: torch.Tensor) -> torch.Tensor:
+        """conv3's exact potentials at the last step (N, neurons, h, w), float64, from ``hidden_spikes``."""
+        return layers.conv_head(layers.pad_spikes(hidden, self.arch.pad2), self.head)
 
     @torch.no_grad()
     def final_potentials(self, images: torch.Tensor) -> torch.Tensor:
-        """conv3's potentials at the last step: (N, neurons, h, w)."""
-        return layers.conv_final(self.hidden_spikes(images), self.head)
+        return self.head_potentials(self.hidden_spikes(images))
+
+    def decide(self, pot3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """SpykeTorch's decision from conv3's final potentials: ``(per-neuron-position scores, winner)``.
+
+        Every neuron with a positive potential fires at the last step; the winner is the one with the largest
+        ``p + v`` in float32, ``v`` = 15 x the largest potential (``get_k_winners``: earliest spike, then the
+        largest potential), the first in (neuron, y, x) order on ties. The scores returned are ``(p + v) - v``:
+        the potential on the grid that comparison sees, 0 where silent. ``winner`` is the flat (neuron, y, x)
+        index, -1 for a silent image (no decision).
+        """
+        p = pot3.flatten(1).to(torch.float32)
+        v = p.amax(dim=1, keepdim=True).clamp_min(0) * float(self.arch.timesteps)
+        score = torch.where(p > 0, (p + v) - v, torch.zeros_like(p))
+        # (p + v) - v is exact (Sterbenz) and order-preserving, so the first maximum of the scores is the first
+        # maximum of p + v.
+        top, winner = score.max(dim=1)
+        return score.view(pot3.shape), torch.where(top > 0, winner, torch.full_like(winner, -1))
 
     def class_scores(self, pot3: torch.Tensor) -> torch.Tensor:
-        """Per class, the largest final potential among its neurons (and positions): the logits."""
-        best = pot3.flatten(2).amax(dim=2)
+        """Per class, the largest decision score among its neurons and positions: the logits (a silent image's
+        are all 0). Their argmax (the first class on ties) is the class of ``decide``'s winner."""
+        best = self.decide(pot3)[0].flatten(2).amax(dim=2)
         return best.view(best.shape[0], self.num_classes, self.per_class).amax(dim=2)
 
     @torch.no_grad()
@@ -93,15 +116,17 @@ class SpikingNet(nn.Module):
 
     @torch.no_grad()
     def block_input(self, block: str, images: torch.Tensor) -> torch.Tensor:
-        """Firing steps of the spikes ``block`` receives while it learns (the layers below do not learn)."""
-        times = coding.encode(images, self.bank, self.arch.timesteps)
+        """Firing steps of the spikes ``block`` receives while it learns, padded as it reads them (the layers
+        below do not learn)."""
+        a = self.arch
+        times = layers.pad_times(coding.encode(images, self.bank, a.timesteps), a.pad0, a.timesteps)
         if block == "conv2":
-            times = self.conv1_output(times)
+            times = layers.pad_times(self.conv1_output(times), a.pad1, a.timesteps)
         return times
 
     @torch.no_grad()
     def conv1_output(self, times: torch.Tensor) -> torch.Tensor:
-        """conv1's pooled firing steps for input firing steps, without inhibition."""
+        """conv1's pooled firing steps for its (padded) input firing steps, without inhibition."""
         a = self.arch
         return layers.pool_times(race.firing_steps(times, self.conv1, a.threshold1, a.timesteps), a.pool1,
                                  a.timesteps)
@@ -122,33 +147,50 @@ class SpikingNet(nn.Module):
         winners = competition.pick(score, best, weight.shape[0], k, radius)
         _, y, x, _ = winners
         out_times = step.flatten(1).gather(1, y * step.shape[2] + x).long()
+        before = weight.data.clone()
         plasticity.update(weight.data, times, winners, out_times, *rates, stabilise=True,
                           bounds=plasticity.STDP_BOUNDS)
+        weight.data.copy_(layers.snap(weight.data, before))
+
+    @torch.no_grad()
+    def snap(self) -> None:
+        """conv1-conv2's synapses onto their grids (see ``layers``): after initialising or loading them."""
+        for block in ("conv1", "conv2"):
+            w = self.synapses(block)
+            w.data.copy_(layers.snap(w.data))
 
     @torch.no_grad()
     def rstdp_step(self, images: torch.Tensor, labels: torch.Tensor, scales: tuple[float, float]) -> torch.Tensor:
-        """One batch of R-STDP on conv3; returns the logits it decided with (before the update).
-
-        The decision neuron fires at the last step, so its inputs that fired at all are the ones that
-        spiked no later than it: reward potentiates them, punishment depresses them.
-        """
-        return self.rstdp_from(self.hidden_spikes(images), labels, scales)
+        """One batch of R-STDP on conv3; returns the logits it decided with (before the update)."""
+        return self.rstdp_from(self.hidden_spikes(images), labels, scales)[0]
 
     @torch.no_grad()
-    def rstdp_from(self, spikes: torch.Tensor, labels: torch.Tensor, scales: tuple[float, float]) -> torch.Tensor:
-        """R-STDP from conv3's input spikes at the last step (see ``hidden_spikes``)."""
+    def rstdp_from(self, spikes: torch.Tensor, labels: torch.Tensor,
+                   scales: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+        """R-STDP from conv3's input spikes at the last step (see ``hidden_spikes``); returns the logits and
+        the decided class per image (-1: silent, neither rewarded nor punished).
+
+        The decision neuron fires at the last step, so its inputs that fired at all are the ones that
+        spiked no later than it: reward potentiates them, punishment depresses them. ``scales``: the factors of
+        the reward's and the punishment's rates (see ``train``).
+        """
         steps = self.arch.timesteps
-        pot = layers.conv_final(spikes, self.head)
+        pot = self.head_potentials(spikes)
+        spikes = layers.pad_spikes(spikes, self.arch.pad2)
         n, _, h, w = pot.shape
-        value, index = pot.flatten(1).max(dim=1)
+        score, winner = self.decide(pot)
+        fired = winner >= 0
+        index = winner.clamp_min(0)
         maps, rest = index // (h * w), index % (h * w)
-        hit = (maps // self.per_class) == labels
+        decided = torch.where(fired, maps // self.per_class, torch.full_like(maps, -1))
+        hit = decided == labels
         reward, punish = scales
         a_plus = torch.where(hit, plasticity.REWARD[0] * reward, plasticity.PUNISHMENT[0] * punish)
         a_minus = torch.where(hit, plasticity.REWARD[1] * reward, plasticity.PUNISHMENT[1] * punish)
         times_in = torch.where(spikes > 0, torch.zeros_like(spikes), torch.full_like(spikes, steps))
-        winners = (maps[:, None], (rest // w)[:, None], (rest % w)[:, None], (value > 0)[:, None])
+        winners = (maps[:, None], (rest // w)[:, None], (rest % w)[:, None], fired[:, None])
         out_times = torch.full((n, 1), steps - 1, device=pot.device)
         plasticity.update(self.head.data, times_in, winners, out_times, a_plus[:, None], a_minus[:, None],
                           stabilise=False, bounds=plasticity.RSTDP_BOUNDS)
-        return self.class_scores(pot)
+        best = score.flatten(2).amax(dim=2)
+        return best.view(n, self.num_classes, self.per_class).amax(dim=2), decided

@@ -22,7 +22,11 @@ PUNISHMENT = (-0.004, 0.0005)
 
 @dataclass(frozen=True)
 class Schedule:
-    """STDP rates doubled every ``every`` samples until a+ reaches ``cap``, then a- = -0.75 a+."""
+    """STDP rates doubled every ``every`` samples until a+ reaches ``cap``, a- = -0.75 a+ throughout.
+
+    As MozafariDeep counts: the ``every``-th sample of a phase is already learned at the doubled rates (its
+    counter reaches 500 before that sample's update), so sample ``i`` (from 0) learns at 2**((i + 1) // every).
+    """
 
     a_plus: float = 0.004
     a_minus: float = -0.003
@@ -30,7 +34,8 @@ class Schedule:
     cap: float = 0.15
 
     def rates(self, seen: int) -> tuple[float, float]:
-        factor = 2 ** (int(seen) // self.every)
+        """The rates of the sample that follows ``seen`` samples of the phase."""
+        factor = 2 ** ((int(seen) + 1) // self.every)
         if self.a_plus * factor >= self.cap:
             return self.cap, -0.75 * self.cap
         return self.a_plus * factor, self.a_minus * factor

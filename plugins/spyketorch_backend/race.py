@@ -14,7 +14,7 @@ facts make that cheap to find without simulating every step:
   nor inhibit one of them, so each sample leaves the simulation of the later
   steps (one convolution per step) as soon as its winners are decided.
 
-All sums are exact (see ``coding``), so the result equals a full simulation of
+All sums are exact (see ``layers``), so the result equals a full simulation of
 all T steps bit for bit, which the tests check.
 """
 
@@ -35,9 +35,9 @@ def front(times: torch.Tensor, weight: torch.Tensor, threshold: float, timesteps
     maps, kernel = weight.shape[0], weight.shape[-1]
     h, w = hi - kernel + 1, wi - kernel + 1
     fan_in = int(weight[0].numel())
-    synapses = layers.quantise(weight)
+    synapses = layers.snap(weight.detach())
     step = torch.full((n, h, w), timesteps, dtype=torch.uint8, device=times.device)
-    value = torch.zeros((n, h, w), dtype=torch.float32, device=times.device)
+    value = torch.zeros((n, h, w), dtype=torch.float64, device=times.device)
     best = torch.zeros((n, h, w), dtype=torch.int64, device=times.device)
 
     everyone = torch.arange(n, device=times.device)
@@ -70,7 +70,7 @@ def _probe(steps, weight, threshold: float, timesteps: int) -> tuple[int, torch.
     s = timesteps // 2
     while True:
         pot = layers.potentials(steps, weight, s, s + 1)[:, 0]
-        fired = pot >= threshold
+        fired = pot > threshold
         if s == 0 or int(fired.count_nonzero()) * SPARSE_COST <= fired.numel() * s:
             return s, pot, fired
         s //= 2
@@ -80,7 +80,7 @@ def _record(active, pot, t: int, threshold: float, timesteps: int, step, value, 
     """Positions of the ``active`` samples where a neuron fires first at step ``t`` (potentials ``pot``)."""
     # The highest potential at a position is above threshold exactly when any is: no masked copy needed.
     top, top_map = pot.max(dim=1)
-    new = (step[active] == timesteps) & (top >= threshold)
+    new = (step[active] == timesteps) & (top > threshold)
     step[active] = step[active].masked_fill(new, t)
     value[active] = torch.where(new, top, value[active])
     best[active] = torch.where(new, top_map, best[active])
@@ -105,9 +105,9 @@ def firing_steps(times: torch.Tensor, weight: torch.Tensor, threshold: float, ti
     # one comparison and one add per step.
     out = torch.full_like(pot, start + 1, dtype=torch.uint8)
     for t in range(start + 1, timesteps):
-        out += layers.potentials(steps, weight, t, t + 1)[:, 0] < threshold
+        out += layers.potentials(steps, weight, t, t + 1)[:, 0] <= threshold
     if start:
-        index, fire, _ = _exact(steps, layers.quantise(weight), fired, threshold, start)
+        index, fire, _ = _exact(steps, layers.snap(weight.detach()), fired, threshold, start)
         out[index] = fire.to(torch.uint8)
     else:
         out.masked_fill_(fired, 0)
@@ -125,10 +125,11 @@ def _exact(steps, synapses, fired, threshold: float, upto: int):
     steps = steps.contiguous(memory_format=torch.channels_last)
     inputs = steps.unfold(2, kernel, 1).unfold(3, kernel, 1).permute(0, 2, 3, 1, 4, 5)[n, y, x].flatten(1)
     # The potential at steps 0..upto: a histogram of the synapses over their input's firing step, summed up.
-    hist = torch.zeros((len(n), upto + 2), dtype=torch.float32, device=steps.device)
-    hist.scatter_add_(1, inputs.clamp_max(upto + 1).long(), synapses.view(synapses.shape[0], -1)[m])
+    # Synapses on their layer's grid: exact in any order (see ``layers``).
+    hist = torch.zeros((len(n), upto + 2), dtype=torch.float64, device=steps.device)
+    hist.scatter_add_(1, inputs.clamp_max(upto + 1).long(), synapses.view(synapses.shape[0], -1)[m].to(torch.float64))
     pot = hist[:, :upto + 1].cumsum(dim=1)
-    fire = (pot < threshold).sum(dim=1)
+    fire = (pot <= threshold).sum(dim=1)
     return index, fire, pot.gather(1, fire[:, None])[:, 0]
 
 

@@ -12,8 +12,11 @@ decisions R-STDP learned from, ``convergence`` conv3's (see
 ``plasticity.convergence``). A conv3 that decides one class for every training
 image ends the run FAILED (``DegenerateNetwork``), with its reason.
 
-R-STDP's rates adapt as in Mozafari et al.: rewards are scaled by the previous
-epoch's miss rate and punishments by its hit rate (0.5 each in the first).
+R-STDP's rates adapt as MozafariDeep's training loop adapts them: after every
+``arch.adapt_every`` (1,000) images of an epoch, and after its last, rewards
+are scaled by those images' share of wrong decisions and punishments by their
+share of right ones (a silent image is neither); the first images of a stage
+learn at the full rates.
 
 Batch size is the one choice batching adds: 1 applies every sample's update
 before the next sample is seen (SpykeTorch's arithmetic); N sums the updates of
@@ -35,7 +38,7 @@ import torch.nn.functional as F
 from tle import UserError
 from tle.contract.records import Evaluation, Trained
 from tle.contract.seeds import derive
-from tle_spyketorch import layers, plasticity, registry
+from tle_spyketorch import plasticity, registry
 from tle_torch.device import configure_threads
 
 CONVERGED = 0.04  # plasticity.convergence below this = Kheradpisheh's C_l < 0.01
@@ -48,6 +51,11 @@ def seeded(seed: int, *parts: int) -> torch.Generator:
 
 def batch_indices(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
     return list(torch.randperm(n, generator=generator).split(max(1, batch_size)))
+
+
+def rstdp_batches(n: int, batch_size: int, window: int, generator: torch.Generator) -> list[list[torch.Tensor]]:
+    """One epoch's order in windows of ``window`` images (the rates adapt after each), each in batches."""
+    return [list(w.split(max(1, batch_size))) for w in torch.randperm(n, generator=generator).split(max(1, window))]
 
 
 def save_checkpoint(path: Path, net, epoch: int, stage: int, scales) -> None:
@@ -127,7 +135,7 @@ def fit(net, data, stage, spec, loop) -> Trained:
     configure_threads()
     device = net.device
     phases = [p for p in registry.phases(net.arch) if stage.trainable.get(p.block)]
-    scales = (0.5, 0.5)
+    scales = (1.0, 1.0)
     skip_stdp = False
     if loop.resume_from is not None:
         state = load_checkpoint(loop.resume_from, net)
@@ -154,18 +162,25 @@ def fit(net, data, stage, spec, loop) -> Trained:
     for epoch in range(loop.start_epoch, stage.epochs):
         if loop.should_stop:
             break
-        order = batch_indices(len(y), spec.batch_size, seeded(spec.seed, stage.index, 0, epoch))
-        loop.epoch_start(epoch, len(order))
+        order = rstdp_batches(len(y), spec.batch_size, net.arch.adapt_every,
+                              seeded(spec.seed, stage.index, 0, epoch))
+        loop.epoch_start(epoch, sum(len(w) for w in order))
         loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
-        for idx in order:
-            idx = idx.to(device)
-            logits = net.rstdp_from(hidden[idx].to(torch.float32), y[idx], scales)
-            loss_sum += F.cross_entropy(logits, y[idx], reduction="sum")
-            correct += (logits.argmax(1) == y[idx]).sum()
-            loop.batch_end(1)
-        hit = float(correct) / max(len(y), 1)
-        scales = (1.0 - hit, hit)
+        correct = 0
+        for window in order:
+            right = torch.zeros((), device=device, dtype=torch.int64)
+            wrong = torch.zeros((), device=device, dtype=torch.int64)
+            for idx in window:
+                idx = idx.to(device)
+                logits, decided = net.rstdp_from(hidden[idx].to(torch.float32), y[idx], scales)
+                loss_sum += F.cross_entropy(logits, y[idx], reduction="sum")
+                right += (decided == y[idx]).sum()
+                wrong += ((decided >= 0) & (decided != y[idx])).sum()
+                loop.batch_end(1)
+            seen = sum(len(i) for i in window)
+            correct += int(right)
+            scales = (int(wrong) / seen, int(right) / seen)
+        hit = correct / max(len(y), 1)
         val = score(net, [hidden_val[i:i + EVAL_CHUNK] for i in range(0, len(hidden_val), EVAL_CHUNK)], data.y_val)
         metrics = {"train_loss": float(loss_sum) / max(len(y), 1), "train_acc": hit, "val_loss": val.loss,
                    "val_acc": float((val.predictions == data.y_val).mean()) if len(data.y_val) else math.nan,
@@ -208,29 +223,38 @@ def hidden_spikes(net, x: torch.Tensor, loop, name: str) -> torch.Tensor:
     parts = [net.hidden_spikes(x[i:i + EVAL_CHUNK]).to(torch.bool)
              for i in loop.track(chunks, len(chunks), f"  conv1-conv2 spikes of the {name} images")]
     if not parts:
-        return torch.zeros((0, net.arch.maps2, 1, 1), dtype=torch.bool, device=net.device)
+        side = net.arch.sides()[4] - 2 * net.arch.pad2
+        return torch.zeros((0, net.arch.maps2, side, side), dtype=torch.bool, device=net.device)
     return torch.cat(parts)
 
 
 @torch.no_grad()
 def score(net, hidden_chunks, labels) -> Evaluation:
-    """Class scores = the largest final potential among each class's neurons; silent images (no conv3
-    potential above 0) and how often each conv3 neuron decided (S2's Fig. 2) come as extras."""
+    """Class scores (see ``SpikingNet.class_scores``: their argmax is SpykeTorch's decision, except that a
+    silent image, with no conv3 potential above 0, scores 0 everywhere, i.e. class 0 for the core's metrics);
+    as extras the silent rate, how often each conv3 neuron decided (S2's Fig. 2), and ``decided_accuracy``:
+    the accuracy counting a silent image wrong (MozafariDeep's ``test``)."""
     scores, counts, silent, n = [], torch.zeros(net.head.shape[0], dtype=torch.int64), 0, 0
+    decisions = []
     for spikes in hidden_chunks:
-        pot = layers.conv_final(spikes.to(torch.float32), net.head).flatten(2).amax(dim=2)
-        value, winner = pot.max(dim=1)
-        fired = value > 0
-        counts += torch.bincount(winner[fired].cpu(), minlength=len(counts))
+        pot = net.head_potentials(spikes.to(torch.float32))
+        _, winner = net.decide(pot)
+        fired = winner >= 0
+        neuron = winner // (pot.shape[2] * pot.shape[3])
+        counts += torch.bincount(neuron[fired].cpu(), minlength=len(counts))
         silent += int((~fired).sum())
         n += len(pot)
-        scores.append(net.class_scores(pot[:, :, None]).cpu())
+        decisions.append(torch.where(fired, neuron // net.per_class, torch.full_like(neuron, -1)).cpu())
+        scores.append(net.class_scores(pot).cpu())
     logits = torch.cat(scores) if scores else torch.zeros((0, net.num_classes))
+    decided = torch.cat(decisions).numpy() if decisions else np.zeros(0, dtype=np.int64)
     loss = math.nan
+    extras = {"silent_rate": silent / max(n, 1), "firing_counts": counts.tolist()}
     if labels is not None and n:
-        loss = float(F.cross_entropy(logits, torch.from_numpy(np.asarray(labels, dtype=np.int64))))
-    return Evaluation(loss=loss, logits=logits.numpy(),
-                      extras={"silent_rate": silent / max(n, 1), "firing_counts": counts.tolist()})
+        truth = np.asarray(labels, dtype=np.int64)
+        loss = float(F.cross_entropy(logits, torch.from_numpy(truth)))
+        extras["decided_accuracy"] = float((decided == truth).mean())
+    return Evaluation(loss=loss, logits=logits.numpy(), extras=extras)
 
 
 @torch.no_grad()

@@ -39,6 +39,7 @@ def load_into(net, state: dict[str, torch.Tensor], source: str, keep_head: bool)
                             f"{tuple(state[block].shape)} in the file but {tuple(own.shape)} in the model",
                             "use weights saved from the same model")
         own.data.copy_(state[block])
+    net.snap()  # a no-op for tle's own files: their conv1-conv2 are on the grids already
     head = state.get("head")
     classes = len(net.class_names)
     if keep_head and head is not None and head.shape[1:] == net.head.shape[1:] and head.shape[0] % classes == 0:

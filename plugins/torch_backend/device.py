@@ -33,7 +33,8 @@ def resolve(device: str | None) -> str:
 
 
 def configure_threads() -> None:
-    """No more intra-op threads than the cores this process may run on (a sweep worker, a container)."""
+    """No more intra-op threads than the cores this process may run on (a sweep worker, a container). Waiting
+    threads sleep instead of spinning: ``tle.contract.threads`` put that in the environment before torch loaded."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux

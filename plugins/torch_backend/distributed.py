@@ -3,7 +3,9 @@
 The launching side (``plan``, ``launch``) runs in the process the user started: it picks the devices and the
 collective (NCCL on CUDA, one process per GPU by default; gloo on CPU), then starts ``nproc`` processes with
 ``elastic_launch`` over a static rendezvous at ``master_addr:master_port`` (``node_rank`` orders the hosts,
-exactly as ``torchrun --nnodes --node-rank --master-addr`` does). No restarts: a failed rank fails the run.
+exactly as ``torchrun --nnodes --node-rank --master-addr`` does), joined by :mod:`tle_torch.rendezvous` so that
+the wait for the other nodes says what it waits for, ends after ``join_timeout`` and stops on Ctrl-C/SIGTERM.
+No restarts: a failed rank fails the run; a collective that waits longer than ``collective_timeout`` fails.
 
 The training side (``world``, ``replicate``, ``shard``, ``all_sum``) is what ``train.fit`` uses inside a rank:
 ``DistributedDataParallel`` over the trainable part of the net, each rank on its share of every global batch.
@@ -16,6 +18,7 @@ splits evenly over the ranks; otherwise the sampler repeats a few images, as DDP
 from __future__ import annotations
 
 import ctypes
+import datetime
 import logging
 import os
 import signal
@@ -27,7 +30,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from tle import UserError
-from tle.contract.distributed import RANKS_ON, DistributedPlan, RankContext, rank_failure
+from tle.contract.distributed import RANKS_ON, DistributedPlan, RankContext, RankFailed, rank_failure
 
 ENGINE = "torch DDP (torch.distributed.run)"
 RAY_ENGINE = "torch DDP (Ray Train TorchTrainer)"
@@ -89,38 +92,53 @@ def _ray_plan(distributed, device: str | None) -> DistributedPlan:
                            collective=collective, engine=RAY_ENGINE)
 
 
-def launch(plan: DistributedPlan, distributed, entry, args: tuple, failures: str) -> dict:
+def launch(plan: DistributedPlan, distributed, entry, args: tuple, failures: str, waiting=None) -> dict:
     if plan.engine == RAY_ENGINE:
         return _launch_ray(plan, entry, args, failures)
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    from tle_torch import rendezvous
+
     # The agent's INFO/ERROR lines (its config, a failure table) would drown the one line tle reports.
     # (torch sets a level on each of its loggers, so the parent's level alone does not reach them.)
     for name in [n for n in logging.root.manager.loggerDict if n.startswith("torch.distributed.elastic")]:
         logging.getLogger(name).setLevel(logging.CRITICAL)
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)  # "Terminating process N via SIGTERM"
     one_host = distributed.nnodes == 1
     port = distributed.master_port or (_free_port() if one_host else DEFAULT_PORT)
     addr = "127.0.0.1" if one_host and distributed.master_addr in ("localhost", "127.0.0.1") else distributed.master_addr
     config = LaunchConfig(min_nodes=distributed.nnodes, max_nodes=distributed.nnodes,
-                          nproc_per_node=plan.local_processes, run_id=f"tle-{port}", rdzv_backend="static",
-                          rdzv_endpoint=f"{addr}:{port}", rdzv_configs={"rank": distributed.node_rank},
+                          nproc_per_node=plan.local_processes, run_id=f"tle-{port}", rdzv_backend=rendezvous.BACKEND,
+                          rdzv_endpoint=f"{addr}:{port}",
+                          rdzv_configs={"rank": distributed.node_rank, "timeout": int(distributed.join_timeout) + 1,
+                                        "join_timeout": distributed.join_timeout, "waiting": waiting},
                           max_restarts=0, start_method=_start_method(), monitor_interval=0.1,
                           local_addr=addr if one_host else None)  # across hosts each agent names its own
     handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return elastic_launch(config, _rank)(entry, args, plan.collective, plan.devices)
+        return elastic_launch(config, _rank)(entry, args, plan.collective, plan.devices,
+                                             distributed.collective_timeout)
     except ChildFailedError as exc:
         seen = {rank: _what_happened(f) for rank, f in exc.failures.items()}
-        raise rank_failure(failures, seen) from None
+        raise _timed_out(rank_failure(failures, seen), distributed.collective_timeout) from None
     except SignalException:
         # The agent has already stopped every rank (SIGTERM, then SIGKILL after its grace period).
         raise KeyboardInterrupt from None
     finally:
         for s, h in handlers.items():  # the agent's handlers raise SignalException; the CLI's end runs KILLED
             signal.signal(s, h)
+
+
+def _timed_out(error: Exception, timeout: float) -> Exception:
+    """A rank's collective that ran out of ``collective_timeout`` (gloo: "Timed out waiting 5000ms for recv
+    operation"), said as what it means for the run."""
+    if isinstance(error, RankFailed) and "Timed out waiting" in error.reason:
+        return RankFailed(error.rank, f"a collective waited longer than --collective-timeout {timeout:g}s for the "
+                                      f"other ranks (one hung or died; raise it if they are only slow): {error.reason}")
+    return error
 
 
 def _launch_ray(plan: DistributedPlan, entry, args: tuple, failures: str) -> dict:
@@ -210,8 +228,9 @@ def _die_with_parent() -> None:
         pass
 
 
-def _rank(entry, args: tuple, collective: str, devices: tuple[str, ...]):
-    """The function each spawned process runs (must be importable: the start method is spawn)."""
+def _rank(entry, args: tuple, collective: str, devices: tuple[str, ...], timeout: float):
+    """The function each spawned process runs (must be importable: the start method is spawn). ``timeout``: how
+    long one collective waits for the other ranks (``train.distributed.collective_timeout``) before it fails."""
     _die_with_parent()
     rank, local, world = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
     device = devices[local]
@@ -221,7 +240,7 @@ def _rank(entry, args: tuple, collective: str, devices: tuple[str, ...]):
     if device.startswith("cuda"):
         torch.cuda.set_device(device)
         kwargs["device_id"] = torch.device(device)
-    dist.init_process_group(collective, **kwargs)
+    dist.init_process_group(collective, timeout=datetime.timedelta(seconds=timeout), **kwargs)
     try:
         where = [None] * world
         dist.all_gather_object(where, f"{socket.gethostname()}/{device}")
@@ -294,16 +313,6 @@ def shard(n: int, batch_size: int, seed: int) -> list[torch.Tensor]:
     if len(parts) > 1 and len(parts[-1]) == 1:  # as a single process does: never a lone last image
         parts[-2:] = [torch.cat(parts[-2:])]
     return parts
-
-
-def injected_failure(rank: int, epoch: int) -> None:
-    """``TLE_TORCH_FAIL_RANK=R[:EPOCH]`` makes rank R raise at the start of that epoch (default 1): how the suite
-    proves, with real processes, that one rank's crash ends the whole run FAILED with that rank's reason."""
-    asked = os.environ.get("TLE_TORCH_FAIL_RANK")
-    if asked:
-        who, _, when = asked.partition(":")
-        if int(who) == rank and epoch == int(when or 1):
-            raise RuntimeError(f"injected failure in rank {rank} at epoch {epoch} (TLE_TORCH_FAIL_RANK)")
 
 
 def all_sum(*values: torch.Tensor) -> list[torch.Tensor]:

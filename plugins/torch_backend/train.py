@@ -213,8 +213,6 @@ def _epochs(net, forward, stage, spec, loop, optimizer, scaler, autocast, device
         shuffle = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed + rank)  # dropout masks (each replica draws its own)
         parts = distributed.shard(n, bs, seed) if size > 1 else None
-        if size > 1:
-            distributed.injected_failure(rank, epoch)
         if parts is not None:
             n_batches = len(parts)
         loop.epoch_start(epoch, n_batches)

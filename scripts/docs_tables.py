@@ -1,0 +1,334 @@
+#!/usr/bin/env python
+"""Write the docs' measured tables and plots by running the studies' own commands (timm's ``results/`` style).
+
+    .venv/bin/python scripts/docs_tables.py demo s0 s1 s3 s4      # or: all; --list names them
+    .venv/bin/python scripts/docs_tables.py cli                    # docs/commands/reference.md only (seconds)
+
+Each study runs in a fresh temporary directory with its own MLflow store (``sqlite:///<tmp>/mlflow.db``;
+never the repository's ``./mlflow.db``), with ``.venv/bin`` first on PATH, exactly as a user would type the
+command. What the command prints (``--format markdown``) is written unchanged to ``results/<name>.md``,
+followed by one line naming the command, the date, the cores and the wall time; a representative plot of the
+study's runs (learning curves, the sweep's overlaid validation curves, the init study's histograms) is copied
+from the run's MLflow artifacts to ``docs/img/``. The docs include these files (pymdownx.snippets), so a page
+shows what the command printed, not a copy typed by hand.
+
+The README's demo table is ``results/demo.md``'s table (``tests/test_docs.py`` checks that they are equal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results"
+IMG = ROOT / "docs" / "img"
+REFERENCE = ROOT / "docs" / "commands" / "reference.md"
+BIN = Path(sys.executable).parent
+SWEEPS = ROOT / "scripts" / "sweeps"
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+class Study:
+    """One study's temporary directory and store, the commands run in it, and what they printed."""
+
+    def __init__(self, name: str, study: str | None = None):
+        self.name = name
+        self.study = study or name  # the argument of this script that runs it
+        self.dir = Path(tempfile.mkdtemp(prefix=f"tle-docs-{name}-"))
+        self.uri = f"sqlite:///{self.dir / 'mlflow.db'}"
+        self.env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+                    "MLFLOW_TRACKING_URI": self.uri, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
+        self.seconds = 0.0
+
+    def sh(self, cmd: str, **env: str) -> str:
+        """Run a shell command line in the study's directory; its stdout (stderr goes to the study's log)."""
+        print(f"[{self.name}] $ {cmd}", file=sys.stderr, flush=True)
+        t0 = time.monotonic()
+        with open(self.dir / "stderr.log", "a") as log:
+            proc = subprocess.run(["bash", "-c", cmd], cwd=self.dir, env={**self.env, **env}, text=True,
+                                  stdout=subprocess.PIPE, stderr=log)
+        self.seconds += time.monotonic() - t0
+        if proc.returncode != 0:
+            raise SystemExit(f"[{self.name}] exit {proc.returncode}: {cmd} (log: {self.dir / 'stderr.log'})")
+        return proc.stdout
+
+    def write(self, stem: str, printed: str, command: str, seconds: float | None = None) -> Path:
+        """results/STEM.md: what the command printed, then the line that says how it was made."""
+        RESULTS.mkdir(exist_ok=True)
+        took = self.seconds if seconds is None else seconds
+        stamp = (f"*Printed by `{command}` on {dt.date.today().isoformat()}, {cores()} CPU cores shared with "
+                 f"other work, {took:.0f} s; written by `python scripts/docs_tables.py {self.study}`.*")
+        path = RESULTS / f"{stem}.md"
+        path.write_text(printed.strip() + "\n\n" + stamp + "\n")
+        print(f"[{self.name}] wrote {path.relative_to(ROOT)}", file=sys.stderr)
+        return path
+
+    # -- plots from the store ------------------------------------------------------------------------------
+    def client(self):
+        import mlflow
+
+        return mlflow.MlflowClient(tracking_uri=self.uri)
+
+    def runs(self, experiment: str, filter_string: str = "") -> list:
+        client = self.client()
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            raise SystemExit(f"[{self.name}] no experiment {experiment!r} in {self.uri}")
+        return client.search_runs([exp.experiment_id], filter_string=filter_string, order_by=["start_time ASC"])
+
+    def plot(self, experiment: str, filter_string: str, artifact: str, dest: str) -> Path:
+        """Copy ARTIFACT of the first run matching FILTER_STRING to docs/img/DEST."""
+        runs = [r for r in self.runs(experiment, filter_string) if r.info.status == "FINISHED"]
+        if not runs:
+            raise SystemExit(f"[{self.name}] no finished run {filter_string!r} in {experiment!r}")
+        local = self.client().download_artifacts(runs[0].info.run_id, artifact, str(self.dir))
+        return self.copy(local, dest)
+
+    def copy(self, src: str | Path, dest: str) -> Path:
+        IMG.mkdir(parents=True, exist_ok=True)
+        target = IMG / dest
+        shutil.copyfile(self.dir / src if not Path(src).is_absolute() else src, target)
+        print(f"[{self.name}] wrote {target.relative_to(ROOT)}", file=sys.stderr)
+        return target
+
+
+def sweep_study(name: str, sweep: str, experiment: str, flags: str = "", curve_filter: str = "",
+                study: str | None = None) -> Study:
+    """A sweep as its README section shows it: the table (markdown), then `tle compare --sweep` (transfer
+    metrics and the overlaid validation curves), and one cell's learning curves."""
+    st = Study(name, study)
+    command = f"tle sweep {sweep} --jobs 2{flags} --format markdown"
+    st.sh(f"tle --quiet sweep {ROOT / sweep} --jobs 2{flags} --format table > table.txt")
+    sweep_seconds = st.seconds
+    # The same sweep again reuses every finished cell: the table as markdown, with the first run's times.
+    printed = st.sh(f"tle --quiet sweep {ROOT / sweep} --jobs 2{flags} --format markdown")
+    st.write(name, printed, command, sweep_seconds)
+    sweep_name = re.search(r"^name:\s*(\S+)", (ROOT / sweep).read_text(), re.M).group(1)
+    t0 = st.seconds
+    printed = st.sh(f"tle --quiet compare --sweep {sweep_name} --format markdown --curves curves.png")
+    st.write(f"{name}-compare", printed, f"tle compare --sweep {sweep_name} --format markdown",
+             st.seconds - t0)
+    st.copy("curves.png", f"{name}-curves.png")
+    if curve_filter:
+        st.plot(experiment, curve_filter, "plots/learning_curves.png", f"{name}-learning-curves.png")
+    return st
+
+
+# -- the studies ---------------------------------------------------------------------------------------------
+
+def demo() -> None:
+    """`make demo`: examples/demo.sh in a fresh directory (its ./mlflow.db is the temporary store)."""
+    st = Study("demo")
+    # demo.sh logs to ./mlflow.db; the study's store is that very file (the study's directory is the cwd).
+    printed_table = st.sh(f"bash {ROOT / 'examples/demo.sh'}")
+    seconds = st.seconds
+    (RESULTS / "demo.txt").write_text(printed_table)  # what `make demo` printed, rich's table
+    # demo.sh again with --format markdown: every cell is reused, so this is the same table as markdown.
+    printed = st.sh(f"bash {ROOT / 'examples/demo.sh'} --format markdown")
+    st.write("demo", printed, "make demo", seconds)
+    t0 = st.seconds
+    printed = st.sh("tle --quiet compare --sweep demo --format markdown --curves curves.png")
+    st.write("demo-compare", printed, "tle compare --sweep demo --format markdown", st.seconds - t0)
+    st.copy("curves.png", "demo-curves.png")
+    st.plot("demo", "tags.backend = 'torch' and tags.strategy = 'transfer:all'", "plots/learning_curves.png",
+            "demo-learning-curves.png")
+    st.plot("demo", "tags.backend = 'torch' and tags.strategy = 'transfer:all'", "plots/confusion_matrix.png",
+            "demo-confusion-matrix.png")
+
+
+def s0() -> None:
+    sweep_study("s0", "examples/sweeps/s0_offline.yaml", "s0-offline",
+                curve_filter="tags.backend = 'torch' and tags.strategy = 'transfer:block4'")
+
+
+def s1() -> None:
+    sweep_study("s1", "examples/sweeps/s1_offline.yaml", "s1-offline",
+                curve_filter="tags.backend = 'torch' and tags.model = 'resnet_small' "
+                             "and tags.strategy = 'finetune:block5'")
+    sweep_study("s1-shared", "examples/sweeps/s1_offline_shared.yaml", "s1-offline-shared", study="s1")
+
+
+def s3() -> None:
+    sweep_study("s3", "examples/sweeps/s3_offline.yaml", "s3-offline",
+                curve_filter="tags.backend = 'torch' and tags.strategy = 'finetune:block5'")
+
+
+def s4() -> None:
+    """examples/s4_init_study.sh's two commands, FORMAT=markdown."""
+    st = Study("s4")
+    dense = "tle init-study --experiment s4 --format markdown --plot s4-init-study.png"
+    st.write("s4-dense", st.sh(f"tle --quiet {dense.removeprefix('tle ')}"), dense)
+    t0 = st.seconds
+    blocks = ("tle init-study --experiment s4 --format markdown --model vgg_small --dataset digits "
+              "--init he_normal --init glorot_uniform --init normal:1 --seed 0 --seed 1 --seed 2 "
+              "--plot s4-vgg_small-blocks.png")
+    st.write("s4-blocks", st.sh(f"tle --quiet {blocks.removeprefix('tle ')}"), blocks, st.seconds - t0)
+    st.copy("s4-init-study.png", "s4-init-study.png")
+    st.copy("s4-vgg_small-blocks.png", "s4-vgg_small-blocks.png")
+
+
+def batchnorm() -> None:
+    """train.batchnorm frozen vs train: tests/test_batchnorm_finetune.py's grid, and the demo's grid."""
+    sweep_study("batchnorm", "scripts/sweeps/bn_synthetic.yaml", "bn-synthetic", " --rows backend,train.batchnorm",
+                curve_filter="tags.backend = 'torch' and tags.strategy = 'finetune:block4' "
+                             "and params.`train.batchnorm` = 'train'")
+    sweep_study("batchnorm-demo", "scripts/sweeps/bn_demo.yaml", "bn-demo", " --rows backend,train.batchnorm",
+                study="batchnorm")
+
+
+def cnn_fusion() -> None:
+    """examples/cnn_fusion.sh torch and keras: the fusion runs' accuracies, read back from the store."""
+    for backend in ("torch", "keras"):
+        st = Study(f"cnn-fusion-{backend}", "cnn-fusion")
+        printed = st.sh(f"bash {ROOT / 'examples/cnn_fusion.sh'} {backend}")
+        experiment = next(e.name for e in st.client().search_experiments() if e.name.startswith("cnn-fusion"))
+        fused = {r.data.tags.get("tle.fusion.align"): r for r in st.runs(experiment) if "tle.parents" in r.data.tags}
+        blocks = [f"**`--align {align}`** (run `{fused[align].info.run_id}`)\n\n" + fusion_table(fused[align])
+                  for align in ("index", "names") if align in fused]
+        text = ("\n\n".join(blocks) + "\n\nWhat `examples/cnn_fusion.sh " + backend + "` printed:\n\n```text\n"
+                + printed.strip() + "\n```")
+        st.write(f"cnn-fusion-{backend}", text, f"examples/cnn_fusion.sh {backend}")
+        st.plot(experiment, "tags.mlflow.runName = 'net B (5-9)'", "plots/learning_curves.png",
+                f"cnn-fusion-{backend}-net-b-learning-curves.png")
+
+
+def fusion_table(run) -> str:
+    """A fusion run's test accuracy per model and task (its metrics ``<model>_acc_<task>``) and sizes."""
+    m, params = run.data.metrics, run.data.params
+    tasks = [t for t in ("task1", "task2", "task3", "union") if any(k.endswith(f"_acc_{t}") for k in m)]
+    titles = [params.get(f"fusion.{t}", t) if t != "union" else "union" for t in tasks]
+    labels = {"A": "A", "B": "B", "bagging": "bagging (both vote)", "concatenation": "concatenation",
+              "fused": "fused"}
+    lines = ["| model | " + " | ".join(titles) + " | params |", "|---|" + "---:|" * (len(tasks) + 1)]
+    for key, label in labels.items():
+        if not any(f"{key}_acc_{t}" in m for t in tasks):
+            continue
+        cells = [f"{m[f'{key}_acc_{t}']:.4f}" if f"{key}_acc_{t}" in m else "-" for t in tasks]
+        size = m.get(f"{key}_params")
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {'-' if size is None else f'{size:,.0f}'} |")
+    return "\n".join(lines)
+
+
+def s2() -> None:
+    """examples/s2_fusion.sh (spiking; MODEL and SEEDS from the environment, default mozafari, seeds 0-2)."""
+    st = Study("s2")
+    model, seeds = os.environ.get("MODEL", "mozafari"), os.environ.get("SEEDS", "0 1 2")
+    command = f"SEEDS=\"{seeds}\" examples/s2_fusion.sh {model}"
+    printed = st.sh(f"bash {ROOT / 'examples/s2_fusion.sh'} {model}", SEEDS=seeds)
+    st.write("s2-fusion", printed, command)
+    experiment = next(e.name for e in st.client().search_experiments() if e.name.startswith("s2-"))
+    st.plot(experiment, "tags.mlflow.runName = 'S2 net B seed 0'", "plots/learning_curves.png",
+            "s2-net-b-learning-curves.png")
+
+
+def cli() -> None:
+    """docs/commands/reference.md from the typer app (typer's own `utils docs`)."""
+    REFERENCE.parent.mkdir(parents=True, exist_ok=True)
+    REFERENCE.write_text(cli_reference())
+    print(f"[cli] wrote {REFERENCE.relative_to(ROOT)}", file=sys.stderr)
+
+
+def cli_reference() -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "reference.md"
+        subprocess.run([str(BIN / "typer"), "tle.cli", "utils", "docs", "--name", "tle", "--title",
+                        "Command reference", "--output", str(out)], check=True, capture_output=True, text=True,
+                       env={**os.environ, "COLUMNS": "200"})
+        text = out.read_text()
+    note = ("<!-- generated from the typer app by `python scripts/docs_tables.py cli`; do not edit by hand -->\n"
+            "\n*Generated from `tle`'s typer app (`typer tle.cli utils docs`) by `python scripts/docs_tables.py"
+            " cli`: every command, argument and option as `tle COMMAND --help` shows it.*\n\n")
+    title, _, rest = text.partition("\n")
+    return title + "\n\n" + note + rest.lstrip("\n")
+
+
+def plan() -> None:
+    """What `tle plan` prints for the strategies page (seconds; no training)."""
+    st = Study("plan")
+    for backend, model, strategy in (("torch", "resnet_small", "finetune:block4"),
+                                      ("torch", "vgg_small", "transfer:block2")):
+        command = f"tle plan --backend {backend} --model {model} --strategy {strategy}"
+        printed = st.sh(f"tle --quiet {command.removeprefix('tle ')}")
+        RESULTS.mkdir(exist_ok=True)
+        path = RESULTS / f"plan-{model}-{strategy.replace(':', '-')}.txt"
+        path.write_text(f"$ {command}\n" + printed.rstrip() + "\n")
+        print(f"[plan] wrote {path.relative_to(ROOT)}", file=sys.stderr)
+
+
+def accuracy_rows(text: str) -> list[list[str]]:
+    """The body rows of the first table in TEXT (rich's box drawing or markdown), each cell without its
+    time (`· 2.0s`), which varies from run to run."""
+    rows = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line[0] not in "│|" or set(line) <= set("|-: "):
+            continue
+        cells = [re.sub(r"\s*·\s*[\d.]+s$", "", c.strip()) for c in re.split(r"[│|]", line.strip("│|"))]
+        if cells[0] != "backend":  # the header row is not a result
+            rows.append(cells)
+    return rows
+
+
+def check_demo(output: str | None) -> None:
+    """Does what `make demo` printed (OUTPUT, a file; or a fresh run) equal the README's demo table?"""
+    if output:
+        printed = Path(output).read_text()
+    else:
+        st = Study("check-demo")
+        printed = st.sh(f"bash {ROOT / 'examples/demo.sh'}")
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("| backend | scratch |")
+    want, got = accuracy_rows(readme[start:].split("\n\n")[0]), accuracy_rows(printed)
+    for row in want:
+        print("README:", " | ".join(row))
+    for row in got:
+        print("demo:  ", " | ".join(row))
+    if want != got:
+        raise SystemExit("the README's demo table differs from what make demo printed (times aside)")
+    print("the README's demo table is what make demo printed (times aside)")
+
+
+STUDIES = {"cli": cli, "plan": plan, "demo": demo, "s0": s0, "s1": s1, "s3": s3, "s4": s4, "batchnorm": batchnorm,
+           "cnn-fusion": cnn_fusion, "s2": s2}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("studies", nargs="*", help=f"any of {', '.join(STUDIES)} or all")
+    ap.add_argument("--list", action="store_true")
+    ap.add_argument("--check-demo", nargs="?", const="", metavar="OUTPUT",
+                    help="compare what make demo printed (a file; none: run it now) with the README's demo table")
+    args = ap.parse_args()
+    if args.check_demo is not None:
+        return check_demo(args.check_demo or None)
+    if args.list or not args.studies:
+        print("\n".join(f"{k}: {(v.__doc__ or '').strip().splitlines()[0] if v.__doc__ else ''}"
+                        for k, v in STUDIES.items()))
+        return
+    names = list(STUDIES) if args.studies == ["all"] else args.studies
+    for name in names:
+        if name not in STUDIES:
+            raise SystemExit(f"unknown study {name!r}: one of {', '.join(STUDIES)} or all")
+    for name in names:
+        t0 = time.monotonic()
+        STUDIES[name]()
+        print(f"[{name}] done in {time.monotonic() - t0:.0f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
