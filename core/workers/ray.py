@@ -144,9 +144,9 @@ class RayPool:
             raise UserError("the ray executor needs Ray", "pip install 'tle[ray]'") from None
         self.ray = ray
         previous = signal.getsignal(signal.SIGTERM)
-        kwargs = dict(address=address or None, num_cpus=num_cpus if not address else None, include_dashboard=False,
-                      ignore_reinit_error=True, log_to_driver=False, configure_logging=True,
-                      logging_level=logging.ERROR)
+        kwargs: dict[str, Any] = dict(address=address or None, num_cpus=num_cpus if not address else None,
+                                      include_dashboard=False, ignore_reinit_error=True, log_to_driver=False,
+                                      configure_logging=True, logging_level=logging.ERROR)
         try:
             if address and address.strip() not in ("auto", "local"):
                 _init_joining(ray, address, kwargs)

@@ -169,7 +169,7 @@ def distributed_plan(distributed: DistributedSpec, device: str) -> DistributedPl
 
 @implements(hookspecs.launch_ranks)
 def launch_ranks(plan: DistributedPlan, distributed: DistributedSpec, entry: Callable[..., Any], args: tuple,
-                 failures: str) -> dict[int, Any]:
+                 failures: str, waiting: Callable[[str], None]) -> dict[int, Any]:
     from tle_torch.distributed import launch
 
-    return launch(plan, distributed, entry, args, failures)
+    return launch(plan, distributed, entry, args, failures, waiting)
