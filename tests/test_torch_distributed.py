@@ -30,6 +30,7 @@ ARGS = ["run", "--backend", "torch", "--model", "vgg_small", "--dataset", "digit
         "--batch-size", "16", "--epochs", "2", "--seed", "3", "--optimizer", "sgd", "--lr", "0.001", "--init", "he_normal",
         "--quiet"]
 WEIGHT_TOLERANCE = 1e-4  # measured: 6.4e-6 after 64 steps once; now as far as float noise carries (see the test)
+LOSS_NOISE_FACTOR = 6
 NOISE_FACTOR = 3
 
 
@@ -112,7 +113,10 @@ def test_two_ranks_equal_one_process(ddp, store, tmp_path):
     assert 0 < delta or np.isclose(single.test.accuracy, ddp["test_acc"])
     loss = single.history.records[-1].metrics["train_loss"]
     loss_noise = abs(loss - noisy.history.records[-1].metrics["train_loss"])
-    assert abs(loss - ddp_metric(ddp, "train_loss")) < max(1e-4, NOISE_FACTOR * loss_noise)
+    # The epoch's mean loss carries the noise further than the weights do: measured 3.3x the threads' loss noise
+    # (4.4e-3 vs 1.3e-3, the same at the last landed commit, deterministic on one machine), where the weights
+    # stay within NOISE_FACTOR; a broken sharding or averaging moves it by the loss's own decrease per epoch.
+    assert abs(loss - ddp_metric(ddp, "train_loss")) < max(1e-4, LOSS_NOISE_FACTOR * loss_noise)
 
 
 def ddp_metric(ddp, name):
