@@ -12,6 +12,7 @@ Settings (``--settings``, comma-separated):
 - ``torch``: tle as it is (``OMP_WAIT_POLICY=PASSIVE`` put in the worker's environment, ``tle.contract.threads``);
 - ``torch-before``: the same with ``GOMP_SPINCOUNT=300000`` in the environment, i.e. libgomp's own default
   spin (what a worker ran with before tle set a wait policy; a user's value makes tle set none);
+- ``torch-spin1000``: passive after a short spin (``GOMP_SPINCOUNT=1000``, ~10 us): faster quiet, slower loaded;
 - ``torch-1thread``: ``OMP_NUM_THREADS=1`` on top of tle's settings (fewer threads instead of waiting passively);
 - ``keras``: a Keras worker, for comparison (TensorFlow's Eigen pool spins briefly, then blocks).
 
@@ -39,8 +40,9 @@ from sweep_overhead import sweep
 
 from tle.contract.threads import WAIT_VARS
 
-BACKEND = {"torch": "torch", "torch-before": "torch", "torch-1thread": "torch", "keras": "keras"}
+BACKEND = {"torch": "torch", "torch-before": "torch", "torch-spin1000": "torch", "torch-1thread": "torch", "keras": "keras"}
 SETTING_ENV = {"torch": {}, "torch-before": {"GOMP_SPINCOUNT": "300000"},
+               "torch-spin1000": {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "1000"},
                "torch-1thread": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}, "keras": {}}
 
 # Another user's job: plain torch, its own thread count, libgomp's defaults; prints steps/s when stopped.

@@ -66,7 +66,8 @@ class Launch:
     """``tle run`` in a process of its own, its stderr read line by line as it comes."""
 
     def __init__(self, *args: str, default_sigint: bool = False):
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1",
+               "PYTHONFAULTHANDLER": "1"}  # a run that does not end is sent SIGABRT: its threads' stacks
         # Ctrl-C at a terminal reaches a process whose SIGINT is at its default; a test session started in the
         # background of a non-interactive shell ignores SIGINT, and its children would inherit that.
         self.proc = subprocess.Popen([sys.executable, "-m", "tle", *ARGS, *args], env=env, stdout=subprocess.PIPE,
@@ -95,6 +96,11 @@ class Launch:
     def finish(self, timeout: float) -> int:
         try:
             code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGABRT)  # faulthandler prints where it is
+            self.proc.wait(timeout=30)
+            self.reader.join(timeout=10)
+            pytest.fail(f"still running {timeout:.0f}s later: " + "\n".join(self.lines[-80:]))
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()

@@ -283,3 +283,22 @@ def test_a_neuron_fires_above_its_threshold_not_at_it():
     times.view(-1)[30] = 3
     assert race.firing_steps(times, weight, 15.0, 15).item() == 3  # 15.5 at step 3
     assert layers.conv_final(layers.trains(times, 14, 15), weight).item() == 15.5
+
+
+def test_rstdp_adapts_its_rates_per_window_of_images():
+    """MozafariDeep adapts R-STDP's rates after each batch of 1,000 images: an epoch is cut into such windows
+    (the last one shorter), each into compute batches that never cross a window."""
+    from tle_spyketorch.train import rstdp_batches
+
+    windows = rstdp_batches(2500, 32, 1000, torch.Generator().manual_seed(0))
+    assert [sum(len(b) for b in w) for w in windows] == [1000, 1000, 500]
+    assert all(len(b) <= 32 for w in windows for b in w)
+    assert torch.equal(torch.cat([b for w in windows for b in w]).sort().values, torch.arange(2500))
+
+
+def test_a_silent_image_is_neither_rewarded_nor_punished():
+    net = partly_trained(mozafari_net())
+    head = net.head.detach().clone()
+    silent = torch.zeros((2, net.arch.maps2, 4, 4))  # conv3 receives no spike: no potential above 0
+    logits, decided = net.rstdp_from(silent, torch.tensor([0, 1]), (1.0, 1.0))
+    assert decided.tolist() == [-1, -1] and torch.equal(net.head, head) and torch.all(logits == 0)

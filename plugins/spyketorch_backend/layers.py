@@ -60,10 +60,14 @@ def split(weight: torch.Tensor) -> torch.Tensor:
     parts (the learning rule keeps full precision)."""
     if weight[0].numel() > MAX_FAN_IN:
         raise ValueError(f"a fan-in of {weight[0].numel()} exceeds the exact range ({MAX_FAN_IN})")
-    w = weight.detach().to(torch.float64)
-    hi = torch.round(w * HI_STEP) / HI_STEP
-    lo = torch.round((w - hi) * LO_STEP) / LO_STEP
-    return torch.cat([hi, lo]).to(torch.float32)
+    # Exact in float32: scaling by powers of 2 and rounding are exact, and w - hi (below 2**-12, on w's own
+    # binade's grid) is representable.
+    w = weight.detach().to(torch.float32)
+    out = torch.empty((2 * w.shape[0], *w.shape[1:]), dtype=torch.float32, device=w.device)
+    hi, lo = out[:w.shape[0]], out[w.shape[0]:]
+    torch.round(w * HI_STEP, out=hi).mul_(1 / HI_STEP)
+    torch.round((w - hi).mul_(LO_STEP), out=lo).mul_(1 / LO_STEP)
+    return out
 
 
 def conv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

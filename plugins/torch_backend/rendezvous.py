@@ -82,8 +82,14 @@ class Join(StaticTCPRendezvous):
         try:
             self._await_nodes(store, store.add(JOINED, 1), deadline)
         except RuntimeError as exc:  # the store's server (node 0) went away
+            store = None
             raise UserError(f"node {self.rank}: the connection to node 0 at {self.where} broke while the nodes "
                             f"joined: {_first_line(exc)}", "start every node again") from None
+        except BaseException:
+            # Close the store (node 0: its server) now, while the interpreter is whole: the traceback would keep
+            # this frame, and the store, until the interpreter's last garbage collection.
+            store = None
+            raise
         store.set_timeout(datetime.timedelta(seconds=AFTER_JOIN))
         return store
 
