@@ -13,9 +13,9 @@ TensorFlow's own thread pool (Eigen's) spins only briefly before it blocks and h
 tasks, which is why Keras runs did not show the problem.
 
 OpenMP reads its environment once, when the library loads (when torch is imported), so tle puts the setting
-into the environment before that: when a backend is loaded (``tle.plugins.load_backend``: a ``tle run``, a
+into the environment before that: when a backend is loaded (``tle.backends.manager.load_backend``: a ``tle run``, a
 sweep worker, the launcher whose environment DDP ranks inherit) and when ``tle_torch`` is imported; a sweep
-also gives it to every worker it starts (``tle.study.local.thread_env``).
+also gives it to every worker it starts (``tle.workers.local.thread_env``).
 A user's own ``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT`` or ``KMP_BLOCKTIME`` wins: with any of them set, tle
 sets none (``GOMP_SPINCOUNT=300000`` brings back libgomp's own default, i.e. tle's behaviour before).
 """
