@@ -230,6 +230,7 @@ from pathlib import Path
 from tle.contract.records import ResolvedWeights
 from tle.backends.manager import load_backend
 from tle.contract.spec import HeadSpec
+import tle.run.weights  # provides the reader a backend asks for weights another backend reads (tle run imports it)
 hook = load_backend("keras").hook
 names = [str(i) for i in range(10)]
 net = hook.load_backbone(model="resnet18", num_classes=10, class_names=names, input_shape=(32, 32, 3),
