@@ -54,5 +54,6 @@ def portable_from_backend(request: ForeignWeights) -> Path:
     (:mod:`tle.contract.portable`): the path of that file."""
     if _foreign_reader is None:
         raise UserError(f"nothing in this process can read {request.source or request.weights} with "
-                        f"{request.backend}", "load the model through tle run, or import tle.run.weights first (it provides the reader)")
+                        f"{request.backend}",
+                        "load the model through tle run, or import tle.run.weights first (it provides the reader)")
     return _foreign_reader(request)
