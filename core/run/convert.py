@@ -20,10 +20,20 @@ from typing import Any
 
 import numpy as np
 
+from tle.backends.manager import load_backend
+from tle.contract.portable import PortableWeights, read, write
+from tle.contract.records import ResolvedWeights
+from tle.contract.spec import HeadSpec
 from tle.errors import UserError
 from tle.run import weights
+from tle.run.assembly import Blueprint, assemble, build
+from tle.run.outputs import Output, export_and_check, save_weights
+from tle.run.rebuild import rebuild
+from tle.run.runner import default_run_name
 from tle.store.status import RunStatus
-from tle.store.stored_run import StoredRun
+from tle.store.stored_run import FUSED_FROM, StoredRun, record_inputs, run_tags
+from tle.store.tracking import configure, environment_tags, tracked_run
+from tle.workers.task import OnFailure, WorkerRequest, in_worker
 
 TOLERANCE = 1e-4  # max |logit difference| a conversion may show; the ONNX parity check's atol
 CONVERTED_FROM = "tle.converted_from"
@@ -66,10 +76,6 @@ def handle_task(task: dict[str, Any], cache) -> dict[str, Any]:
 def write_portable(run_id: str, tracking_uri: str | None, out: Path, logits: bool = False,
                    load_data=None) -> dict[str, Any]:
     """The run's weights as a portable file in ``out`` (and its test logits when asked): in the run's backend."""
-    from tle.contract.portable import PortableWeights, write
-    from tle.run.rebuild import rebuild
-    from tle.store.tracking import configure
-
     configure(tracking_uri)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -99,12 +105,6 @@ def _portable_arrays(backend, model, name: str):
 def write_portable_of_weights(backend_name: str, options: dict[str, Any]) -> dict[str, Any]:
     """Weights this backend reads natively (``imagenet`` from its hub cache, a file of its own format) as a portable
     file, for a model of ``options["model"]`` with the asking run's head and input shape: in this backend."""
-    from tle.run.assembly import Blueprint, build
-    from tle.contract.records import ResolvedWeights
-    from tle.backends.manager import load_backend
-    from tle.contract.portable import PortableWeights, write
-    from tle.contract.spec import HeadSpec
-
     backend = load_backend(backend_name)
     backend.model(options["model"])
     text = options["weights"]
@@ -125,15 +125,6 @@ def write_portable_of_weights(backend_name: str, options: dict[str, Any]) -> dic
 
 def convert_here(run_id: str, options: dict[str, Any], tracking_uri: str | None, load_data=None) -> dict[str, Any]:
     """In the target backend: build the model from the portable file, check logits, store it as a new run."""
-    from tle.run.assembly import assemble
-    from tle.contract.records import ResolvedWeights
-    from tle.run.outputs import Output, export_and_check, save_weights
-    from tle.backends.manager import load_backend
-    from tle.contract.portable import read
-    from tle.run.runner import default_run_name
-    from tle.store.stored_run import FUSED_FROM, record_inputs, run_tags
-    from tle.store.tracking import configure, environment_tags, tracked_run
-
     mlflow = configure(tracking_uri)
     portable = read(options["path"])
     workdir = Path(tempfile.mkdtemp(prefix="tle-convert-"))
@@ -183,9 +174,6 @@ def convert_here(run_id: str, options: dict[str, Any], tracking_uri: str | None,
 def convert_run(run_id: str, to: str, tracking_uri: str, on_start=None) -> dict[str, Any]:
     """``tle convert``: the run's model in backend ``to``, checked and stored; returns what the command prints.
     ``on_start(source_backend, model)`` is called once the request is known to be valid, before the workers start."""
-    from tle.backends.manager import load_backend
-    from tle.workers.task import OnFailure, WorkerRequest, in_worker
-
     with StoredRun(run_id, tracking_uri, doing="convert") as stored:
         source, model = stored.backend, stored.model
     if not source or not model:

@@ -24,8 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from tle.contract.distributed import (RANKS_ON, DistributedPlan, RankContext, RankFailed,  # noqa: F401
-                                    rank_failure, record_failure)
+from tle.contract.distributed import DistributedPlan, RankContext, record_failure
 from tle.errors import UserError
 
 

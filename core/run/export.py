@@ -12,17 +12,17 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from tle.run.outputs import Output, export_and_check
+from tle.run.rebuild import rebuild
 from tle.store.status import RunStatus
 from tle.store.stored_run import StoredRun
+from tle.store.tracking import configure, tracked_run
+from tle.workers.task import OnFailure, WorkerRequest, in_worker
 
 
 def export_finished_run(run_id: str, tracking_uri: str | None = None, load_data=None) -> float:
     """Export run ``run_id``'s model, check parity, log it to the run; returns the max |diff|. The run stays
     FINISHED (its training did finish); an export that fails is its ``tle.export_error`` tag."""
-    from tle.run.outputs import Output, export_and_check
-    from tle.run.rebuild import rebuild
-    from tle.store.tracking import configure, tracked_run
-
     mlflow = configure(tracking_uri)
     workdir = Path(tempfile.mkdtemp(prefix="tle-export-"))
     try:
@@ -39,8 +39,6 @@ def export_in_worker(run_id: str, backend: str, tracking_uri: str, timeout: floa
     """:func:`export_finished_run` in a worker process of ``backend`` (``python -m tle.run.worker``, as a sweep's
     ``export.onnx: best`` runs it), so the framework is imported there and TensorFlow never meets torch's exporter
     in one process. Returns the max |diff| of the parity check; a UserError with the worker's reason otherwise."""
-    from tle.workers.task import OnFailure, WorkerRequest, in_worker
-
     outcome = in_worker(WorkerRequest(backend, "export", run_id, tracking_uri),
                         OnFailure(f"cannot build run {run_id}'s ONNX model from its weights", "run it again with --export"),
                         timeout=timeout)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tle.analysis.axes import PRETRAIN, SEED_AXIS, short  # noqa: F401  (re-exported: the sweep file's names)
+from tle.analysis.axes import PRETRAIN, short
 from tle.errors import UserError
 from tle.contract.spec import ExperimentSpec, build_spec, read_spec_file, set_dotted
 from tle.contract.strategy import parse_strategy

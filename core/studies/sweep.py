@@ -19,7 +19,8 @@ from rich.console import Console
 from tle.errors import UserError
 from tle.run import worker as worker_program
 from tle.studies.grid import PRETRAIN, Cell, Grid
-from tle.workers.ray import join_timeout
+from tle.workers.local import LocalPool
+from tle.workers.ray import RayPool, join_timeout
 from tle.workers.schedule import Scheduler, Task
 from tle.studies.sweep_store import (CELL, PARENT_TAG, ROLE, CellRun, described, end_left_run, finished_by_key,
                                      parent_run, quiet_signals, read_runs, record_failure)
@@ -85,13 +86,9 @@ def check_cells(cells: list[Cell]) -> None:
 
 def make_pool(executor: str, address: str | None, jobs: int):
     if executor == "local":
-        from tle.workers.local import LocalPool
-
         return LocalPool(jobs)
     if executor == "ray":
-        from tle.workers.ray import RayPool  # Ray: an optional, heavy dependency
-
-        return RayPool(worker_program, address, num_cpus=None)
+        return RayPool(worker_program, address, num_cpus=None)  # imports Ray itself when it starts
     raise UserError(f"unknown executor {executor!r}", f"choose one of {', '.join(EXECUTORS)}")
 
 
