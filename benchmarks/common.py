@@ -9,22 +9,23 @@ from __future__ import annotations
 import statistics
 import time
 
-from tle.contract.records import ResolvedWeights
+from tle.contract.records import Blueprint, ResolvedWeights
 from tle.contract.loop import History, TrainLoop
 from tle.backends.manager import load_backend
 from tle.contract.spec import ExperimentSpec
-from tle.contract.strategy import build_plan
+from tle.contract.strategy import Rates, build_plan
 
 
 def build(spec: ExperimentSpec, data, weights: ResolvedWeights | None = None):
     backend = load_backend(spec.backend)
     info = backend.model(spec.model)
-    plan = build_plan(spec.strategy, info.blocks, epochs=spec.train.epochs, lr=spec.train.lr,
+    plan = build_plan(spec.strategy, info.blocks, Rates(spec.train.epochs, spec.train.lr),
                       batchnorm=spec.train.batchnorm)
-    model = backend.hook.load_backbone(model=spec.model, num_classes=data.num_classes,
-                                       class_names=data.class_names, input_shape=data.input_shape, head=spec.head,
-                                       weights=weights or ResolvedWeights(kind="none"), device=spec.train.device,
-                                       precision=spec.train.precision, seed=spec.train.seed)
+    model = backend.hook.load_backbone(blueprint=Blueprint(model=spec.model, class_names=data.class_names,
+                                                           input_shape=data.input_shape, head=spec.head,
+                                                           device=spec.train.device, precision=spec.train.precision,
+                                                           seed=spec.train.seed),
+                                       weights=weights or ResolvedWeights(kind="none"))
     return backend, plan, model
 
 

@@ -24,7 +24,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from common import report  # noqa: E402
 
-from tle.contract.records import ResolvedWeights  # noqa: E402
+from tle.contract.records import Blueprint, ResolvedWeights  # noqa: E402
 from tle.contract.spec import HeadSpec, TrainSpec  # noqa: E402
 from tle_spyketorch import plugin  # noqa: E402
 from tle_spyketorch.reference import Reference  # noqa: E402
@@ -39,9 +39,9 @@ def digits(size: int, classes=range(10)):
 
 def build(model: str, classes: int, device: str, seed: int = 0):
     a = ARCHS[model]
-    return plugin.load_backbone(model=model, num_classes=classes, class_names=[str(c) for c in range(classes)],
-                                input_shape=(a.size, a.size, 1), head=HeadSpec(), weights=ResolvedWeights("none"),
-                                device=device, precision="fp32", seed=seed)
+    return plugin.load_backbone(blueprint=Blueprint(model=model, class_names=[str(c) for c in range(classes)],
+                                                    input_shape=(a.size, a.size, 1), head=HeadSpec(), device=device,
+                                                    precision="fp32", seed=seed), weights=ResolvedWeights("none"))
 
 
 def selective(net, seed: int = 0):
@@ -190,7 +190,7 @@ def throughput(args) -> None:
 def accuracy(args) -> None:
     """Test accuracy when each batch's STDP/R-STDP updates are summed vs applied one sample at a time."""
     from tle.contract.loop import History, TrainLoop
-    from tle.contract.strategy import build_plan
+    from tle.contract.strategy import Rates, build_plan
 
     model = args.accuracy_model
     a = ARCHS[model]
@@ -199,7 +199,7 @@ def accuracy(args) -> None:
     for batch in (1, args.batch):
         t0 = time.perf_counter()
         net = build(model, 5, plugin.resolve_device(args.device))
-        stage = build_plan("scratch", ["conv1", "conv2"], epochs=args.epochs, lr=1e-3).stages[0]
+        stage = build_plan("scratch", ["conv1", "conv2"], Rates(args.epochs, 1e-3)).stages[0]
         loop = TrainLoop(stage, step_offset=0, history=History(), on_epoch=lambda r: None)
         plugin.train(model=net, data=data, stage=stage, train=TrainSpec(batch_size=batch, epochs=args.epochs),
                      loop=loop)

@@ -17,7 +17,7 @@ pytest.importorskip("torchvision")
 
 from conftest import tle, tle_inprocess  # noqa: E402
 from tle import UserError  # noqa: E402
-from tle.contract.records import ResolvedWeights  # noqa: E402
+from tle.contract.records import Blueprint, ResolvedWeights  # noqa: E402
 from tle.contract.spec import HeadSpec  # noqa: E402
 from tle.contract.head_fusion import importance, ranked  # noqa: E402
 from tle_torch import plugin  # noqa: E402
@@ -37,9 +37,10 @@ def one_thread():
 
 
 def build(classes, seed=0, kind="dense", hidden=8):
-    return plugin.load_backbone(model="vgg_small", num_classes=len(classes), class_names=list(classes),
-                                input_shape=(32, 32, 1), head=HeadSpec(kind=kind, hidden=hidden),
-                                weights=ResolvedWeights("none"), device="cpu", precision="fp32", seed=seed)
+    return plugin.load_backbone(blueprint=Blueprint(model="vgg_small", class_names=list(classes),
+                                                    input_shape=(32, 32, 1), head=HeadSpec(kind=kind, hidden=hidden),
+                                                    device="cpu", precision="fp32", seed=seed),
+                                weights=ResolvedWeights("none"))
 
 
 def sibling(net, classes, seed, kind="dense", hidden=8):
@@ -145,9 +146,9 @@ def test_fusion_refuses_other_backbones_heads_and_models():
     with pytest.raises(UserError, match="different kinds"):
         plugin.fuse(models=[a, sibling(a, B_CLASSES, seed=2, kind="linear")], class_names=[A_CLASSES, B_CLASSES],
                     options={})
-    small = plugin.load_backbone(model="resnet_small", num_classes=4, class_names=B_CLASSES, input_shape=(32, 32, 1),
-                                 head=HeadSpec(hidden=8), weights=ResolvedWeights("none"), device="cpu",
-                                 precision="fp32", seed=0)
+    small = plugin.load_backbone(blueprint=Blueprint(model="resnet_small", class_names=B_CLASSES,
+                                                     input_shape=(32, 32, 1), head=HeadSpec(hidden=8), device="cpu",
+                                                     precision="fp32", seed=0), weights=ResolvedWeights("none"))
     with pytest.raises(UserError, match="same model and image size"):
         plugin.fuse(models=[a, small], class_names=[A_CLASSES, B_CLASSES], options={})
 
@@ -220,9 +221,9 @@ def test_tle_fuse_logs_a_fused_run_beside_bagging_and_the_concatenation(fused_ru
 
     weights = resolve_weights(f"runs:/{fused['run_id']}", "torch", tmp_path)
     assert list(weights.class_names) == [str(d) for d in range(10)]
-    again = plugin.load_backbone(model="vgg_small", num_classes=10, class_names=list(weights.class_names),
-                                 input_shape=(32, 32, 1), head=HeadSpec(), weights=weights, device="cpu",
-                                 precision="fp32", seed=9)
+    again = plugin.load_backbone(blueprint=Blueprint(model="vgg_small", class_names=list(weights.class_names),
+                                                     input_shape=(32, 32, 1), head=HeadSpec(), device="cpu",
+                                                     precision="fp32", seed=9), weights=weights)
     assert again.new_head == []
     onnx_file = [f for f in artifact_files(fused["run_id"], "model", tmp_path / "onnx") if f.suffix == ".onnx"][0]
     x = images(8)

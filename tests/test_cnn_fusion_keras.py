@@ -13,6 +13,7 @@ import os
 from importlib.util import find_spec
 
 import numpy as np
+from tle.contract.records import Blueprint
 import pytest
 
 from conftest import run_own_process
@@ -32,13 +33,13 @@ def test_keras_fusion_in_own_process():
 
 
 def build(classes, seed=0, kind="dense", hidden=8, model="vgg_small"):
-    from tle.contract.records import ResolvedWeights
+    from tle.contract.records import Blueprint, ResolvedWeights
     from tle.contract.spec import HeadSpec
     from tle_keras import plugin
 
-    return plugin.load_backbone(model=model, num_classes=len(classes), class_names=list(classes),
-                                input_shape=(32, 32, 1), head=HeadSpec(kind=kind, hidden=hidden),
-                                weights=ResolvedWeights("none"), device="cpu", precision="fp32", seed=seed)
+    return plugin.load_backbone(blueprint=Blueprint(model=model, class_names=list(classes), input_shape=(32, 32, 1),
+                                                    head=HeadSpec(kind=kind, hidden=hidden), device="cpu",
+                                                    precision="fp32", seed=seed), weights=ResolvedWeights("none"))
 
 
 def sibling(knet, classes, seed, kind="dense", hidden=8):
@@ -170,9 +171,9 @@ def test_tle_fuse_logs_a_fused_run_beside_bagging_and_the_concatenation(store):
     from tle_keras import plugin
 
     weights = resolve_weights(f"runs:/{fused['run_id']}", "keras")
-    again = plugin.load_backbone(model="vgg_small", num_classes=10, class_names=list(weights.class_names),
-                                 input_shape=(32, 32, 1), head=HeadSpec(), weights=weights, device="cpu",
-                                 precision="fp32", seed=9)
+    again = plugin.load_backbone(blueprint=Blueprint(model="vgg_small", class_names=list(weights.class_names),
+                                                     input_shape=(32, 32, 1), head=HeadSpec(), device="cpu",
+                                                     precision="fp32", seed=9), weights=weights)
     assert again.new_head == [] and again.class_names == [str(d) for d in range(10)]
 
     # Runs on other backbones: one line, exit 2.

@@ -109,14 +109,13 @@ def test_plans_count_the_same_parameters():
 
 INIT_CODE = """
 import json
-from tle.contract.records import ResolvedWeights
+from tle.contract.records import Blueprint, ResolvedWeights
 from tle.contract.initializers import InitSpec
 from tle.backends.manager import load_backend
 from tle.contract.spec import HeadSpec
 hook = load_backend("{backend}").hook
-net = hook.load_backbone(model="vgg16", num_classes=10, class_names=[str(i) for i in range(10)],
-                         input_shape=(32, 32, 3), head=HeadSpec(), weights=ResolvedWeights(kind="none"),
-                         device="cpu", precision="fp32", seed=0)
+net = hook.load_backbone(blueprint=Blueprint("vgg16", tuple(str(i) for i in range(10)), (32, 32, 3), HeadSpec()),
+                         weights=ResolvedWeights(kind="none"))
 out = {{}}
 for text in {inits!r}:
     hook.apply_init(model=net, blocks=["block5"], init=InitSpec.parse(text), seed=0)
@@ -227,14 +226,14 @@ with torch.no_grad():
     got = python(f"""
 import json, numpy as np
 from pathlib import Path
-from tle.contract.records import ResolvedWeights
+from tle.contract.records import Blueprint, ResolvedWeights
 from tle.backends.manager import load_backend
 from tle.contract.spec import HeadSpec
 import tle.run.weights  # provides the reader a backend asks for weights another backend reads (tle run imports it)
 hook = load_backend("keras").hook
 names = [str(i) for i in range(10)]
-net = hook.load_backbone(model="resnet18", num_classes=10, class_names=names, input_shape=(32, 32, 3),
-                         head=HeadSpec(kind="original"), device="cpu", precision="fp32", seed=1,
+net = hook.load_backbone(blueprint=Blueprint("resnet18", tuple(names), (32, 32, 3), HeadSpec(kind="original"), seed=1),
+                         
                          weights=ResolvedWeights(kind="file", source="resnet18.pth", path=Path({str(path)!r})))
 # The original head's last layer is drawn anew (a state dict knows no classes): set torchvision's fc for the check.
 fc = np.load({str(tmp_path / "fc.npz")!r})

@@ -1,5 +1,6 @@
 """End to end through the real CLI, the example backend and a real MLflow store."""
 
+from tle.contract.records import Blueprint
 import json
 import os
 import signal
@@ -97,8 +98,9 @@ def test_registered_model_and_predict_match_framework(base_run, store, tmp_path)
     backend = load_backend("numpy")
     weights = resolve_weights(f"runs:/{result['run_id']}", "numpy", tmp_path)
     names = ["0", "1", "2", "3", "4"]
-    net = backend.hook.load_backbone(model="mlp", num_classes=5, class_names=names, input_shape=(8, 8, 1),
-                                     head=HeadSpec(), weights=weights, device="cpu", precision="fp32", seed=0)
+    net = backend.hook.load_backbone(blueprint=Blueprint(model="mlp", class_names=names, input_shape=(8, 8, 1),
+                                                         head=HeadSpec(), device="cpu", precision="fp32", seed=0),
+                                     weights=weights)
     batch = np.stack([load_image(f, size=(8, 8), channels=1) for f in files])
     framework = backend.hook.evaluate(model=net, images=batch, labels=np.zeros(len(batch), np.int64),
                                       batch_size=32).predictions

@@ -12,11 +12,11 @@ import pytest
 
 from tle import UserError
 from tle.contract import hookspecs
-from tle.contract.records import ExportMetadata, ResolvedWeights, Trained
+from tle.contract.records import Blueprint, ExportMetadata, ResolvedWeights, Trained
 from tle.data import Dataset
 from tle.contract.initializers import InitSpec
 from tle.contract.spec import HeadSpec, TrainSpec
-from tle.contract.strategy import HEAD, Stage, build_plan
+from tle.contract.strategy import HEAD, Stage, Rates, build_plan
 
 try:
     import tle_numpy  # noqa: F401
@@ -85,9 +85,9 @@ def data() -> Dataset:
 
 def build(data, model="mlp", weights=None, head=HEAD_SPEC, seed=0, shape=SHAPE, classes=None, names=None):
     names = names or (data.class_names if classes is None else [str(i) for i in range(classes)])
-    return hook.load_backbone(model=model, num_classes=len(names), class_names=names, input_shape=shape, head=head,
-                              weights=weights or ResolvedWeights(kind="none"), device="auto", precision="fp32",
-                              seed=seed)
+    return hook.load_backbone(blueprint=Blueprint(model=model, class_names=names, input_shape=shape, head=head,
+                                                  device="auto", precision="fp32", seed=seed),
+                              weights=weights or ResolvedWeights(kind="none"))
 
 
 def stage_for(trainable: dict[str, bool], epochs=5, lr=1e-3) -> Stage:
@@ -101,7 +101,7 @@ def arrays(net) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def trained(data):
     net = build(data)
-    stage = build_plan("scratch", ("block1", "block2"), epochs=5, lr=1e-3).stages[0]
+    stage = build_plan("scratch", ("block1", "block2"), Rates(5, 1e-3)).stages[0]
     loop = StubLoop()
     hook.train(model=net, data=data, stage=stage, train=TrainSpec(epochs=5, seed=0), loop=loop)
     return net, loop

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import child, in_own_process, needs
-from tle.contract.records import ResolvedWeights
+from tle.contract.records import Blueprint, ResolvedWeights
 from tle.contract.initializers import InitSpec
 from tle.contract.spec import HeadSpec
 from tle.studies.init_study import BlockAccumulator, dense_summary, study_inputs
@@ -53,9 +53,9 @@ def test_dense_layer_draws_the_initialiser_with_zero_bias(hook):
 def test_vgg_small_gives_every_block_channels_last(hook):
     from tle.backends.manager import load_backend
 
-    net = hook.load_backbone(model="vgg_small", num_classes=10, class_names=[str(i) for i in range(10)],
-                             input_shape=(32, 32, 1), head=HeadSpec(), weights=ResolvedWeights(kind="none"),
-                             device="cpu", precision="fp32", seed=0)
+    net = hook.load_backbone(blueprint=Blueprint(model="vgg_small", class_names=[str(i) for i in range(10)],
+                                                 input_shape=(32, 32, 1), head=HeadSpec(), device="cpu",
+                                                 precision="fp32", seed=0), weights=ResolvedWeights(kind="none"))
     blocks = load_backend("keras").model("vgg_small").blocks
     images = np.random.default_rng(0).random((6, 32, 32, 1), dtype=np.float32)
     std = {}

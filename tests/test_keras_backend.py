@@ -19,11 +19,11 @@ import pytest
 
 from conftest import child, in_own_process, needs
 from tle import UserError
-from tle.contract.records import ExportMetadata, ResolvedWeights
+from tle.contract.records import Blueprint, ExportMetadata, ResolvedWeights
 from tle.contract.initializers import InitSpec
-from tle.contract.loop import History, TrainLoop
+from tle.contract.loop import Checkpointing, Listeners, TrainLoop
 from tle.contract.spec import DataSpec, HeadSpec, TrainSpec
-from tle.contract.strategy import HEAD, build_plan
+from tle.contract.strategy import HEAD, Rates, build_plan
 from tle_keras import plugin as P
 
 pytestmark = needs("tensorflow", "keras")
@@ -33,14 +33,16 @@ NONE = ResolvedWeights(kind="none")
 
 
 def build(name, classes=10, shape=(32, 32, 3), head=None, weights=NONE, seed=0, class_names=None):
-    return P.load_backbone(model=name, num_classes=classes, class_names=class_names or [str(i) for i in range(classes)],
-                           input_shape=shape, head=head or HeadSpec(), weights=weights, device="cpu",
-                           precision="auto", seed=seed)
+    return P.load_backbone(blueprint=Blueprint(model=name,
+                                               class_names=class_names or [str(i) for i in range(classes)],
+                                               input_shape=shape, head=head or HeadSpec(), device="cpu",
+                                               precision="auto", seed=seed), weights=weights)
 
 
-def loop_for(stage, **kw):
+def loop_for(stage, start_epoch=0, resume_from=None, checkpoint_path=None):
     records = []
-    loop = TrainLoop(stage, step_offset=0, history=History(), on_epoch=records.append, progress=None, **kw)
+    loop = TrainLoop(stage, listeners=Listeners(on_epoch=records.append),
+                     checkpointing=Checkpointing(checkpoint_path, resume_from, start_epoch))
     return loop, records
 
 
@@ -90,7 +92,7 @@ def test_vgg16_trainable_counts_per_strategy():
         "transfer:block3": [set(blocks)],
     }
     for strategy, stages in want_trainable.items():
-        plan = build_plan(strategy, list(blocks), epochs=1, lr=1e-3)
+        plan = build_plan(strategy, list(blocks), Rates(1, 1e-3))
         for stage, on in zip(plan.stages, stages, strict=True):
             P.freeze_policy(model=knet, trainable=dict(stage.trainable), fixed_stats=stage.fixed_stats)
             got = counts(knet)
@@ -98,8 +100,8 @@ def test_vgg16_trainable_counts_per_strategy():
             for b, total in blocks.items():
                 assert got[b] == (total, total if b in on else 0), (strategy, stage.index, b)
     # S3: everything before block5's first conv frozen, block5 trainable (torchvision's features.24 .. 28).
-    P.freeze_policy(model=knet, fixed_stats=(), trainable=dict(build_plan("finetune:block5", list(blocks), epochs=1, lr=1).stages[1]
-                                                .trainable))
+    block5 = build_plan("finetune:block5", list(blocks), Rates(1, 1)).stages[1]
+    P.freeze_policy(model=knet, fixed_stats=(), trainable=dict(block5.trainable))
     assert [layer.name for layer in knet.layers_of("block5") if layer.weights] == [
         "features_24", "features_26", "features_28"]
     assert not knet.net.get_layer("features_21").trainable and knet.net.get_layer("features_24").trainable
@@ -161,7 +163,7 @@ def test_frozen_batchnorm_stays_in_inference_mode(digits):
     x = digits.x_train[:8]
     prefix = knet.prefix_model(2)
     assert np.allclose(prefix(x, training=True), prefix(x, training=False), atol=1e-6)
-    stage = build_plan("scratch", knet.block_names, epochs=1, lr=1e-3).stages[0]
+    stage = build_plan("scratch", knet.block_names, Rates(1, 1e-3)).stages[0]
     stage = type(stage)(0, "train", {**stage.trainable, "block1": False, "block2": False}, 1, 1e-3)
     loop, _ = loop_for(stage)
     P.train(model=knet, data=digits, stage=stage, train=TrainSpec(epochs=1, cache_features=False), loop=loop)
@@ -174,7 +176,7 @@ def test_frozen_batchnorm_stays_in_inference_mode(digits):
 def test_batchnorm_statistics_of_pretrained_trainable_blocks(digits, batchnorm):
     # finetune:block4: block2 stays frozen, blocks 4-5 start pretrained and train in stage 2.
     knet = build("resnet_small", shape=digits.input_shape)
-    plan = build_plan("finetune:block4", knet.block_names, epochs=1, lr=1e-3, finetune_epochs=1, finetune_lr=1e-3,
+    plan = build_plan("finetune:block4", knet.block_names, Rates(1, 1e-3, finetune_epochs=1, finetune_lr=1e-3),
                       batchnorm=batchnorm)
     frozen, live = knet.net.get_layer("conv2_block1_1_bn"), knet.net.get_layer("conv5_block1_1_bn")
     stats = lambda layer: [np.asarray(v).copy() for v in (layer.moving_mean, layer.moving_variance)]  # noqa: E731
@@ -255,7 +257,7 @@ def test_resume_restores_optimizer_state_and_continues_exactly(digits, tmp_path)
     spec = TrainSpec(epochs=3, batch_size=64, augment=True)
     head = HeadSpec(kind="dense")
     knet = build("vgg_small", shape=digits.input_shape, head=head)
-    stage3 = build_plan("scratch", knet.block_names, epochs=3, lr=1e-3).stages[0]
+    stage3 = build_plan("scratch", knet.block_names, Rates(3, 1e-3)).stages[0]
     steps = -(-len(digits.y_train) // 64)
     saved = {}
 
@@ -266,8 +268,7 @@ def test_resume_restores_optimizer_state_and_continues_exactly(digits, tmp_path)
             saved["weights"] = [np.asarray(v).copy() for v in knet.net.weights]
             saved["iterations"] = int(knet.optimizer.iterations)
 
-    loop = TrainLoop(stage3, step_offset=0, history=History(), on_epoch=after_epoch, progress=None,
-                     checkpoint_path=ckpt)
+    loop = TrainLoop(stage3, listeners=Listeners(on_epoch=after_epoch), checkpointing=Checkpointing(ckpt))
     P.train(model=knet, data=digits, stage=stage3, train=spec, loop=loop)
     assert saved["iterations"] == 2 * steps
 
@@ -296,7 +297,7 @@ def test_feature_cache_matches_full_forward(digits):
     results = {}
     for cache in (True, False):
         knet = build("resnet_small", shape=digits.input_shape, seed=0)
-        plan = build_plan("feature-extractor", knet.block_names, epochs=3, lr=3e-3)
+        plan = build_plan("feature-extractor", knet.block_names, Rates(3, 3e-3))
         stage = plan.stages[0]
         P.freeze_policy(model=knet, trainable=dict(stage.trainable), fixed_stats=stage.fixed_stats)
         loop, records = loop_for(stage)

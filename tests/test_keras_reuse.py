@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 
 from conftest import child, in_own_process, needs
-from tle.contract.records import ResolvedWeights
+from tle.contract.records import Blueprint, ResolvedWeights
 from tle.contract.initializers import InitSpec
 from tle.contract.loop import History, TrainLoop
 from tle.contract.spec import DataSpec, HeadSpec, TrainSpec
-from tle.contract.strategy import HEAD, build_plan
+from tle.contract.strategy import HEAD, Rates, build_plan
 
 pytestmark = needs("tensorflow", "keras")
 test_keras_reuse_in_own_process = in_own_process(__file__, durations=5)
@@ -58,10 +58,10 @@ def cell(digits, model, strategy, seed, batchnorm="frozen", cache_features=True)
     """One cell as tle.run.runner runs it; returns the model and everything it produced."""
     from tle_keras import plugin as P
 
-    knet = P.load_backbone(model=model, num_classes=digits.num_classes, class_names=list(digits.class_names),
-                           input_shape=digits.input_shape, head=HeadSpec(), weights=ResolvedWeights(kind="none"),
-                           device="cpu", precision="auto", seed=seed)
-    plan = build_plan(strategy, knet.block_names, epochs=1, lr=1e-3, finetune_epochs=1, finetune_lr=1e-4,
+    knet = P.load_backbone(blueprint=Blueprint(model=model, class_names=list(digits.class_names),
+                                               input_shape=digits.input_shape, head=HeadSpec(), device="cpu",
+                                               precision="auto", seed=seed), weights=ResolvedWeights(kind="none"))
+    plan = build_plan(strategy, knet.block_names, Rates(1, 1e-3, finetune_epochs=1, finetune_lr=1e-4),
                       batchnorm=batchnorm)
     P.apply_init(model=knet, blocks=[b for b in plan.reinit if b != HEAD], init=InitSpec(name="glorot_uniform"),
                  seed=seed)
@@ -70,7 +70,7 @@ def cell(digits, model, strategy, seed, batchnorm="frozen", cache_features=True)
     for stage in plan.stages:
         P.freeze_policy(model=knet, trainable=dict(stage.trainable), fixed_stats=stage.fixed_stats)
         counts.append([(c.name, c.total, c.trainable) for c in P.count_parameters(model=knet)])
-        loop = TrainLoop(stage, step_offset=0, history=history, on_epoch=lambda r: None, progress=None)
+        loop = TrainLoop(stage, history)
         P.train(model=knet, data=digits, stage=stage, train=spec, loop=loop)
         loop.close()
     logits = P.evaluate(model=knet, images=digits.x_test, labels=digits.y_test, batch_size=64).logits
@@ -142,9 +142,10 @@ def test_no_reuse_without_the_worker_flag_or_across_architectures(digits, reuse)
     from tle_keras import plugin as P
 
     def build(classes=10, head=None, seed=0):
-        return P.load_backbone(model="vgg_small", num_classes=classes, class_names=[str(i) for i in range(classes)],
-                               input_shape=digits.input_shape, head=head or HeadSpec(),
-                               weights=ResolvedWeights(kind="none"), device="cpu", precision="auto", seed=seed)
+        return P.load_backbone(blueprint=Blueprint(model="vgg_small", class_names=[str(i) for i in range(classes)],
+                                                   input_shape=digits.input_shape, head=head or HeadSpec(),
+                                                   device="cpu", precision="auto", seed=seed),
+                               weights=ResolvedWeights(kind="none"))
 
     reuse(False)
     assert build() is not build()  # fusion, export, tests: every model its own
@@ -161,9 +162,9 @@ def test_traced_inference_equals_the_eager_call(digits, name):
     # numbers bit for bit (grappler's fused kernels could have changed them).
     from tle_keras import plugin as P
 
-    knet = P.load_backbone(model=name, num_classes=10, class_names=list(digits.class_names),
-                           input_shape=digits.input_shape, head=HeadSpec(), weights=ResolvedWeights(kind="none"),
-                           device="cpu", precision="auto", seed=3)
+    knet = P.load_backbone(blueprint=Blueprint(model=name, class_names=list(digits.class_names),
+                                               input_shape=digits.input_shape, head=HeadSpec(), device="cpu",
+                                               precision="auto", seed=3), weights=ResolvedWeights(kind="none"))
     x = digits.x_test[:100]
     got = P.evaluate(model=knet, images=x, labels=digits.y_test[:100], batch_size=32).logits
     want = np.concatenate([np.asarray(knet.net(x[i:i + 32], training=False)) for i in range(0, len(x), 32)])

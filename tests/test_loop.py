@@ -4,7 +4,7 @@ import io
 
 from rich.console import Console
 
-from tle.contract.loop import History, TrainLoop
+from tle.contract.loop import History, Listeners, TrainLoop
 from tle.progress import make_progress, track
 from tle.contract.strategy import Stage
 
@@ -25,15 +25,15 @@ def drive(loop, accs):
 
 def test_steps_continue_across_stages_and_epochs_are_timed():
     history, seen = History(), []
-    drive(TrainLoop(stage(2), step_offset=0, history=history, on_epoch=seen.append), [0.1, 0.2])
-    drive(TrainLoop(stage(3, 1), step_offset=2, history=history, on_epoch=seen.append), [0.3, 0.4, 0.5])
+    drive(TrainLoop(stage(2), history, listeners=Listeners(on_epoch=seen.append)), [0.1, 0.2])
+    drive(TrainLoop(stage(3, 1), history, step_offset=2, listeners=Listeners(on_epoch=seen.append)), [0.3, 0.4, 0.5])
     assert [r.step for r in seen] == [0, 1, 2, 3, 4] and [r.stage for r in seen] == [0, 0, 1, 1, 1]
     assert all(r.metrics["epoch_seconds"] >= 0 for r in seen)
     assert history.series("val_acc") == [0.1, 0.2, 0.3, 0.4, 0.5] and history.best() == 0.5
 
 
 def test_early_stopping_on_val_acc_patience():
-    loop = TrainLoop(stage(10), step_offset=0, history=History(), on_epoch=lambda r: None, patience=2)
+    loop = TrainLoop(stage(10), patience=2)
     drive(loop, [0.5, 0.6, 0.6, 0.55, 0.9, 0.9])
     assert loop.epochs_done == 4 and loop.should_stop  # two epochs without a new best after 0.6
 
@@ -42,7 +42,7 @@ def test_progress_shows_epochs_and_tracked_passes():
     buffer = io.StringIO()
     progress = make_progress(Console(file=buffer, width=120, force_terminal=False), quiet=False)
     with progress:
-        loop = TrainLoop(stage(2), step_offset=0, history=History(), on_epoch=lambda r: None, progress=progress)
+        loop = TrainLoop(stage(2), listeners=Listeners(progress=progress))
         assert list(loop.track(range(4), 4, "caching")) == [0, 1, 2, 3]
         drive(loop, [0.7, 0.8])
         loop.close()

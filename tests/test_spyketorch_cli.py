@@ -90,10 +90,10 @@ def test_plan_shows_the_training_phases():
     # A stage that freezes conv1-conv2 (feature-extractor: S2's network B) runs R-STDP only.
     from tle.cli.inspect import _phases
     from tle.backends.manager import load_backend
-    from tle.contract.strategy import build_plan
+    from tle.contract.strategy import Rates, build_plan
 
     info = load_backend("spyketorch").model("mozafari")
-    stage = build_plan("feature-extractor", info.blocks, epochs=5, lr=1e-3).stages[0]
+    stage = build_plan("feature-extractor", info.blocks, Rates(5, 1e-3)).stages[0]
     assert [p.block for p in _phases(info, stage)] == ["head"]
 
 

@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 from tle import UserError  # noqa: E402
-from tle.contract.records import ExportMetadata, ResolvedWeights  # noqa: E402
+from tle.contract.records import Blueprint, ExportMetadata, ResolvedWeights  # noqa: E402
 from tle.contract.initializers import InitSpec  # noqa: E402
 from tle.interop.serving import check_parity, open_model  # noqa: E402
 from tle.contract.spec import HeadSpec  # noqa: E402
@@ -18,9 +18,9 @@ from tle_spyketorch.fusion import importance  # noqa: E402
 
 
 def build(classes, seed=0, size=16, channels=1, model="mozafari_small"):
-    return plugin.load_backbone(model=model, num_classes=len(classes), class_names=list(classes),
-                                input_shape=(size, size, channels), head=HeadSpec(), weights=ResolvedWeights("none"),
-                                device="cpu", precision="fp32", seed=seed)
+    return plugin.load_backbone(blueprint=Blueprint(model=model, class_names=list(classes),
+                                                    input_shape=(size, size, channels), head=HeadSpec(), device="cpu",
+                                                    precision="fp32", seed=seed), weights=ResolvedWeights("none"))
 
 
 def sibling(net, classes, seed):
@@ -231,12 +231,12 @@ def test_freeze_policy_and_counts_follow_the_plan():
 
 def test_training_reports_each_epoch_and_resumes_exactly(tmp_path):
     from tle.contract.spec import TrainSpec
-    from tle.contract.strategy import build_plan
+    from tle.contract.strategy import Rates, build_plan
     from tle_torch.testing import digits_dataset, recording_loop
 
     data = digits_dataset(range(3), size=16)
     data.x_train, data.y_train = data.x_train[:200], data.y_train[:200]  # a CI-sized budget
-    stage = build_plan("scratch", ["conv1", "conv2"], epochs=3, lr=1e-3).stages[0]
+    stage = build_plan("scratch", ["conv1", "conv2"], Rates(3, 1e-3)).stages[0]
     spec = TrainSpec(batch_size=16, epochs=3)
 
     def fresh():
@@ -250,7 +250,7 @@ def test_training_reports_each_epoch_and_resumes_exactly(tmp_path):
     assert records[-1].metrics["val_acc"] > 0.5  # three classes: chance is 1/3
 
     # Interrupted after epoch 1: the checkpoint written then, and a fresh model, finish like the whole run.
-    cut = build_plan("scratch", ["conv1", "conv2"], epochs=2, lr=1e-3).stages[0]
+    cut = build_plan("scratch", ["conv1", "conv2"], Rates(2, 1e-3)).stages[0]
     loop, _ = recording_loop(cut, checkpoint_path=tmp_path / "cut")
     plugin.train(model=fresh(), data=data, stage=cut, train=spec, loop=loop)
     resumed = fresh()

@@ -20,19 +20,19 @@ SMALL = ("--backend", "spyketorch", "--model", "mozafari_small", "--image-size",
 
 def _train(model, data, strategy="scratch", source=None, epochs=10, presentations=None):
     """Train through the backend's hooks on the core's real loop; (net, test accuracy, loop, epoch records)."""
-    from tle.contract.records import ResolvedWeights
+    from tle.contract.records import Blueprint, ResolvedWeights
     from tle.contract.spec import HeadSpec, TrainSpec
-    from tle.contract.strategy import build_plan
+    from tle.contract.strategy import Rates, build_plan
     from tle_spyketorch import plugin
     from tle_torch.testing import recording_loop
 
-    net = plugin.load_backbone(model=model, num_classes=data.num_classes, class_names=list(data.class_names),
-                               input_shape=data.input_shape, head=HeadSpec(), weights=ResolvedWeights("none"),
-                               device="cpu", precision="fp32", seed=0)
+    net = plugin.load_backbone(blueprint=Blueprint(model=model, class_names=list(data.class_names),
+                                                   input_shape=data.input_shape, head=HeadSpec(), device="cpu",
+                                                   precision="fp32", seed=0), weights=ResolvedWeights("none"))
     if source is not None:  # S2's network B: the source's conv1-conv2, a conv3 of its own
         net.conv1.data.copy_(source.conv1)
         net.conv2.data.copy_(source.conv2)
-    stage = build_plan(strategy, ["conv1", "conv2"], epochs=epochs, lr=1e-3).stages[0]
+    stage = build_plan(strategy, ["conv1", "conv2"], Rates(epochs, 1e-3)).stages[0]
     spec = TrainSpec(batch_size=32, epochs=epochs, **({"stdp": {"presentations": presentations}}
                                                        if presentations is not None else {}))
     plugin.freeze_policy(model=net, trainable=dict(stage.trainable))
@@ -102,7 +102,7 @@ def test_stdp_stops_at_its_budget_or_once_converged():
     """The phase itself, cheaply: a budget that is not a multiple of the set is presented exactly, a budget of 0
     presents nothing, and a converged layer stops before the budget."""
     from tle.contract.spec import TrainSpec
-    from tle.contract.strategy import build_plan
+    from tle.contract.strategy import Rates, build_plan
     from tle_spyketorch import plugin
     from tle_spyketorch.train import stdp_phase
     from tle_torch.testing import recording_loop
@@ -110,7 +110,7 @@ def test_stdp_stops_at_its_budget_or_once_converged():
     from test_spyketorch_fusion import build
 
     x = torch.rand(50, 16, 16, 1)
-    stage = build_plan("scratch", ["conv1", "conv2"], epochs=1, lr=1e-3).stages[0]
+    stage = build_plan("scratch", ["conv1", "conv2"], Rates(1, 1e-3)).stages[0]
     loop, _ = recording_loop(stage)
     net = build([str(c) for c in range(3)])
     plugin.freeze_policy(model=net, trainable=dict(stage.trainable))

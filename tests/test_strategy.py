@@ -3,7 +3,7 @@
 import pytest
 
 from tle.errors import UserError
-from tle.contract.strategy import HEAD, build_plan, parse_strategy
+from tle.contract.strategy import HEAD, Rates, build_plan, parse_strategy
 
 VGG = ["block1", "block2", "block3", "block4", "block5"]
 
@@ -31,7 +31,7 @@ def trainable(stage):
 
 
 def test_scratch_plan():
-    plan = build_plan("scratch", VGG, epochs=3, lr=1e-3)
+    plan = build_plan("scratch", VGG, Rates(3, 1e-3))
     assert plan.pretrained == ()
     assert plan.reinit == (*VGG, HEAD)
     (stage,) = plan.stages
@@ -39,7 +39,7 @@ def test_scratch_plan():
 
 
 def test_feature_extractor_plan():
-    plan = build_plan("freeze", VGG, epochs=4, lr=1e-3)
+    plan = build_plan("freeze", VGG, Rates(4, 1e-3))
     assert plan.pretrained == tuple(VGG) and plan.reinit == (HEAD,)
     (stage,) = plan.stages
     assert trainable(stage) == [HEAD]
@@ -47,7 +47,7 @@ def test_feature_extractor_plan():
 
 
 def test_finetune_plan_matches_s3():
-    plan = build_plan("finetune:block5", VGG, epochs=5, lr=1e-3)
+    plan = build_plan("finetune:block5", VGG, Rates(5, 1e-3))
     head, tune = plan.stages
     assert trainable(head) == [HEAD] and (head.epochs, head.lr) == (5, 1e-3)
     # S3: Adam lr=1e-5 for 2 epochs on block5 + head
@@ -57,24 +57,24 @@ def test_finetune_plan_matches_s3():
 
 
 def test_finetune_custom_stage():
-    plan = build_plan("finetune:block3", VGG, epochs=1, lr=1e-2, finetune_epochs=4, finetune_lr=3e-4)
+    plan = build_plan("finetune:block3", VGG, Rates(1, 1e-2, finetune_epochs=4, finetune_lr=3e-4))
     tune = plan.stages[1]
     assert trainable(tune) == ["block3", "block4", "block5", HEAD] and (tune.epochs, tune.lr) == (4, 3e-4)
 
 
 @pytest.mark.parametrize("k, pretrained", [(1, VGG[:1]), (2, VGG[:2]), (4, VGG[:4])])
 def test_transfer_plan_matches_s0(k, pretrained):
-    plan = build_plan(f"transfer:block{k}", VGG, epochs=15, lr=1e-3)
+    plan = build_plan(f"transfer:block{k}", VGG, Rates(15, 1e-3))
     assert list(plan.pretrained) == pretrained
     assert list(plan.reinit) == VGG[k:] + [HEAD]
     assert trainable(plan.stages[0]) == [*VGG, HEAD]
 
 
 def test_transfer_all():
-    plan = build_plan("transfer:all", VGG, epochs=15, lr=1e-3)
+    plan = build_plan("transfer:all", VGG, Rates(15, 1e-3))
     assert plan.pretrained == tuple(VGG) and plan.reinit == (HEAD,)
 
 
 def test_unknown_block_is_user_error():
     with pytest.raises(UserError, match="block7.*block1, block2"):
-        build_plan("finetune:block7", VGG, epochs=1, lr=1e-3, model="vgg16")
+        build_plan("finetune:block7", VGG, Rates(1, 1e-3), model="vgg16")

@@ -13,11 +13,11 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 
 from tle import UserError  # noqa: E402
-from tle.contract.records import ResolvedWeights  # noqa: E402
+from tle.contract.records import Blueprint, ResolvedWeights  # noqa: E402
 from tle.contract.initializers import InitSpec  # noqa: E402
 from tle.run.runner import check_counts  # noqa: E402
 from tle.contract.spec import HeadSpec  # noqa: E402
-from tle.contract.strategy import HEAD, build_plan  # noqa: E402
+from tle.contract.strategy import HEAD, Rates, build_plan  # noqa: E402
 from tle_torch import blocks as block_maps  # noqa: E402
 from tle_torch import plugin, registry  # noqa: E402
 from tle_torch.init import fans  # noqa: E402
@@ -28,9 +28,9 @@ VGG16_CONV = [38_720, 221_440, 1_475_328, 5_899_776, 7_079_424]
 
 def build(model, num_classes=10, size=32, channels=3, head=None, weights=NONE, seed=0, classes=None):
     classes = list(classes or (str(i) for i in range(num_classes)))
-    return plugin.load_backbone(model=model, num_classes=num_classes, class_names=classes,
-                                input_shape=(size, size, channels),
-                                head=head or HeadSpec(), weights=weights, device="cpu", precision="fp32", seed=seed)
+    return plugin.load_backbone(blueprint=Blueprint(model=model, class_names=classes,
+                                                    input_shape=(size, size, channels), head=head or HeadSpec(),
+                                                    device="cpu", precision="fp32", seed=seed), weights=weights)
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def test_register_models_declares_the_blocks_the_model_has():
 ])
 def test_vgg16_trainable_parameters_per_stage(vgg16, strategy, stage_trainable):
     head = 512 * 256 + 256 + 256 * 10 + 10  # 1x1x512 flattened at 32 px -> 256 -> 10
-    plan = build_plan(strategy, vgg16.block_names, epochs=1, lr=1e-3)
+    plan = build_plan(strategy, vgg16.block_names, Rates(1, 1e-3))
     assert len(plan.stages) == len(stage_trainable)
     for stage, backbone in zip(plan.stages, stage_trainable):
         plugin.freeze_policy(model=vgg16, trainable=dict(stage.trainable), fixed_stats=stage.fixed_stats)
@@ -154,9 +154,9 @@ def test_heads():
 
 def test_original_head_replaces_only_the_last_linear():
     tv = block_maps.build_torchvision("alexnet")
-    net = plugin.load_backbone(model="alexnet", num_classes=4, class_names=list("abcd"), input_shape=(64, 64, 3),
-                               head=HeadSpec(kind="original"),
-                               weights=NONE, device="cpu", precision="fp32", seed=0)
+    net = plugin.load_backbone(blueprint=Blueprint(model="alexnet", class_names=list("abcd"), input_shape=(64, 64, 3),
+                                                   head=HeadSpec(kind="original"), device="cpu", precision="fp32",
+                                                   seed=0), weights=NONE)
     assert net.new_head == ["classifier.6"]
     assert net.head.classifier[6].out_features == 4
     assert net.head.classifier[1].weight.shape == tv.classifier[1].weight.shape

@@ -13,7 +13,7 @@ pytest.importorskip("onnxscript")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from tle.contract.records import ExportMetadata, ResolvedWeights  # noqa: E402
+from tle.contract.records import Blueprint, ExportMetadata, ResolvedWeights  # noqa: E402
 from tle.interop.serving import check_parity, open_model  # noqa: E402
 from tle.contract.spec import HeadSpec  # noqa: E402
 from tle_torch import plugin  # noqa: E402
@@ -28,10 +28,10 @@ from tle_torch import plugin  # noqa: E402
     ("vgg_small", 32, 3, "original"),
 ])
 def test_onnx_parity(tmp_path, model, size, channels, head):
-    net = plugin.load_backbone(model=model, num_classes=6, class_names=[f"class{i}" for i in range(6)],
-                               input_shape=(size, size, channels),
-                               head=HeadSpec(kind=head), weights=ResolvedWeights(kind="none"), device="cpu",
-                               precision="fp32", seed=0)
+    net = plugin.load_backbone(blueprint=Blueprint(model=model, class_names=[f"class{i}" for i in range(6)],
+                                                   input_shape=(size, size, channels), head=HeadSpec(kind=head),
+                                                   device="cpu", precision="fp32", seed=0),
+                               weights=ResolvedWeights(kind="none"))
     rng = np.random.default_rng(0)
     with torch.no_grad():  # non-trivial BatchNorm statistics, as after training
         net.train()(torch.from_numpy(rng.random((8, size, size, channels), dtype=np.float32)))

@@ -11,10 +11,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 
-from tle.contract.records import ResolvedWeights  # noqa: E402
+from tle.contract.records import Blueprint, ResolvedWeights  # noqa: E402
 from tle.contract.initializers import InitSpec  # noqa: E402
 from tle.contract.spec import HeadSpec, TrainSpec  # noqa: E402
-from tle.contract.strategy import HEAD, Stage, build_plan  # noqa: E402
+from tle.contract.strategy import HEAD, Stage, Rates, build_plan  # noqa: E402
 from tle_torch import plugin  # noqa: E402
 from tle_torch.testing import digits_dataset, recording_loop  # noqa: E402
 
@@ -34,10 +34,10 @@ def digits59():
 
 def prepared(model, data, strategy, weights=NONE, seed=0, head=None, device="cpu", batchnorm="frozen"):
     """What the runner does before training: load (drawing the head), then init the plan's fresh blocks."""
-    net = plugin.load_backbone(model=model, num_classes=data.num_classes, class_names=data.class_names,
-                               input_shape=data.input_shape,
-                               head=head or HeadSpec(), weights=weights, device=device, precision="fp32", seed=seed)
-    plan = build_plan(strategy, net.block_names, epochs=2, lr=1e-3, batchnorm=batchnorm)
+    net = plugin.load_backbone(blueprint=Blueprint(model=model, class_names=data.class_names,
+                                                   input_shape=data.input_shape, head=head or HeadSpec(),
+                                                   device=device, precision="fp32", seed=seed), weights=weights)
+    plan = build_plan(strategy, net.block_names, Rates(2, 1e-3), batchnorm=batchnorm)
     plugin.apply_init(model=net, blocks=[b for b in plan.reinit if b != HEAD], init=GLOROT, seed=seed)
     return net, plan
 

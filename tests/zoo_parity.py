@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from tle.contract.records import Blueprint
 
 CLASSES = 10
 BATCH = 2
@@ -39,8 +40,9 @@ def _torch_net(model: str, size: int, head: str, seed: int = 0):
     from tle.contract.spec import HeadSpec
     from tle_torch.models import build
 
-    net = build(model, CLASSES, [str(i) for i in range(CLASSES)], (size, size, 3), HeadSpec(kind=head),
-                ResolvedWeights(kind="none"), seed)
+    net = build(Blueprint(model, tuple(str(i) for i in range(CLASSES)), (size, size, 3), HeadSpec(kind=head),
+                          seed=seed),
+                ResolvedWeights(kind="none"))
     return net.eval()
 
 
@@ -180,9 +182,10 @@ def keras_net(model: str, size: int, head: str, seed: int = 0):
     from tle.contract.spec import HeadSpec
     from tle_keras import plugin
 
-    return plugin.load_backbone(model=model, num_classes=CLASSES, class_names=[str(i) for i in range(CLASSES)],
-                                input_shape=(size, size, 3), head=HeadSpec(kind=head),
-                                weights=ResolvedWeights(kind="none"), device="cpu", precision="fp32", seed=seed)
+    return plugin.load_backbone(blueprint=Blueprint(model=model, class_names=[str(i) for i in range(CLASSES)],
+                                                    input_shape=(size, size, 3), head=HeadSpec(kind=head),
+                                                    device="cpu", precision="fp32", seed=seed),
+                                weights=ResolvedWeights(kind="none"))
 
 
 def read_torch(case, out: Path):

@@ -35,14 +35,14 @@ import pluggy
 if TYPE_CHECKING:  # the annotations only: importing these here would make every plugin import numpy and pydantic
     import numpy as np
 
-    from tle.contract.records import (BlockCount, BackendInfo, Evaluation, ExportMetadata, Fused, FuseOptions, ImageSet,
-                               ModelInfo, ResolvedWeights, Trained)
+    from tle.contract.records import (Blueprint, BlockCount, BackendInfo, Evaluation, ExportMetadata, Fused, FuseOptions,
+                                      ImageSet, ModelInfo, ResolvedWeights, Trained)
     from tle.data import Dataset
     from tle.data.sources import Source
     from tle.contract.distributed import DistributedPlan
     from tle.contract.initializers import InitSpec
     from tle.contract.loop import TrainLoop
-    from tle.contract.spec import DataSpec, DistributedSpec, HeadSpec, TrainSpec
+    from tle.contract.spec import DataSpec, DistributedSpec, TrainSpec
     from tle.contract.strategy import Stage
 
 hookspec = pluggy.HookspecMarker("tle")
@@ -125,25 +125,19 @@ def register_datasets() -> dict[str, Callable[[str, DataSpec], ImageSet | Source
 
 
 @hookspec(firstresult=True)
-def load_backbone(model: str, num_classes: int, class_names: list[str], input_shape: tuple[int, int, int],
-                  head: HeadSpec, weights: ResolvedWeights, device: str, precision: str, seed: int) -> object:
-    """Build ``model`` with a head of ``num_classes`` outputs.
+def load_backbone(blueprint: Blueprint, weights: ResolvedWeights) -> object:
+    """Build ``blueprint.model`` with a head of ``blueprint.num_classes`` outputs.
 
-    :param str model: a name from :func:`register_models`.
-    :param int num_classes: classes in the data.
-    :param list[str] class_names: their names, in label order.
-    :param tuple input_shape: ``(height, width, channels)`` of the images.
-    :param tle.contract.spec.HeadSpec head: the classifier to put on the backbone.
+    :param tle.contract.records.Blueprint blueprint: the model (a name from :func:`register_models`), the class
+        names in label order, the input shape ``(height, width, channels)``, the classifier head
+        (:class:`tle.contract.spec.HeadSpec`), the device, the precision and the seed for everything random in
+        construction.
     :param tle.contract.records.ResolvedWeights weights: where the backbone's weights
         come from. Pretrained blocks are loaded here. The head is new, drawn
-        with ``head.init``, unless ``weights.keeps_head(class_names)`` (the
+        with ``head.init``, unless ``weights.keeps_head(blueprint.class_names)`` (the
         core's one rule, :func:`tle.contract.records.same_classes`: the weights come
         from a run on these very classes) and the saved head fits: then it is
         kept. A new head's layers are drawn with ``head.initializer``.
-    :param str device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-    :param str precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``; backends that fix
-        the compute dtype at build time (Keras's mixed-precision policy) read it here.
-    :param int seed: seed for everything random in construction.
     :return: the native model (opaque to the core: it only hands it back to the other hooks).
 
     Raise :class:`tle.UserError` for an unknown model, missing weights offline,

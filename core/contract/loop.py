@@ -44,38 +44,53 @@ class History:
         return max(values) if values else math.nan
 
 
+@dataclass(frozen=True)
+class Checkpointing:
+    """Where a stage's native checkpoint lives. The backend writes its checkpoint (model + optimiser + stage +
+    epoch) to ``path``, adding a suffix if its format needs one, before each ``epoch_end``; with ``resume_from``
+    it loads that checkpoint first and trains from ``start_epoch``."""
+
+    path: Path | None = None
+    resume_from: Path | None = None
+    start_epoch: int = 0
+
+
+@dataclass(frozen=True)
+class Listeners:
+    """Who hears of a stage's progress: each epoch's record, the warnings, the progress display."""
+
+    on_epoch: Callable[[EpochRecord], None] = lambda record: None
+    on_warning: Callable[[str, dict[str, str]], None] | None = None
+    progress: Progress | None = None
+
+
 class TrainLoop:
     """Handed to the backend's ``train`` hook for one stage."""
 
-    def __init__(self, stage: Stage, *, step_offset: int, history: History,
-                 on_epoch: Callable[[EpochRecord], None], progress: Progress | None = None,
-                 patience: int | None = None, start_epoch: int = 0, checkpoint_path: Path | None = None,
-                 resume_from: Path | None = None,
-                 on_warning: Callable[[str, dict[str, str]], None] | None = None):
+    def __init__(self, stage: Stage, history: History | None = None, *, step_offset: int = 0,
+                 listeners: Listeners = Listeners(), patience: int | None = None,
+                 checkpointing: Checkpointing = Checkpointing()):
         self.stage = stage
         self.step_offset = step_offset
-        self.history = history
-        self.start_epoch = start_epoch
-        # The backend writes its native checkpoint (model + optimiser + stage + epoch) here, adding a
-        # suffix if its format needs one, before each epoch_end; when resume_from is set it loads it
-        # first and trains from start_epoch.
-        self.checkpoint_path = checkpoint_path
-        self.resume_from = resume_from
-        self._on_epoch = on_epoch
-        self._on_warning = on_warning
+        self.history = history if history is not None else History()
+        self.start_epoch = checkpointing.start_epoch
+        self.checkpoint_path = checkpointing.path
+        self.resume_from = checkpointing.resume_from
+        self._on_epoch = listeners.on_epoch
+        self._on_warning = listeners.on_warning
         self.warnings: list[str] = []
-        self._progress = progress
+        self._progress = progress = listeners.progress
         self._patience = patience
         self._best = -math.inf
         self._since_best = 0
         self._t0 = 0.0
         self.should_stop = False
-        self.epochs_done = start_epoch
+        self.epochs_done = self.start_epoch
         self._epoch_task = None
         self._batch_task = None
         if progress is not None:
             self._epoch_task = progress.add_task(f"stage {stage.index} {stage.name}", total=stage.epochs,
-                                                 completed=start_epoch, info="")
+                                                 completed=self.start_epoch, info="")
 
     def epoch_start(self, epoch: int, batches: int | None = None) -> None:
         self._t0 = time.perf_counter()

@@ -11,7 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:  # annotations only: the records stay free of pydantic for the cheap hooks (backend_info)
+    from tle.contract.spec import ExperimentSpec, HeadSpec
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,37 @@ class ResolvedWeights:
     def keeps_head(self, class_names) -> bool:
         """Whether a model built from these weights for ``class_names`` keeps their head (see :func:`same_classes`)."""
         return same_classes(self.class_names, class_names)
+
+
+@dataclass(frozen=True)
+class Blueprint:
+    """What :func:`tle.contract.hookspecs.load_backbone` is asked to build: ``model`` with a head of one output per
+    class of ``class_names`` (in label order) for images of ``input_shape`` ``(height, width, channels)``, the
+    classifier ``head``, on ``device`` (``auto``, ``cpu``, ``cuda`` or ``cuda:N``), at ``precision`` (``auto``,
+    ``fp32``, ``bf16`` or ``fp16``: backends that fix the compute dtype at build time, like Keras's mixed-precision
+    policy, read it here), everything random drawn from ``seed``. With a spec (:meth:`of`) or without one."""
+
+    model: str
+    class_names: tuple[str, ...]
+    input_shape: tuple[int, int, int]
+    head: HeadSpec | None = None  # None: the default head (HeadSpec())
+    device: str = "cpu"
+    precision: str = "fp32"
+    seed: int = 0
+
+    def __post_init__(self) -> None:  # lists given by a caller become the tuples the record promises
+        object.__setattr__(self, "class_names", tuple(self.class_names))
+        object.__setattr__(self, "input_shape", tuple(self.input_shape))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @classmethod
+    def of(cls, spec: ExperimentSpec, data, device: str | None = None) -> Blueprint:
+        """``spec``'s model for ``data``'s classes and images; ``device`` overrides ``train.device`` (a rank's own)."""
+        return cls(spec.model, tuple(data.class_names), tuple(data.input_shape), spec.head,
+                   device or spec.train.device, spec.train.precision, spec.train.seed)
 
 
 def same_classes(saved, class_names) -> bool:

@@ -106,10 +106,21 @@ class Plan:
         return n
 
 
-def build_plan(strategy: Strategy | str, blocks: list[str] | tuple[str, ...], *, epochs: int, lr: float,
-               finetune_epochs: int = 2, finetune_lr: float = 1e-5, batchnorm: str = "frozen",
-               model: str = "the model") -> Plan:
+@dataclass(frozen=True)
+class Rates:
+    """How long and how fast each stage trains: ``epochs`` at ``lr`` for the first stage, ``finetune_epochs`` at
+    ``finetune_lr`` for a fine-tuning stage (the spec's ``train`` fields of the same names)."""
+
+    epochs: int
+    lr: float
+    finetune_epochs: int = 2
+    finetune_lr: float = 1e-5
+
+
+def build_plan(strategy: Strategy | str, blocks: list[str] | tuple[str, ...], rates: Rates, *,
+               batchnorm: str = "frozen", model: str = "the model") -> Plan:
     strategy = parse_strategy(strategy) if isinstance(strategy, str) else strategy
+    epochs, lr, finetune_epochs, finetune_lr = rates.epochs, rates.lr, rates.finetune_epochs, rates.finetune_lr
     blocks = tuple(blocks)
     if strategy.block and strategy.block != "all" and strategy.block not in blocks:
         raise UserError(f"strategy {strategy} names block {strategy.block!r}, which {model} does not have",

@@ -11,41 +11,18 @@ the backends apply in ``load_backbone`` to the class names they are given here.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tle.contract.records import ModelInfo, ResolvedWeights
+from tle.contract.records import Blueprint, ModelInfo, ResolvedWeights
 from tle.errors import UserError
-from tle.contract.spec import ExperimentSpec, HeadSpec
+from tle.contract.spec import ExperimentSpec
 from tle.contract.strategy import HEAD
-
-
-@dataclass(frozen=True)
-class Blueprint:
-    """What :func:`tle.contract.hookspecs.load_backbone` is asked to build, with a spec or without one."""
-
-    model: str
-    class_names: tuple[str, ...]
-    input_shape: tuple[int, int, int]
-    head: HeadSpec
-    device: str = "cpu"
-    precision: str = "fp32"
-    seed: int = 0
-
-    @classmethod
-    def of(cls, spec: ExperimentSpec, data, device: str | None = None) -> Blueprint:
-        """``spec``'s model for ``data``'s classes and images; ``device`` overrides ``train.device`` (a rank's own)."""
-        return cls(spec.model, tuple(data.class_names), tuple(data.input_shape), spec.head,
-                   device or spec.train.device, spec.train.precision, spec.train.seed)
 
 
 def build(hook, blueprint: Blueprint, weights: ResolvedWeights | None = None) -> Any:
     """The backend's native model of ``blueprint`` on ``weights`` (none: every layer drawn from its seed)."""
-    b = blueprint
-    return hook.load_backbone(model=b.model, num_classes=len(b.class_names), class_names=list(b.class_names),
-                              input_shape=b.input_shape, head=b.head, weights=weights or ResolvedWeights(kind="none"),
-                              device=b.device, precision=b.precision, seed=b.seed)
+    return hook.load_backbone(blueprint=blueprint, weights=weights or ResolvedWeights(kind="none"))
 
 
 def assemble(hook, spec: ExperimentSpec, data, workdir: Path, weights: str | ResolvedWeights | None = None,

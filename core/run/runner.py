@@ -22,7 +22,7 @@ from tle.run.assembly import assemble, check_input
 from tle.contract.distributed import RankContext
 from tle.contract.records import BlockCount, Trained
 from tle.errors import UserError
-from tle.contract.loop import History, TrainLoop
+from tle.contract.loop import Checkpointing, History, Listeners, TrainLoop
 from tle.progress import make_progress, print_warning
 from tle.run.metrics import Report, classification_report
 from tle.run.outputs import Output, export_and_check, export_extras, log_extras, save_weights
@@ -31,7 +31,7 @@ from tle.backends.manager import Backend, load_backend
 from tle.contract.spec import ExperimentSpec
 from tle.store.status import warning_tags
 from tle.store.stored_run import SPEC_KEY, record_inputs, run_tags
-from tle.contract.strategy import Plan, Stage, build_plan
+from tle.contract.strategy import Plan, Stage, Rates, build_plan
 
 if TYPE_CHECKING:
     from tle.data import Dataset
@@ -101,8 +101,8 @@ def prepare(spec: ExperimentSpec) -> tuple[Backend, Plan]:
     backend = load_backend(spec.backend)
     info = backend.model(spec.model)
     t = spec.train
-    plan = build_plan(spec.strategy, info.blocks, epochs=t.epochs, lr=t.lr, finetune_epochs=t.finetune_epochs,
-                      finetune_lr=t.finetune_lr, batchnorm=t.batchnorm, model=f"{spec.backend}/{spec.model}")
+    plan = build_plan(spec.strategy, info.blocks, Rates(t.epochs, t.lr, finetune_epochs=t.finetune_epochs,
+                      finetune_lr=t.finetune_lr), batchnorm=t.batchnorm, model=f"{spec.backend}/{spec.model}")
     if plan.strategy.needs_pretrained and spec.weights == "none":
         raise UserError(f"strategy {plan.strategy} starts from pretrained blocks but --weights is none",
                         "pass --weights imagenet, a weights file, runs:/RUN_ID or models:/NAME/VERSION")
@@ -284,9 +284,9 @@ def _train_and_report(state: RunState) -> RunResult | None:
         if done >= stage.epochs:
             step += done
             continue
-        loop = TrainLoop(stage, step_offset=step, history=history, on_epoch=on_epoch, progress=state.progress,
-                         patience=spec.train.early_stopping, start_epoch=done, checkpoint_path=checkpoint,
-                         resume_from=resume_from, on_warning=on_warning)
+        loop = TrainLoop(stage, history, step_offset=step, patience=spec.train.early_stopping,
+                         listeners=Listeners(on_epoch, on_warning, state.progress),
+                         checkpointing=Checkpointing(checkpoint, resume_from, done))
         trained = hook.train(model=model, data=data, stage=stage, train=spec.train, loop=loop)
         loop.close()
         if isinstance(trained, Trained) and trained.metrics:  # a backend not yet returning Trained logs nothing more

@@ -35,11 +35,11 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import pytest
 
-from tle.contract.records import ResolvedWeights, Trained
+from tle.contract.records import Blueprint, ResolvedWeights, Trained
 from tle.errors import UserError
 from tle.contract.hookspecs import hookimpl
-from tle.contract.loop import History, TrainLoop
-from tle.contract.strategy import HEAD, build_plan
+from tle.contract.loop import Checkpointing, History, TrainLoop
+from tle.contract.strategy import HEAD, Rates, build_plan
 from tle.store.status import RunStatus
 
 __all__ = ["BackendConformance"]
@@ -147,10 +147,10 @@ class BackendConformance:
         from tle.contract.spec import HeadSpec
 
         names = list(class_names or data.class_names)
-        return backend.hook.load_backbone(model=self.model, num_classes=len(names), class_names=names,
-                                          input_shape=data.input_shape, head=HeadSpec(), device="cpu",
-                                          precision="fp32", weights=weights or ResolvedWeights(kind="none"),
-                                          seed=seed)
+        return backend.hook.load_backbone(blueprint=Blueprint(model=self.model, class_names=tuple(names),
+                                                              input_shape=data.input_shape, head=HeadSpec(),
+                                                              device="cpu", precision="fp32", seed=seed),
+                                          weights=weights or ResolvedWeights(kind="none"))
 
     def _logits(self, backend, model, images) -> np.ndarray:
         return np.asarray(backend.hook.evaluate(model=model, images=images, labels=None,
@@ -177,7 +177,7 @@ class BackendConformance:
         backend.hook.freeze_policy(model=model, trainable=dict(stage.trainable), fixed_stats=stage.fixed_stats)
         history = History()
         trained = backend.hook.train(model=model, data=data, stage=stage, loop=TrainLoop(
-            stage, step_offset=0, history=history, on_epoch=lambda record: None, **loop),
+            stage, history, **loop),
             train=TrainSpec(epochs=stage.epochs, batch_size=self.batch_size, lr=self.lr, seed=0,
                             **self.spec_overrides.get("train", {})))
         self._check_trained(trained, len(history.records))
@@ -236,7 +236,7 @@ class BackendConformance:
         model = self._build(conformance_backend, conformance_data)
         totals = set()
         for strategy in strategies:
-            for stage in build_plan(strategy, blocks, epochs=1, lr=1e-3).stages:
+            for stage in build_plan(strategy, blocks, Rates(1, 1e-3)).stages:
                 conformance_backend.hook.freeze_policy(model=model, trainable=dict(stage.trainable),
                                                        fixed_stats=stage.fixed_stats)
                 counts = list(conformance_backend.hook.count_parameters(model=model))
@@ -340,19 +340,19 @@ class BackendConformance:
             pytest.skip(f"backend {self.backend} does not resume runs")
         blocks = self._blocks(conformance_backend)
         images = conformance_data.x_test[:16]
-        two = build_plan("scratch", blocks, epochs=2, lr=self.lr).stages[0]
+        two = build_plan("scratch", blocks, Rates(2, self.lr)).stages[0]
         straight = self._build(conformance_backend, conformance_data)
         self._train(conformance_backend, straight, conformance_data, two)
         first = self._build(conformance_backend, conformance_data)
         folder = tmp_path / "checkpoint"
         folder.mkdir()
-        one = build_plan("scratch", blocks, epochs=1, lr=self.lr).stages[0]
-        self._train(conformance_backend, first, conformance_data, one, checkpoint_path=folder / "last")
+        one = build_plan("scratch", blocks, Rates(1, self.lr)).stages[0]
+        self._train(conformance_backend, first, conformance_data, one, checkpointing=Checkpointing(folder / "last"))
         written = sorted(folder.iterdir())
         assert written, "the backend wrote no checkpoint into loop.checkpoint_path"
         resumed = self._build(conformance_backend, conformance_data, seed=5)  # the checkpoint must override it
-        history = self._train(conformance_backend, resumed, conformance_data, two, start_epoch=1,
-                              resume_from=written[0])
+        history = self._train(conformance_backend, resumed, conformance_data, two,
+                              checkpointing=Checkpointing(resume_from=written[0], start_epoch=1))
         assert [r.epoch for r in history.records] == [1]
         np.testing.assert_allclose(self._logits(conformance_backend, resumed, images),
                                    self._logits(conformance_backend, straight, images), atol=self.resume_atol)

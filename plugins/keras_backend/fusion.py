@@ -16,7 +16,7 @@ import hashlib
 
 import numpy as np
 
-from tle.contract.records import ResolvedWeights
+from tle.contract.records import Blueprint, ResolvedWeights
 from tle.contract.spec import HeadSpec
 from tle.contract.head_fusion import HeadArrays, check_models, merge
 from tle_keras.heads import NEW_LAST
@@ -68,8 +68,8 @@ def fuse(models: list[KerasNet], class_names: list[list[str]], keep: float = 0.5
     spec = HeadSpec(kind=kind, hidden=max(1, merged.units), dropout=dropout)
     # The logits layer is float32 in every policy; a backbone layer tells the one the first model was built with.
     precision = _PRECISION.get(first.layers_of(first.block_names[0])[0].dtype_policy.name, "fp32")
-    fused = build(first.model_name, len(merged.classes), first.input_shape, spec, ResolvedWeights(kind="none"),
-                  seed=0, class_names=merged.classes, precision=precision)
+    fused = build(Blueprint(first.model_name, tuple(merged.classes), first.input_shape, spec, precision=precision),
+                  ResolvedWeights(kind="none"))
     for block in first.block_names:
         for source, target in zip(first.layers_of(block), fused.layers_of(block), strict=True):
             if source.weights:

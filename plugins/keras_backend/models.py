@@ -16,8 +16,11 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from pathlib import Path
+from dataclasses import replace
 
 from tle import UserError
+from tle.contract.records import Blueprint, ResolvedWeights
+from tle.contract.spec import HeadSpec
 from tle_keras import blocks as block_maps
 from tle_keras import foreign
 from tle_keras import registry
@@ -34,12 +37,12 @@ REUSE_ENV = "TLE_REUSE_MODELS"
 _kept: dict = {}  # {"key": ..., "knet": KerasNet}: the last model built while reuse was on
 
 
-def build(name: str, num_classes: int, input_shape, head, weights, seed: int, class_names=None,
-          precision: str = "auto") -> KerasNet:
-    fresh = _build(name, num_classes, input_shape, head, weights, seed, class_names, precision)
+def build(blueprint: Blueprint, weights: ResolvedWeights | None) -> KerasNet:
+    head = blueprint.head or HeadSpec()
+    fresh = _build(replace(blueprint, head=head), weights)
     if os.environ.get(REUSE_ENV) != "1":
         return fresh
-    key = (name, int(num_classes), fresh.input_shape, head.kind, head.hidden, head.dropout,
+    key = (blueprint.model, blueprint.num_classes, fresh.input_shape, head.kind, head.hidden, head.dropout,
            keras.mixed_precision.global_policy().name)
     kept = _kept.get("knet")
     if kept is not None and _kept["key"] == key and kept.signature() == fresh.signature():
@@ -55,8 +58,10 @@ def forget() -> None:
     _kept.clear()
 
 
-def _build(name: str, num_classes: int, input_shape, head, weights, seed: int, class_names,
-           precision: str) -> KerasNet:
+def _build(blueprint: Blueprint, weights: ResolvedWeights | None) -> KerasNet:
+    name, num_classes, input_shape, seed = blueprint.model, blueprint.num_classes, blueprint.input_shape, blueprint.seed
+    head, class_names = blueprint.head or HeadSpec(), list(blueprint.class_names)
+    precision = blueprint.precision or "auto"
     if name in registry.UNAVAILABLE:
         raise UserError(f"model {name!r} is not available in the keras backend: {registry.UNAVAILABLE[name][1]}",
                         "use --backend torch for it")

@@ -25,9 +25,9 @@ if TYPE_CHECKING:
     from tle.contract.distributed import DistributedPlan
     from tle.contract.initializers import InitSpec
     from tle.contract.loop import TrainLoop
-    from tle.contract.records import (BlockCount, Evaluation, ExportMetadata, Fused, FuseOptions, ModelInfo,
+    from tle.contract.records import (Blueprint, BlockCount, Evaluation, ExportMetadata, Fused, FuseOptions, ModelInfo,
                                       ResolvedWeights, Trained)
-    from tle.contract.spec import DistributedSpec, HeadSpec, TrainSpec
+    from tle.contract.spec import DistributedSpec, TrainSpec
     from tle.contract.strategy import Stage
     from tle.data import Dataset
 
@@ -79,14 +79,11 @@ def resolve_device(device: str) -> str:
 
 
 @implements(hookspecs.load_backbone)
-def load_backbone(model: str, num_classes: int, class_names: list[str], input_shape: tuple[int, int, int],
-                  head: HeadSpec, weights: ResolvedWeights, device: str, precision: str, seed: int) -> object:
-    from tle.contract.spec import HeadSpec
+def load_backbone(blueprint: Blueprint, weights: ResolvedWeights) -> object:
     from tle_keras.models import build
 
-    resolve_device(device)  # a GPU asked for but absent fails here, before anything is built
-    return build(model, int(num_classes), tuple(input_shape), head or HeadSpec(), weights, int(seed or 0),
-                 class_names=class_names, precision=precision or "auto")
+    resolve_device(blueprint.device)  # a GPU asked for but absent fails here, before anything is built
+    return build(blueprint, weights)
 
 
 @implements(hookspecs.apply_init)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tle import UserError
 from tle.contract import hookspecs
 from tle.contract.helpers import installed_version
 from tle.contract.hookspecs import implements
@@ -23,8 +22,9 @@ if TYPE_CHECKING:
 
     from tle.contract.initializers import InitSpec
     from tle.contract.loop import TrainLoop
-    from tle.contract.records import BlockCount, Evaluation, ExportMetadata, ModelInfo, ResolvedWeights, Trained
-    from tle.contract.spec import HeadSpec, TrainSpec
+    from tle.contract.records import (Blueprint, BlockCount, Evaluation, ExportMetadata, ModelInfo, ResolvedWeights,
+                                      Trained)
+    from tle.contract.spec import TrainSpec
     from tle.contract.strategy import Stage
     from tle.data import Dataset
 
@@ -55,16 +55,14 @@ def resolve_device(device: str) -> str:
 
 
 @implements(hookspecs.load_backbone)
-def load_backbone(model: str, num_classes: int, class_names: list[str], input_shape: tuple[int, int, int],
-                  head: HeadSpec, weights: ResolvedWeights, device: str, precision: str, seed: int) -> object:
-    """``precision`` is not used: spikes and potentials are computed in float32."""
+def load_backbone(blueprint: Blueprint, weights: ResolvedWeights) -> object:
+    """``blueprint.precision`` is not used: spikes and potentials are computed in float32."""
     from tle_spyketorch.models import build
     from tle_torch.device import resolve
 
-    if num_classes is not None and int(num_classes) != len(class_names):
-        raise UserError(f"{num_classes} classes but {len(class_names)} class names", "pass one name per class")
-    net = build(model, list(class_names), tuple(input_shape), head, weights, int(seed or 0))
-    return net.to(resolve(device))
+    b = blueprint
+    net = build(b.model, list(b.class_names), tuple(b.input_shape), b.head, weights, int(b.seed or 0))
+    return net.to(resolve(b.device))
 
 
 @implements(hookspecs.apply_init)

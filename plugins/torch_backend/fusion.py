@@ -14,7 +14,7 @@ import hashlib
 import numpy as np
 import torch
 
-from tle.contract.records import ResolvedWeights
+from tle.contract.records import Blueprint, ResolvedWeights
 from tle.contract.spec import HeadSpec
 from tle.contract.head_fusion import HeadArrays, check_models, merge
 from tle_torch.models import build
@@ -59,8 +59,8 @@ def fuse(models: list[TleNet], class_names: list[list[str]], keep: float = 0.5, 
     first = models[0]
     dropout = float(first.head.dropout.p) if kind == "dense" else 0.0
     spec = HeadSpec(kind=kind, hidden=max(1, merged.units), dropout=dropout)
-    fused = build(first.model_name, len(merged.classes), merged.classes, first.input_shape, spec,
-                  ResolvedWeights(kind="none"), seed=0)
+    fused = build(Blueprint(first.model_name, tuple(merged.classes), first.input_shape, spec),
+                  ResolvedWeights(kind="none"))
     body = {k: v for k, v in first.state_dict().items() if not k.startswith(f"{HEAD}.")}
     missing, unexpected = fused.load_state_dict(body, strict=False)
     assert not unexpected and all(k.startswith(f"{HEAD}.") for k in missing), (missing, unexpected)

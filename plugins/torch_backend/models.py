@@ -9,6 +9,8 @@ from torch import nn
 
 from tle import UserError
 from tle.contract.portable import check_model, is_portable
+from tle.contract.records import Blueprint, ResolvedWeights
+from tle.contract.spec import HeadSpec
 from tle.contract.portable import read as read_portable
 from tle_torch import blocks as block_maps
 from tle_torch import registry
@@ -17,7 +19,9 @@ from tle_torch.heads import build_head
 from tle_torch.init import apply_init
 from tle_torch.wrapper import TleNet
 
-def build(name: str, num_classes: int, class_names: list[str], input_shape, head, weights, seed: int) -> TleNet:
+def build(blueprint: Blueprint, weights: ResolvedWeights | None) -> TleNet:
+    name, num_classes, class_names = blueprint.model, blueprint.num_classes, list(blueprint.class_names)
+    head, seed, input_shape = blueprint.head or HeadSpec(), int(blueprint.seed or 0), blueprint.input_shape
     if name not in registry.names():
         raise UserError(f"the torch backend has no model {name!r}", f"choose one of {', '.join(registry.names())}")
     h, w, c = (int(v) for v in input_shape)

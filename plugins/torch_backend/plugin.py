@@ -22,9 +22,9 @@ if TYPE_CHECKING:
     from tle.contract.distributed import DistributedPlan
     from tle.contract.initializers import InitSpec
     from tle.contract.loop import TrainLoop
-    from tle.contract.records import (BlockCount, Evaluation, ExportMetadata, Fused, FuseOptions, ModelInfo,
+    from tle.contract.records import (Blueprint, BlockCount, Evaluation, ExportMetadata, Fused, FuseOptions, ModelInfo,
                                       ResolvedWeights, Trained)
-    from tle.contract.spec import DistributedSpec, HeadSpec, TrainSpec
+    from tle.contract.spec import DistributedSpec, TrainSpec
     from tle.contract.strategy import Stage
     from tle.data import Dataset
 
@@ -59,16 +59,12 @@ def resolve_device(device: str) -> str:
 
 
 @implements(hookspecs.load_backbone)
-def load_backbone(model: str, num_classes: int, class_names: list[str], input_shape: tuple[int, int, int],
-                  head: HeadSpec, weights: ResolvedWeights, device: str, precision: str, seed: int) -> object:
-    """``precision`` is the train spec's: torch reads it when training (autocast), not at build time."""
-    from tle.contract.spec import HeadSpec
+def load_backbone(blueprint: Blueprint, weights: ResolvedWeights) -> object:
+    """``blueprint.precision`` is the train spec's: torch reads it when training (autocast), not at build time."""
     from tle_torch.device import resolve
     from tle_torch.models import build
 
-    net = build(model, int(num_classes), list(class_names), tuple(input_shape), head or HeadSpec(), weights,
-                int(seed or 0))
-    return net.to(resolve(device))
+    return build(blueprint, weights).to(resolve(blueprint.device))
 
 
 @implements(hookspecs.apply_init)

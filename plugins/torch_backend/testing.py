@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from tle.data import Dataset
-from tle.contract.loop import History, TrainLoop
+from tle.contract.loop import Checkpointing, Listeners, TrainLoop
 
 
 def digits_dataset(classes=range(10), size: int = 32, seed: int = 0, val: float = 0.2, test: float = 0.2,
@@ -49,7 +49,6 @@ def recording_loop(stage, start_epoch: int = 0, checkpoint_path: Path | None = N
                    resume_from: Path | None = None, patience: int | None = None) -> tuple[TrainLoop, list]:
     """The core's real TrainLoop without progress display; the list receives each EpochRecord."""
     records: list = []
-    loop = TrainLoop(stage, step_offset=0, history=History(), on_epoch=records.append, progress=None,
-                     patience=patience, start_epoch=start_epoch, checkpoint_path=checkpoint_path,
-                     resume_from=resume_from)
+    loop = TrainLoop(stage, patience=patience, listeners=Listeners(on_epoch=records.append),
+                     checkpointing=Checkpointing(checkpoint_path, resume_from, start_epoch))
     return loop, records

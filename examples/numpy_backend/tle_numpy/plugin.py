@@ -29,7 +29,7 @@ from tle_numpy.model import MODELS, Net, build, init_layer, layer_rng
 if TYPE_CHECKING:
     from tle.contract.initializers import InitSpec
     from tle.contract.loop import TrainLoop
-    from tle.contract.records import Evaluation, ExportMetadata, ResolvedWeights, Trained
+    from tle.contract.records import Blueprint, Evaluation, ExportMetadata, ResolvedWeights, Trained
     from tle.contract.spec import TrainSpec
     from tle.contract.strategy import Stage
     from tle.data import Dataset
@@ -61,11 +61,10 @@ def resolve_device(device: str) -> str:
 
 
 @implements(hookspecs.load_backbone)
-def load_backbone(model: str, num_classes: int, class_names: list[str], input_shape: tuple[int, int, int],
-                  head: HeadSpec, weights: ResolvedWeights, device: str, precision: str, seed: int) -> Net:
-    """``device`` is always the CPU (see :func:`resolve_device`); ``precision`` is always float32."""
-    height, width, channels = input_shape  # a tuple or a list: build keeps a tuple
-    net = build(model, (height, width, channels), num_classes, head or HeadSpec(), seed)
+def load_backbone(blueprint: Blueprint, weights: ResolvedWeights) -> Net:
+    """``blueprint.device`` is always the CPU (see :func:`resolve_device`); its precision is always float32."""
+    b, class_names = blueprint, list(blueprint.class_names)
+    net = build(b.model, b.input_shape, b.num_classes, b.head or HeadSpec(), b.seed)
     kind = weights.kind if weights is not None else "none"
     if kind == "imagenet":
         raise UserError("the numpy example backend has no ImageNet weights",
