@@ -92,10 +92,10 @@ def test_a_fused_run_that_its_spec_cannot_rebuild_is_refused_in_one_line(fused, 
     import mlflow
 
     from tle.store.stored_run import REBUILD_ERROR
-    from tle.studies.fusion import run_fusion
+    from tle.studies.fusion import Destination, FusionRequest, run_fusion
 
     heads, _ = fused
-    run_id = run_fusion(heads, align="names", tracking_uri=store, quiet=True, export=False).run_id
+    run_id = run_fusion(heads, FusionRequest(align="names", export=False), Destination(store, quiet=True)).run_id
     mlflow.MlflowClient(store).set_tag(run_id, REBUILD_ERROR, "a backend's fused model its spec cannot name")
     proc = tle("export", run_id, env={"MLFLOW_TRACKING_URI": store, **ENV})
     lines = proc.stderr.strip().splitlines()

@@ -134,12 +134,12 @@ def test_index_alignment_refuses_what_it_cannot_align():
     assert aligned_names([["0", "1"], ["2"]], "names") == [["0", "1"], ["2"]]
     with pytest.raises(UserError, match="not one of index, names"):
         aligned_names([["0"], ["1"]], "position")
-    from tle.studies.fusion import run_fusion
+    from tle.studies.fusion import FusionRequest, run_fusion
 
     with pytest.raises(UserError, match="--rank 'often' is not one of activity, weights"):
-        run_fusion(["run_a", "run_b"], rank="often")  # refused before any store is opened
+        run_fusion(["run_a", "run_b"], FusionRequest(rank="often"))  # refused before any store is opened
     with pytest.raises(UserError, match="--normalise 'mean' is not one of validation, weights, none"):
-        run_fusion(["run_a", "run_b"], normalise="mean")
+        run_fusion(["run_a", "run_b"], FusionRequest(normalise="mean"))
 
 
 def test_normalise_brings_both_networks_to_the_lighter_ones_mean_synapse():

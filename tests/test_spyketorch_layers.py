@@ -115,8 +115,8 @@ def test_stdp_signs_and_stabiliser():
     times_in = torch.tensor([[[[2, 5], [3, 9]]]])  # input firing steps
     winners = (torch.tensor([[0]]), torch.tensor([[0]]), torch.tensor([[0]]), torch.tensor([[True]]))
     before = weight.clone()
-    change = plasticity.update(weight, times_in, winners, torch.tensor([[4]]), 0.1, -0.05, stabilise=True,
-                               bounds=(0.0, 1.0))
+    change = plasticity.update(weight, times_in, winners, torch.tensor([[4]]),
+                               plasticity.Rule(0.1, -0.05, stabilise=True, bounds=(0.0, 1.0)))
     expected = torch.tensor([[0.1, -0.05, 0.1, -0.05]]) * before.flatten(1) * (1 - before.flatten(1))
     assert torch.allclose(change, expected)
     # Inputs no later than the output are potentiated, later ones depressed, and w at a bound does not move.
@@ -124,8 +124,8 @@ def test_stdp_signs_and_stabiliser():
     assert weight[0, 0, 0, 0] == 0.0 and weight[0, 0, 1, 1] == 1.0
     # Without the stabiliser (R-STDP) every synapse moves by the rate, clipped to the bounds.
     w = torch.full((1, 1, 2, 2), 0.79)
-    plasticity.update(w, times_in, winners, torch.tensor([[4]]), 0.004, -0.003, stabilise=False,
-                      bounds=plasticity.RSTDP_BOUNDS)
+    plasticity.update(w, times_in, winners, torch.tensor([[4]]),
+                      plasticity.Rule(0.004, -0.003, stabilise=False, bounds=plasticity.RSTDP_BOUNDS))
     assert torch.allclose(w.flatten(), torch.tensor([0.794, 0.787, 0.794, 0.787]).clamp(max=0.8))
 
 

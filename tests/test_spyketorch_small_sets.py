@@ -104,7 +104,7 @@ def test_stdp_stops_at_its_budget_or_once_converged():
     from tle.contract.spec import TrainSpec
     from tle.contract.strategy import Rates, build_plan
     from tle_spyketorch import plugin
-    from tle_spyketorch.train import stdp_phase
+    from tle_spyketorch.train import Passes, stdp_phase
     from tle_torch.testing import recording_loop
 
     from test_spyketorch_fusion import build
@@ -115,9 +115,10 @@ def test_stdp_stops_at_its_budget_or_once_converged():
     net = build([str(c) for c in range(3)])
     plugin.freeze_policy(model=net, trainable=dict(stage.trainable))
     spec = TrainSpec(batch_size=16)
-    assert stdp_phase(net, "conv1", 0, x, spec, stage, loop)["conv1_stdp_presentations"] == 0
-    out = stdp_phase(net, "conv1", 130, x, spec, stage, loop)
+    passes = Passes(spec.batch_size, spec.seed, stage.index)
+    assert stdp_phase(net, "conv1", 0, x, passes, loop)["conv1_stdp_presentations"] == 0
+    out = stdp_phase(net, "conv1", 130, x, passes, loop)
     assert out["conv1_stdp_presentations"] == 130 and out["conv1_stdp_passes"] == pytest.approx(2.6)
     net.conv1.data.copy_((net.conv1 > 0.8).float())  # every synapse on a bound: converged
-    assert stdp_phase(net, "conv1", 1000, x, spec, stage, loop)["conv1_stdp_presentations"] == 0
-    assert np.isclose(stdp_phase(net, "conv1", 1000, x, spec, stage, loop)["conv1_convergence"], 0.0)
+    assert stdp_phase(net, "conv1", 1000, x, passes, loop)["conv1_stdp_presentations"] == 0
+    assert np.isclose(stdp_phase(net, "conv1", 1000, x, passes, loop)["conv1_convergence"], 0.0)

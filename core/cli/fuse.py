@@ -37,11 +37,11 @@ def fuse(
 ) -> None:
     """Fuse runs into one model of the same size (S2); log it with bagging, the concatenation and each run alone."""
     from tle.progress import print_warning
-    from tle.studies.fusion import BAGGING, CONCATENATION, FUSED, run_fusion
+    from tle.studies.fusion import BAGGING, CONCATENATION, FUSED, Destination, FusionRequest, run_fusion
 
-    result = run_fusion([r.removeprefix("runs:/").strip("/") for r in runs], keep=keep, ratio=ratio, align=align,
-                        normalise=normalise, rank=rank, tracking_uri=tracking_uri, experiment=experiment, run_name=run_name,
-                        console=err, quiet=STATE["quiet"] or json_out, export=export)
+    result = run_fusion([r.removeprefix("runs:/").strip("/") for r in runs],
+                        FusionRequest(keep, ratio, align, normalise, rank, export),
+                        Destination(tracking_uri, experiment, run_name, err, STATE["quiet"] or json_out))
     for line in result.warnings:
         print_warning(err, line)
     if json_out:

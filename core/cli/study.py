@@ -96,13 +96,13 @@ def init_study(
                     tasks[name] = progress.add_task(f"init-study {name}", total=len(inits), info="", start=False)
             if model:
                 assert data is not None  # read above for a --model study
-                result = study.run_model(backends, inits, model=model, dataset=data,
-                                         batch=_or(batch, 32), seeds=seed or [0], device=device or "auto",
-                                         workdir=workdir, on_progress=advance)
+                result = study.run_model(study.StudyRequest(backends, inits, workdir, seed or [0], advance),
+                                         study.ModelBatch(model, data, _or(batch, 32), device=device or "auto"))
             else:
-                result = study.run_dense(backends, inits, samples=_or(samples, 1000), features=_or(features, 784),
-                                         units=_or(units, 256), activation=activation or "sigmoid",
-                                         seeds=seed or [0, 1, 2], workdir=workdir, on_progress=advance)
+                layer = study.DenseLayer(_or(samples, 1000), _or(features, 784), _or(units, 256),
+                                         activation or "sigmoid")
+                result = study.run_dense(study.StudyRequest(backends, inits, workdir, seed or [0, 1, 2], advance),
+                                         layer)
         from tle.studies import init_plots
 
         # The artifact keeps one name in every run, whatever --plot says.

@@ -12,7 +12,7 @@ from tle.data.dataset import SPLITS, Dataset, fingerprint
 from tle.data.images import resize_batch, to_channels
 from tle.data.plugin import LOADERS
 from tle.data.sources import KNOWN, KNOWN_PREFIXES, Loader, Source, Unreadable, _progress, arrays
-from tle.data.split import split_given, stratified_split
+from tle.data.split import SplitRule, split_given, stratified_split
 from tle.errors import UserError
 
 
@@ -68,7 +68,7 @@ def _split(src: Source, spec: DataSpec, seed: int, keep: np.ndarray) -> tuple[np
     labels = src.labels[keep]
     if src.given:
         given = {s: np.searchsorted(keep, g[np.isin(g, keep)]) for s, g in src.given.items()}
-        return labels, split_given(labels, given, **sizes, **opts)
+        return labels, split_given(labels, given, SplitRule(**sizes, **opts))
     return labels, stratified_split(labels, **sizes, **opts)
 
 

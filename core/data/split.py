@@ -10,6 +10,7 @@ class, ``None`` the rest.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,28 +20,32 @@ from tle.errors import UserError
 Size = int | float | None
 
 
+@dataclass(frozen=True)
+class SplitRule:
+    """How much of each class goes to ``train``, ``val`` and ``test`` (an int a count, a float a fraction, None the
+    rest), drawn from ``seed``; ``max_per_class`` first keeps that many (seeded) samples of each class;
+    ``class_names`` name the classes in the messages."""
+
+    train: Size
+    val: Size
+    test: Size
+    seed: int
+    max_per_class: int | None = None
+    class_names: Sequence[str] | None = None
+
+
 def stratified_split(labels: np.ndarray, **sizes: Any) -> dict[str, np.ndarray]:
     """Return ``{"train", "val", "test"}`` -> int64 positions into ``labels``.
 
-    ``sizes`` are :func:`split_given`'s keywords (``train``, ``val``, ``test``,
+    ``sizes`` are :class:`SplitRule`'s fields (``train``, ``val``, ``test``,
     ``seed``, ``max_per_class``, ``class_names``): this is the split of a
     source whose only given split is everything. ``max_per_class`` first keeps
     that many (seeded) samples of each class; fractions apply to what is kept.
     """
-    return split_given(labels, {"train": np.arange(len(labels), dtype=np.int64)}, **sizes)
+    return split_given(labels, {"train": np.arange(len(labels), dtype=np.int64)}, SplitRule(**sizes))
 
 
-def split_given(
-    labels: np.ndarray,
-    given: dict[str, np.ndarray],
-    *,
-    train: Size,
-    val: Size,
-    test: Size,
-    seed: int,
-    max_per_class: int | None = None,
-    class_names: Sequence[str] | None = None,
-) -> dict[str, np.ndarray]:
+def split_given(labels: np.ndarray, given: dict[str, np.ndarray], rule: SplitRule) -> dict[str, np.ndarray]:
     """Split a source that already defines some splits (``given`` always holds ``train``).
 
     Missing ``val``/``test`` are cut from the given train split as above. A
@@ -48,8 +53,9 @@ def split_given(
     fraction of an already-held-out split means nothing); ``max_per_class``
     caps each given split separately.
     """
+    train, seed, max_per_class, class_names = rule.train, rule.seed, rule.max_per_class, rule.class_names
     base = given["train"]
-    sizes = {"train": train, "val": val, "test": test}
+    sizes = {"train": train, "val": rule.val, "test": rule.test}
     plan = [(s, sizes[s]) for s in ("test", "val") if s not in given] + [("train", train)]
     out = {s: base[i] for s, i in _per_class(labels[base], plan, seed, max_per_class, class_names).items()}
     for s in ("val", "test"):

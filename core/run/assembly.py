@@ -11,7 +11,6 @@ the backends apply in ``load_backbone`` to the class names they are given here.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 from tle.contract.records import Blueprint, ModelInfo, ResolvedWeights
@@ -25,20 +24,15 @@ def build(hook, blueprint: Blueprint, weights: ResolvedWeights | None = None) ->
     return hook.load_backbone(blueprint=blueprint, weights=weights or ResolvedWeights(kind="none"))
 
 
-def assemble(hook, spec: ExperimentSpec, data, workdir: Path, weights: str | ResolvedWeights | None = None,
-             reinit: Iterable[str] | None = None, device: str | None = None) -> Any:
+def assemble(hook, spec: ExperimentSpec, data, weights: ResolvedWeights, reinit: Iterable[str] | None = None,
+             device: str | None = None) -> Any:
     """``spec``'s model on ``data``, ready to train or to use.
 
-    ``weights``: what to start from, ``spec.weights`` unless given; text (``runs:/ID``, a path...) is resolved
-    into ``workdir`` (:func:`tle.run.weights.resolve_weights`), a :class:`ResolvedWeights` is used as it is (a caller
-    that already fetched the files). ``reinit``: the plan's blocks that start from scratch; the backbone's are
-    redrawn with ``spec.init`` (the head was drawn, or kept, by ``load_backbone``). ``device``: as in
+    ``weights``: what to start from, already resolved (:func:`tle.run.weights.resolve_weights` turns the spec's
+    ``runs:/ID``, a path... into local files). ``reinit``: the plan's blocks that start from scratch; the backbone's
+    are redrawn with ``spec.init`` (the head was drawn, or kept, by ``load_backbone``). ``device``: as in
     :meth:`Blueprint.of`.
     """
-    from tle.run.weights import resolve_weights
-
-    if not isinstance(weights, ResolvedWeights):
-        weights = resolve_weights(weights or spec.weights, spec.backend, workdir, model=spec.model)
     model = build(hook, Blueprint.of(spec, data, device), weights)
     if reinit is not None:
         hook.apply_init(model=model, blocks=[b for b in reinit if b != HEAD], init=spec.init, seed=spec.train.seed)

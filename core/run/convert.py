@@ -136,7 +136,7 @@ def convert_here(run_id: str, options: dict[str, Any], tracking_uri: str | None,
         backend.model(spec.model)
         data = source.data(load_data, backend=backend)  # under the run's classes: a fused run's too
         started = time.perf_counter()
-        model = assemble(backend.hook, spec, data, workdir, weights=ResolvedWeights(
+        model = assemble(backend.hook, spec, data, ResolvedWeights(
             kind="file", source=f"runs:/{run_id}", path=Path(options["path"]), class_names=portable.class_names))
         import_seconds = time.perf_counter() - started
         evaluation = backend.hook.evaluate(model=model, images=data.x_test, labels=data.y_test,

@@ -28,5 +28,5 @@ def rebuild(stored: StoredRun, workdir: Path, load_data=None) -> StoredModel:
     stored.check_rebuilds()
     backend = load_backend(spec.backend)
     data = stored.data(load_data, backend=backend)
-    model = assemble(backend.hook, spec, data, workdir, weights=stored.resolved_weights())
+    model = assemble(backend.hook, spec, data, stored.resolved_weights())
     return StoredModel(stored.run_id, spec, backend, data, model)

@@ -27,6 +27,7 @@ from tle.progress import make_progress, print_warning
 from tle.run.metrics import Report, classification_report
 from tle.run.outputs import Output, export_and_check, export_extras, log_extras, save_weights
 from tle.run.resume import CHECKPOINT_ARTIFACT, Resume
+from tle.run.weights import resolve_weights
 from tle.backends.manager import Backend, load_backend
 from tle.contract.spec import ExperimentSpec
 from tle.store.status import warning_tags
@@ -219,7 +220,8 @@ def _run(state: RunState, load_data) -> RunResult | None:
         rank = distributed.current()
         asked = rank.device if rank is not None else spec.train.device  # a rank's device is its launcher's choice
         device = backend.hook.resolve_device(device=asked) or "cpu"
-        state.model = assemble(backend.hook, spec, data, workdir, reinit=plan.reinit, device=asked)
+        weights = resolve_weights(spec.weights, spec.backend, workdir, model=spec.model)
+        state.model = assemble(backend.hook, spec, data, weights, reinit=plan.reinit, device=asked)
         clock.lap("model")
 
         tags = run_tags(spec, backend, str(plan.strategy), device, {**environment_tags(), **state.tags})

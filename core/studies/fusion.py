@@ -61,7 +61,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tle.backends.manager import load_backend
 from tle.contract.head_fusion import merged_spec
+from tle.run.assembly import assemble
+from tle.run.outputs import Output, export_extras, export_onnx, log_extras, save_weights
+from tle.store.tracking import configure, environment_tags, tracked_run
 from tle.contract.records import ExportMetadata, Fused, FuseOptions, ResolvedWeights
 from tle.contract.spec import ExperimentSpec
 from tle.studies.calibration import calibrate
@@ -191,18 +195,42 @@ def _load_parent(stored: StoredRun, backend_name: str | None) -> ExperimentSpec:
     return spec
 
 
-def run_fusion(run_ids: list[str], *, keep: float = 0.5, ratio: float = 0.1, align: str = "index",
-               normalise: str = "validation", rank: str = "activity", tracking_uri: str | None = None,
-               experiment: str | None = None, run_name: str | None = None, console=None, quiet: bool = False,
-               export: bool | None = None) -> FusionResult:
-    """``align``: ``index`` (S2: class k of every run shares output k) or ``names`` (the union of the class
-    names); ``normalise``: ``validation``, ``weights`` or ``none`` (see the module); ``rank``: ``activity`` (the backend
-    gets each run's own training images to count how often each unit decides) or ``weights`` (S2's sum);
-    ``export``: ONNX-export the fused model (None: as the first run did). Every refusal comes before a run is
-    created."""
-    from tle.run.assembly import assemble
-    from tle.backends.manager import load_backend
-    from tle.store.tracking import configure, environment_tags, tracked_run
+@dataclass(frozen=True)
+class FusionRequest:
+    """How runs are fused (``tle fuse``'s options). ``keep``: fraction of each run's head units kept per class;
+    ``ratio``: fraction of a unit's largest incoming weights that rank it; ``align``: ``index`` (S2: class k of
+    every run shares output k) or ``names`` (the union of the class names); ``normalise``: ``validation``,
+    ``weights`` or ``none`` (see the module); ``rank``: ``activity`` (the backend gets each run's own training
+    images to count how often each unit decides) or ``weights`` (S2's sum); ``export``: ONNX-export the fused
+    model (None: as the first run did)."""
+
+    keep: float = 0.5
+    ratio: float = 0.1
+    align: str = "index"
+    normalise: str = "validation"
+    rank: str = "activity"
+    export: bool | None = None
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where a fusion run is logged (``tracking_uri``, ``experiment`` — default the first parent's —, ``run_name``)
+    and shown (``console``, ``quiet``)."""
+
+    tracking_uri: str | None = None
+    experiment: str | None = None
+    run_name: str | None = None
+    console: Console | None = None
+    quiet: bool = False
+
+
+def run_fusion(run_ids: list[str], request: FusionRequest = FusionRequest(),
+               destination: Destination = Destination()) -> FusionResult:
+    """Fuse the finished runs ``run_ids`` as ``request`` says, logged as ``destination`` says. Every refusal comes
+    before a run is created."""
+    keep, ratio, align, normalise, rank = request.keep, request.ratio, request.align, request.normalise, request.rank
+    tracking_uri, experiment, run_name = destination.tracking_uri, destination.experiment, destination.run_name
+    console, quiet, export = destination.console, destination.quiet, request.export
 
     if len(run_ids) < 2:
         raise UserError("tle fuse needs at least two runs", "pass RUN_A RUN_B")
@@ -229,7 +257,7 @@ def run_fusion(run_ids: list[str], *, keep: float = 0.5, ratio: float = 0.1, ali
             backend = backend or load_backend(spec.backend)
             data = stored.data(check=True, backend=backend)  # its own classes: the head is kept
             parent = Parent(run_id, spec, list(data.class_names), data)
-            parent.model = assemble(backend.hook, spec, data, workdir, weights=stored.resolved_weights())
+            parent.model = assemble(backend.hook, spec, data, stored.resolved_weights())
             parent.size = sum(c.total for c in backend.hook.count_parameters(model=parent.model))
             parents.append(parent)
         assert backend is not None  # loaded for the first run (there are two or more)
@@ -285,8 +313,9 @@ def run_fusion(run_ids: list[str], *, keep: float = 0.5, ratio: float = 0.1, ali
             "tracking": first.tracking.model_copy(update={"experiment": mlflow_experiment, "run_name": name})})
         with tracked_run(mlflow, name=name, tags=tags) as run:
             result.run_id = run.run_id
-            _track(FusionRun(run, hook, parents, fused, classes, result, options, workdir / "out", console, quiet,
-                             exported, spec))
+            _track(FusionRun(run=run, hook=hook, parents=parents, fused=fused, classes=classes, result=result,
+                             options=options, workdir=workdir / "out", console=console, quiet=quiet,
+                             export=exported, spec=spec))
         return result
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -369,7 +398,6 @@ def fused_data(parents: list[Parent], classes: list[str]):
 
 
 def _track(f: FusionRun) -> None:
-    from tle.run.outputs import Output, export_extras, export_onnx, log_extras, save_weights
 
     run, hook, parents, fused, classes, result = f.run, f.hook, f.parents, f.fused, f.classes, f.result
     first = parents[0].spec
@@ -420,14 +448,13 @@ def _check_rebuild(f: FusionRun, data, sample: np.ndarray) -> None:
     """Whether the fused run's spec and saved weights rebuild the fused model (its logits on ``sample``), as
     ``tle export`` / ``predict`` / ``convert`` of the run will. If not (a backend whose fused model its spec cannot
     name), the run says why in :data:`REBUILD_ERROR` and those commands refuse it in one line."""
-    from tle.run.assembly import assemble
 
     files = sorted(p for p in (f.workdir / WEIGHTS_ARTIFACT).rglob("*") if p.is_file())
     weights = ResolvedWeights(kind="file", source=f"runs:/{f.run.run_id}", path=files[0],
                               class_names=tuple(data.class_names))
     batch = f.spec.train.batch_size
     try:
-        again = assemble(f.hook, f.spec, data, f.workdir / "rebuild", weights=weights)
+        again = assemble(f.hook, f.spec, data, weights)
         ours = np.asarray(f.hook.evaluate(model=again, images=sample, labels=None, batch_size=batch).logits)
     except UserError as exc:
         reason = str(exc).splitlines()[0]

@@ -350,17 +350,51 @@ def run_workers(backends: list[str], request: dict, workdir: Path, parallel: boo
     return {name: results[name] for name in backends}
 
 
-def run_dense(backends: list[str], inits: list[str], *, samples: int = 1000, features: int = 784,
-              units: int = 256, activation: str = "sigmoid", seeds: Sequence[int] = (0, 1, 2), workdir: Path,
-              on_progress: Callable[[str, str | None], None] | None = None) -> StudyResult:
+@dataclass(frozen=True)
+class StudyRequest:
+    """Which backends and initialisers, over which seeds; the workers' folder, and who hears of each initialiser
+    done (``on_progress(backend, init)``; ``init`` None when a backend's worker starts)."""
+
+    backends: list[str]
+    inits: list[str]
+    workdir: Path
+    seeds: Sequence[int] = (0,)
+    on_progress: Callable[[str, str | None], None] | None = None
+
+
+@dataclass(frozen=True)
+class DenseLayer:
+    """S4's layer: ``samples`` inputs of ``features`` values in U[0, 1) through ``units`` units."""
+
+    samples: int = 1000
+    features: int = 784
+    units: int = 256
+    activation: str = "sigmoid"
+
+
+@dataclass(frozen=True)
+class ModelBatch:
+    """A real model at initialisation, on a batch of ``batch`` images of ``dataset`` (the spec's dataset fields),
+    ``chunk`` images at a time, on ``device``."""
+
+    model: str
+    dataset: dict
+    batch: int = 32
+    chunk: int = 8
+    device: str = "auto"
+
+
+def run_dense(study: StudyRequest, layer: DenseLayer = DenseLayer()) -> StudyResult:
     """S4: the same inputs through one dense layer per initialiser, in every backend."""
+    backends, inits, workdir, on_progress = study.backends, study.inits, study.workdir, study.on_progress
+    samples, features, units, activation = layer.samples, layer.features, layer.units, layer.activation
     if activation not in ACTIVATIONS:
         raise UserError(f"unknown activation {activation!r}", f"choose one of {', '.join(ACTIVATIONS)}")
     for name, value in (("samples", samples), ("features", features), ("units", units)):
         if value < 1:
             raise UserError(f"--{name} must be at least 1, not {value}",
                             "e.g. --samples 1000 --features 784 --units 256")
-    seeds = list(dict.fromkeys(int(s) for s in seeds))
+    seeds = list(dict.fromkeys(int(s) for s in study.seeds))
     inputs = {}
     for seed in seeds:  # a seed draws the inputs and the weights
         inputs[str(seed)] = str(workdir / f"inputs_{seed}.npy")
@@ -383,13 +417,13 @@ def run_dense(backends: list[str], inits: list[str], *, samples: int = 1000, fea
     return StudyResult("dense", config, inits, seeds, metas, cells)
 
 
-def run_model(backends: list[str], inits: list[str], *, model: str, dataset: dict, batch: int = 32,
-              chunk: int = 8, seeds: Sequence[int] = (0,), device: str = "auto", workdir: Path,
-              on_progress: Callable[[str, str | None], None] | None = None) -> StudyResult:
+def run_model(study: StudyRequest, at: ModelBatch) -> StudyResult:
     """A real model at initialisation: per-block statistics on one batch of the dataset, per initialiser."""
+    backends, inits, workdir, on_progress = study.backends, study.inits, study.workdir, study.on_progress
+    model, dataset, batch, chunk, device = at.model, at.dataset, at.batch, at.chunk, at.device
     if batch < 1:
         raise UserError(f"--batch must be at least 1, not {batch}", "e.g. --batch 32")
-    seeds = list(dict.fromkeys(int(s) for s in seeds))
+    seeds = list(dict.fromkeys(int(s) for s in study.seeds))
     request = {"mode": "model", "inits": inits, "seeds": seeds, "model": model, "dataset": dataset, "batch": batch,
                "chunk": chunk, "device": device}
     metas, cells = {}, []

@@ -106,7 +106,7 @@ def _build(blueprint: Blueprint, weights: ResolvedWeights | None) -> KerasNet:
     for i, block in enumerate(registry.BLOCKS):
         layers[block] = block_maps.segment_layers(keras, cuts[i], cuts[i + 1])
     layers[HEAD] = block_maps.segment_layers(keras, cuts[-1], logits)
-    knet = KerasNet(name, registry.family(name), net, cuts, layers, new_head, num_classes, (h, w, c), class_names)
+    knet = KerasNet(replace(blueprint, input_shape=(h, w, c)), registry.family(name), net, cuts, layers, new_head)
     knet.head_kind = head.kind  # which torch head module paths the head's layers have (portable.py)
     if kind == "file" and weights.path is None:
         raise UserError(f"weights {weights.source!r} resolved to no file", "give a file path or runs:/RUN_ID")

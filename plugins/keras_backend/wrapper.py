@@ -27,21 +27,27 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from tle.contract.records import Blueprint
+
 HEAD = "head"
 
 
 class KerasNet:
-    def __init__(self, name: str, family: str, net, cuts: list, block_layers: "OrderedDict[str, list]",
-                 new_head: list[str], num_classes: int, input_shape, class_names):
-        self.model_name = name
+    """``blueprint``'s model (name, classes, input shape) built as ``net``, a Keras model of ``family``; ``cuts``
+    the tensors between its blocks, ``block_layers`` each block's layers, ``new_head`` the head layers drawn for
+    this task."""
+
+    def __init__(self, blueprint: Blueprint, family: str, net, cuts: list, block_layers: "OrderedDict[str, list]",
+                 new_head: list[str]):
+        self.model_name = blueprint.model
         self.family = family
         self.net = net
         self.cuts = cuts
         self.block_layers = block_layers
         self.new_head = list(new_head)
-        self.num_classes = int(num_classes)
-        self.input_shape = tuple(int(v) for v in input_shape)
-        self.class_names = list(class_names) if class_names is not None else None
+        self.num_classes = blueprint.num_classes
+        self.input_shape = tuple(int(v) for v in blueprint.input_shape)
+        self.class_names = list(blueprint.class_names)
         self.trainable = {b: True for b in block_layers}
         # Variables that can train (BatchNorm's moving statistics cannot): recorded while everything is
         # trainable, so counts stay right whatever the freeze state is later.

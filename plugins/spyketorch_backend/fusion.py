@@ -45,6 +45,7 @@ import math
 import torch
 
 from tle import UserError
+from tle.contract.records import FuseOptions
 from tle_spyketorch.network import SpikingNet
 
 
@@ -100,13 +101,15 @@ def bounded(factors: list[float]) -> list[float]:
     return [float(f) / top for f in factors]
 
 
-def fuse(models: list, keep: float = 0.5, ratio: float = 0.1, class_names: list[list[str]] | None = None,
-         normalise: bool = False, images: list | None = None,
-         given: list[float] | None = None) -> SpikingNet:
-    """``class_names``: each network's classes as the fusion names them (default their own); ``normalise``: scale
-    each network's synapses by :func:`scales` (the fused net's ``scales`` records the factors); ``given``: these
-    factors instead (the core's, measured on validation images; see :func:`bounded`); ``images``: each
-    network's own training images, to rank its neurons by activity (None: by their synapses, S2's measure)."""
+def fuse(models: list, class_names: list[list[str]] | None = None, options: FuseOptions = FuseOptions(),
+         images: list | None = None) -> SpikingNet:
+    """``class_names``: each network's classes as the fusion names them (default their own); ``options``: keep,
+    ratio; ``normalise`` scales each network's synapses by :func:`scales` (the fused net's ``scales`` records the
+    factors), ``scales`` are factors to use instead (the core's, measured on validation images; see
+    :func:`bounded`); ``images``: each network's own training images, to rank its neurons by activity (None: by
+    their synapses, S2's measure; also with ``rank`` ``weights``)."""
+    keep, ratio, normalise, given = float(options.keep), float(options.ratio), options.normalise, list(options.scales)
+    images = images if options.rank == "activity" else None
     names = [[str(c) for c in n] for n in class_names] if class_names is not None else [m.class_names for m in models]
     if len(names) != len(models) or any(len(n) != m.num_classes for n, m in zip(names, models)):
         raise ValueError("fuse needs one class name per class of every network")

@@ -148,8 +148,8 @@ class SpikingNet(nn.Module):
         _, y, x, _ = winners
         out_times = step.flatten(1).gather(1, y * step.shape[2] + x).long()
         before = weight.data.clone()
-        plasticity.update(weight.data, times, winners, out_times, *rates, stabilise=True,
-                          bounds=plasticity.STDP_BOUNDS)
+        plasticity.update(weight.data, times, winners, out_times,
+                          plasticity.Rule(*rates, stabilise=True, bounds=plasticity.STDP_BOUNDS))
         weight.data.copy_(layers.snap(weight.data, before))
 
     @torch.no_grad()
@@ -190,7 +190,7 @@ class SpikingNet(nn.Module):
         times_in = torch.where(spikes > 0, torch.zeros_like(spikes), torch.full_like(spikes, steps))
         winners = (maps[:, None], (rest // w)[:, None], (rest % w)[:, None], fired[:, None])
         out_times = torch.full((n, 1), steps - 1, device=pot.device)
-        plasticity.update(self.head.data, times_in, winners, out_times, a_plus[:, None], a_minus[:, None],
-                          stabilise=False, bounds=plasticity.RSTDP_BOUNDS)
+        plasticity.update(self.head.data, times_in, winners, out_times,
+                          plasticity.Rule(a_plus[:, None], a_minus[:, None], False, plasticity.RSTDP_BOUNDS))
         best = score.flatten(2).amax(dim=2)
         return best.view(n, self.num_classes, self.per_class).amax(dim=2), decided

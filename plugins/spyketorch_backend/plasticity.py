@@ -11,6 +11,7 @@ same weights, which is the arithmetic that batching changes (see README).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -56,13 +57,22 @@ def receptive_fields(times_in: torch.Tensor, kernel: int, y: torch.Tensor, x: to
     return times_in[samples, channels, rows, cols].reshape(n, k, -1).to(torch.float32)
 
 
-def update(weight: torch.Tensor, times_in: torch.Tensor, winners, out_times: torch.Tensor, a_plus, a_minus, *,
-           stabilise: bool, bounds: tuple[float, float]) -> torch.Tensor:
-    """Apply (S)TDP for ``winners`` = (map, y, x, valid), each (N, K), in place; returns the summed change.
+@dataclass(frozen=True)
+class Rule:
+    """One (S)TDP update's rates and limits: ``a_plus`` for inputs that fired no later than the output,
+    ``a_minus`` for the others, floats or (N, K) tensors (R-STDP rewards some samples and punishes others);
+    ``stabilise`` scales a change by (w - lb)(ub - w); the synapses stay within ``bounds`` (lb, ub)."""
 
-    ``out_times`` (N, K): the winners' firing steps; ``a_plus``/``a_minus``: floats or (N, K) tensors (R-STDP
-    rewards some samples and punishes others). The stabiliser scales a change by (w - lb)(ub - w).
-    """
+    a_plus: Any
+    a_minus: Any
+    stabilise: bool
+    bounds: tuple[float, float]
+
+
+def update(weight: torch.Tensor, times_in: torch.Tensor, winners, out_times: torch.Tensor, rule: Rule) -> torch.Tensor:
+    """Apply ``rule`` for ``winners`` = (map, y, x, valid), each (N, K), in place; returns the summed change.
+    ``out_times`` (N, K): the winners' firing steps."""
+    a_plus, a_minus, stabilise, bounds = rule.a_plus, rule.a_minus, rule.stabilise, rule.bounds
     maps, y, x, valid = winners
     kernel = weight.shape[-1]
     fields = receptive_fields(times_in, kernel, y, x)

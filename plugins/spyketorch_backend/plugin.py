@@ -135,8 +135,5 @@ def fuse(models: list[Any], class_names: list[list[str]], options: FuseOptions,
          images: list[np.ndarray] | None) -> Fused:
     from tle_spyketorch.fusion import fuse as run
 
-    o = FuseOptions.of(options)
-    fused = run(list(models), keep=float(o.keep), ratio=float(o.ratio), class_names=[list(n) for n in class_names],
-                normalise=o.normalise, images=images if o.rank == "activity" else None,
-                given=list(o.scales) or None)
+    fused = run(list(models), [list(n) for n in class_names], FuseOptions.of(options), images)
     return Fused(fused, tuple(fused.scales), fused.ranked_by)

@@ -20,6 +20,8 @@ all T steps bit for bit, which the tests check.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from tle_spyketorch import competition, layers
@@ -32,29 +34,95 @@ def front(times: torch.Tensor, weight: torch.Tensor, threshold: float, timesteps
     potential of ``map`` at that step. ``times`` are the input firing steps (N, C, H, W).
     """
     n, _, hi, wi = times.shape
-    maps, kernel = weight.shape[0], weight.shape[-1]
+    kernel = weight.shape[-1]
     h, w = hi - kernel + 1, wi - kernel + 1
-    fan_in = int(weight[0].numel())
     synapses = layers.snap(weight.detach())
-    step = torch.full((n, h, w), timesteps, dtype=torch.uint8, device=times.device)
-    value = torch.zeros((n, h, w), dtype=torch.float64, device=times.device)
-    best = torch.zeros((n, h, w), dtype=torch.int64, device=times.device)
+    race = Race(Rules(threshold, timesteps, int(weight[0].numel()), weight.shape[0], k, radius),
+                step=torch.full((n, h, w), timesteps, dtype=torch.uint8, device=times.device),
+                value=torch.zeros((n, h, w), dtype=torch.float64, device=times.device),
+                best=torch.zeros((n, h, w), dtype=torch.int64, device=times.device))
 
     everyone = torch.arange(n, device=times.device)
     steps = layers.step_layout(times)
     start, pot, fired = _probe(steps, weight, threshold, timesteps)
     if start:
-        _resolve(steps, synapses, fired, threshold, start, timesteps, fan_in, step, value, best)
+        race.resolve(steps, synapses, fired, start)
     else:
-        _record(everyone, pot, 0, threshold, timesteps, step, value, best)
-    active = _undecided(everyone, step, value, best, maps, timesteps, fan_in, k, radius)
+        race.record(everyone, pot, 0)
+    active = race.undecided(everyone)
     for t in range(start + 1, timesteps):
         if not len(active):
             break
         pot = layers.potentials(steps[active], weight, t, t + 1)[:, 0]
-        _record(active, pot, t, threshold, timesteps, step, value, best)
-        active = _undecided(active, step, value, best, maps, timesteps, fan_in, k, radius)
-    return step, value, best
+        race.record(active, pot, t)
+        active = race.undecided(active)
+    return race.step, race.value, race.best
+
+
+@dataclass(frozen=True)
+class Rules:
+    """A learning layer's competition: ``threshold``, ``timesteps``, the synapses per neuron (``fan_in``), the
+    feature ``maps``, ``k`` winners and the inhibition ``radius``."""
+
+    threshold: float
+    timesteps: int
+    fan_in: int
+    maps: int
+    k: int
+    radius: int
+
+
+@dataclass
+class Race:
+    """Per position of every sample, the earliest spike found so far: its ``step`` (uint8, ``timesteps`` = none
+    yet), the ``value`` of the potential then and the map (``best``) that fired it."""
+
+    rules: Rules
+    step: torch.Tensor
+    value: torch.Tensor
+    best: torch.Tensor
+
+    def record(self, active, pot, t: int) -> None:
+        """Positions of the ``active`` samples where a neuron fires first at step ``t`` (potentials ``pot``)."""
+        step, value, best = self.step, self.value, self.best
+        # The highest potential at a position is above threshold exactly when any is: no masked copy needed.
+        top, top_map = pot.max(dim=1)
+        new = (step[active] == self.rules.timesteps) & (top > self.rules.threshold)
+        step[active] = step[active].masked_fill(new, t)
+        value[active] = torch.where(new, top, value[active])
+        best[active] = torch.where(new, top_map, best[active])
+
+    def undecided(self, active) -> torch.Tensor:
+        """The ``active`` samples whose k winners are not decided yet."""
+        r = self.rules
+        # Only a sample with k positions fired so far can have k winners: the others need no competition yet.
+        ready = active[(self.step[active] < r.timesteps).flatten(1).sum(dim=1) >= r.k]
+        if not len(ready):
+            return active
+        score = competition.priority(self.step[ready], self.value[ready], r.timesteps, r.fan_in)
+        decided = ready[competition.pick(score, self.best[ready], r.maps, r.k, r.radius)[3].all(dim=1)]
+        return active[~torch.isin(active, decided)]
+
+    def resolve(self, steps, synapses, fired, upto: int) -> None:
+        """Exact firing steps (<= ``upto``) of the ``fired`` neurons (N, maps, H', W') from their inputs; writes
+        each position's earliest one into ``step``/``value``/``best``."""
+        r, step = self.rules, self.step
+        (n, m, y, x), fire, at_fire = _exact(steps, synapses, fired, r.threshold, upto)
+        if not len(n):
+            return
+        # Per position the highest priority, then the lowest map: what pointwise inhibition keeps.
+        h, w = step.shape[1:]
+        pos = (n * h + y) * w + x
+        score = competition.priority(fire, at_fire, r.timesteps, r.fan_in)
+        top = torch.full((step.numel(),), -1.0, dtype=score.dtype, device=score.device)
+        top = top.scatter_reduce(0, pos, score, "amax")
+        tied = score == top[pos]
+        lowest = torch.full((step.numel(),), synapses.shape[0], dtype=torch.int64, device=score.device)
+        lowest = lowest.scatter_reduce(0, pos[tied], m[tied], "amin")
+        chosen = tied & (m == lowest[pos])
+        step.view(-1)[pos[chosen]] = fire[chosen].to(torch.uint8)
+        self.value.view(-1)[pos[chosen]] = at_fire[chosen]
+        self.best.view(-1)[pos[chosen]] = m[chosen]
 
 
 # Resolving a neuron from its inputs (gather, histogram) costs roughly this many times its share of one dense
@@ -74,26 +142,6 @@ def _probe(steps, weight, threshold: float, timesteps: int) -> tuple[int, torch.
         if s == 0 or int(fired.count_nonzero()) * SPARSE_COST <= fired.numel() * s:
             return s, pot, fired
         s //= 2
-
-
-def _record(active, pot, t: int, threshold: float, timesteps: int, step, value, best) -> None:
-    """Positions of the ``active`` samples where a neuron fires first at step ``t`` (potentials ``pot``)."""
-    # The highest potential at a position is above threshold exactly when any is: no masked copy needed.
-    top, top_map = pot.max(dim=1)
-    new = (step[active] == timesteps) & (top > threshold)
-    step[active] = step[active].masked_fill(new, t)
-    value[active] = torch.where(new, top, value[active])
-    best[active] = torch.where(new, top_map, best[active])
-
-
-def _undecided(active, step, value, best, maps, timesteps, fan_in, k, radius) -> torch.Tensor:
-    # Only a sample with k positions fired so far can have k winners: the others need no competition yet.
-    ready = active[(step[active] < timesteps).flatten(1).sum(dim=1) >= k]
-    if not len(ready):
-        return active
-    score = competition.priority(step[ready], value[ready], timesteps, fan_in)
-    decided = ready[competition.pick(score, best[ready], maps, k, radius)[3].all(dim=1)]
-    return active[~torch.isin(active, decided)]
 
 
 def firing_steps(times: torch.Tensor, weight: torch.Tensor, threshold: float, timesteps: int) -> torch.Tensor:
@@ -133,23 +181,3 @@ def _exact(steps, synapses, fired, threshold: float, upto: int):
     return index, fire, pot.gather(1, fire[:, None])[:, 0]
 
 
-def _resolve(steps, synapses, fired, threshold: float, upto: int, timesteps: int, fan_in: int, step, value,
-             best) -> None:
-    """Exact firing steps (<= ``upto``) of the ``fired`` neurons (N, maps, H', W') from their inputs; writes
-    each position's earliest one into ``step``/``value``/``best``."""
-    (n, m, y, x), fire, at_fire = _exact(steps, synapses, fired, threshold, upto)
-    if not len(n):
-        return
-    # Per position the highest priority, then the lowest map: what pointwise inhibition keeps.
-    h, w = step.shape[1:]
-    pos = (n * h + y) * w + x
-    score = competition.priority(fire, at_fire, timesteps, fan_in)
-    top = torch.full((step.numel(),), -1.0, dtype=score.dtype, device=score.device)
-    top = top.scatter_reduce(0, pos, score, "amax")
-    tied = score == top[pos]
-    lowest = torch.full((step.numel(),), synapses.shape[0], dtype=torch.int64, device=score.device)
-    lowest = lowest.scatter_reduce(0, pos[tied], m[tied], "amin")
-    chosen = tied & (m == lowest[pos])
-    step.view(-1)[pos[chosen]] = fire[chosen].to(torch.uint8)
-    value.view(-1)[pos[chosen]] = at_fire[chosen]
-    best.view(-1)[pos[chosen]] = m[chosen]

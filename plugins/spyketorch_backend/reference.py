@@ -65,10 +65,11 @@ def _winners(pot: torch.Tensor, spikes: torch.Tensor, k: int, radius: int) -> li
     return out
 
 
-def _stdp(weight: torch.Tensor, in_times: torch.Tensor, winners, out_times, rates, stabilise, bounds) -> None:
+def _stdp(weight: torch.Tensor, in_times: torch.Tensor, updates, stabilise: bool, bounds) -> None:
+    """``updates``: per winner ``((map, y, x), its firing step, (a_plus, a_minus))``."""
     kernel = weight.shape[-1]
     lb, ub = bounds
-    for (m, y, x), t_out, (a_plus, a_minus) in zip(winners, out_times, rates):
+    for (m, y, x), t_out, (a_plus, a_minus) in updates:
         patch = in_times[:, y:y + kernel, x:x + kernel]
         rate = torch.where(patch <= t_out, torch.tensor(a_plus), torch.tensor(a_minus))
         w = weight[m]
@@ -142,7 +143,8 @@ class Reference:
         first = _first_spikes(spikes)
         out_times = [float(first[m, y, x]) for m, y, x in winners]
         before = w.clone()
-        _stdp(w, times.float(), winners, out_times, [rates] * len(winners), True, plasticity.STDP_BOUNDS)
+        _stdp(w, times.float(), [(where, t, rates) for where, t in zip(winners, out_times)], True,
+              plasticity.STDP_BOUNDS)
         weight.data.copy_(snap(w, before))
 
     @torch.no_grad()
@@ -158,7 +160,7 @@ class Reference:
         rates = ((plasticity.REWARD[0] * reward, plasticity.REWARD[1] * reward) if decided == label
                  else (plasticity.PUNISHMENT[0] * punish, plasticity.PUNISHMENT[1] * punish))
         w = self.net.head.detach().cpu().clone()
-        _stdp(w, in_times, [(int(m), int(y), int(x))], [float(a.timesteps - 1)], [rates], False,
+        _stdp(w, in_times, [((int(m), int(y), int(x)), float(a.timesteps - 1), rates)], False,
               plasticity.RSTDP_BOUNDS)
         self.net.head.data.copy_(w)
         return decided

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +84,17 @@ class DegenerateNetwork(UserError):
     """Training ended with a network that cannot tell its inputs apart (ends the run FAILED, one line)."""
 
 
-def stdp_phase(net, block: str, budget: int, x: torch.Tensor, spec, stage, loop) -> dict[str, float]:
+@dataclass(frozen=True)
+class Passes:
+    """How an STDP phase presents the training set: in batches of ``batch_size``, reshuffled each pass from the
+    run's ``seed`` and the ``stage``'s index."""
+
+    batch_size: int
+    seed: int
+    stage: int
+
+
+def stdp_phase(net, block: str, budget: int, x: torch.Tensor, passes: Passes, loop) -> dict[str, float]:
     """STDP on ``block`` until it has converged or ``budget`` images were presented (the training set as many
     times as that takes, reshuffled each pass): the rates double with presentations, not passes, so a small
     set needs more passes for the same plasticity. Convergence is checked after each whole pass (and at the
@@ -103,7 +114,7 @@ def stdp_phase(net, block: str, budget: int, x: torch.Tensor, spec, stage, loop)
                             for i in loop.track(chunks, len(chunks), f"  coding the input of {block}")])
         most = math.ceil(budget / n)
         while seen < budget and measure >= CONVERGED:
-            order = batch_indices(n, spec.batch_size, seeded(spec.seed, stage.index, 1 + BLOCK_INDEX[block], p))
+            order = batch_indices(n, passes.batch_size, seeded(passes.seed, passes.stage, 1 + BLOCK_INDEX[block], p))
             for idx in loop.track(order, len(order), f"  STDP {block} pass {p + 1}/≤{most}"):
                 idx = idx[:budget - seen]
                 net.learn(block, inputs[idx.to(inputs.device)].long(), schedule.rates(seen))
@@ -151,7 +162,8 @@ def fit(net, data, stage, spec, loop) -> Trained:
         budget = spec.stdp.presentations
         for phase in phases:
             if phase.presented:
-                first.update(stdp_phase(net, phase.block, budget, x, spec, stage, loop))
+                first.update(stdp_phase(net, phase.block, budget, x, Passes(spec.batch_size, spec.seed, stage.index),
+                                        loop))
         late = warn_unconverged(first, len(x), budget, loop)
     # conv1-conv2 are fixed from here on and conv3 reads only their last step: their output is computed
     # once for the whole R-STDP phase (the core's frozen-prefix rule), one byte per spike.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -62,7 +63,7 @@ def build(blueprint: Blueprint, weights: ResolvedWeights | None) -> TleNet:
         head_module, new_parts, reused = build_head(head.kind, name, tv, feature_shape, num_classes,
                                                     hidden=head.hidden, dropout=head.dropout)
         tv_paths.update({f"head.{k}": v for k, v in reused.items()})
-        net = TleNet(name, body, head_module, new_parts, num_classes, (h, w, c), tv_paths,
+        net = TleNet(replace(blueprint, input_shape=(h, w, c)), body, head_module, new_parts, tv_paths,
                      normalise=name not in registry.SMALL)
     # The new head layers are drawn here (with Keras's definitions); a saved head then replaces them
     # only when it was trained on these very classes.

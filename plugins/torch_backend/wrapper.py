@@ -22,21 +22,27 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tle.contract.records import Blueprint
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HEAD = "head"
 
 
 class TleNet(nn.Module):
-    def __init__(self, name: str, body: "dict[str, nn.Sequential]", head: nn.Sequential,
-                 new_head: list[str], num_classes: int, input_shape: tuple[int, int, int],
-                 tv_paths: dict[str, str], normalise: bool = True):
+    """``blueprint``'s model (name, classes, input shape): the blocks of ``body`` then ``head``, of which
+    ``new_head`` were drawn for this task; ``tv_paths`` name each layer's torchvision module; ``normalise``:
+    the images are standardised with ImageNet's statistics first."""
+
+    def __init__(self, blueprint: Blueprint, body: "dict[str, nn.Sequential]", head: nn.Sequential,
+                 new_head: list[str], tv_paths: dict[str, str], normalise: bool = True):
         super().__init__()
-        self.model_name = name
+        input_shape = tuple(int(v) for v in blueprint.input_shape)
+        self.model_name = blueprint.model
         self.body = nn.ModuleDict(body)
         self.head = head
-        self.num_classes = num_classes
-        self.input_shape = tuple(input_shape)
+        self.num_classes = blueprint.num_classes
+        self.input_shape = input_shape
         self.in_channels = int(input_shape[2])
         # Submodules of the head that were created for this task: apply_init("head") redraws only these,
         # so a pretrained classifier (head "original", or a head kept from an earlier run) survives it.
