@@ -1,21 +1,61 @@
 """Helpers for writing a backend's ``plugin.py`` (no framework import, nothing run at import).
 
 A backend's hooks are plain functions in its ``plugin.py``, each marked with
-:func:`tle.contract.hookspecs.implements`; those that only call one of the backend's modules import it inside
-the hook, so ``tle backends`` never imports the framework. :func:`fuse_heads` is the body of the ``fuse`` hook
+:func:`tle.contract.hookspecs.implements`; a hook that only hands its arguments to a function of one of the
+backend's modules is made by :func:`delegate` (the module is imported when the hook first runs, so ``tle backends``
+never imports the framework). :func:`fuse_heads` is the body of the ``fuse`` hook
 of the CNN backends that fuse heads with :mod:`tle.contract.head_fusion`; :func:`installed_version` is for
 ``backend_info``.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
+from tle.contract.hookspecs import implements
 from tle.contract.records import ForeignWeights, Fused, FuseOptions
 from tle.errors import UserError
+
+_Args = ParamSpec("_Args")
+_Return = TypeVar("_Return")
+
+
+def delegate(spec: Callable[_Args, _Return], target: str) -> Callable[_Args, _Return]:
+    """The hook implementation of ``spec`` that calls ``target`` (``"module:function"``) with the hook's arguments,
+    in the hookspec's order, importing the module when the hook first runs::
+
+        train = delegate(hookspecs.train, "tle_keras.train:fit")   # in tle_keras/plugin.py
+
+    The implementation has ``spec``'s name and signature (pluggy reads the arguments to pass from ``spec``, through
+    ``__wrapped__``), and is marked as :func:`tle.contract.hookspecs.implements` marks a function: the type checker
+    sees it as ``spec``; an unknown module or function fails when the hook runs, with the name written here."""
+    module, _, name = target.partition(":")
+    if not module or not name:
+        raise ValueError(f"delegate target {target!r} is not 'module:function'")
+
+    def hook(*args: _Args.args, **kwargs: _Args.kwargs) -> _Return:
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    hook.__name__ = hook.__qualname__ = spec.__name__
+    hook.__doc__ = f"{spec.__name__}: :func:`{module}.{name}`."
+    hook.__wrapped__ = spec  # type: ignore[attr-defined]  # pluggy reads the argument names through it
+    return implements(spec)(hook)
+
+
+def image_shape(backend: str, model: str, models: Sequence[str], input_shape: Sequence[int]) -> tuple[int, int, int]:
+    """``(height, width, channels)`` of ``input_shape`` for ``model`` of ``backend``, whose models are ``models``;
+    an unknown model or images of other than 1 or 3 channels are the user's to fix."""
+    if model not in models:
+        raise UserError(f"the {backend} backend has no model {model!r}", f"choose one of {', '.join(models)}")
+    h, w, c = (int(v) for v in input_shape)
+    if c not in (1, 3):
+        raise UserError(f"{model} takes 1- or 3-channel images, the data has {c} channels",
+                        "set dataset.channels to 1 or 3")
+    return h, w, c
 
 
 def installed_version(dist: str) -> str | None:

@@ -44,17 +44,20 @@ resnet_small GlobalAveragePooling -> new Dense N
 
 from __future__ import annotations
 
+from tle.contract.spec import HeadSpec
 from tle_keras import registry
 
 NEW_LAST = "head_logits"  # name of the layer that gives the logits, in every head
 SMALL_HIDDEN = 64  # torch_backend/small.py: VGG_SMALL_HIDDEN
 
 
-def build_head(keras, kind: str, name: str, x, num_classes: int, hidden: int, dropout: float, initializer):
-    """Return ``(logits tensor, names of the layers drawn for this task, names of reused original-top layers)``.
+def build_head(keras, head: HeadSpec, name: str, x, num_classes: int, initializer):
+    """Return ``(logits tensor, names of the layers drawn for this task, names of reused original-top layers)``:
+    ``head``'s kind, hidden units and dropout on model ``name``'s features ``x``.
 
     ``initializer(layer_name)`` returns the kernel initialiser for a new layer.
     """
+    kind, hidden, dropout = head.kind, head.hidden, head.dropout
     L = keras.layers
     fam = registry.family(name)
     torchvision = registry.layout(name) == "torchvision"

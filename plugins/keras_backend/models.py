@@ -19,6 +19,7 @@ from pathlib import Path
 from dataclasses import replace
 
 from tle import UserError
+from tle.contract.helpers import image_shape
 from tle.contract.records import Blueprint, ResolvedWeights
 from tle.contract.spec import HeadSpec
 from tle_keras import blocks as block_maps
@@ -65,12 +66,7 @@ def _build(blueprint: Blueprint, weights: ResolvedWeights | None) -> KerasNet:
     if name in registry.UNAVAILABLE:
         raise UserError(f"model {name!r} is not available in the keras backend: {registry.UNAVAILABLE[name][1]}",
                         "use --backend torch for it")
-    if name not in registry.names():
-        raise UserError(f"the keras backend has no model {name!r}", f"choose one of {', '.join(registry.names())}")
-    h, w, c = (int(v) for v in input_shape)
-    if c not in (1, 3):
-        raise UserError(f"{name} takes 1- or 3-channel images, the data has {c} channels",
-                        "set dataset.channels to 1 or 3")
+    h, w, c = image_shape("keras", name, registry.names(), input_shape)
     block_maps.check_size(name, h, w)
     kind = getattr(weights, "kind", "none") if weights is not None else "none"
     if kind not in ("none", "imagenet", "file"):
@@ -98,7 +94,7 @@ def _build(blueprint: Blueprint, weights: ResolvedWeights | None) -> KerasNet:
     else:
         y = _application(name, x, h, w, kind)
     head_init = head.initializer  # glorot_uniform, or N(0, 0.01) for "original", unless head.init is set
-    logits, new_head, _ = build_head(keras, head.kind, name, y, int(num_classes), head.hidden, head.dropout,
+    logits, new_head, _ = build_head(keras, head, name, y, int(num_classes),
                                      lambda layer: initializer(head_init, derived_seed(seed, HEAD, layer)))
     net = keras.Model(inputs, logits, name=f"tle_{name}")
     cuts = block_maps.cut_tensors(name, net, x, y, starts)

@@ -51,8 +51,19 @@ _DENSENET = {121: (32, (6, 12, 24, 16), 64), 161: (48, (6, 12, 36, 24), 96), 169
              201: (32, (6, 12, 48, 32), 64)}
 
 
-def conv(x, filters: int, kernel: int, stride: int, padding: int, name: str, bias: bool = True):
-    """torch's ``Conv2d(kernel, stride, padding)``: Keras ``same`` only where it pads as torch does."""
+def conv(x, filters: int, kernel: int, stride: int, padding: int, name: str):
+    """torch's ``Conv2d(kernel, stride, padding)`` with a bias (VGG, AlexNet): Keras ``same`` only where it pads as
+    torch does."""
+    return _conv(x, (filters, kernel, stride, padding), name, bias=True)
+
+
+def conv_before_bn(x, filters: int, kernel: int, stride: int, padding: int, name: str):
+    """The same without a bias: torchvision's convolutions followed by BatchNorm (ResNet, DenseNet) have none."""
+    return _conv(x, (filters, kernel, stride, padding), name, bias=False)
+
+
+def _conv(x, shape: tuple[int, int, int, int], name: str, bias: bool):
+    filters, kernel, stride, padding = shape
     if padding and stride == 1 and padding == kernel // 2 and kernel % 2 == 1:
         return layers.Conv2D(filters, kernel, padding="same", use_bias=bias, name=name)(x)
     if padding:
@@ -110,29 +121,29 @@ def alexnet(x):
 def _basic(x, planes: int, stride: int, name: str):
     shortcut = x
     if stride != 1 or x.shape[-1] != planes:
-        shortcut = conv(x, planes, 1, stride, 0, f"{name}_downsample_0", bias=False)
+        shortcut = conv_before_bn(x, planes, 1, stride, 0, f"{name}_downsample_0")
         shortcut = bn(shortcut, f"{name}_downsample_1")
-    y = relu(bn(conv(x, planes, 3, stride, 1, f"{name}_conv1", bias=False), f"{name}_bn1"), f"{name}_relu1")
-    y = bn(conv(y, planes, 3, 1, 1, f"{name}_conv2", bias=False), f"{name}_bn2")
+    y = relu(bn(conv_before_bn(x, planes, 3, stride, 1, f"{name}_conv1"), f"{name}_bn1"), f"{name}_relu1")
+    y = bn(conv_before_bn(y, planes, 3, 1, 1, f"{name}_conv2"), f"{name}_bn2")
     return relu(layers.Add(name=f"{name}_add")([y, shortcut]), f"{name}_relu")
 
 
 def _bottleneck(x, planes: int, stride: int, name: str):
     shortcut = x
     if stride != 1 or x.shape[-1] != planes * 4:
-        shortcut = conv(x, planes * 4, 1, stride, 0, f"{name}_downsample_0", bias=False)
+        shortcut = conv_before_bn(x, planes * 4, 1, stride, 0, f"{name}_downsample_0")
         shortcut = bn(shortcut, f"{name}_downsample_1")
-    y = relu(bn(conv(x, planes, 1, 1, 0, f"{name}_conv1", bias=False), f"{name}_bn1"), f"{name}_relu1")
+    y = relu(bn(conv_before_bn(x, planes, 1, 1, 0, f"{name}_conv1"), f"{name}_bn1"), f"{name}_relu1")
     # v1.5: the stride is on the 3x3 conv (torchvision), not on the first 1x1 (keras.applications' v1)
-    y = relu(bn(conv(y, planes, 3, stride, 1, f"{name}_conv2", bias=False), f"{name}_bn2"), f"{name}_relu2")
-    y = bn(conv(y, planes * 4, 1, 1, 0, f"{name}_conv3", bias=False), f"{name}_bn3")
+    y = relu(bn(conv_before_bn(y, planes, 3, stride, 1, f"{name}_conv2"), f"{name}_bn2"), f"{name}_relu2")
+    y = bn(conv_before_bn(y, planes * 4, 1, 1, 0, f"{name}_conv3"), f"{name}_bn3")
     return relu(layers.Add(name=f"{name}_add")([y, shortcut]), f"{name}_relu")
 
 
 def resnet(x, depth: int):
     kind, counts = _RESNET[depth]
     unit = _basic if kind == "basic" else _bottleneck
-    x = relu(bn(conv(x, 64, 7, 2, 3, "conv1", bias=False), "bn1"), "relu")
+    x = relu(bn(conv_before_bn(x, 64, 7, 2, 3, "conv1"), "bn1"), "relu")
     x = max_pool_after_relu(x, 3, 2, 1, "maxpool")
     starts = []
     for stage, (planes, n) in enumerate(zip((64, 128, 256, 512), counts), start=1):
@@ -144,7 +155,7 @@ def resnet(x, depth: int):
 
 def densenet(x, depth: int):
     growth, config, init = _DENSENET[depth]
-    x = relu(bn(conv(x, init, 7, 2, 3, "features_conv0", bias=False), "features_norm0"), "features_relu0")
+    x = relu(bn(conv_before_bn(x, init, 7, 2, 3, "features_conv0"), "features_norm0"), "features_relu0")
     x = max_pool_after_relu(x, 3, 2, 1, "features_pool0")
     starts = []
     for b, n in enumerate(config, start=1):
@@ -153,14 +164,14 @@ def densenet(x, depth: int):
         for i in range(1, n + 1):
             name = f"{block}_denselayer{i}"
             y = relu(bn(x, f"{name}_norm1"), f"{name}_relu1")
-            y = conv(y, 4 * growth, 1, 1, 0, f"{name}_conv1", bias=False)
+            y = conv_before_bn(y, 4 * growth, 1, 1, 0, f"{name}_conv1")
             y = relu(bn(y, f"{name}_norm2"), f"{name}_relu2")
-            y = conv(y, growth, 3, 1, 1, f"{name}_conv2", bias=False)
+            y = conv_before_bn(y, growth, 3, 1, 1, f"{name}_conv2")
             x = layers.Concatenate(name=f"{name}_cat")([x, y])  # torch.cat([inputs..., new], 1)
         if b < len(config):
             t = f"features_transition{b}"
             x = relu(bn(x, f"{t}_norm"), f"{t}_relu")
-            x = conv(x, x.shape[-1] // 2, 1, 1, 0, f"{t}_conv", bias=False)
+            x = conv_before_bn(x, x.shape[-1] // 2, 1, 1, 0, f"{t}_conv")
             x = layers.AveragePooling2D(2, strides=2, name=f"{t}_pool")(x)
     return bn(x, "features_norm5"), starts
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tle.contract import hookspecs
-from tle.contract.helpers import installed_version
+from tle.contract.helpers import delegate, installed_version
 from tle.contract.hookspecs import implements
 from tle.contract.records import BackendInfo, Fused, FuseOptions
 from tle_spyketorch import registry
@@ -20,13 +20,7 @@ if TYPE_CHECKING:
 
     import numpy as np
 
-    from tle.contract.initializers import InitSpec
-    from tle.contract.loop import TrainLoop
-    from tle.contract.records import (Blueprint, BlockCount, Evaluation, ExportMetadata, ModelInfo, ResolvedWeights,
-                                      Trained)
-    from tle.contract.spec import TrainSpec
-    from tle.contract.strategy import Stage
-    from tle.data import Dataset
+    from tle.contract.records import (Blueprint, BlockCount, ExportMetadata, ModelInfo, ResolvedWeights)
 
 # Every hook is a plain function with its spec's arguments; torch is imported inside the hook, on its first call.
 # @implements(spec) is @hookimpl, and lets pyright check the signature and return type against spec.
@@ -47,11 +41,7 @@ def register_models() -> list[ModelInfo]:
     return registry.model_infos()
 
 
-@implements(hookspecs.resolve_device)
-def resolve_device(device: str) -> str:
-    from tle_torch.device import resolve
-
-    return resolve(device)
+resolve_device = delegate(hookspecs.resolve_device, "tle_torch.device:resolve")
 
 
 @implements(hookspecs.load_backbone)
@@ -65,11 +55,7 @@ def load_backbone(blueprint: Blueprint, weights: ResolvedWeights) -> object:
     return net.to(resolve(b.device))
 
 
-@implements(hookspecs.apply_init)
-def apply_init(model: Any, blocks: list[str], init: InitSpec, seed: int) -> bool:
-    from tle_spyketorch.init import apply_init as init_blocks
-
-    return init_blocks(model, blocks, init, seed)
+apply_init = delegate(hookspecs.apply_init, "tle_spyketorch.init:apply_init")
 
 
 @implements(hookspecs.freeze_policy)
@@ -94,25 +80,9 @@ def count_parameters(model: Any) -> list[BlockCount]:
     return counts
 
 
-@implements(hookspecs.train)
-def train(model: Any, data: Dataset, stage: Stage, train: TrainSpec, loop: TrainLoop) -> Trained:
-    from tle_spyketorch.train import fit
-
-    return fit(model, data, stage, train, loop)
-
-
-@implements(hookspecs.evaluate)
-def evaluate(model: Any, images: np.ndarray, labels: np.ndarray | None, batch_size: int) -> Evaluation:
-    from tle_spyketorch.train import evaluate as run
-
-    return run(model, images, labels, batch_size)
-
-
-@implements(hookspecs.save_weights)
-def save_weights(model: Any, directory: Path) -> str:
-    from tle_spyketorch.weights import save
-
-    return save(model, directory)
+train = delegate(hookspecs.train, "tle_spyketorch.train:fit")
+evaluate = delegate(hookspecs.evaluate, "tle_spyketorch.train:evaluate")
+save_weights = delegate(hookspecs.save_weights, "tle_spyketorch.weights:save")
 
 
 @implements(hookspecs.export_onnx)

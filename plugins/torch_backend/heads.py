@@ -16,12 +16,15 @@ from collections import OrderedDict
 
 from torch import nn
 
+from tle.contract.spec import HeadSpec
 from tle_torch import blocks as block_maps
 
 
-def build_head(kind: str, name: str, tv: nn.Module, feature_shape: tuple[int, int, int], num_classes: int,
-               hidden: int = 256, dropout: float = 0.5) -> tuple[nn.Sequential, list[str], dict[str, str]]:
-    """Return (head, names of its new submodules, {head submodule: torchvision path} of reused ones)."""
+def build_head(head: HeadSpec, name: str, tv: nn.Module, feature_shape: tuple[int, int, int],
+               num_classes: int) -> tuple[nn.Sequential, list[str], dict[str, str]]:
+    """Return (head, names of its new submodules, {head submodule: torchvision path} of reused ones): ``head``'s
+    kind, hidden units and dropout on model ``name`` (torchvision's ``tv``) for ``feature_shape`` (C, H, W)."""
+    kind, hidden, dropout = head.kind, head.hidden, head.dropout
     if kind == "original":
         return _original(name, tv, num_classes)
     c, h, w = feature_shape

@@ -10,6 +10,7 @@ from torch import nn
 
 from tle import UserError
 from tle.contract.portable import check_model, is_portable
+from tle.contract.helpers import image_shape
 from tle.contract.records import Blueprint, ResolvedWeights
 from tle.contract.spec import HeadSpec
 from tle.contract.portable import read as read_portable
@@ -23,12 +24,7 @@ from tle_torch.wrapper import TleNet
 def build(blueprint: Blueprint, weights: ResolvedWeights | None) -> TleNet:
     name, num_classes, class_names = blueprint.model, blueprint.num_classes, list(blueprint.class_names)
     head, seed, input_shape = blueprint.head or HeadSpec(), int(blueprint.seed or 0), blueprint.input_shape
-    if name not in registry.names():
-        raise UserError(f"the torch backend has no model {name!r}", f"choose one of {', '.join(registry.names())}")
-    h, w, c = (int(v) for v in input_shape)
-    if c not in (1, 3):
-        raise UserError(f"{name} takes 1- or 3-channel images, the data has {c} channels",
-                        "set dataset.channels to 1 or 3")
+    h, w, c = image_shape("torch", name, registry.names(), input_shape)
     kind = getattr(weights, "kind", "none") if weights is not None else "none"
     source = str(getattr(weights, "source", "") or getattr(weights, "path", ""))
     state = portable = None
@@ -60,8 +56,7 @@ def build(blueprint: Blueprint, weights: ResolvedWeights | None) -> TleNet:
             body[block] = nn.Sequential(OrderedDict((p.replace(".", "_"), tv.get_submodule(p)) for p in paths))
             tv_paths.update({f"body.{block}.{p.replace('.', '_')}": p for p in paths})
         feature_shape = _feature_shape(name, body, h, w)
-        head_module, new_parts, reused = build_head(head.kind, name, tv, feature_shape, num_classes,
-                                                    hidden=head.hidden, dropout=head.dropout)
+        head_module, new_parts, reused = build_head(head, name, tv, feature_shape, num_classes)
         tv_paths.update({f"head.{k}": v for k, v in reused.items()})
         net = TleNet(replace(blueprint, input_shape=(h, w, c)), body, head_module, new_parts, tv_paths,
                      normalise=name not in registry.SMALL)

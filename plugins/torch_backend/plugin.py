@@ -6,27 +6,19 @@ import this module and must stay fast.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tle.contract import hookspecs
-from tle.contract.helpers import fuse_heads, installed_version
+from tle.contract.helpers import delegate, fuse_heads, installed_version
 from tle.contract.hookspecs import implements
 from tle.contract.records import BackendInfo
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Iterable
 
     import numpy as np
 
-    from tle.contract.distributed import DistributedPlan
-    from tle.contract.initializers import InitSpec
-    from tle.contract.loop import TrainLoop
-    from tle.contract.records import (Blueprint, BlockCount, Evaluation, ExportMetadata, Fused, FuseOptions, ModelInfo,
-                                      ResolvedWeights, Trained)
-    from tle.contract.spec import DistributedSpec, TrainSpec
-    from tle.contract.strategy import Stage
-    from tle.data import Dataset
+    from tle.contract.records import (Blueprint, BlockCount, Fused, FuseOptions, ResolvedWeights)
 
 # Every hook is a plain function with its spec's arguments; the framework is imported inside the hook, on its
 # first call. @implements(spec) is @hookimpl, and lets pyright check the signature and return type against spec.
@@ -44,18 +36,8 @@ def backend_info() -> BackendInfo:
                                      "distributed"))
 
 
-@implements(hookspecs.register_models)
-def register_models() -> list[ModelInfo]:
-    from tle_torch.registry import model_infos
-
-    return model_infos()
-
-
-@implements(hookspecs.resolve_device)
-def resolve_device(device: str) -> str:
-    from tle_torch.device import resolve
-
-    return resolve(device)
+register_models = delegate(hookspecs.register_models, "tle_torch.registry:model_infos")
+resolve_device = delegate(hookspecs.resolve_device, "tle_torch.device:resolve")
 
 
 @implements(hookspecs.load_backbone)
@@ -67,11 +49,7 @@ def load_backbone(blueprint: Blueprint, weights: ResolvedWeights) -> object:
     return build(blueprint, weights).to(resolve(blueprint.device))
 
 
-@implements(hookspecs.apply_init)
-def apply_init(model: Any, blocks: list[str], init: InitSpec, seed: int) -> bool:
-    from tle_torch.init import apply_init as init_blocks
-
-    return init_blocks(model, blocks, init, seed)
+apply_init = delegate(hookspecs.apply_init, "tle_torch.init:apply_init")
 
 
 @implements(hookspecs.freeze_policy)
@@ -98,39 +76,11 @@ def count_parameters(model: Any) -> list[BlockCount]:
     return counts
 
 
-@implements(hookspecs.train)
-def train(model: Any, data: Dataset, stage: Stage, train: TrainSpec, loop: TrainLoop) -> Trained:
-    from tle_torch.train import fit
-
-    return fit(model, data, stage, train, loop)
-
-
-@implements(hookspecs.evaluate)
-def evaluate(model: Any, images: np.ndarray, labels: np.ndarray | None, batch_size: int) -> Evaluation:
-    from tle_torch.train import evaluate as run
-
-    return run(model, images, labels, batch_size)
-
-
-@implements(hookspecs.save_weights)
-def save_weights(model: Any, directory: Path) -> str:
-    from tle_torch.weights import save
-
-    return save(model, directory)
-
-
-@implements(hookspecs.portable_weights)
-def portable_weights(model: Any) -> dict[str, np.ndarray]:
-    from tle_torch.portable import to_portable
-
-    return to_portable(model)
-
-
-@implements(hookspecs.export_onnx)
-def export_onnx(model: Any, path: Path, sample: np.ndarray, metadata: ExportMetadata) -> str:
-    from tle_torch.export import export
-
-    return export(model, path, sample, metadata)
+train = delegate(hookspecs.train, "tle_torch.train:fit")
+evaluate = delegate(hookspecs.evaluate, "tle_torch.train:evaluate")
+save_weights = delegate(hookspecs.save_weights, "tle_torch.weights:save")
+portable_weights = delegate(hookspecs.portable_weights, "tle_torch.portable:to_portable")
+export_onnx = delegate(hookspecs.export_onnx, "tle_torch.export:export")
 
 
 @implements(hookspecs.fuse)
@@ -142,30 +92,7 @@ def fuse(models: list[Any], class_names: list[list[str]], options: FuseOptions,
     return fuse_heads(fuse_nets, models, class_names, options)
 
 
-@implements(hookspecs.dense_activations)
-def dense_activations(inputs: np.ndarray, units: int, activation: str, init: InitSpec, seed: int) -> np.ndarray:
-    from tle_torch.probe import dense_activations as probe
-
-    return probe(inputs, units, activation, init, seed)
-
-
-@implements(hookspecs.block_activations)
-def block_activations(model: Any, images: np.ndarray) -> dict[str, np.ndarray]:
-    from tle_torch.probe import block_activations as probe
-
-    return probe(model, images)
-
-
-@implements(hookspecs.distributed_plan)
-def distributed_plan(distributed: DistributedSpec, device: str) -> DistributedPlan:
-    from tle_torch.distributed import plan
-
-    return plan(distributed, device)
-
-
-@implements(hookspecs.launch_ranks)
-def launch_ranks(plan: DistributedPlan, distributed: DistributedSpec, entry: Callable[..., Any], args: tuple,
-                 failures: str, waiting: Callable[[str], None]) -> dict[int, Any]:
-    from tle_torch.distributed import launch
-
-    return launch(plan, distributed, entry, args, failures, waiting)
+dense_activations = delegate(hookspecs.dense_activations, "tle_torch.probe:dense_activations")
+block_activations = delegate(hookspecs.block_activations, "tle_torch.probe:block_activations")
+distributed_plan = delegate(hookspecs.distributed_plan, "tle_torch.distributed:plan")
+launch_ranks = delegate(hookspecs.launch_ranks, "tle_torch.distributed:launch")

@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -105,8 +107,21 @@ def _optional(key: str) -> bool:
     return key.endswith("num_batches_tracked")
 
 
-def _check_block(block: str, keys: list[str], state: dict, own: dict, model: str, source: str, name_of=lambda k: k):
+@dataclass(frozen=True)
+class _Fit:
+    """A file's ``state`` read into model ``model``'s own state dict ``own``; ``source`` names the file and
+    ``name_of`` a key in messages."""
+
+    state: dict
+    own: dict
+    model: str
+    source: str
+    name_of: Callable[[str], str] = str
+
+
+def _check_block(block: str, keys: list[str], fit: _Fit) -> bool:
     """Return True when the block is in the file and fits; False when absent; raise when partial or misfit."""
+    state, own, model, source, name_of = fit.state, fit.own, fit.model, fit.source, fit.name_of
     needed = [k for k in keys if not _optional(k)]
     present = [k for k in needed if k in state]
     if not present:
@@ -139,7 +154,7 @@ def load_torchvision_layout(tv: nn.Module, name: str, state: dict[str, torch.Ten
     missing = []
     for block, paths in block_map:
         keys = [k for k in own if any(k.startswith(p + ".") for p in paths)]
-        if _check_block(block, keys, state, own, name, source):
+        if _check_block(block, keys, _Fit(state, own, name, source)):
             chosen.update({k: state[k] for k in keys if k in state})
         else:
             missing.append(block)
@@ -164,8 +179,8 @@ def load_tle_layout(net, state: dict[str, torch.Tensor], source: str, keep_head:
     missing = []
     for block in net.block_names:
         keys = [k for k in own if k.startswith(f"body.{block}.")]
-        if _check_block(block, keys, state, own, net.model_name, source,
-                        name_of=lambda k: f"{k} (torchvision {net.torchvision_name(k)})"):
+        if _check_block(block, keys, _Fit(state, own, net.model_name, source,
+                                          name_of=lambda k: f"{k} (torchvision {net.torchvision_name(k)})")):
             chosen.update({k: state[k] for k in keys if k in state})
         else:
             missing.append(block)
