@@ -239,6 +239,8 @@ def s2_study(name: str, study: str, command_env: dict[str, str], before: str = "
     seconds = st.seconds
     model = os.environ.get("MODEL", "mozafari")
     printed = st.sh(f"bash {ROOT / 'examples/s2_fusion.sh'} {model}", **env)
+    # Each `tle fuse` prints its own table too; the page shows the summary the script prints after them.
+    printed = printed[printed.index("**S2 offline"):] if "**S2 offline" in printed else printed
     shown = " ".join(f'{k}="{v}"' if " " in v else f"{k}={v}" for k, v in env.items())
     st.write(name, printed, f"{shown} examples/s2_fusion.sh {model}", st.seconds - seconds)
     return st
