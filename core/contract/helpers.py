@@ -11,6 +11,7 @@ of the CNN backends that fuse heads with :mod:`tle.contract.head_fusion`; :func:
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -31,14 +32,20 @@ def delegate(spec: Callable[_Args, _Return], target: str) -> Callable[_Args, _Re
         train = delegate(hookspecs.train, "tle_keras.train:fit")   # in tle_keras/plugin.py
 
     The implementation has ``spec``'s name and signature (pluggy reads the arguments to pass from ``spec``, through
-    ``__wrapped__``), and is marked as :func:`tle.contract.hookspecs.implements` marks a function: the type checker
+    ``__wrapped__``; a direct call may name them as the hookspec does), and is marked as :func:`tle.contract.hookspecs.implements` marks a function: the type checker
     sees it as ``spec``; an unknown module or function fails when the hook runs, with the name written here."""
     module, _, name = target.partition(":")
     if not module or not name:
         raise ValueError(f"delegate target {target!r} is not 'module:function'")
 
+    signature = inspect.signature(spec)
+
     def hook(*args: _Args.args, **kwargs: _Args.kwargs) -> _Return:
-        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+        # pluggy passes the arguments by position; a direct call (a test) may name them: both reach the target
+        # by position, in the hookspec's order, whatever the target calls them.
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return getattr(importlib.import_module(module), name)(*bound.args, **bound.kwargs)
 
     hook.__name__ = hook.__qualname__ = spec.__name__
     hook.__doc__ = f"{spec.__name__}: :func:`{module}.{name}`."
