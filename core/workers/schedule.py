@@ -22,7 +22,8 @@ class Task:
     tags: dict[str, str] = field(default_factory=dict)
     label: str = ""
     gpus: float = 0.0
-    kind: str = "run"  # "export": a finished run's model (``run_id``) to ONNX; "portable"/"convert": tle.run.convert
+    kind: str = "run"  # "export": a finished run's model (``run_id``) to ONNX; "portable"/"convert": tle.run.convert;
+    # "features": a candidate backbone's frozen features for tle rank (tle.run.features)
     run_id: str | None = None
     after: tuple[int, ...] = ()  # cells (a pretraining run; an export's group) that must end first
     strict: bool = True  # fail without running when one of ``after`` did not finish
