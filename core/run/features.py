@@ -80,7 +80,8 @@ def backbone_features(hook, model, last_block: str, images: np.ndarray, batch_si
 def extract(backend_name: str, options: dict[str, Any], tracking_uri: str | None, load_data=None) -> dict[str, Any]:
     """Features (and the source head's logits) of one candidate, written as ``.npy`` files into ``options["out"]``.
 
-    ``options``: ``index``, ``model``, ``weights`` (``random``, ``imagenet``, a path, ``runs:/ID``...),
+    ``options``: ``index``, ``model``, ``weights`` (``random``, ``imagenet``, a path, ``runs:/ID``...; with
+    ``weights_file`` and ``weights_classes``: the stored run's weights, already fetched, and its classes),
     ``dataset`` (a :class:`DataSpec` as JSON), ``seed``, ``batch_size``, ``device`` and ``source_head`` (None, or
     the stored run's ``class_names``, ``head`` spec and ``input_shape``: its head is used only on images of that
     shape).
@@ -93,8 +94,8 @@ def extract(backend_name: str, options: dict[str, Any], tracking_uri: str | None
     data = (load_data or load_dataset)(DataSpec.model_validate(options["dataset"]), seed=seed,
                                        extra_sources=backend.dataset_sources())
     check_input(info, data.input_shape)
-    text = options["weights"]
-    if text.startswith(("runs:/", "models:/")):
+    text, fetched = options["weights"], options.get("weights_file")
+    if text.startswith(("runs:/", "models:/")) and not fetched:
         configure(tracking_uri)
     h, w, c = data.input_shape
     head = options.get("source_head")
@@ -102,8 +103,14 @@ def extract(backend_name: str, options: dict[str, Any], tracking_uri: str | None
         head = None  # the run's head was trained on other images: it may not fit these
     workdir = Path(tempfile.mkdtemp(prefix="tle-features-"))
     try:
-        weights = ResolvedWeights(kind="none") if text == RANDOM else resolve_weights(text, backend_name, workdir,
-                                                                                      model=info.name)
+        if text == RANDOM:
+            weights = ResolvedWeights(kind="none")
+        elif fetched:
+            classes = options.get("weights_classes")
+            weights = ResolvedWeights(kind="file", source=text, path=Path(fetched),
+                                      class_names=tuple(classes) if classes else None)
+        else:
+            weights = resolve_weights(text, backend_name, workdir, model=info.name)
         names = tuple(head["class_names"]) if head else tuple(data.class_names)
         started = time.perf_counter()
         model = build(backend.hook, Blueprint(info.name, names, data.input_shape,

@@ -209,6 +209,7 @@ class Source:
     """A candidate's stored run: its head (for NCE and LEEP) and its test accuracy (the source_acc baseline)."""
 
     run_id: str
+    backend: str | None
     class_names: tuple[str, ...] | None
     head: dict[str, Any] | None
     input_shape: str | None
@@ -250,7 +251,7 @@ def _source(candidate: Candidate, model: str) -> Source:
         except UserError:
             head = None
         acc = stored.run.data.metrics.get("test_acc")
-        return Source(run_id, tuple(names) if names else None, head, stored.params.get("data.input_shape"),
+        return Source(run_id, stored.backend, tuple(names) if names else None, head, stored.params.get("data.input_shape"),
                       float(acc) if acc is not None else None)
 
 
@@ -420,7 +421,7 @@ class Ranker:
     :meth:`run` extracts, scores, compares with the sweep and logs the one run."""
 
     def __init__(self, spec: RankSpec, options: RankOptions = RankOptions()):
-        from tle.data.load import split_fingerprint
+        from tle.data.load import loader_for
         from tle.store.tracking import configure
 
         self.started = time.perf_counter()
@@ -433,8 +434,9 @@ class Ranker:
         mlflow = configure(options.tracking_uri or spec.tracking.uri)
         self.uri = mlflow.get_tracking_uri()
         self.sources = [check_candidate(c) for c in spec.candidates]
-        first = load_backend(spec.candidates[0].backend)
-        self.fingerprint = split_fingerprint(spec.dataset, spec.seed, first.dataset_sources())
+        for backend in {c.backend for c in spec.candidates}:
+            loader_for(spec.dataset, load_backend(backend).dataset_sources())  # the data itself loads in the workers
+        self.fingerprint = ""  # of the split every worker made: checked to be one
         self.truth = sweep_truth(spec.against, spec.dataset.source, spec.candidates) if spec.against else None
 
     def run(self) -> Ranking:
@@ -462,6 +464,8 @@ class Ranker:
         return ranking
 
     def _extract(self, folder: Path, progress) -> dict[int, dict[str, Any]]:
+        from tle.store.stored_run import StoredRun
+
         spec = self.spec
         tasks = []
         for i, (c, source) in enumerate(zip(spec.candidates, self.sources)):
@@ -472,6 +476,12 @@ class Ranker:
             options = {"index": i, "model": c.model, "weights": c.weights, "seed": spec.seed,
                        "dataset": spec.dataset.model_dump(mode="json"), "batch_size": spec.batch_size,
                        "device": spec.device, "out": str(folder), "source_head": head}
+            if source is not None and source.backend == c.backend:
+                # Fetched here, where MLflow is loaded already: the worker needs no store (a run of another backend
+                # is converted there, by tle.run.weights).
+                with StoredRun(source.run_id, workdir=folder / f"weights-c{i}") as stored:
+                    options["weights_file"] = str(stored.weights())
+                options["weights_classes"] = list(source.class_names) if source.class_names else None
             gpus = 1.0 if spec.device.startswith(("cuda", "gpu")) else 0.0
             tasks.append(Task(i, c.backend, {"backend": c.backend, "tracking": {"uri": self.uri}}, label=c.label,
                               gpus=gpus, kind="features", options=options))
@@ -503,9 +513,10 @@ class Ranker:
         return outcomes
 
     def _check_data(self, outcomes: dict[int, dict[str, Any]], ranking: Ranking) -> None:
-        """Every worker split the same data (the fingerprint of the check), with a validation split for k-NN and
-        two classes in the training split."""
+        """Every worker split the same data (one fingerprint, the split ``tle run`` makes of it with this seed), with
+        a validation split for k-NN and two classes in the training split."""
         first = outcomes[0]
+        self.fingerprint = ranking.fingerprint = first["fingerprint"]
         for i, outcome in outcomes.items():
             if outcome["fingerprint"] != self.fingerprint:
                 raise RuntimeError(f"candidate {self.spec.candidates[i].label} saw another split "
