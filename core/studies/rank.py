@@ -216,19 +216,26 @@ class Source:
     test_acc: float | None
 
 
-def check_candidate(candidate: Candidate) -> Source | None:
-    """One line for what cannot be ranked: an unknown backend or model, a backend that gives no features, weights
-    that are not there. The stored run the weights come from, if any (MLflow is configured by the caller)."""
+def check_backend(candidate: Candidate) -> str:
+    """One line for a candidate of an unknown backend or model, or of a backend that gives no features; the model's
+    name."""
     backend = load_backend(candidate.backend)
     info = backend.model(candidate.model)
     if not implements(backend, BLOCK_HOOK):
         raise UserError(f"backend {candidate.backend!r} cannot be ranked: it gives no frozen features (no "
                         f"{BLOCK_HOOK} hook)", "rank candidates of torch, keras or numpy")
+    return info.name
+
+
+def check_candidate(candidate: Candidate) -> Source | None:
+    """:func:`check_backend`, then one line for weights that are not there; the stored run the weights come from,
+    if any (MLflow is configured by the caller)."""
+    model = check_backend(candidate)
     weights = candidate.weights
     if weights in (RANDOM, "imagenet"):
         return None
     if weights.startswith(("runs:/", "models:/")):
-        return _source(candidate, info.name)
+        return _source(candidate, model)
     if not Path(weights).expanduser().exists():
         raise UserError(f"candidate {candidate.spelling}: weights file {weights!r} does not exist", SPELLING)
     return None
@@ -417,8 +424,9 @@ class RankOptions:
 
 
 class Ranker:
-    """Checks everything a user can get wrong at construction (before a worker starts or a run exists), then
-    :meth:`run` extracts, scores, compares with the sweep and logs the one run."""
+    """Checks everything a user can get wrong at construction (before a run exists; the workers start once what
+    needs no store was checked, and are stopped when a later check fails), then :meth:`run` extracts, scores,
+    compares with the sweep and logs the one run."""
 
     def __init__(self, spec: RankSpec, options: RankOptions = RankOptions()):
         from tle.data.load import loader_for
@@ -429,15 +437,31 @@ class Ranker:
         self.console = options.console or Console(stderr=True)
         if options.jobs < 1:
             raise UserError(f"--jobs {options.jobs} must be at least 1", "use --jobs 1 or more")
-        for c in spec.candidates:
-            load_backend(c.backend).model(c.model)  # unknown backends and models first: no store needed
-        mlflow = configure(options.tracking_uri or spec.tracking.uri)
-        self.uri = mlflow.get_tracking_uri()
-        self.sources = [check_candidate(c) for c in spec.candidates]
-        for backend in {c.backend for c in spec.candidates}:
+        backends = list(dict.fromkeys(c.backend for c in spec.candidates))
+        for c in spec.candidates:  # what needs no store first: backends, models, the hook, the data's source
+            check_backend(c)
+        for backend in backends:
             loader_for(spec.dataset, load_backend(backend).dataset_sources())  # the data itself loads in the workers
+        # The workers start now and import their framework while the store is read.
+        self.pool = LocalPool(options.jobs)
+        self.warm = [(self.pool.start(b), b) for b in backends[:options.jobs]]
+        try:
+            mlflow = configure(options.tracking_uri or spec.tracking.uri)
+            self.uri = mlflow.get_tracking_uri()
+            self.sources = [check_candidate(c) for c in spec.candidates]
+            self.truth = sweep_truth(spec.against, spec.dataset.source, spec.candidates) if spec.against else None
+        except BaseException:
+            self.close()
+            raise
         self.fingerprint = ""  # of the split every worker made: checked to be one
-        self.truth = sweep_truth(spec.against, spec.dataset.source, spec.candidates) if spec.against else None
+
+    def close(self) -> None:
+        """Stop the workers started for this ranking that are still idle (at once: they hold no run)."""
+        for worker, _ in self.warm:
+            if self.pool.alive(worker):
+                worker.proc.kill()
+            self.pool.stop(worker)
+        self.warm = []
 
     def run(self) -> Ranking:
         from tle.progress import make_progress
@@ -497,8 +521,11 @@ class Ranker:
             if progress is not None and bar is not None:
                 progress.advance(bar)
 
-        pool = LocalPool(self.options.jobs)
-        scheduler = Scheduler(pool, self.options.jobs)
+        scheduler = Scheduler(self.pool, self.options.jobs)
+        for worker, backend in self.warm:  # started in __init__: the scheduler takes them as idle workers
+            scheduler.idle.append((worker, backend))
+            scheduler.owner[worker] = backend
+        self.warm = []
         try:
             scheduler.run(tasks, on_start=on_start, on_done=on_done)
         finally:
