@@ -308,6 +308,12 @@ def rank() -> None:
     named = [(f"{m}, {e} epoch{'s' if e > 1 else ''}", f"torch:{m}@runs:/{runs[m, e]}")
              for m in RANK_MODELS for e in RANK_EPOCHS]
     named += [(f"{m}, random", f"torch:{m}@random") for m in RANK_MODELS]
+    accs = {r.info.run_id: r.data.metrics.get("test_acc") for r in st.runs("rank-pretrain", "tags.`tle.role` = 'cell'")}
+    lines = ["| candidate | spelled | pretraining's test acc (digits 0-4) |", "|---|---|---:|"]
+    for name, spelled in named:
+        acc = accs.get(spelled.split("runs:/")[-1]) if "runs:/" in spelled else None
+        lines.append(f"| {name} | `{spelled}` | {'-' if acc is None else f'{acc:.3f}'} |")
+    st.write("rank-candidates", "\n".join(lines), "tle sweep pretrain.yaml (its runs are the candidates)", 0.0)
     st.sh(f"{LETTERS} --per-class 120")
     for key, source in RANK_TARGETS.items():
         t0 = st.seconds

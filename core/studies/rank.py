@@ -214,6 +214,7 @@ class Source:
     head: dict[str, Any] | None
     input_shape: str | None
     test_acc: float | None
+    weights_file: str | None = None  # the run's weights, fetched (a run of the candidate's own backend)
 
 
 def check_backend(candidate: Candidate) -> str:
@@ -227,27 +228,29 @@ def check_backend(candidate: Candidate) -> str:
     return info.name
 
 
-def check_candidate(candidate: Candidate) -> Source | None:
+def check_candidate(candidate: Candidate, folder: Path) -> Source | None:
     """:func:`check_backend`, then one line for weights that are not there; the stored run the weights come from,
-    if any (MLflow is configured by the caller)."""
+    if any, with its weights fetched into ``folder`` when they are of the candidate's backend (MLflow is configured
+    by the caller)."""
     model = check_backend(candidate)
     weights = candidate.weights
     if weights in (RANDOM, "imagenet"):
         return None
     if weights.startswith(("runs:/", "models:/")):
-        return _source(candidate, model)
+        return _source(candidate, model, folder)
     if not Path(weights).expanduser().exists():
         raise UserError(f"candidate {candidate.spelling}: weights file {weights!r} does not exist", SPELLING)
     return None
 
 
-def _source(candidate: Candidate, model: str) -> Source:
+def _source(candidate: Candidate, model: str, folder: Path) -> Source:
     from tle.run.weights import registered_run_id
     from tle.store.stored_run import StoredRun, run_id_of
 
     weights = candidate.weights
     run_id = registered_run_id(weights) if weights.startswith("models:/") else run_id_of(weights)
-    with StoredRun(run_id, doing="rank") as stored:
+    folder.mkdir(parents=True, exist_ok=True)
+    with StoredRun(run_id, workdir=folder, doing="rank") as stored:
         stored.require(RunStatus.FINISHED, fix="rank the weights of a finished run")
         if stored.model and stored.model != model:
             raise UserError(f"candidate {candidate.spelling}: run {run_id} is a {stored.model}, not a {model}",
@@ -258,8 +261,11 @@ def _source(candidate: Candidate, model: str) -> Source:
         except UserError:
             head = None
         acc = stored.run.data.metrics.get("test_acc")
+        # Fetched here, where MLflow is loaded already: the worker needs no store (a run of another backend is
+        # converted there, by tle.run.weights).
+        fetched = str(stored.weights()) if stored.backend == candidate.backend else None
         return Source(run_id, stored.backend, tuple(names) if names else None, head, stored.params.get("data.input_shape"),
-                      float(acc) if acc is not None else None)
+                      float(acc) if acc is not None else None, fetched)
 
 
 # -- the sweep a ranking is checked against ------------------------------------------------
@@ -446,10 +452,11 @@ class Ranker:
         # The workers start now and import their framework while the store is read.
         self.pool = LocalPool(options.jobs)
         self.warm = [(self.pool.start(b), b) for b in backends[:options.jobs]]
+        self.folder = Path(tempfile.mkdtemp(prefix="tle-rank-"))  # weights fetched, then the features
         try:
             mlflow = configure(options.tracking_uri or spec.tracking.uri)
             self.uri = mlflow.get_tracking_uri()
-            self.sources = [check_candidate(c) for c in spec.candidates]
+            self.sources = [check_candidate(c, self.folder / f"c{i}") for i, c in enumerate(spec.candidates)]
             self.truth = sweep_truth(spec.against, spec.dataset.source, spec.candidates) if spec.against else None
         except BaseException:
             self.close()
@@ -457,23 +464,24 @@ class Ranker:
         self.fingerprint = ""  # of the split every worker made: checked to be one
 
     def close(self) -> None:
-        """Stop the workers started for this ranking that are still idle (at once: they hold no run)."""
+        """Stop the workers started for this ranking that are still idle (at once: they hold no run), and remove
+        what was fetched and extracted."""
         for worker, _ in self.warm:
             if self.pool.alive(worker):
                 worker.proc.kill()
             self.pool.stop(worker)
         self.warm = []
+        shutil.rmtree(self.folder, ignore_errors=True)
 
     def run(self) -> Ranking:
         from tle.progress import make_progress
 
         progress = make_progress(self.console, self.options.quiet)
-        folder = Path(tempfile.mkdtemp(prefix="tle-rank-"))
         try:
             if progress is not None:
                 progress.start()
             started = time.perf_counter()
-            outcomes = self._extract(folder, progress)
+            outcomes = self._extract(self.folder / "features", progress)
             ranking = Ranking(self.spec, [], fingerprint=self.fingerprint, uri=self.uri,
                               extract_seconds=time.perf_counter() - started)
             self._check_data(outcomes, ranking)
@@ -481,7 +489,7 @@ class Ranker:
         finally:
             if progress is not None:
                 progress.stop()
-            shutil.rmtree(folder, ignore_errors=True)
+            self.close()
         if self.truth is not None:
             ranking.truth = self.truth
             ranking.correlations = correlations(ranking.results, self.truth)
@@ -489,8 +497,6 @@ class Ranker:
         return ranking
 
     def _extract(self, folder: Path, progress) -> dict[int, dict[str, Any]]:
-        from tle.store.stored_run import StoredRun
-
         spec = self.spec
         tasks = []
         for i, (c, source) in enumerate(zip(spec.candidates, self.sources)):
@@ -501,11 +507,8 @@ class Ranker:
             options = {"index": i, "model": c.model, "weights": c.weights, "seed": spec.seed,
                        "dataset": spec.dataset.model_dump(mode="json"), "batch_size": spec.batch_size,
                        "device": spec.device, "out": str(folder), "source_head": head}
-            if source is not None and source.backend == c.backend:
-                # Fetched here, where MLflow is loaded already: the worker needs no store (a run of another backend
-                # is converted there, by tle.run.weights).
-                with StoredRun(source.run_id, workdir=folder / f"weights-c{i}") as stored:
-                    options["weights_file"] = str(stored.weights())
+            if source is not None and source.weights_file is not None:
+                options["weights_file"] = source.weights_file
                 options["weights_classes"] = list(source.class_names) if source.class_names else None
             gpus = 1.0 if spec.device.startswith(("cuda", "gpu")) else 0.0
             tasks.append(Task(i, c.backend, {"backend": c.backend, "tracking": {"uri": self.uri}}, label=c.label,
