@@ -345,6 +345,8 @@ class Ranking:
     experiment: str = ""
     wall_seconds: float = 0.0
     extract_seconds: float = 0.0
+    check_seconds: float = 0.0  # the checks before any worker ran a task (backends, the store, the sweep)
+    log_seconds: float = 0.0  # the tracked run: params, metrics, tables, plot, artifacts
     truth: SweepTruth | None = None
     correlations: dict[str, dict[str, Correlation]] = field(default_factory=dict)  # strategy -> score -> tau
 
@@ -394,7 +396,8 @@ class Ranking:
             "run_id": self.run_id, "experiment": self.experiment, "tracking_uri": self.uri, "name": self.spec.name,
             "dataset": self.spec.dataset.source, "fingerprint": self.fingerprint, "sizes": self.sizes,
             "seed": self.spec.seed, "by": self.spec.by, "wall_seconds": self.wall_seconds,
-            "extract_seconds": self.extract_seconds, "score_seconds": self.score_seconds(),
+            "check_seconds": self.check_seconds, "extract_seconds": self.extract_seconds,
+            "score_seconds": self.score_seconds(), "log_seconds": self.log_seconds,
             "candidates": [{"rank": place, "index": r.index, "label": r.candidate.label,
                             "candidate": r.candidate.spelling, "backend": r.candidate.backend,
                             "model": r.candidate.model, "weights": r.candidate.weights, "source_run": r.source_run,
@@ -462,6 +465,7 @@ class Ranker:
             self.close()
             raise
         self.fingerprint = ""  # of the split every worker made: checked to be one
+        self.check_seconds = time.perf_counter() - self.started
 
     def close(self) -> None:
         """Stop the workers started for this ranking that are still idle (at once: they hold no run), and remove
@@ -483,7 +487,7 @@ class Ranker:
             started = time.perf_counter()
             outcomes = self._extract(self.folder / "features", progress)
             ranking = Ranking(self.spec, [], fingerprint=self.fingerprint, uri=self.uri,
-                              extract_seconds=time.perf_counter() - started)
+                              extract_seconds=time.perf_counter() - started, check_seconds=self.check_seconds)
             self._check_data(outcomes, ranking)
             ranking.results = self._score(outcomes, progress)
         finally:
@@ -493,7 +497,9 @@ class Ranker:
         if self.truth is not None:
             ranking.truth = self.truth
             ranking.correlations = correlations(ranking.results, self.truth)
+        started = time.perf_counter()
         self._log(ranking)
+        ranking.log_seconds = time.perf_counter() - started
         return ranking
 
     def _extract(self, folder: Path, progress) -> dict[int, dict[str, Any]]:
