@@ -1,5 +1,6 @@
 """``tle rank`` end to end: a real store, real pretraining (the numpy example backend), a real feature-extractor
-sweep and the real CLI; and the user errors it answers in one line before any run exists.
+sweep and the CLI (its main(), in this process; the features come from worker processes as always); and the user
+errors it answers in one line before any run exists.
 
 The source that ranks first is pretrained on all ten digits (the target's classes among them), not on digits
 0-4: measured with these small backbones, a random network's features of digits 5-9 are as good as those of a
@@ -14,7 +15,7 @@ import pytest
 import yaml
 from scipy import stats
 
-from conftest import tle, tle_inprocess
+from conftest import tle_inprocess
 
 pytestmark = pytest.mark.slow
 
@@ -67,8 +68,8 @@ def candidates(world):
 
 @pytest.fixture(scope="module")
 def ranked(world):
-    proc = tle("rank", "--dataset", TARGET, "--candidates", ",".join(candidates(world)), "--against", "fe-digits",
-               "--experiment", "ranks", "--json", env=world["env"], check_rc=0, timeout=300)
+    proc = tle_inprocess("rank", "--dataset", TARGET, "--candidates", ",".join(candidates(world)), "--against",
+                         "fe-digits", "--experiment", "ranks", "--json", env=world["env"], check_rc=0)
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 1, proc.stdout  # --json: one object on one line
     return json.loads(lines[0])

@@ -26,10 +26,10 @@ import numpy as np
 
 from tle.backends.manager import load_backend
 from tle.contract.initializers import InitSpec
-from tle.contract.records import ResolvedWeights
+from tle.contract.records import Blueprint, ResolvedWeights
 from tle.contract.spec import DataSpec, HeadSpec
 from tle.errors import UserError
-from tle.run.assembly import Blueprint, build, check_input
+from tle.run.assembly import build, check_input
 from tle.run.weights import resolve_weights
 from tle.store.status import RunStatus
 from tle.store.tracking import configure
