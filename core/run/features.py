@@ -28,11 +28,10 @@ from tle.backends.manager import load_backend
 from tle.contract.initializers import InitSpec
 from tle.contract.records import Blueprint, ResolvedWeights
 from tle.contract.spec import DataSpec, HeadSpec
-from tle.errors import UserError
 from tle.run.assembly import build, check_input
 from tle.run.weights import resolve_weights
-from tle.store.status import RunStatus
 from tle.store.tracking import configure
+from tle.workers.schedule import outcome_of
 
 RANDOM = "random"
 SPLITS = ("train", "val")
@@ -40,20 +39,8 @@ SPLITS = ("train", "val")
 
 def handle_task(task: dict[str, Any], cache) -> dict[str, Any]:
     """The worker's side of a ``features`` task: the outcome names the files written under ``options["out"]``."""
-    outcome: dict[str, Any] = {"cell": task["cell"]}
-    started = time.perf_counter()
-    try:
-        outcome.update(status=RunStatus.FINISHED,
-                       **extract(task["spec"]["backend"], task["options"], task["spec"]["tracking"].get("uri"), cache))
-    except KeyboardInterrupt:
-        raise
-    except UserError as exc:
-        outcome.update(status=RunStatus.FAILED, error=str(exc), user_error=True)
-    except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        outcome.update(status=RunStatus.FAILED, error=f"{type(exc).__name__}: {first}"[:1000])
-    outcome["seconds"] = time.perf_counter() - started
-    return outcome
+    return outcome_of(lambda: extract(task["spec"]["backend"], task["options"], task["spec"]["tracking"].get("uri"),
+                                      cache), {"cell": task["cell"]})
 
 
 def pooled(block_output: np.ndarray) -> np.ndarray:
