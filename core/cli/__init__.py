@@ -14,7 +14,7 @@ import sys
 
 import typer
 
-from tle.cli import run, sweep, inspect, serve, convert, compare, study, fuse  # noqa: F401, I001  (registers the commands, in help order)
+from tle.cli import run, sweep, rank, inspect, serve, convert, compare, study, fuse  # noqa: F401, I001  (registers the commands, in help order)
 from tle.cli.app import STATE, app, err
 from tle.errors import UserError
 

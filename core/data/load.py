@@ -84,14 +84,21 @@ def _finish(images: np.ndarray, spec: DataSpec) -> np.ndarray:
     return np.ascontiguousarray(images, dtype=np.float32)
 
 
-def open_source(spec: DataSpec, extra: dict[str, Loader] | None) -> Source:
-    """The source ``spec.source`` names: a loader the plugins registered (``extra``) or a built-in one."""
+def loader_for(spec: DataSpec, extra: dict[str, Loader] | None) -> Loader:
+    """The loader of ``spec.source``'s prefix (a plugin's, else a built-in one), without loading anything; one line
+    when no loader has that prefix."""
     extra = {**LOADERS, **(extra or {})}
-    prefix, _, arg = spec.source.partition(":")
+    prefix = spec.source.partition(":")[0]
     if prefix not in extra:
         known = ", ".join([*KNOWN, *(f"{p}:..." for p in sorted(extra) if p not in KNOWN_PREFIXES)])
         raise UserError(f"unknown dataset source {spec.source!r}", f"use one of {known}")
-    loaded = extra[prefix](arg, spec)
+    return extra[prefix]
+
+
+def open_source(spec: DataSpec, extra: dict[str, Loader] | None) -> Source:
+    """The source ``spec.source`` names: a loader the plugins registered (``extra``) or a built-in one."""
+    prefix, _, arg = spec.source.partition(":")
+    loaded = loader_for(spec, extra)(arg, spec)
     if isinstance(loaded, Source):
         return loaded
     if isinstance(loaded, ImageSet):

@@ -30,9 +30,9 @@ from tle.run.assembly import Blueprint, assemble, build
 from tle.run.outputs import Output, export_and_check, save_weights
 from tle.run.rebuild import rebuild
 from tle.run.runner import default_run_name
-from tle.store.status import RunStatus
 from tle.store.stored_run import FUSED_FROM, StoredRun, record_inputs, run_tags
 from tle.store.tracking import configure, environment_tags, tracked_run
+from tle.workers.schedule import outcome_of
 from tle.workers.task import OnFailure, WorkerRequest, in_worker
 
 TOLERANCE = 1e-4  # max |logit difference| a conversion may show; the ONNX parity check's atol
@@ -49,28 +49,19 @@ class ConversionMismatch(RuntimeError):
 
 
 def handle_task(task: dict[str, Any], cache) -> dict[str, Any]:
-    outcome: dict[str, Any] = {"cell": task["cell"], "run_id": task.get("run_id")}
-    started = time.perf_counter()
     uri = task["spec"]["tracking"].get("uri")
-    try:
+
+    def work() -> dict[str, Any]:
         if task["kind"] == "portable" and task.get("run_id"):
-            outcome.update(status=RunStatus.FINISHED, **write_portable(task["run_id"], uri, Path(task["options"]["out"]),
-                                                               logits=task["options"].get("logits", False),
-                                                               load_data=cache))
-        elif task["kind"] == "portable":
-            outcome.update(status=RunStatus.FINISHED, **write_portable_of_weights(task["spec"]["backend"], task["options"]))
-        else:
-            outcome.update(status=RunStatus.FINISHED, **convert_here(task["run_id"], task["options"], uri, load_data=cache))
-    except KeyboardInterrupt:
-        raise
-    except UserError as exc:
-        outcome.update(status=RunStatus.FAILED, error=str(exc), user_error=True)
-    except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        outcome.update(status=RunStatus.FAILED, error=f"{type(exc).__name__}: {first}", mismatch=isinstance(
-            exc, ConversionMismatch), new_run_id=getattr(exc, "tle_run_id", None))
-    outcome["seconds"] = time.perf_counter() - started
-    return outcome
+            return write_portable(task["run_id"], uri, Path(task["options"]["out"]),
+                                  logits=task["options"].get("logits", False), load_data=cache)
+        if task["kind"] == "portable":
+            return write_portable_of_weights(task["spec"]["backend"], task["options"])
+        return convert_here(task["run_id"], task["options"], uri, load_data=cache)
+
+    return outcome_of(work, {"cell": task["cell"], "run_id": task.get("run_id")},
+                      lambda exc: {"mismatch": isinstance(exc, ConversionMismatch),
+                                   "new_run_id": getattr(exc, "tle_run_id", None)})
 
 
 def write_portable(run_id: str, tracking_uri: str | None, out: Path, logits: bool = False,

@@ -9,7 +9,7 @@ import numpy as np
 from tle.contract.loop import History
 
 
-def _figure(**kwargs):
+def figure(**kwargs):
     # A bare Figure on the Agg canvas: no pyplot state, nothing to close, and no tight_layout
     # (which renders every label twice): the margins below are fixed. Half of a sweep cell's
     # fixed cost was these two plots.
@@ -23,7 +23,7 @@ def _figure(**kwargs):
 
 def learning_curves(history: History, path: Path, title: str) -> Path:
     steps = [r.step + 1 for r in history.records]
-    fig = _figure(figsize=(10, 4))
+    fig = figure(figsize=(10, 4))
     ax_loss, ax_acc = fig.subplots(1, 2)
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.88, wspace=0.22)
     for ax, metric in ((ax_loss, "loss"), (ax_acc, "acc")):
@@ -45,7 +45,7 @@ def learning_curves(history: History, path: Path, title: str) -> Path:
 def confusion_matrix(matrix: np.ndarray, class_names: list[str], path: Path, title: str) -> Path:
     k = len(class_names)
     size = max(4.0, min(0.5 * k + 2, 20.0))
-    fig = _figure(figsize=(size, size))
+    fig = figure(figsize=(size, size))
     ax = fig.subplots()
     longest = max((len(str(n)) for n in class_names), default=1) if k <= 30 else 0
     margin = min(0.45, (0.6 + 0.09 * longest) / size)  # room for the rotated tick labels
@@ -78,7 +78,7 @@ def compare_curves(rows: list[dict], path: Path, title: str) -> Path:
     backends = sorted({r["backend"] or "?" for r in rows if r["val_curve"]}) or ["?"]
     labels = sorted({curve_label(r) for r in rows} - {"pretraining"})
     colours = {s: f"C{i % 10}" for i, s in enumerate(labels)} | {"pretraining": "0.45"}
-    fig = _figure(figsize=(5.2 * len(backends), 4))
+    fig = figure(figsize=(5.2 * len(backends), 4))
     axes = fig.subplots(1, len(backends), squeeze=False, sharey=True)[0]
     fig.subplots_adjust(left=0.08 / len(backends) ** 0.5, right=0.98, bottom=0.13, top=0.86, wspace=0.08)
     legend = []

@@ -36,7 +36,7 @@ def resolve_weights(text: str, backend: str, workdir: Path | None = None, model:
     if text.startswith("runs:/"):
         return _from_run(run_id_of(text), text, backend, workdir, model)
     if text.startswith("models:/"):
-        return _from_run(_registered_run_id(text), text, backend, workdir, model)
+        return _from_run(registered_run_id(text), text, backend, workdir, model)
     path = Path(text).expanduser()
     if not path.exists():
         raise UserError(f"weights file {text!r} does not exist", f"use one of: {FORMS}")
@@ -49,7 +49,8 @@ def _client():
     return MlflowClient()
 
 
-def _registered_run_id(text: str) -> str:
+def registered_run_id(text: str) -> str:
+    """The run that logged the registered model ``models:/NAME/VERSION`` (or ``models:/NAME@ALIAS``)."""
     ref = text[len("models:/"):].strip("/")
     client = _client()
     try:

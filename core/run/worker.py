@@ -50,13 +50,18 @@ class DataCache:
 
 
 def handle(task: dict[str, Any], cache: DataCache) -> dict[str, Any]:
-    """One message: run a cell, or export a finished run's model (a sweep's ``export.onnx: best``)."""
+    """One message: run a cell, export a finished run's model (a sweep's ``export.onnx: best``), convert weights or
+    extract a candidate's features (``tle rank``)."""
     if task.get("kind") == "export":
         return export(task, cache)
     if task.get("kind") in ("portable", "convert"):
         from tle.run.convert import handle_task
 
         return handle_task(task, cache)
+    if task.get("kind") == "features":  # tle rank: a candidate's frozen features
+        from tle.run.features import handle_task as features
+
+        return features(task, cache)
     return execute(task, cache)
 
 

@@ -8,9 +8,12 @@ starts a worker for another backend.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from tle.errors import UserError
 from tle.store.status import RunStatus
 
 
@@ -22,7 +25,8 @@ class Task:
     tags: dict[str, str] = field(default_factory=dict)
     label: str = ""
     gpus: float = 0.0
-    kind: str = "run"  # "export": a finished run's model (``run_id``) to ONNX; "portable"/"convert": tle.run.convert
+    kind: str = "run"  # "export": a finished run's model (``run_id``) to ONNX; "portable"/"convert": tle.run.convert;
+    # "features": a candidate backbone's frozen features for tle rank (tle.run.features)
     run_id: str | None = None
     after: tuple[int, ...] = ()  # cells (a pretraining run; an export's group) that must end first
     strict: bool = True  # fail without running when one of ``after`` did not finish
@@ -32,6 +36,27 @@ class Task:
     def message(self) -> dict[str, Any]:
         return {"cell": self.cell, "spec": self.spec, "tags": self.tags, "kind": self.kind, "run_id": self.run_id,
                 "options": self.options}
+
+
+def outcome_of(work: Callable[[], dict[str, Any]], outcome: dict[str, Any],
+               failed: Callable[[Exception], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A worker's answer to a task that is not a cell (an export, a conversion, a candidate's features): ``outcome``
+    (the task's ``cell``...) with ``status`` FINISHED and what ``work()`` returned; FAILED with a
+    :class:`UserError`'s line (``user_error``, the caller shows it as the user's) or any other error's type and
+    first line, plus ``failed(error)``'s fields; and ``seconds``. Ctrl-C and SIGTERM pass through."""
+    started = time.perf_counter()
+    try:
+        outcome.update(status=RunStatus.FINISHED, **work())
+    except KeyboardInterrupt:
+        raise
+    except UserError as exc:
+        outcome.update(status=RunStatus.FAILED, error=str(exc), user_error=True)
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        outcome.update(status=RunStatus.FAILED, error=f"{type(exc).__name__}: {first}"[:1000],
+                       **(failed(exc) if failed is not None else {}))
+    outcome["seconds"] = time.perf_counter() - started
+    return outcome
 
 
 class Pool(Protocol):
