@@ -121,8 +121,10 @@ def _print_cells(grid) -> None:
                      f"against {search.confirm.against}" if search.confirm else ""), highlight=False)
         for key, dim in search.space.items():
             out.print(f"  {key}: {dim.text()}", highlight=False)
+    pre = sum(c.role == "pretrain" for c in cells)
     table = Table(title=f"sweep {grid.name}: {len(cells)} cells" if search is None else
-                  f"sweep {grid.name}: {len(cells)} studies and pretraining runs")
+                  f"sweep {grid.name}: {len(cells) - pre} stud{'y' if len(cells) - pre == 1 else 'ies'}, "
+                  f"{pre} pretraining run(s)")
     table.add_column("#", justify="right")
     table.add_column("role")
     table.add_column("cell")

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel
 
@@ -109,7 +109,7 @@ class Confirm:
 @dataclass(frozen=True)
 class SearchSpec:
     metric: str
-    direction: str
+    direction: Literal["maximize", "minimize"]
     trials: int
     space: dict[str, Dimension]
     sampler: str = "tpe"
@@ -153,7 +153,7 @@ def parse_search(raw: Any, where: str, axes: dict[str, list[Any]]) -> SearchSpec
                         f"choose one of {', '.join(EPOCH_METRICS)} (the test metrics are measured once, at the end: "
                         "the confirm table shows them)")
     direction = str(raw.get("direction") or ("minimize" if metric.endswith("loss") else "maximize"))
-    if direction not in DIRECTIONS:
+    if direction != "maximize" and direction != "minimize":
         raise UserError(f"{where}: search.direction {direction!r}", f"choose {' or '.join(DIRECTIONS)}")
     space = _space(raw.get("space"), where, axes)
     sampler, sampler_kwargs = _named(raw.get("sampler", "tpe"), "sampler", SAMPLERS, where)

@@ -377,7 +377,8 @@ class Phase:
                 or record_failure(mlflow, parent_id, task.spec["tracking"]["run_name"],
                                   {**described(task.spec), **task.tags}, res.error or res.status, ended)
         if not sweep.quiet:
-            mark = {RunStatus.FINISHED: "[green]done[/]", RunStatus.KILLED: "[yellow]killed[/]"}.get(res.status, "[red]failed[/]")
+            marks: dict[str, str] = {RunStatus.FINISHED: "[green]done[/]", RunStatus.KILLED: "[yellow]killed[/]"}
+            mark = marks.get(res.status, "[red]failed[/]")
             if res.reused:
                 mark = "[dim]reused[/]"
             elif outcome.get("pruned"):
