@@ -178,7 +178,7 @@ def search() -> None:
     printed = st.sh("tle --quiet compare --sweep search-s3-offline --format markdown")
     st.write("search-compare", printed, "tle compare --sweep search-s3-offline --format markdown", st.seconds - t0)
     for plot in ("history", "importances", "contour"):
-        st.plot("s3-offline", "tags.`tle.role` = 'sweep'", f"plots/search/backend_torch/{plot}.png",
+        st.plot("s3-offline", "tags.`tle.role` = 'sweep'", f"plots/search/all/{plot}.png",
                 f"search-{plot}.png")
 
 

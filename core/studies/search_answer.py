@@ -396,7 +396,7 @@ def plots(study, importance: dict[str, float], folder: Path) -> list[Path]:
             warnings.simplefilter("ignore")  # Optuna's matplotlib plots are "experimental"
             try:
                 axes = draw()
-            except (ValueError, RuntimeError, IndexError):
+            except (ValueError, RuntimeError, IndexError, KeyError, TypeError):  # too few trials for this plot
                 continue
         figure = _figure_of(axes)
         if figure is None:
