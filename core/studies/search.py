@@ -32,7 +32,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -45,10 +44,10 @@ from tle.errors import UserError
 from tle.run.trial import TrialRef, make_pruner, open_storage, quiet_optuna
 from tle.store.status import RunStatus
 from tle.studies.grid import Cell, Grid
-from tle.studies.search_answer import answer, best_trials, log_answer, short_value
+from tle.studies.search_answer import SearchAnswer, answer, best_trials, log_answer, short_value
 from tle.studies.search_spec import SearchSpec
-from tle.studies.sweep import (CellResult, Executor, Phase, Sweep, SweepResult, TableLayout, check_cells)
-from tle.studies.sweep_store import finished_by_key, parent_run, read_runs
+from tle.studies.sweep import CellResult, Executor, Phase, Session, Sweep, SweepResult, TableLayout, check_cells
+from tle.studies.sweep_store import finished_by_key
 from tle.workers.schedule import Scheduler, Task
 
 INTERRUPTED = "tle.interrupted"  # user attr of a trial an interrupted sweep left running (marked failed, re-run)
@@ -96,6 +95,8 @@ class Search(Sweep):
         check_cells([p for probes in self.probes.values() for p in probes])
         self.storage = self._storage_location()
         self.pruner = self._pruner_spec()
+        self.studies: list[StudyRun] = []  # opened before the parent run (_before_parent)
+        self._run: _Run | None = None
         self._sampler(0)  # Optuna's arguments checked now, before any run
         make_pruner(self.pruner)
 
@@ -208,57 +209,38 @@ class Search(Sweep):
         storage.set_trial_state_values(trial_id, TrialState.FAIL)
         run.study.enqueue_trial(dict(trial.params), user_attrs={RERUN_OF: trial.number})
 
-    # -- running --------------------------------------------------------------
+    # -- running (Sweep's parent run around these) ---------------------------------
 
-    def _run_on(self, pool, started: float, progress) -> SweepResult:
-        from tle.store.tracking import configure
+    units = "runs"
 
-        mlflow = configure(self.uri, self.experiment)
-        client = mlflow.MlflowClient()
-        experiment = mlflow.get_experiment_by_name(self.experiment)
-        assert experiment is not None  # configure() set it, creating it if new
-        exp_id = experiment.experiment_id
-        scheduler = None
+    @contextmanager
+    def _before_parent(self) -> Iterator[None]:
         with self._only_sweep():
-            studies = self._open_studies()
-            try:
-                with parent_run(mlflow, exp_id, self.grid.name, self.grid.key(),
-                                {"tle.sweep": self.grid.name, "tle.executor": self.executor,
-                                 "tle.search": self.search.sampler}) as (parent, reopened):
-                    parent_id = parent.run_id
-                    if not reopened:
-                        parent.text(self.grid.source, "sweep.yaml")
-                        parent.params({"axes": json.dumps(self.grid.axes, default=str)[:6000],
-                                       "search.metric": self.search.metric, "search.direction": self.search.direction,
-                                       "search.sampler": self.search.sampler, "search.pruner": self.search.pruner,
-                                       **{f"search.space.{k}": d.text() for k, d in self.search.space.items()}})
-                    parent.tags({"tle.search.storage": self.storage, "tle.search.studies":
-                                 "\n".join(s.name for s in studies)[:5000]})
-                    results: dict[int, CellResult] = {}
-                    sweep = SweepResult(self.grid, parent_id, self.experiment, self.uri, [])
-                    if progress is not None:
-                        progress.start()
-                    scheduler = Scheduler(pool, self.jobs)
-                    run = _Run(self, studies, results, mlflow, exp_id, parent_id, scheduler, progress)
-                    run.pretrain()
-                    run.trials()
-                    run.confirm()
-                    scheduler.close()  # in the block: a signal while the idle workers stop still ends the parent
-                    scheduler = None
-                    sweep.results = [results[i] for i in sorted(results)]
-                    sweep.runs = read_runs(client, [r.run_id for r in sweep.results if r.run_id], exp_id)
-                    sweep.wall_seconds = time.perf_counter() - started
-                    sweep.table = answer(self, studies, run.confirmed, sweep, client, exp_id)
-                    log_answer(sweep, sweep.table, studies)
-                    if not sweep.ok:
-                        bad = [r for r in sweep.results if r.status != RunStatus.FINISHED]
-                        parent.end_as(RunStatus.FAILED, f"{len(bad)} of {len(sweep.results)} runs did not finish")
-            finally:
-                if progress is not None:
-                    progress.stop()
-                if scheduler is not None:
-                    scheduler.close()
-        return sweep
+            self.studies = self._open_studies()
+            yield
+
+    def _parent_tags(self) -> dict[str, str]:
+        return {"tle.search": self.search.sampler, "tle.search.storage": self.storage,
+                "tle.search.studies": "\n".join(s.name for s in self.studies)[:5000]}
+
+    def _parent_params(self) -> dict[str, str]:
+        s = self.search
+        return {**super()._parent_params(), "search.metric": s.metric, "search.direction": s.direction,
+                "search.sampler": s.sampler, "search.pruner": s.pruner,
+                **{f"search.space.{k}": d.text() for k, d in s.space.items()}}
+
+    def _schedule(self, session: Session) -> list[CellResult]:
+        self._run = run = _Run(self, session, self.studies, {})
+        run.pretrain()
+        run.trials()
+        run.confirm()
+        return [run.results[i] for i in sorted(run.results)]
+
+    def _conclude(self, sweep: SweepResult, client, exp_id: str) -> SearchAnswer:
+        assert self._run is not None, "_schedule ran"
+        table = answer(self, self.studies, self._run.confirmed, sweep, client, exp_id)
+        log_answer(sweep, table, self.studies)
+        return table
 
     def trial_cell(self, study: StudyRun, params: dict[str, Any], index: int, role: str,
                    axes: dict[str, Any]) -> Cell:
@@ -278,22 +260,26 @@ class Search(Sweep):
 
 @dataclass
 class _Run:
-    """One sweep's phases on one scheduler (the workers stay warm between them)."""
+    """One search's phases on one scheduler (the workers stay warm between them)."""
 
     search: Search
+    session: Session
     studies: list[StudyRun]
     results: dict[int, CellResult]
-    mlflow: Any
-    exp_id: str
-    parent_id: str
-    scheduler: Scheduler
-    progress: Any
     confirmed: dict[int, list[tuple[str, Cell]]] = field(default_factory=dict)  # study -> (config, cell)
 
+    @property
+    def parent_id(self) -> str:
+        return self.session.parent_id
+
+    @property
+    def scheduler(self) -> Scheduler:
+        return self.session.scheduler
+
     def _phase(self, what: str, total: int) -> Phase:
-        s = self.search
-        phase = Phase(s, self.results, finished_by_key(self.mlflow.MlflowClient(), self.exp_id), self.mlflow,
-                      self.exp_id, self.parent_id, self.progress)
+        session = self.session
+        phase = Phase(self.search, session, self.results,
+                      finished_by_key(session.mlflow.MlflowClient(), session.exp_id))
         phase.bar(what, total)
         return phase
 

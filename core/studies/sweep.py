@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -209,8 +211,7 @@ class Sweep:
                     pool.close()
 
     def _run_on(self, pool, started: float, progress) -> SweepResult:
-        from tle.analysis.report import record
-        from tle.analysis.table import build_table
+        """The parent run around the schedule (:meth:`_schedule`) and the result (:meth:`_conclude`)."""
         from tle.store.tracking import configure
 
         mlflow = configure(self.uri, self.experiment)
@@ -219,57 +220,80 @@ class Sweep:
         assert experiment is not None  # configure() set it, creating it if new
         exp_id = experiment.experiment_id
         scheduler = None
-        try:
-            with parent_run(mlflow, exp_id, self.grid.name, self.grid.key(),
-                            {"tle.sweep": self.grid.name, "tle.executor": self.executor}) as (parent, reopened):
-                parent_id = parent.run_id
-                if not reopened:
-                    parent.text(self.grid.source, "sweep.yaml")
-                    parent.params({"axes": json.dumps({k: v for k, v in self.grid.axes.items()}, default=str)[:6000]})
-                results = {c.index: CellResult(c) for c in self.cells}
-                finished = finished_by_key(client, exp_id)
-                sweep = SweepResult(self.grid, parent_id, self.experiment, self.uri, list(results.values()))
+        with self._before_parent():
+            try:
+                with parent_run(mlflow, exp_id, self.grid.name, self.grid.key(),
+                                {"tle.sweep": self.grid.name, "tle.executor": self.executor,
+                                 **self._parent_tags()}) as (parent, reopened):
+                    if not reopened:
+                        parent.text(self.grid.source, "sweep.yaml")
+                        parent.params(self._parent_params())
+                    sweep = SweepResult(self.grid, parent.run_id, self.experiment, self.uri, [])
+                    if progress is not None:
+                        progress.start()
+                    scheduler = Scheduler(pool, self.jobs)
+                    sweep.results = self._schedule(Session(mlflow, exp_id, parent.run_id, scheduler, progress))
+                    scheduler.close()  # in the block: a signal while the idle workers stop still ends the parent
+                    scheduler = None
+                    sweep.runs = read_runs(client, [r.run_id for r in sweep.results if r.run_id], exp_id)
+                    sweep.wall_seconds = time.perf_counter() - started
+                    # The parent ends FINISHED with the table and counts, FAILED when a cell did not finish; KILLED or
+                    # FAILED for whatever stops it before.
+                    sweep.table = self._conclude(sweep, client, exp_id)
+                    if not sweep.ok:
+                        bad = sum(r.status != RunStatus.FINISHED for r in sweep.results)
+                        parent.end_as(RunStatus.FAILED, f"{bad} of {len(sweep.results)} {self.units} did not finish")
+            finally:
                 if progress is not None:
-                    progress.start()
-                scheduler = Scheduler(pool, self.jobs)
-                self._run_cells(results, finished, mlflow, exp_id, parent_id, scheduler, progress)
-                scheduler.close()  # in the block: a signal while the idle workers stop still ends the parent
-                scheduler = None
-                sweep.results = [results[c.index] for c in self.cells]
-                sweep.runs = read_runs(client, [r.run_id for r in sweep.results if r.run_id], exp_id)
-                sweep.wall_seconds = time.perf_counter() - started
-                # The parent ends FINISHED with the table and counts, FAILED when a cell did not finish; KILLED or
-                # FAILED for whatever stops it before.
-                sweep.table = build_table(sweep, metric=self.metric, rows=self.rows, cols=self.cols)
-                record(sweep, sweep.table)
-                if not sweep.ok:
-                    bad = sum(r.status != RunStatus.FINISHED for r in sweep.results)
-                    parent.end_as(RunStatus.FAILED, f"{bad} of {len(sweep.results)} cells did not finish")
-        finally:
-            if progress is not None:
-                progress.stop()
-            if scheduler is not None:
-                scheduler.close()
+                    progress.stop()
+                if scheduler is not None:
+                    scheduler.close()
         return sweep
 
-    def _task(self, cell: Cell, parent_id: str) -> Task:
-        return Task(cell.index, cell.backend, self._spec_for(cell), self._tags(cell, parent_id), cell.label,
-                    self._gpus(cell), after=(cell.pretrain.index,) if cell.pretrain is not None else ())
+    units = "cells"  # what the parent's reason counts
 
-    def _run_cells(self, results, finished, mlflow, exp_id, parent_id, scheduler, progress) -> None:
+    @contextmanager
+    def _before_parent(self) -> Iterator[None]:
+        """What holds for the whole sweep and is checked before its parent run exists (a search's studies)."""
+        yield
+
+    def _parent_tags(self) -> dict[str, str]:
+        return {}
+
+    def _parent_params(self) -> dict[str, str]:
+        return {"axes": json.dumps(self.grid.axes, default=str)[:6000]}
+
+    def _schedule(self, session: Session) -> list[CellResult]:
         """Every cell in one schedule: a transfer cell becomes ready when its pretraining cell finished and
         a group's ONNX export when its cells ended, so workers go on with their own backend's work instead
         of being restarted between phases."""
-        tasks = [self._task(c, parent_id) for c in self.cells]
+        results = {c.index: CellResult(c) for c in self.cells}
+        finished = finished_by_key(session.mlflow.MlflowClient(), session.exp_id)
+        tasks = [self._task(c, session.parent_id) for c in self.cells]
         exports = self._export_tasks(self.cells, len(self.cells))
         if not self.quiet:
             pre = sum(c.role == PRETRAIN for c in self.cells)
             self.console.print(f"sweep {self.grid.name}: {len(tasks)} cells" + (f" ({pre} pretraining)" if pre else "")
                                + f" on up to {self.jobs} {self.executor} worker(s)"
                                + (f"; then ONNX export of the best cell of {len(exports)} group(s)" if exports else ""))
-        phase = Phase(self, results, finished, mlflow, exp_id, parent_id, progress)
+        phase = Phase(self, session, results, finished)
         phase.bar("cells", len(tasks) + len(exports))
-        scheduler.run(tasks + exports, on_start=phase.on_start, on_done=phase.on_done, resolve=phase.resolve)
+        session.scheduler.run(tasks + exports, on_start=phase.on_start, on_done=phase.on_done, resolve=phase.resolve)
+        return [results[c.index] for c in self.cells]
+
+    def _conclude(self, sweep: SweepResult, client, exp_id: str) -> Any:
+        """What the sweep answers (a table with ``rich``, ``markdown``, ``csv``, ``json``, ``notes``: a grid's
+        :class:`tle.analysis.table.SweepTable`), logged on the parent (still open: the sweep ends it)."""
+        from tle.analysis.report import record
+        from tle.analysis.table import build_table
+
+        table = build_table(sweep, metric=self.metric, rows=self.rows, cols=self.cols)
+        record(sweep, table)
+        return table
+
+    def _task(self, cell: Cell, parent_id: str) -> Task:
+        return Task(cell.index, cell.backend, self._spec_for(cell), self._tags(cell, parent_id), cell.label,
+                    self._gpus(cell), after=(cell.pretrain.index,) if cell.pretrain is not None else ())
 
     # -- export.onnx: best ----------------------------------------------------
 
@@ -317,6 +341,18 @@ class Sweep:
             self.console.print(f"  [red]export failed[/] {task.label}: {outcome.get('error', '')}", highlight=False)
 
 
+@dataclass(frozen=True)
+class Session:
+    """Where a sweep's runs go while its parent run is open: the store (``mlflow``, experiment ``exp_id``), the parent,
+    the scheduler of its workers and the progress display (None when quiet)."""
+
+    mlflow: Any
+    exp_id: str
+    parent_id: str
+    scheduler: Scheduler
+    progress: Any = None
+
+
 @dataclass
 class Phase:
     """One schedule of a sweep's cells (a grid's every cell; a search's pretraining, trials or confirm runs): what
@@ -324,22 +360,19 @@ class Phase:
     run its dead worker left RUNNING, say how it went), over the sweep's ``results`` by cell index."""
 
     sweep: Sweep
+    session: Session
     results: dict[int, CellResult]
     finished: dict[str, list[Any]]
-    mlflow: Any
-    exp_id: str
-    parent_id: str
-    progress: Any = None
     _bar: Any = None
 
     def bar(self, what: str, total: int) -> None:
-        if self.progress is not None:
-            self._bar = self.progress.add_task(what, total=total, info="")
+        if self.session.progress is not None:
+            self._bar = self.session.progress.add_task(what, total=total, info="")
 
     def resolve(self, task: Task) -> dict[str, Any] | None:
         sweep, results = self.sweep, self.results
         if task.kind == "export":
-            return sweep._pick_best(task, results, self.mlflow.MlflowClient(), self.exp_id)
+            return sweep._pick_best(task, results, self.session.mlflow.MlflowClient(), self.session.exp_id)
         res = results[task.cell]
         if res.cell.pretrain is not None:
             source = results[res.cell.pretrain.index]
@@ -353,14 +386,15 @@ class Phase:
         return {"cell": task.cell, "status": RunStatus.FINISHED, "run_id": reuse.info.run_id, "reused": True}
 
     def on_start(self, task: Task) -> None:
-        if self.progress is not None and self._bar is not None:
-            self.progress.update(self._bar, info=task.label)
+        if self.session.progress is not None and self._bar is not None:
+            self.session.progress.update(self._bar, info=task.label)
 
     def on_done(self, task: Task, outcome: dict[str, Any]) -> None:
-        sweep, results, mlflow, exp_id, parent_id = self.sweep, self.results, self.mlflow, self.exp_id, self.parent_id
+        sweep, results, session = self.sweep, self.results, self.session
+        mlflow, exp_id, parent_id = session.mlflow, session.exp_id, session.parent_id
         client = mlflow.MlflowClient()
-        if self.progress is not None and self._bar is not None:
-            self.progress.advance(self._bar)
+        if session.progress is not None and self._bar is not None:
+            session.progress.advance(self._bar)
         if task.kind == "export":
             sweep._export_done(task, outcome, results)
             return
