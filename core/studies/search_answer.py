@@ -289,9 +289,13 @@ def _confirm_table(st, cells: list[tuple[str, Any]], by_index, sweep, metric: st
             if "wall_seconds" in run.metrics:
                 g.seconds.append(run.metrics["wall_seconds"])
     if confirm.against.startswith("sweep:"):
-        best = _grid_best(confirm.against[6:], st.cell.axes, metric, where)
+        name = confirm.against[6:]
+        best = _grid_best(name, st.cell.axes, metric, where)
         if best is not None:
-            groups[best.axes["config"]] = best
+            shown = " ".join(f"{k}={v}" for k, v in best.axes.items() if k not in keys)
+            config = f"best of {name}" + (f" ({shown})" if shown else "")
+            best.axes = {"config": config, **{k: best.axes.get(k, "-") for k in keys}}
+            groups[config] = best
     for g in groups.values():
         g.summary = Summary.of(g.values)
     baseline = next((g for g in groups.values() if not str(g.axes["config"]).startswith("#")), None)
@@ -338,10 +342,7 @@ def _grid_best(name: str, axes: dict[str, Any], metric: str, where) -> Group | N
             g.seconds.append(run.data.metrics["wall_seconds"])
     if not groups:
         return None
-    best = max(groups.values(), key=lambda g: Summary.of(g.values).mean)
-    shown = " ".join(f"{k}={v}" for k, v in best.axes.items())
-    best.axes = {"config": f"best of {name}" + (f" ({shown})" if shown else "")}
-    return best
+    return max(groups.values(), key=lambda g: Summary.of(g.values).mean)
 
 
 def log_answer(sweep, table: SearchAnswer, studies) -> None:
