@@ -168,6 +168,20 @@ def s3() -> None:
                 curve_filter="tags.backend = 'torch' and tags.strategy = 'finetune:block5'")
 
 
+def search() -> None:
+    """examples/sweeps/search_s3_offline.yaml: the search's answer, tle compare of it, Optuna's plots."""
+    st = Study("search")
+    sweep = "examples/sweeps/search_s3_offline.yaml"
+    printed = st.sh(f"tle --quiet sweep {ROOT / sweep} --jobs 2 --format markdown")
+    st.write("search", printed, f"tle sweep {sweep} --jobs 2 --format markdown")
+    t0 = st.seconds
+    printed = st.sh("tle --quiet compare --sweep search-s3-offline --format markdown")
+    st.write("search-compare", printed, "tle compare --sweep search-s3-offline --format markdown", st.seconds - t0)
+    for plot in ("history", "importances", "contour"):
+        st.plot("s3-offline", "tags.`tle.role` = 'sweep'", f"plots/search/all/{plot}.png",
+                f"search-{plot}.png")
+
+
 def s4() -> None:
     """examples/s4_init_study.sh's two commands, FORMAT=markdown."""
     st = Study("s4")
@@ -407,9 +421,9 @@ def check_demo(output: str | None) -> None:
     print("the README's demo table is what make demo printed (times aside)")
 
 
-STUDIES = {"cli": cli, "plan": plan, "demo": demo, "s0": s0, "s1": s1, "s3": s3, "s4": s4, "batchnorm": batchnorm,
-           "cnn-fusion": cnn_fusion, "s2": s2, "s2-synthetic": s2_synthetic, "s2-letters": s2_letters,
-           "s2-plain": s2_plain, "s2-mnist": s2_mnist, "rank": rank}
+STUDIES = {"cli": cli, "plan": plan, "demo": demo, "s0": s0, "s1": s1, "s3": s3, "search": search, "s4": s4,
+           "batchnorm": batchnorm, "cnn-fusion": cnn_fusion, "s2": s2, "s2-synthetic": s2_synthetic,
+           "s2-letters": s2_letters, "s2-plain": s2_plain, "s2-mnist": s2_mnist, "rank": rank}
 
 
 def main() -> None:

@@ -160,6 +160,18 @@ def spiking_run(env, *args, experiment: str, seed: int = 0) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def runs_in(uri: str, experiment: str) -> list:
+    """Every run of ``experiment`` in the store at ``uri`` (none when it has no such experiment)."""
+    import mlflow
+
+    from tle.store.lock import store_lock
+
+    with store_lock(uri):  # this process may be the one that creates the store: take the lock tle takes
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(experiment)
+    return [] if exp is None else client.search_runs([exp.experiment_id], max_results=1000)
+
+
 @pytest.fixture(scope="session")
 def store(tmp_path_factory):
     """One real MLflow SQLite store for the session (creating one costs seconds of migrations)."""

@@ -112,3 +112,25 @@ def test_the_layers_import_downwards_only():
     proc = subprocess.run([str(Path(sys.executable).parent / "lint-imports")], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:]
+
+
+def long_signatures(roots=("core", "plugins", "examples")) -> list[str]:
+    """Functions with more than six parameters (``self``/``cls`` not counted) outside the CLI's commands, whose
+    options typer reads from the signature."""
+    found = []
+    for root in roots:
+        for path in sorted((ROOT / root).rglob("*.py")):
+            if "cli" in path.relative_to(ROOT).parts:
+                continue
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    a = node.args
+                    names = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs if x.arg not in ("self", "cls")]
+                    if len(names) > 6:
+                        found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({len(names)})")
+    return found
+
+
+def test_no_function_outside_the_cli_takes_more_than_six_parameters():
+    """State that travels together is a named record (docs/design/layers.md, "Named state")."""
+    assert long_signatures() == []

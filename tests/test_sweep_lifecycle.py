@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import tle
+from conftest import runs_in, tle
 
 pytestmark = pytest.mark.slow
 
@@ -67,17 +67,6 @@ def _grid(tmp_path, name, body=None):
     return path
 
 
-def _runs(uri, experiment):
-    import mlflow
-
-    from tle.store.lock import store_lock
-
-    with store_lock(uri):  # this process may be the one that creates the store: take the lock tle takes
-        client = mlflow.MlflowClient(tracking_uri=uri)
-        exp = client.get_experiment_by_name(experiment)
-    return [] if exp is None else client.search_runs([exp.experiment_id], max_results=1000)
-
-
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -95,7 +84,7 @@ def test_a_ray_address_where_nothing_listens_fails_in_seconds_and_creates_no_run
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "nothing answers at the Ray address" in lines[0] and address in lines[0], lines
     assert elapsed < 20, f"took {elapsed:.1f}s"
-    assert _runs(store, "deadray") == []
+    assert runs_in(store, "deadray") == []
 
 
 def test_sigterm_while_ray_waits_for_its_cluster_creates_no_run_and_ends_killed(tmp_path, server):
@@ -141,7 +130,7 @@ def test_sigterm_while_ray_waits_for_its_cluster_creates_no_run_and_ends_killed(
     assert took < 20, f"{took:.1f}s from SIGTERM to exit"
     lines = err.strip().splitlines()
     assert lines[0].startswith("joining the Ray cluster at 127.0.0.1:") and lines[-1] == "interrupted", lines
-    assert _runs(store, "waitray") == [], "the parent run was created before Ray was joined"
+    assert runs_in(store, "waitray") == [], "the parent run was created before Ray was joined"
 
 
 def test_a_ray_cluster_that_never_lets_the_sweep_join_fails_it_after_the_join_timeout(tmp_path, server):
@@ -165,7 +154,7 @@ def test_a_ray_cluster_that_never_lets_the_sweep_join_fails_it_after_the_join_ti
     # Besides: Ray's C++ client's own warnings ("[... W ...] rpc_client.h: Failed to connect to GCS ...").
     assert all(line.startswith(("joining", "error:", "[")) for line in lines) and "Traceback" not in proc.stderr
     assert took < 60, f"{took:.1f}s"
-    assert _runs(store, "slowray") == []
+    assert runs_in(store, "slowray") == []
 
 
 def test_sigterm_mid_sweep_ends_parent_and_cells_killed_with_a_reason(tmp_path):
@@ -180,7 +169,7 @@ def test_sigterm_mid_sweep_ends_parent_and_cells_killed_with_a_reason(tmp_path):
     while time.monotonic() < deadline and sweep.poll() is None:
         time.sleep(0.5)
         try:
-            if any(r.data.tags.get("tle.role") == "cell" and r.info.status == "RUNNING" for r in _runs(uri, "term")):
+            if any(r.data.tags.get("tle.role") == "cell" and r.info.status == "RUNNING" for r in runs_in(uri, "term")):
                 break
         except Exception:
             continue  # the store is still being created
@@ -188,7 +177,7 @@ def test_sigterm_mid_sweep_ends_parent_and_cells_killed_with_a_reason(tmp_path):
     sweep.send_signal(signal.SIGTERM)
     _, err = sweep.communicate(timeout=90)
     assert sweep.returncode == 130, err
-    runs = _runs(uri, "term")
+    runs = runs_in(uri, "term")
     parent = next(r for r in runs if r.data.tags.get("tle.role") == "sweep")
     assert parent.info.status == "KILLED" and parent.data.tags.get("tle.error") == "interrupted"
     assert {r.info.status for r in runs} <= {"FINISHED", "KILLED"}
@@ -200,7 +189,7 @@ def test_a_sweep_with_a_failed_cell_ends_its_parent_failed_with_the_reason(tmp_p
     path = _grid(tmp_path, "half", {"name": "half", "base": {**NUMPY_BASE, "tracking": {"experiment": "half"}},
                                     "axes": {"dataset.source": ["digits:5-9", f"folder:{tmp_path / 'missing'}"]}})
     tle("--quiet", "sweep", path, "--tracking-uri", uri, check_rc=1)
-    runs = _runs(uri, "half")
+    runs = runs_in(uri, "half")
     parent = next(r for r in runs if r.data.tags.get("tle.role") == "sweep")
     assert parent.info.status == "FAILED" and parent.data.tags["tle.error"] == "1 of 2 cells did not finish"
     assert all(r.data.tags.get("tle.error") for r in runs if r.info.status == "FAILED")
@@ -222,7 +211,7 @@ def test_a_worker_that_dies_ends_its_cell_run_failed_at_once(tmp_path):
         while time.monotonic() < deadline and sweep.poll() is None and running is None:
             time.sleep(0.5)
             try:
-                running = next((r for r in _runs(uri, "dies") if r.data.tags.get("tle.role") == "cell"
+                running = next((r for r in runs_in(uri, "dies") if r.data.tags.get("tle.role") == "cell"
                                 and r.info.status == "RUNNING"), None)
             except Exception:
                 continue  # the store is being created
@@ -239,7 +228,7 @@ def test_a_worker_that_dies_ends_its_cell_run_failed_at_once(tmp_path):
     print(f"worker SIGKILL -> sweep exit {sweep.returncode}: {took:.1f}s")
     assert sweep.returncode == 1, err
     assert took < 30, f"{took:.1f}s"
-    runs = _runs(uri, "dies")
+    runs = runs_in(uri, "dies")
     cells = [r for r in runs if r.data.tags.get("tle.role") == "cell"]
     assert [r.info.run_id for r in cells] == [running.info.run_id], "the dead worker's run was not the one ended"
     assert cells[0].info.status == "FAILED" and "worker for numpy exited with code -9" in cells[0].data.tags["tle.error"]

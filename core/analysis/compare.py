@@ -15,7 +15,7 @@ import math
 
 from tle.errors import UserError
 from tle.analysis.transfer import transfer_metrics
-from tle.store.status import RunStatus
+from tle.store.status import PRUNED_TAG, RunStatus
 
 METRICS = ("best_val_acc", "test_acc", "test_loss", "trainable_params", "total_params", "onnx_max_abs_diff",
            "wall_seconds")
@@ -76,7 +76,8 @@ def load_runs(experiment: str | None = "tle", tracking_uri: str | None = None, l
         if r.data.tags.get("tle.role") == "sweep":
             continue
         row = {"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
-               "role": r.data.tags.get("tle.role", "run"), "seed": r.data.params.get("train.seed")}
+               "role": r.data.tags.get("tle.role", "run"), "seed": r.data.params.get("train.seed"),
+               "pruned": PRUNED_TAG in r.data.tags}  # a search's trial its pruner stopped: fewer epochs than its spec
         row.update({t: r.data.tags.get(t, "") for t in TAGS})
         row.update({m: r.data.metrics.get(m) for m in METRICS})
         row["params"] = dict(r.data.params)

@@ -56,7 +56,10 @@ def compare(
     if rows:
         _curves(rows, title, sweep, curves, tracking_uri, plots, resolve_sweep)
     if cells or (sweep and not runs):
-        _print_cells(rows, title, fmt_)
+        _print_cells([r for r in rows if not r.get("pruned")], title, fmt_)
+        pruned = sum(bool(r.get("pruned")) for r in rows)
+        if pruned:
+            err.print(f"{pruned} run(s) a search's pruner stopped early left out (--runs lists them)", highlight=False)
     elif fmt_ == "json":
         print(json.dumps({"title": title, "runs": [public(r) for r in rows]}))
     elif fmt_ == "csv":
@@ -106,7 +109,7 @@ def _curves(rows, title, sweep, target, tracking_uri, plots, resolve_sweep) -> N
 
 
 def _cells(r: dict) -> list[str]:
-    status = "" if r["status"] == RunStatus.FINISHED else f" {r['status']}"
+    status = " pruned" if r.get("pruned") else "" if r["status"] == RunStatus.FINISHED else f" {r['status']}"
     return [f"{r['name'] or r['run_id'][:8]}{status}", r["backend"], r["model"], r["strategy"], r["dataset"],
             r["seed"] or "", fmt(r["best_val_acc"], ".3f"), fmt(r["test_acc"], ".3f"), fmt(r["jumpstart"], "+.3f"),
             fmt(r["speedup"], ".1f", "x"), fmt(r["asymptote_gain"], "+.3f"), fmt(r["auc_ratio"], ".2f"),

@@ -15,7 +15,7 @@ from tle.store.status import RunStatus
 
 @app.command()
 def sweep(
-    grid_file: Annotated[Path, typer.Argument(help="sweep file: base spec + axes (+ cells, pretrain)")],
+    grid_file: Annotated[Path, typer.Argument(help="sweep file: base spec + axes (+ cells, pretrain, search)")],
     jobs: Annotated[str, Opt("--jobs", "-j", help="cells running at once (warm workers, one backend each); "
                                                "auto: one per core this process may use, at most one per cell")] = "auto",
     executor: Annotated[str, Opt(help="local | ray")] = "local",
@@ -25,12 +25,13 @@ def sweep(
                                                     "MLFLOW_TRACKING_URI or ./mlflow.db)")] = None,
     rows: Annotated[Optional[str], Opt(help="axes for table rows, comma-separated (default: the rest)")] = None,
     cols: Annotated[Optional[str], Opt(help="axes for table columns (default: dataset, else strategy)")] = None,
-    metric: Annotated[str, Opt(help="run metric in the table")] = "test_acc",
+    metric: Annotated[str, Opt(help="run metric in the table (a search's confirm table)")] = "test_acc",
     fmt: Annotated[str, Opt("--format", help="table | markdown | csv | json")] = "table",
     dry_run: Annotated[bool, Opt("--dry-run", help="print the cells and exit")] = False,
     set_: Annotated[Optional[list[str]], Opt("--set", help="override a base spec field: --set train.epochs=2")] = None,
 ) -> None:
-    """Run a grid of experiments (any spec field by dotted key) and print their table."""
+    """Run a grid of experiments (any spec field by dotted key) and print their table; with a search: section, an
+    Optuna search per cell of the axes (trials, pruning, confirm over seeds) and its answer."""
     from tle.studies.grid import load_grid
     from tle.analysis.table import FORMATS, layout
 
@@ -41,16 +42,20 @@ def sweep(
     if dry_run:
         from tle.studies.sweep import check_cells
 
-        check_cells(grid.cells())
+        cells = grid.cells()
+        check_cells(cells + [p for c in cells if grid.search is not None and c.role != "pretrain"
+                             for p in grid.search_probes(c)])
         _print_cells(grid)
         return
+    from tle.studies.search import Search
     from tle.studies.sweep import Executor, Sweep, TableLayout
 
-    workers, why = _jobs(jobs, len(grid.cells()))
+    studies = sum(c.role != "pretrain" for c in grid.cells())
+    workers, why = _jobs(jobs, len(grid.cells()) if grid.search is None else studies * grid.search.trials)
 
-    runner = Sweep(grid, Executor(executor, workers, address, gpus_per_cell),
-                   TableLayout(metric, _split(rows), _split(cols)), tracking_uri=tracking_uri, console=err,
-                   quiet=STATE["quiet"])
+    runner = (Sweep if grid.search is None else Search)(
+        grid, Executor(executor, workers, address, gpus_per_cell), TableLayout(metric, _split(rows), _split(cols)),
+        tracking_uri=tracking_uri, console=err, quiet=STATE["quiet"])
     if why and not STATE["quiet"]:
         err.print(why, highlight=False)
     result = runner.run()  # the parent run has ended (FINISHED, FAILED or KILLED) when this returns or raises
@@ -64,7 +69,8 @@ def sweep(
         print({"markdown": table.markdown, "csv": table.csv, "json": table.json}[fmt](), end="")
     done = sum(r.status == RunStatus.FINISHED for r in result.results)
     reused = sum(r.reused for r in result.results)
-    err.print(f"{done}/{len(result.results)} cells finished ({reused} reused) in {result.wall_seconds:.1f}s; "
+    what = "cells" if grid.search is None else "runs"
+    err.print(f"{done}/{len(result.results)} {what} finished ({reused} reused) in {result.wall_seconds:.1f}s; "
               f"parent run {result.parent_id} in experiment {result.experiment!r} at {result.uri}", highlight=False)
     if not result.ok:
         failed = [r for r in result.results if r.status != RunStatus.FINISHED]
@@ -106,7 +112,19 @@ def _split(text: str | None) -> list[str] | None:
 
 def _print_cells(grid) -> None:
     cells = grid.cells()
-    table = Table(title=f"sweep {grid.name}: {len(cells)} cells")
+    search = grid.search
+    if search is not None:
+        studies = sum(c.role != "pretrain" for c in cells)
+        out.print(f"search: {studies} stud{'y' if studies == 1 else 'ies'} (the cells below) × {search.trials} trials, "
+                  f"{search.direction} {search.metric}, sampler {search.sampler}, pruner {search.pruner}"
+                  + (f"; confirm top {search.confirm.top} over seeds {', '.join(map(str, search.confirm.seeds))} "
+                     f"against {search.confirm.against}" if search.confirm else ""), highlight=False)
+        for key, dim in search.space.items():
+            out.print(f"  {key}: {dim.text()}", highlight=False)
+    pre = sum(c.role == "pretrain" for c in cells)
+    table = Table(title=f"sweep {grid.name}: {len(cells)} cells" if search is None else
+                  f"sweep {grid.name}: {len(cells) - pre} stud{'y' if len(cells) - pre == 1 else 'ies'}, "
+                  f"{pre} pretraining run(s)")
     table.add_column("#", justify="right")
     table.add_column("role")
     table.add_column("cell")

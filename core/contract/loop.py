@@ -57,9 +57,11 @@ class Checkpointing:
 
 @dataclass(frozen=True)
 class Listeners:
-    """Who hears of a stage's progress: each epoch's record, the warnings, the progress display."""
+    """Who hears of a stage's progress: each epoch's record, the warnings, the progress display. ``on_epoch`` may
+    answer True to stop the run after that epoch (its owner's decision, e.g. a search's pruner): the loop is then
+    ``halted`` and ``should_stop``, the backend ends the stage as for early stopping, and no later stage trains."""
 
-    on_epoch: Callable[[EpochRecord], None] = lambda record: None
+    on_epoch: Callable[[EpochRecord], bool | None] = lambda record: None
     on_warning: Callable[[str, dict[str, str]], None] | None = None
     progress: Progress | None = None
 
@@ -85,6 +87,7 @@ class TrainLoop:
         self._since_best = 0
         self._t0 = 0.0
         self.should_stop = False
+        self.halted = False  # on_epoch answered True
         self.epochs_done = self.start_epoch
         self._epoch_task = None
         self._batch_task = None
@@ -112,7 +115,8 @@ class TrainLoop:
         record = EpochRecord(self.step_offset + epoch, self.stage.index, self.stage.name, epoch, clean)
         self.history.records.append(record)
         self.epochs_done = epoch + 1
-        self._on_epoch(record)
+        if self._on_epoch(record):
+            self.halted = self.should_stop = True
         if self._epoch_task is not None and self._progress is not None:
             shown = "  ".join(f"{k} {clean[k]:.4f}" for k in EPOCH_METRICS if k in clean)
             self._progress.update(self._epoch_task, completed=epoch + 1, info=shown)
@@ -125,7 +129,7 @@ class TrainLoop:
             self._best, self._since_best = val_acc, 0
         else:
             self._since_best += 1
-            self.should_stop = self._since_best >= self._patience
+            self.should_stop = self.halted or self._since_best >= self._patience
 
     def warn(self, message: str, tags: dict[str, str] | None = None) -> None:
         """A finding the user must see although the run goes on (e.g. a layer that did not converge): printed,

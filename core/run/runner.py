@@ -22,7 +22,7 @@ from tle.run.assembly import assemble, check_input
 from tle.contract.distributed import RankContext
 from tle.contract.records import BlockCount, Trained
 from tle.errors import UserError
-from tle.contract.loop import Checkpointing, History, Listeners, TrainLoop
+from tle.contract.loop import Checkpointing, EpochRecord, History, Listeners, TrainLoop
 from tle.progress import make_progress, print_warning
 from tle.run.metrics import Report, classification_report
 from tle.run.outputs import Output, export_and_check, export_extras, log_extras, save_weights
@@ -30,7 +30,7 @@ from tle.run.resume import CHECKPOINT_ARTIFACT, Resume
 from tle.run.weights import resolve_weights
 from tle.backends.manager import Backend, load_backend
 from tle.contract.spec import ExperimentSpec
-from tle.store.status import warning_tags
+from tle.store.status import PRUNED_TAG, warning_tags
 from tle.store.stored_run import SPEC_KEY, record_inputs, run_tags
 from tle.contract.strategy import Plan, Stage, Rates, build_plan
 
@@ -137,6 +137,7 @@ class RunState:
     resume: Resume | None
     tags: dict[str, str]  # added to the run's own
     export: bool
+    report: Callable[[EpochRecord], bool] | None = None  # RunOptions.report
     clock: Stopwatch = field(default_factory=Stopwatch)
     workdir: Path | None = None
     data: Dataset | None = None
@@ -150,7 +151,10 @@ class RunOptions:
 
     ``tags`` are added to the run (a sweep's parent id, its axes); ``load_data`` replaces
     :func:`tle.data.load_dataset` (a warm sweep worker keeps the data of earlier cells); ``export`` overrides
-    ``spec.export.onnx`` (a sweep exporting only its best cells trains the others without export)."""
+    ``spec.export.onnx`` (a sweep exporting only its best cells trains the others without export); ``report`` sees
+    each epoch once it is tracked and answers True to stop the run there (a search's pruner, :mod:`tle.run.trial`):
+    the stage ends as for early stopping, no later stage trains, and the run is evaluated and ends FINISHED with what
+    it trained, tagged ``tle.pruned``."""
 
     console: Console | None = None
     quiet: bool = False
@@ -158,6 +162,7 @@ class RunOptions:
     tags: Mapping[str, str] = field(default_factory=dict)
     load_data: Callable[..., Dataset] | None = None
     export: bool | None = None
+    report: Callable[[EpochRecord], bool] | None = None
 
 
 def run_experiment(spec: ExperimentSpec, options: RunOptions | None = None) -> RunResult | None:
@@ -193,7 +198,8 @@ def run_experiment(spec: ExperimentSpec, options: RunOptions | None = None) -> R
     progress = make_progress(console, quiet)
     with progress if progress is not None else nullcontext():
         return _run(RunState(spec=spec, backend=backend, plan=plan, console=console, progress=progress, quiet=quiet,
-                             started=started, resume=resume, tags=tags, export=export), options.load_data)
+                             started=started, resume=resume, tags=tags, export=export, report=options.report),
+                    options.load_data)
 
 
 def _run(state: RunState, load_data) -> RunResult | None:
@@ -258,10 +264,11 @@ def _train_and_report(state: RunState) -> RunResult | None:
     checkpoint = _checkpoint_path(spec, backend, workdir)
     resume_from = resume.checkpoint if resume else None
 
-    def on_epoch(record):
+    def on_epoch(record) -> bool:
         run.epoch(record)
         if checkpoint is not None and checkpoint.parent.is_dir():
             run.artifact(checkpoint.parent, CHECKPOINT_ARTIFACT)
+        return state.report is not None and state.report(record)
 
     warnings: list[str] = []
 
@@ -295,6 +302,9 @@ def _train_and_report(state: RunState) -> RunResult | None:
             run.metrics({f"stage{stage.index}_{k}": v for k, v in trained.metrics.items()})
         resume_from = None  # only the first stage trained after an interruption starts from the checkpoint
         step += loop.epochs_done
+        if loop.halted:
+            run.tags({PRUNED_TAG: f"after epoch {loop.epochs_done} of stage {stage.index} ({stage.name})"})
+            break
     clock.lap("train")
     run.metrics({"train_seconds": time.perf_counter() - train_started,
                  "trainable_params": sum(c.trainable for c in all_counts[0]),

@@ -82,7 +82,11 @@ def export(task: dict[str, Any], cache: DataCache) -> dict[str, Any]:
 
 
 def execute(task: dict[str, Any], cache: DataCache) -> dict[str, Any]:
-    """Run one cell; the outcome says how it ended. Ctrl-C/SIGTERM propagate after the run is ended KILLED."""
+    """Run one cell; the outcome says how it ended. Ctrl-C/SIGTERM propagate after the run is ended KILLED.
+
+    A search's trial (``options.trial``, a :class:`tle.run.trial.TrialRef`) reports its metric to its Optuna study
+    every epoch and stops when the study's pruner says so; the outcome adds the trial's value and whether it was
+    pruned. ``options.export`` overrides the spec's ``export.onnx`` (a search's trials export nothing)."""
     from rich.console import Console
 
     from tle.run.runner import RunOptions, run_experiment
@@ -90,8 +94,14 @@ def execute(task: dict[str, Any], cache: DataCache) -> dict[str, Any]:
 
     started = time.perf_counter()
     outcome: dict[str, Any] = {"cell": task["cell"], "pid": os.getpid()}
+    options = task.get("options") or {}
+    reporter = None
     try:
         spec = ExperimentSpec.model_validate(task["spec"])
+        if options.get("trial"):
+            from tle.run.trial import Reporter, TrialRef
+
+            reporter = Reporter(TrialRef.of(options["trial"]))
         # "best" means the sweep exports the best cells afterwards.
         tags = {**(task.get("tags") or {}), "tle.worker": f"{socket.gethostname()}:{os.getpid()}"}
         # Cells run one after another and none keeps its model: a backend may hand this cell the model it
@@ -102,7 +112,8 @@ def execute(task: dict[str, Any], cache: DataCache) -> dict[str, Any]:
             os.environ[REUSE_MODELS] = "1"
         try:
             result = run_experiment(spec, RunOptions(console=Console(stderr=True), quiet=True, tags=tags, load_data=cache,
-                                                     export=spec.export.onnx is True))
+                                                     export=options.get("export", spec.export.onnx is True),
+                                                     report=reporter))
         finally:
             if reuse:
                 os.environ.pop(REUSE_MODELS, None)
@@ -121,6 +132,8 @@ def execute(task: dict[str, Any], cache: DataCache) -> dict[str, Any]:
         outcome.update(status=RunStatus.FINISHED, run_id=result.run_id, timings=result.timings,
                        compute_seconds=compute + result.timings.get("evaluate", 0.0),
                        run_seconds=result.wall_seconds)
+    if reporter is not None:
+        outcome.update(reporter.outcome())
     outcome["seconds"] = time.perf_counter() - started
     return outcome
 

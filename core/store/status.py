@@ -24,6 +24,8 @@ class RunStatus(str, Enum):
 ENDED = (RunStatus.FINISHED, RunStatus.FAILED, RunStatus.KILLED)
 ERROR_TAG = "tle.error"  # why a run (a cell, a sweep) ended FAILED or KILLED, in one line
 WARNING_TAG = "tle.warning"  # what a FINISHED run found that the user must see, one finding per line
+# A run its owner stopped early (a search's pruner): FINISHED with the epochs it trained, not a result of the full spec
+PRUNED_TAG = "tle.pruned"
 
 
 def warning_tags(findings: list[str]) -> dict[str, str]:

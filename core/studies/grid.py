@@ -11,6 +11,9 @@
       - {strategy: transfer:block2, init: he_normal}
     pretrain:                          # optional: cells with `weights: pretrain` start from this run
       dataset: {source: digits:0-4, train: null}
+    search:                            # optional: an Optuna search in each cell instead of one run (see below)
+      metric: val_acc
+      space: {train.lr: {log: [1.0e-5, 1.0e-2]}}
 
 A cell whose ``weights`` is ``pretrain`` (the default for strategies that
 start from pretrained blocks when the file has a ``pretrain`` section) gets
@@ -22,6 +25,11 @@ with one backend for the cells of every backend (the spec is otherwise the
 same, so one run serves them all): its weights cross frameworks as a portable
 file (``tle.contract.portable``), and the framework is the only difference between
 the backends' cells.
+
+With ``search`` (:mod:`tle.studies.search_spec`) each cell of the axes (and of ``cells``) is one Optuna study
+instead of one run: its trials are runs of that cell's spec with the searched fields set by the sampler
+(:mod:`tle.studies.search`). The pretraining run of a study is built from the study's cell, before any field is
+searched, so all its trials start from one backbone.
 """
 
 from __future__ import annotations
@@ -38,8 +46,9 @@ from tle.analysis.axes import PRETRAIN, short
 from tle.errors import UserError
 from tle.contract.spec import ExperimentSpec, build_spec, read_spec_file, set_dotted
 from tle.contract.strategy import parse_strategy
+from tle.studies.search_spec import SearchSpec, parse_search
 
-KNOWN_KEYS = {"name", "base", "axes", "cells", "pretrain"}
+KNOWN_KEYS = {"name", "base", "axes", "cells", "pretrain", "search"}
 
 
 @dataclass
@@ -50,7 +59,8 @@ class Cell:
     axes: dict[str, Any]
     spec: ExperimentSpec
     pretrain: Cell | None = None  # the pretraining cell this one starts from
-    role: str = "cell"  # or "pretrain"
+    role: str = "cell"  # or "pretrain"; a search's runs: "trial", "confirm", "baseline"
+    tree: dict[str, Any] | None = None  # the raw spec it was validated from (a search sets its fields on it)
 
     @property
     def key(self) -> str:
@@ -69,7 +79,7 @@ class Cell:
 
     def with_weights(self, weights: str) -> Cell:
         spec = self.spec.model_copy(update={"weights": weights})
-        return Cell(self.index, self.axes, spec, self.pretrain, self.role)
+        return Cell(self.index, self.axes, spec, self.pretrain, self.role, self.tree)
 
 
 @dataclass
@@ -80,6 +90,7 @@ class Grid:
     explicit: list[dict[str, Any]]
     pretrain: dict[str, Any] | None
     source: str = ""  # the file's text, logged on the parent run
+    search: SearchSpec | None = None
 
     @property
     def varying(self) -> list[str]:
@@ -108,36 +119,68 @@ class Grid:
                 axes = {**{k: v for k, v in _flatten(over).items()}, **combo}
                 axes = {k: axes[k] for k in varying if k in axes}
                 spec = _validate(tree, axes)
-                cell = Cell(len(cells), axes, spec)
-                needs = parse_strategy(spec.strategy).needs_pretrained
-                if spec.weights == PRETRAIN or (self.pretrain is not None and spec.weights == "none" and needs):
-                    cell = self._attach_pretrain(cell, tree, pretrains)
-                cells.append(cell)
+                cells.append(self.attach_pretrain(Cell(len(cells), axes, spec, tree=tree), tree, pretrains))
         ordered = list(pretrains.values()) + cells
         for i, cell in enumerate(ordered):
             cell.index = i
         return ordered
 
-    def _attach_pretrain(self, cell: Cell, tree: dict[str, Any], pretrains: dict[str, Cell]) -> Cell:
-        if not parse_strategy(cell.spec.strategy).needs_pretrained:
+    def attach_pretrain(self, cell: Cell, tree: dict[str, Any], pretrains: dict[str, Cell]) -> Cell:
+        """``cell`` starting from the pretraining run built from ``tree`` (kept in ``pretrains`` by spec key, so
+        identical ones run once) when its weights are ``pretrain``, or none with a ``pretrain`` section and a strategy
+        that starts from pretrained blocks; else ``cell`` as it is."""
+        spec = cell.spec
+        needs = parse_strategy(spec.strategy).needs_pretrained
+        if not (spec.weights == PRETRAIN or (self.pretrain is not None and spec.weights == "none" and needs)):
+            return cell
+        if not needs:
             return cell.with_weights("none")
         if self.pretrain is None:
             raise UserError(f"cell {cell.label} asks for weights 'pretrain' but the sweep has no 'pretrain' section",
                             "add pretrain: {dataset: ...} to the sweep file, or give weights explicitly")
+        cell = cell.with_weights(PRETRAIN)
+        cell.pretrain = self.pretrain_cell(tree, pretrains)
+        return cell
+
+    def pretrain_cell(self, tree: dict[str, Any], pretrains: dict[str, Cell]) -> Cell:
+        """The pretraining cell of a cell built from ``tree``, shared through ``pretrains``."""
+        assert self.pretrain is not None, "attach_pretrain checks it"
         ptree = copy.deepcopy(tree)
         ptree.update({"weights": "none", "strategy": "scratch"})
         _merge(ptree, copy.deepcopy(self.pretrain))
         spec = _validate(ptree, {"pretrain": True})
         if spec.weights == PRETRAIN:
             raise UserError("the pretrain section cannot itself start from 'pretrain'", "set its weights to none")
-        found = pretrains.setdefault(spec.key(), Cell(-1, {}, spec, role=PRETRAIN))
-        cell = cell.with_weights(PRETRAIN)
-        cell.pretrain = found
-        return cell
+        return pretrains.setdefault(spec.key(), Cell(-1, {}, spec, role=PRETRAIN, tree=ptree))
+
+    def search_probes(self, cell: Cell) -> list[Cell]:
+        """``cell`` (a study) with each searched field at each of its bounds and choices, the others as the cell has
+        them, starting from the study's pretraining run where the strategy needs one: every value a trial may take
+        makes a valid spec (a one-line UserError naming the field and the value otherwise)."""
+        assert self.search is not None
+        probes = []
+        for key, dim in self.search.space.items():
+            for value in dim.probes():
+                tree = copy.deepcopy(cell.tree or {})
+                set_dotted(tree, key, value)
+                try:
+                    spec = build_spec(tree)
+                except UserError as exc:
+                    where = ", ".join(f"{k}={v}" for k, v in cell.axes.items())
+                    raise UserError(f"search.space.{key} = {value!r}{f' (cell {where})' if where else ''}: "
+                                    f"{exc}") from None
+                probe = Cell(cell.index, {**cell.axes, key: value}, spec, role="trial", tree=tree)
+                probes.append(self.attach_pretrain(probe, cell.tree or {}, {}))
+        return probes
 
     def key(self) -> str:
-        """Identity of the sweep (what it computes, not where it is tracked): reruns reopen its parent run."""
-        body = json.dumps([self.name, self.base, self.axes, self.explicit, self.pretrain], sort_keys=True, default=str)
+        """Identity of the sweep (what it computes, not where it is tracked): reruns reopen its parent run. A search's
+        part is what its studies compute (:meth:`SearchSpec.identity`): more trials or another confirm go on in the
+        same parent run and studies."""
+        parts: list[Any] = [self.name, self.base, self.axes, self.explicit, self.pretrain]
+        if self.search is not None:
+            parts.append(self.search.identity())
+        body = json.dumps(parts, sort_keys=True, default=str)
         return hashlib.sha256(body.encode()).hexdigest()[:20]
 
 
@@ -185,9 +228,15 @@ def load_grid(path: str | Path, overrides: dict[str, Any] | None = None) -> Grid
     pretrain = raw.get("pretrain")
     if pretrain is not None and not isinstance(pretrain, dict):
         raise UserError(f"{path}: 'pretrain' must be a mapping of spec fields", "e.g. pretrain: {dataset: digits:0-4}")
+    search = parse_search(raw["search"], str(path), axes) if raw.get("search") is not None else None
     grid = Grid(name=str(raw.get("name") or path.stem), base=base, axes=axes, explicit=explicit,
-                pretrain=pretrain, source=path.read_text(encoding="utf-8", errors="replace"))
-    grid.cells()  # validate every cell now, before anything is imported or run
+                pretrain=pretrain, source=path.read_text(encoding="utf-8", errors="replace"), search=search)
+    for cell in grid.cells():  # validate every cell now, before anything is imported or run
+        if search is not None and cell.role != PRETRAIN:
+            if search.metric.startswith("val_") and not cell.spec.dataset.val:
+                raise UserError(f"{path}: search.metric {search.metric} needs a validation split, and dataset.val is "
+                                f"{cell.spec.dataset.val}", "give dataset.val (e.g. 0.2) or search a train_ metric")
+            grid.search_probes(cell)
     return grid
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -209,8 +211,7 @@ class Sweep:
                     pool.close()
 
     def _run_on(self, pool, started: float, progress) -> SweepResult:
-        from tle.analysis.report import record
-        from tle.analysis.table import build_table
+        """The parent run around the schedule (:meth:`_schedule`) and the result (:meth:`_conclude`)."""
         from tle.store.tracking import configure
 
         mlflow = configure(self.uri, self.experiment)
@@ -219,108 +220,90 @@ class Sweep:
         assert experiment is not None  # configure() set it, creating it if new
         exp_id = experiment.experiment_id
         scheduler = None
-        try:
-            with parent_run(mlflow, exp_id, self.grid.name, self.grid.key(),
-                            {"tle.sweep": self.grid.name, "tle.executor": self.executor}) as (parent, reopened):
-                parent_id = parent.run_id
-                if not reopened:
-                    parent.text(self.grid.source, "sweep.yaml")
-                    parent.params({"axes": json.dumps({k: v for k, v in self.grid.axes.items()}, default=str)[:6000]})
-                results = {c.index: CellResult(c) for c in self.cells}
-                finished = finished_by_key(client, exp_id)
-                sweep = SweepResult(self.grid, parent_id, self.experiment, self.uri, list(results.values()))
+        with self._before_parent():
+            try:
+                with parent_run(mlflow, exp_id, self.grid.name, self.grid.key(),
+                                {"tle.sweep": self.grid.name, "tle.executor": self.executor,
+                                 **self._parent_tags()}) as (parent, reopened):
+                    if not reopened:
+                        parent.text(self.grid.source, "sweep.yaml")
+                        parent.params(self._parent_params())
+                    sweep = SweepResult(self.grid, parent.run_id, self.experiment, self.uri, [])
+                    if progress is not None:
+                        progress.start()
+                    scheduler = Scheduler(pool, self.jobs)
+                    sweep.results = self._schedule(Session(mlflow, exp_id, parent.run_id, scheduler, progress))
+                    scheduler.close()  # in the block: a signal while the idle workers stop still ends the parent
+                    scheduler = None
+                    sweep.runs = read_runs(client, [r.run_id for r in sweep.results if r.run_id], exp_id)
+                    sweep.wall_seconds = time.perf_counter() - started
+                    # The parent ends FINISHED with the table and counts, FAILED when a cell did not finish; KILLED or
+                    # FAILED for whatever stops it before.
+                    sweep.table = self._conclude(sweep, client, exp_id)
+                    if not sweep.ok:
+                        bad = sum(r.status != RunStatus.FINISHED for r in sweep.results)
+                        parent.end_as(RunStatus.FAILED, f"{bad} of {len(sweep.results)} {self.units} did not finish")
+            finally:
                 if progress is not None:
-                    progress.start()
-                scheduler = Scheduler(pool, self.jobs)
-                self._run_cells(results, finished, mlflow, exp_id, parent_id, scheduler, progress)
-                scheduler.close()  # in the block: a signal while the idle workers stop still ends the parent
-                scheduler = None
-                sweep.results = [results[c.index] for c in self.cells]
-                sweep.runs = read_runs(client, [r.run_id for r in sweep.results if r.run_id], exp_id)
-                sweep.wall_seconds = time.perf_counter() - started
-                # The parent ends FINISHED with the table and counts, FAILED when a cell did not finish; KILLED or
-                # FAILED for whatever stops it before.
-                sweep.table = build_table(sweep, metric=self.metric, rows=self.rows, cols=self.cols)
-                record(sweep, sweep.table)
-                if not sweep.ok:
-                    bad = sum(r.status != RunStatus.FINISHED for r in sweep.results)
-                    parent.end_as(RunStatus.FAILED, f"{bad} of {len(sweep.results)} cells did not finish")
-        finally:
-            if progress is not None:
-                progress.stop()
-            if scheduler is not None:
-                scheduler.close()
+                    progress.stop()
+                if scheduler is not None:
+                    scheduler.close()
         return sweep
 
-    def _run_cells(self, results, finished, mlflow, exp_id, parent_id, scheduler, progress) -> None:
+    units = "cells"  # what the parent's reason counts
+
+    @contextmanager
+    def _before_parent(self) -> Iterator[None]:
+        """What holds for the whole sweep and is checked before its parent run exists (a search's studies)."""
+        yield
+
+    def _parent_tags(self) -> dict[str, str]:
+        return {}
+
+    def _parent_params(self) -> dict[str, str]:
+        return {"axes": json.dumps(self.grid.axes, default=str)[:6000]}
+
+    def _schedule(self, session: Session) -> list[CellResult]:
         """Every cell in one schedule: a transfer cell becomes ready when its pretraining cell finished and
         a group's ONNX export when its cells ended, so workers go on with their own backend's work instead
         of being restarted between phases."""
-        client = mlflow.MlflowClient()
-        tasks = [Task(c.index, c.backend, self._spec_for(c), self._tags(c, parent_id), c.label, self._gpus(c),
-                      after=(c.pretrain.index,) if c.pretrain is not None else ()) for c in self.cells]
-        exports = self._export_tasks(len(self.cells))
+        results = {c.index: CellResult(c) for c in self.cells}
+        finished = finished_by_key(session.mlflow.MlflowClient(), session.exp_id)
+        tasks = [self._task(c, session.parent_id) for c in self.cells]
+        exports = self._export_tasks(self.cells, len(self.cells))
         if not self.quiet:
             pre = sum(c.role == PRETRAIN for c in self.cells)
             self.console.print(f"sweep {self.grid.name}: {len(tasks)} cells" + (f" ({pre} pretraining)" if pre else "")
                                + f" on up to {self.jobs} {self.executor} worker(s)"
                                + (f"; then ONNX export of the best cell of {len(exports)} group(s)" if exports else ""))
-        bar = progress.add_task("cells", total=len(tasks) + len(exports), info="") if progress is not None else None
+        phase = Phase(self, session, results, finished)
+        phase.bar("cells", len(tasks) + len(exports))
+        session.scheduler.run(tasks + exports, on_start=phase.on_start, on_done=phase.on_done, resolve=phase.resolve)
+        return [results[c.index] for c in self.cells]
 
-        def resolve(task: Task) -> dict[str, Any] | None:
-            if task.kind == "export":
-                return self._pick_best(task, results, client, exp_id)
-            res = results[task.cell]
-            if res.cell.pretrain is not None:
-                source = results[res.cell.pretrain.index]
-                res.cell = res.cell.with_weights(f"runs:/{source.run_id}")
-                task.spec = self._spec_for(res.cell)
-            reuse = self._reusable(res.cell, finished)
-            if reuse is None:
-                return None
-            return {"cell": task.cell, "status": RunStatus.FINISHED, "run_id": reuse.info.run_id, "reused": True}
+    def _conclude(self, sweep: SweepResult, client, exp_id: str) -> Any:
+        """What the sweep answers (a table with ``rich``, ``markdown``, ``csv``, ``json``, ``notes``: a grid's
+        :class:`tle.analysis.table.SweepTable`), logged on the parent (still open: the sweep ends it)."""
+        from tle.analysis.report import record
+        from tle.analysis.table import build_table
 
-        def on_start(task: Task) -> None:
-            if progress is not None and bar is not None:
-                progress.update(bar, info=task.label)
+        table = build_table(sweep, metric=self.metric, rows=self.rows, cols=self.cols)
+        record(sweep, table)
+        return table
 
-        def on_done(task: Task, outcome: dict[str, Any]) -> None:
-            if progress is not None and bar is not None:
-                progress.advance(bar)
-            if task.kind == "export":
-                self._export_done(task, outcome, results)
-                return
-            res = results[task.cell]
-            res.status = outcome.get("status", RunStatus.FAILED)
-            res.run_id = outcome.get("run_id")
-            res.error = outcome.get("error", "")
-            res.reused = bool(outcome.get("reused"))
-            res.outcome = outcome
-            if res.status != RunStatus.FINISHED and res.run_id is None:
-                # A worker that died leaves its cell's run RUNNING: that run ends, else one records the failure.
-                ended = RunStatus.KILLED if res.status == RunStatus.KILLED else RunStatus.FAILED
-                res.run_id = end_left_run(client, exp_id, parent_id, task.cell, ended, res.error or res.status) \
-                    or record_failure(mlflow, parent_id, task.spec["tracking"]["run_name"],
-                                      {**described(task.spec), **task.tags}, res.error or res.status, ended)
-            if not self.quiet:
-                mark = {RunStatus.FINISHED: "[green]done[/]", RunStatus.KILLED: "[yellow]killed[/]"}.get(res.status, "[red]failed[/]")
-                if res.reused:
-                    mark = "[dim]reused[/]"
-                extra = f"  {res.error}" if res.error and res.status != RunStatus.FINISHED else ""
-                took = "" if res.reused else f" ({outcome.get('seconds', 0):.1f}s)"
-                self.console.print(f"  {mark} {task.label}{took}{extra}", highlight=False, markup=True)
-
-        scheduler.run(tasks + exports, on_start=on_start, on_done=on_done, resolve=resolve)
+    def _task(self, cell: Cell, parent_id: str) -> Task:
+        return Task(cell.index, cell.backend, self._spec_for(cell), self._tags(cell, parent_id), cell.label,
+                    self._gpus(cell), after=(cell.pretrain.index,) if cell.pretrain is not None else ())
 
     # -- export.onnx: best ----------------------------------------------------
 
-    def _export_tasks(self, first_id: int) -> list[Task]:
-        """One export per group (cells differing only in seed) whose spec says ``export.onnx: best``."""
+    def _export_tasks(self, cells: list[Cell], first_id: int, kinds: tuple[Any, ...] = ("best",)) -> list[Task]:
+        """One export per group (cells differing only in seed) whose spec's ``export.onnx`` is one of ``kinds``."""
         from tle.analysis.stats import group_key
 
         groups: dict[str, list[Cell]] = {}
-        for c in self.cells:
-            if c.role != PRETRAIN and c.spec.export.onnx == "best":
+        for c in cells:
+            if c.role != PRETRAIN and c.spec.export.onnx in kinds:
                 groups.setdefault(group_key(c.axes), []).append(c)
         tasks = []
         for i, members in enumerate(groups.values()):
@@ -356,3 +339,84 @@ class Sweep:
             res.status, res.error = RunStatus.FAILED, f"ONNX export: {outcome.get('error', '')}"
         if not self.quiet:
             self.console.print(f"  [red]export failed[/] {task.label}: {outcome.get('error', '')}", highlight=False)
+
+
+@dataclass(frozen=True)
+class Session:
+    """Where a sweep's runs go while its parent run is open: the store (``mlflow``, experiment ``exp_id``), the parent,
+    the scheduler of its workers and the progress display (None when quiet)."""
+
+    mlflow: Any
+    exp_id: str
+    parent_id: str
+    scheduler: Scheduler
+    progress: Any = None
+
+
+@dataclass
+class Phase:
+    """One schedule of a sweep's cells (a grid's every cell; a search's pretraining, trials or confirm runs): what
+    the scheduler calls when a task becomes ready (reuse a finished run), starts and ends (record its run, end a
+    run its dead worker left RUNNING, say how it went), over the sweep's ``results`` by cell index."""
+
+    sweep: Sweep
+    session: Session
+    results: dict[int, CellResult]
+    finished: dict[str, list[Any]]
+    _bar: Any = None
+
+    def bar(self, what: str, total: int) -> None:
+        if self.session.progress is not None:
+            self._bar = self.session.progress.add_task(what, total=total, info="")
+
+    def resolve(self, task: Task) -> dict[str, Any] | None:
+        sweep, results = self.sweep, self.results
+        if task.kind == "export":
+            return sweep._pick_best(task, results, self.session.mlflow.MlflowClient(), self.session.exp_id)
+        res = results[task.cell]
+        if res.cell.pretrain is not None:
+            source = results[res.cell.pretrain.index]
+            res.cell = res.cell.with_weights(f"runs:/{source.run_id}")
+            task.spec = sweep._spec_for(res.cell)
+        if res.cell.role == "trial":  # a sample of the search: a run of its own, reported to the study
+            return None
+        reuse = sweep._reusable(res.cell, self.finished)
+        if reuse is None:
+            return None
+        return {"cell": task.cell, "status": RunStatus.FINISHED, "run_id": reuse.info.run_id, "reused": True}
+
+    def on_start(self, task: Task) -> None:
+        if self.session.progress is not None and self._bar is not None:
+            self.session.progress.update(self._bar, info=task.label)
+
+    def on_done(self, task: Task, outcome: dict[str, Any]) -> None:
+        sweep, results, session = self.sweep, self.results, self.session
+        mlflow, exp_id, parent_id = session.mlflow, session.exp_id, session.parent_id
+        client = mlflow.MlflowClient()
+        if session.progress is not None and self._bar is not None:
+            session.progress.advance(self._bar)
+        if task.kind == "export":
+            sweep._export_done(task, outcome, results)
+            return
+        res = results[task.cell]
+        res.status = outcome.get("status", RunStatus.FAILED)
+        res.run_id = outcome.get("run_id")
+        res.error = outcome.get("error", "")
+        res.reused = bool(outcome.get("reused"))
+        res.outcome = outcome
+        if res.status != RunStatus.FINISHED and res.run_id is None:
+            # A worker that died leaves its cell's run RUNNING: that run ends, else one records the failure.
+            ended = RunStatus.KILLED if res.status == RunStatus.KILLED else RunStatus.FAILED
+            res.run_id = end_left_run(client, exp_id, parent_id, task.cell, ended, res.error or res.status) \
+                or record_failure(mlflow, parent_id, task.spec["tracking"]["run_name"],
+                                  {**described(task.spec), **task.tags}, res.error or res.status, ended)
+        if not sweep.quiet:
+            marks: dict[str, str] = {RunStatus.FINISHED: "[green]done[/]", RunStatus.KILLED: "[yellow]killed[/]"}
+            mark = marks.get(res.status, "[red]failed[/]")
+            if res.reused:
+                mark = "[dim]reused[/]"
+            elif outcome.get("pruned"):
+                mark = "[yellow]pruned[/]"
+            extra = f"  {res.error}" if res.error and res.status != RunStatus.FINISHED else outcome.get("note", "")
+            took = "" if res.reused else f" ({outcome.get('seconds', 0):.1f}s)"
+            sweep.console.print(f"  {mark} {task.label}{took}{extra}", highlight=False, markup=True)

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from tle.store.status import ERROR_TAG, RunStatus
+from tle.store.status import ERROR_TAG, PRUNED_TAG, RunStatus
 from tle.store.stored_run import SPEC_KEY
 from tle.store.tracking import Tracker, quiet_signals, tracked_run
 
@@ -62,7 +62,8 @@ def parent_run(mlflow, experiment_id: str, name: str, key: str, tags: dict[str, 
 
 
 def finished_by_key(client, experiment_id: str) -> dict[str, list[Any]]:
-    """FINISHED runs of the experiment grouped by their spec key, newest first."""
+    """FINISHED runs of the experiment grouped by their spec key, newest first; a run a search's pruner stopped
+    (``tle.pruned``) trained less than its spec says and is left out."""
     found: dict[str, list[Any]] = {}
     token = None
     while True:
@@ -70,7 +71,7 @@ def finished_by_key(client, experiment_id: str) -> dict[str, list[Any]]:
                                   order_by=["attributes.start_time DESC"], max_results=1000, page_token=token)
         for run in page:
             key = run.data.tags.get(SPEC_KEY)
-            if key:
+            if key and PRUNED_TAG not in run.data.tags:
                 found.setdefault(key, []).append(run)
         token = page.token
         if not token:

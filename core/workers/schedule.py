@@ -89,13 +89,17 @@ class Scheduler:
 
     def run(self, tasks: list[Task], *, on_start: Callable[[Task], None],
             on_done: Callable[[Task, dict[str, Any]], None],
-            resolve: Callable[[Task], dict[str, Any] | None] | None = None) -> None:
+            resolve: Callable[[Task], dict[str, Any] | None] | None = None,
+            supply: Callable[[int], list[Task]] | None = None) -> None:
         """Run ``tasks``; ``on_done`` sees every outcome (also on Ctrl-C, with the KILLED ones).
 
         A task with ``after`` waits until those cells ended (and, when ``strict``, fails without
         running if one did not finish); ``resolve`` is called when a task becomes ready and may
         complete it without running (returning its outcome), e.g. when an earlier run already
         computed it. Tasks others wait for go first, so every backend's pretraining starts at once.
+        ``supply(free)`` is asked for up to ``free`` more tasks whenever fewer than ``jobs`` are ready
+        or running (a search asks its sampler then, so each trial sees the outcomes before it); the
+        run ends when nothing is left and it supplies none.
         """
         order = {b: i for i, b in reversed(list(enumerate(t.backend for t in tasks)))}
         awaited = {c for t in tasks for c in t.after}
@@ -110,7 +114,14 @@ class Scheduler:
         known = {t.cell for t in tasks}
         ready: list[Task] = []
         try:
-            while pending or ready or busy:
+            while True:
+                free = self.jobs - len(ready) - len(busy)
+                if supply is not None and free > 0 and not pending:
+                    more = supply(free)
+                    known.update(t.cell for t in more)
+                    pending.extend(more)
+                if not (pending or ready or busy):
+                    break
                 for task in list(pending):
                     deps = {c: status.get(c) for c in task.after if c in known}
                     if any(v is None for v in deps.values()):
