@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -20,6 +20,11 @@ err = Console(stderr=True)
 STATE = {"debug": False, "quiet": False}
 
 Opt = typer.Option
+
+# Options that mean the same in every command that takes them (tle run's spelling).
+ImageSizeOpt = Annotated[Optional[int], Opt("--image-size", help="resize images to this square size")]
+ChannelsOpt = Annotated[Optional[int], Opt("--channels", help="1 or 3")]
+DeviceOpt = Annotated[Optional[str], Opt("--device", help="auto | cpu | cuda | cuda:N")]
 
 
 @app.callback()

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from tle.cli.app import STATE, Opt, app, err, out, parse_sets
+from tle.cli.app import STATE, ChannelsOpt, DeviceOpt, ImageSizeOpt, Opt, app, err, out, parse_sets
 from tle.errors import UserError
 
 FORMATS = ("table", "markdown", "csv")
@@ -21,12 +21,12 @@ def rank(
     candidates: Annotated[Optional[list[str]], Opt("--candidates", help="BACKEND:MODEL@WEIGHTS, comma-separated; "
                                                    "WEIGHTS: random, imagenet, runs:/ID, models:/NAME/VERSION, a file")] = None,
     dataset: Annotated[Optional[str], Opt(help="target data, as tle run's --dataset")] = None,
-    image_size: Annotated[Optional[int], Opt(help="resize images to this square size")] = None,
-    channels: Annotated[Optional[int], Opt(help="1 or 3")] = None,
+    image_size: ImageSizeOpt = None,
+    channels: ChannelsOpt = None,
     max_per_class: Annotated[Optional[int], Opt(help="rank on a sample: cap images per class (as tle run)")] = None,
     seed: Annotated[Optional[int], Opt(help="split seed (tle run's --seed: the same seed gives the same split)")] = None,
     batch_size: Annotated[Optional[int], Opt(help="images per forward pass of a backbone")] = None,
-    device: Annotated[Optional[str], Opt(help="auto | cpu | cuda | cuda:N")] = None,
+    device: DeviceOpt = None,
     by: Annotated[Optional[str], Opt(help="score that orders the table: knn | logme | hscore | gbc | nce | leep | "
                                           "params | source_acc (default knn)")] = None,
     against: Annotated[Optional[str], Opt(help="name of a finished tle sweep in the same store: Kendall's tau of "
