@@ -13,14 +13,13 @@ from tle.contract.records import Blueprint, ResolvedWeights
 from tle.contract.loop import History, TrainLoop
 from tle.backends.manager import load_backend
 from tle.contract.spec import ExperimentSpec
-from tle.contract.strategy import Rates, build_plan
+from tle.contract.strategy import Rates, Tuning, build_plan
 
 
 def build(spec: ExperimentSpec, data, weights: ResolvedWeights | None = None):
     backend = load_backend(spec.backend)
     info = backend.model(spec.model)
-    plan = build_plan(spec.strategy, info.blocks, Rates(spec.train.epochs, spec.train.lr),
-                      batchnorm=spec.train.batchnorm)
+    plan = build_plan(spec.strategy, info.blocks, Rates.of(spec.train), Tuning.of(spec.train))
     model = backend.hook.load_backbone(blueprint=Blueprint(model=spec.model, class_names=data.class_names,
                                                            input_shape=data.input_shape, head=spec.head,
                                                            device=spec.train.device, precision=spec.train.precision,

@@ -123,7 +123,7 @@ def test_scratch_training_learns_digits_and_reports_every_epoch(data, trained):
     assert loop.batches == 5 * batches
     assert [e for e, _ in loop.ended] == list(range(5))
     for _, metrics in loop.ended:
-        assert set(metrics) == {"train_loss", "train_acc", "val_loss", "val_acc"}
+        assert set(metrics) == {"train_loss", "train_acc", "val_loss", "val_acc", "lr"}
         assert all(np.isfinite(v) for v in metrics.values())
     assert loop.ended[-1][1]["val_acc"] > 0.85
     assert loop.ended[-1][1]["train_loss"] < loop.ended[0][1]["train_loss"]

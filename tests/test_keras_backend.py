@@ -23,7 +23,7 @@ from tle.contract.records import Blueprint, ExportMetadata, ResolvedWeights
 from tle.contract.initializers import InitSpec
 from tle.contract.loop import Checkpointing, Listeners, TrainLoop
 from tle.contract.spec import DataSpec, HeadSpec, TrainSpec
-from tle.contract.strategy import HEAD, Rates, build_plan
+from tle.contract.strategy import HEAD, Rates, Tuning, build_plan
 from tle_keras import plugin as P
 
 pytestmark = needs("tensorflow", "keras")
@@ -177,7 +177,7 @@ def test_batchnorm_statistics_of_pretrained_trainable_blocks(digits, batchnorm):
     # finetune:block4: block2 stays frozen, blocks 4-5 start pretrained and train in stage 2.
     knet = build("resnet_small", shape=digits.input_shape)
     plan = build_plan("finetune:block4", knet.block_names, Rates(1, 1e-3, finetune_epochs=1, finetune_lr=1e-3),
-                      batchnorm=batchnorm)
+                      Tuning(batchnorm=batchnorm))
     frozen, live = knet.net.get_layer("conv2_block1_1_bn"), knet.net.get_layer("conv5_block1_1_bn")
     stats = lambda layer: [np.asarray(v).copy() for v in (layer.moving_mean, layer.moving_variance)]  # noqa: E731
     frozen_before, live_before, gamma_before = stats(frozen), stats(live), np.asarray(live.gamma).copy()

@@ -24,7 +24,7 @@ from tle.contract.records import Blueprint, ResolvedWeights
 from tle.contract.initializers import InitSpec
 from tle.contract.loop import History, TrainLoop
 from tle.contract.spec import DataSpec, HeadSpec, TrainSpec
-from tle.contract.strategy import HEAD, Rates, build_plan
+from tle.contract.strategy import HEAD, Rates, Tuning, build_plan
 
 pytestmark = needs("tensorflow", "keras")
 test_keras_reuse_in_own_process = in_own_process(__file__, durations=5)
@@ -62,7 +62,7 @@ def cell(digits, model, strategy, seed, batchnorm="frozen", cache_features=True)
                                                input_shape=digits.input_shape, head=HeadSpec(), device="cpu",
                                                precision="auto", seed=seed), weights=ResolvedWeights(kind="none"))
     plan = build_plan(strategy, knet.block_names, Rates(1, 1e-3, finetune_epochs=1, finetune_lr=1e-4),
-                      batchnorm=batchnorm)
+                      Tuning(batchnorm=batchnorm))
     P.apply_init(model=knet, blocks=[b for b in plan.reinit if b != HEAD], init=InitSpec(name="glorot_uniform"),
                  seed=seed)
     spec = TrainSpec(epochs=1, batch_size=64, seed=seed, batchnorm=batchnorm, cache_features=cache_features)

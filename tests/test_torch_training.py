@@ -14,7 +14,7 @@ pytest.importorskip("torchvision")
 from tle.contract.records import Blueprint, ResolvedWeights  # noqa: E402
 from tle.contract.initializers import InitSpec  # noqa: E402
 from tle.contract.spec import HeadSpec, TrainSpec  # noqa: E402
-from tle.contract.strategy import HEAD, Stage, Rates, build_plan  # noqa: E402
+from tle.contract.strategy import HEAD, Stage, Rates, Tuning, build_plan  # noqa: E402
 from tle_torch import plugin  # noqa: E402
 from tle_torch.testing import digits_dataset, recording_loop  # noqa: E402
 
@@ -37,7 +37,7 @@ def prepared(model, data, strategy, weights=NONE, seed=0, head=None, device="cpu
     net = plugin.load_backbone(blueprint=Blueprint(model=model, class_names=data.class_names,
                                                    input_shape=data.input_shape, head=head or HeadSpec(),
                                                    device=device, precision="fp32", seed=seed), weights=weights)
-    plan = build_plan(strategy, net.block_names, Rates(2, 1e-3), batchnorm=batchnorm)
+    plan = build_plan(strategy, net.block_names, Rates(2, 1e-3), Tuning(batchnorm=batchnorm))
     plugin.apply_init(model=net, blocks=[b for b in plan.reinit if b != HEAD], init=GLOROT, seed=seed)
     return net, plan
 

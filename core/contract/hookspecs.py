@@ -162,7 +162,7 @@ def apply_init(model: Any, blocks: list[str], init: InitSpec, seed: int) -> bool
 
 
 @hookspec(firstresult=True)
-def freeze_policy(model: Any, trainable: dict[str, bool], fixed_stats: Iterable[str]) -> bool | None:
+def freeze_policy(model: Any, trainable: dict[str, bool], fixed_stats: Iterable[str], params: str) -> bool | None:
     """Make exactly the blocks with ``trainable[name] is True`` trainable; called before each stage.
 
     :param dict[str, bool] trainable: every block and ``head``.
@@ -171,6 +171,9 @@ def freeze_policy(model: Any, trainable: dict[str, bool], fixed_stats: Iterable[
         run in inference mode, while their scale and shift still train when the block is trainable
         (``train.batchnorm``, see :mod:`tle.contract.strategy`). Every frozen block is in it. The other blocks
         re-estimate their statistics in training mode. A backend without normalisation layers ignores it.
+    :param str params: which parameters of a trainable block train (``train.params``: ``all``, ``bias``,
+        ``norm``, ``bias+norm``; see :mod:`tle.contract.tuning`); the head trains whole. Always ``all`` for a
+        backend that does not list the ``param-select`` capability, which may leave the argument out.
     :return: ``True`` when done; ``None`` leaves the call to the next implementation (as for :func:`apply_init`).
     """
     ...
@@ -180,7 +183,8 @@ def freeze_policy(model: Any, trainable: dict[str, bool], fixed_stats: Iterable[
 def count_parameters(model: Any) -> list[BlockCount]:
     """Return a :class:`tle.contract.records.BlockCount` per block and ``head``, in order.
 
-    Reflects the current freeze state: the core checks it against the plan.
+    Reflects the current freeze state: the core checks it against the plan (with ``train.params``, against the
+    ``bias``/``norm`` counts the backend gives).
     """
     ...
 
@@ -190,7 +194,11 @@ def train(model: Any, data: Dataset, stage: Stage, train: TrainSpec, loop: Train
     """Train ``model`` for one stage of the plan.
 
     :param tle.data.Dataset data: train/val arrays (the core's split).
-    :param tle.contract.strategy.Stage stage: epochs, learning rate, trainable blocks.
+    :param tle.contract.strategy.Stage stage: epochs, learning rate, trainable blocks; and, for backends that
+        list the capabilities of :mod:`tle.contract.tuning`, each block's learning-rate factor
+        (``stage.factor(block)``), the epoch's rate (``stage.rate(epoch)``, which such a backend reports as the
+        epoch metric ``lr``) and L2-SP (``stage.l2sp``, toward the weights the model held when ``train`` was
+        first called on it, before any checkpoint was loaded).
     :param tle.contract.spec.TrainSpec train: optimiser, batch size, seed, device...
     :param tle.contract.loop.TrainLoop loop: the core's side of the loop. Call
         ``loop.epoch_start(epoch, batches)``, ``loop.batch_end()`` after each
@@ -426,5 +434,18 @@ def block_activations(model: Any, images: np.ndarray) -> dict[str, np.ndarray]:
     :return: ``{block: float32 NumPy array}`` for every backbone block in forward
         order (not ``head``), each the block's output with the channels last
         (``(N, H, W, C)`` for conv blocks, ``(N, C)`` for dense ones).
+    """
+    ...
+
+
+@hookspec(firstresult=True)
+def block_parameters(model: Any) -> dict[str, dict[str, np.ndarray]] | None:
+    """Every parameter an optimiser may train, by block, as NumPy copies: what the conformance suite
+    (:mod:`tle.testing`) reads to check that a stage moves exactly the parameters it should, each block at its
+    rate, with L2-SP's pull.
+
+    :return: ``{block: {name: array}}`` for every backbone block and ``head``, names the backend's own (stable
+        between calls), normalisation statistics (running mean and variance) left out; ``None`` from a backend
+        that does not offer it (the suite then skips those checks).
     """
     ...

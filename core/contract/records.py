@@ -92,11 +92,18 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class BlockCount:
-    """Parameter counts of one block (or ``head``) as the backend holds them now."""
+    """Parameter counts of one block (or ``head``) as the backend holds them now.
+
+    ``bias`` and ``norm``: how many of the block's ``total`` are additive biases of its convolutions and dense
+    layers, and scales and shifts of its normalisation layers, whatever the freeze state (a backend that lists
+    the ``param-select`` capability fills them in; ``train.params``, see :mod:`tle.contract.tuning`).
+    """
 
     name: str
     total: int
     trainable: int
+    bias: int = 0
+    norm: int = 0
 
 
 @dataclass(frozen=True)

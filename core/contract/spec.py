@@ -174,6 +174,40 @@ class DistributedSpec(_Strict):
         return self.nproc != 1 or self.nnodes > 1
 
 
+class L2SPSpec(_Strict):
+    """L2-SP (see :mod:`tle.contract.tuning`): ``alpha`` pulls the blocks that start pretrained toward their starting
+    weights, ``beta`` the re-initialised blocks and the head toward zero. Given as a mapping or as ``"ALPHA,BETA"``
+    (``--set train.l2sp=0.01,0.01``; one number is both)."""
+
+    alpha: float = Field(default=0.01, ge=0)
+    beta: float = Field(default=0.01, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, value: Any) -> Any:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return {"alpha": value, "beta": value}
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.split(",")]
+            try:
+                numbers = [float(p) for p in parts]
+            except ValueError:
+                raise ValueError(f"train.l2sp {value!r} is not ALPHA,BETA (e.g. 0.01,0.01)") from None
+            if len(numbers) not in (1, 2):
+                raise ValueError(f"train.l2sp {value!r} is not ALPHA,BETA (e.g. 0.01,0.01)")
+            return {"alpha": numbers[0], "beta": numbers[-1]}
+        return value
+
+    def __str__(self) -> str:
+        return f"{self.alpha:g},{self.beta:g}"
+
+
+# Fields added after runs existed: left out of ExperimentSpec.key() while at their defaults, so that a sweep still
+# finds the cells it ran before they existed.
+_LATER_TRAIN_DEFAULTS = {"gradual_epochs": 1, "lr_decay": 1.0, "params": "all", "l2sp": None, "schedule": "constant",
+                         "warmup_epochs": 0}
+
+
 class TrainSpec(_Strict):
     epochs: int = Field(default=5, ge=1)
     batch_size: int = Field(default=32, ge=1)
@@ -183,6 +217,16 @@ class TrainSpec(_Strict):
     momentum: float = Field(default=0.9, ge=0, lt=1)
     finetune_lr: float = Field(default=1e-5, gt=0)
     finetune_epochs: int = Field(default=2, ge=1)
+    gradual_epochs: int = Field(default=1, ge=1, description="epochs of each unfreezing stage of gradual[:BLOCK]")
+    # See tle.contract.tuning for the meaning of these five, the same in every backend that lists them.
+    lr_decay: float = Field(default=1.0, gt=0, le=1,
+                            description="layer-wise LR decay: block i of N at the stage's lr x lr_decay^(N-i)")
+    params: Literal["all", "bias", "norm", "bias+norm"] = Field(
+        default="all", description="which parameters of a trainable block train; the head always trains whole")
+    l2sp: L2SPSpec | None = Field(default=None, description="L2-SP toward the run's starting weights: {alpha, beta}")
+    schedule: Literal["constant", "cosine", "step"] = Field(default="constant",
+                                                            description="per-epoch learning-rate schedule per stage")
+    warmup_epochs: int = Field(default=0, ge=0, description="linear warm-up epochs at the start of each stage")
     seed: int = 0
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -196,6 +240,12 @@ class TrainSpec(_Strict):
     augment: bool = False
     stdp: StdpSpec = Field(default_factory=StdpSpec)
     distributed: DistributedSpec = Field(default_factory=DistributedSpec)
+
+    @model_validator(mode="after")
+    def _l2sp_replaces_weight_decay(self) -> "TrainSpec":
+        if self.l2sp is not None and self.weight_decay:
+            raise ValueError("train.l2sp replaces weight decay; set train.weight_decay to 0 (or drop train.l2sp)")
+        return self
 
     @field_validator("device")
     @classmethod
@@ -279,8 +329,10 @@ class ExperimentSpec(_Strict):
         # Where the ranks meet is not what they compute; a run that is not distributed keeps the key it had
         # before train.distributed existed, so a sweep still finds its earlier cells.
         where = {"node_rank", "master_addr", "master_port", "join_timeout", "collective_timeout"}
+        later = {k for k, default in _LATER_TRAIN_DEFAULTS.items() if getattr(self.train, k) == default}
         body = self.model_dump(mode="json", exclude={"tracking": True, "train": {
-            "checkpoint": True, "distributed": True if not self.train.distributed.active else where}})
+            "checkpoint": True, "distributed": True if not self.train.distributed.active else where,
+            **{k: True for k in later}}})
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:20]
 
     def to_yaml(self) -> str:

@@ -32,14 +32,15 @@ from tle.backends.manager import Backend, load_backend
 from tle.contract.spec import ExperimentSpec
 from tle.store.status import PRUNED_TAG, warning_tags
 from tle.store.stored_run import SPEC_KEY, record_inputs, run_tags
-from tle.contract.strategy import Plan, Stage, Rates, build_plan
+from tle.contract.strategy import HEAD, Plan, Stage, Rates, Tuning, build_plan
+from tle.contract.tuning import needs, selected
 
 if TYPE_CHECKING:
     from tle.data import Dataset
     from tle.store.tracking import Tracker
 
-__all__ = ["RunOptions", "RunResult", "SPEC_KEY", "rank_main", "check_counts", "default_run_name", "export_and_check",
-           "export_extras", "log_extras", "prepare", "run_experiment"]
+__all__ = ["RunOptions", "RunResult", "SPEC_KEY", "rank_main", "check_capabilities", "check_counts", "default_run_name",
+           "export_and_check", "export_extras", "freeze", "log_extras", "prepare", "run_experiment"]
 
 
 @dataclass
@@ -68,15 +69,41 @@ def default_run_name(spec: ExperimentSpec) -> str:
 
 
 def check_counts(plan_stage: Stage, counts: list[BlockCount], backend: str) -> None:
-    """The backend's freeze state must be exactly what the plan says; anything else is a backend bug."""
+    """The backend's freeze state must be exactly what the plan says; anything else is a backend bug. With
+    ``train.params`` other than ``all``, a trainable block trains exactly its biases and/or normalisation
+    parameters as the backend counts them; the head trains whole."""
     for c in counts:
         want = plan_stage.trainable.get(c.name)
         if want is None:
             continue
-        if (want and c.trainable != c.total) or (not want and c.trainable != 0):
+        expected = 0
+        if want:
+            expected = c.total if c.name == HEAD else selected(c.total, c.bias, c.norm, plan_stage.params)
+        if c.trainable != expected:
+            what = "frozen" if not want else "trainable" if plan_stage.params == "all" or c.name == HEAD else \
+                f"training its {plan_stage.params} parameters ({expected})"
             raise RuntimeError(f"backend {backend!r} left block {c.name!r} with {c.trainable}/{c.total} trainable "
-                               f"parameters in stage {plan_stage.index}; the plan says "
-                               f"{'trainable' if want else 'frozen'}")
+                               f"parameters in stage {plan_stage.index}; the plan says {what}")
+
+
+def check_capabilities(spec: ExperimentSpec, backend: Backend) -> None:
+    """Every ``train`` field the spec sets beyond its default is one the backend applies (``BackendInfo.
+    capabilities``, see :mod:`tle.contract.tuning`): one line before anything runs otherwise."""
+    missing = {cap: what for cap, what in needs(spec.train).items() if cap not in backend.info.capabilities}
+    if missing:
+        fields = ", ".join(missing.values())
+        raise UserError(f"backend {spec.backend!r} cannot apply {fields} (it does not list "
+                        f"{', '.join(missing)} among its capabilities)",
+                        "leave those train fields at their defaults for this backend, or use --backend torch or keras")
+
+
+def freeze(backend: Backend, model, stage: Stage) -> list[BlockCount]:
+    """The backend's freeze state for ``stage``, checked against the plan: its parameter counts per block."""
+    backend.hook.freeze_policy(model=model, trainable=dict(stage.trainable), fixed_stats=stage.fixed_stats,
+                               params=stage.params)
+    counts = list(backend.hook.count_parameters(model=model))
+    check_counts(stage, counts, backend.info.name)
+    return counts
 
 
 def check_splits(data) -> None:
@@ -101,9 +128,9 @@ def prepare(spec: ExperimentSpec) -> tuple[Backend, Plan]:
     """Everything that can be checked without data or a framework."""
     backend = load_backend(spec.backend)
     info = backend.model(spec.model)
-    t = spec.train
-    plan = build_plan(spec.strategy, info.blocks, Rates(t.epochs, t.lr, finetune_epochs=t.finetune_epochs,
-                      finetune_lr=t.finetune_lr), batchnorm=t.batchnorm, model=f"{spec.backend}/{spec.model}")
+    check_capabilities(spec, backend)
+    plan = build_plan(spec.strategy, info.blocks, Rates.of(spec.train), Tuning.of(spec.train),
+                      model=f"{spec.backend}/{spec.model}")
     if plan.strategy.needs_pretrained and spec.weights == "none":
         raise UserError(f"strategy {plan.strategy} starts from pretrained blocks but --weights is none",
                         "pass --weights imagenet, a weights file, runs:/RUN_ID or models:/NAME/VERSION")
@@ -282,9 +309,7 @@ def _train_and_report(state: RunState) -> RunResult | None:
     step = 0
     train_started = time.perf_counter()
     for stage in plan.stages:
-        hook.freeze_policy(model=model, trainable=dict(stage.trainable), fixed_stats=stage.fixed_stats)
-        counts = list(hook.count_parameters(model=model))
-        check_counts(stage, counts, spec.backend)
+        counts = freeze(backend, model, stage)
         all_counts.append(counts)
         total = sum(c.total for c in counts)
         trainable = sum(c.trainable for c in counts)

@@ -15,6 +15,9 @@ from tle.contract import hookspecs
 from tle.contract.helpers import delegate, fuse_heads, installed_version
 from tle.contract.hookspecs import implements
 from tle.contract.records import BackendInfo
+from tle.contract.tuning import L2SP_CAPABILITY, LR_FACTORS, PARAM_SELECT, SCHEDULE
+
+TUNING = (LR_FACTORS, PARAM_SELECT, L2SP_CAPABILITY, SCHEDULE)  # every field of tle.contract.tuning
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -41,7 +44,7 @@ def backend_info() -> BackendInfo:
                        description="keras.applications CNNs with their own block names, Keras initialisers and heads",
                        status=status, devices=("cpu", "gpu"),
                        capabilities=("onnx", "resume", "feature-cache", "gpu", "bf16", "fuse", "fuse-concatenate",
-                                     "distributed"))
+                                     "distributed", *TUNING))
 
 
 register_models = delegate(hookspecs.register_models, "tle_keras.registry:model_infos")
@@ -78,12 +81,20 @@ apply_init = delegate(hookspecs.apply_init, "tle_keras.init:apply_init")
 
 
 @implements(hookspecs.freeze_policy)
-def freeze_policy(model: Any, trainable: dict[str, bool], fixed_stats: Iterable[str]) -> bool:
+def freeze_policy(model: Any, trainable: dict[str, bool], fixed_stats: Iterable[str], params: str = "all") -> bool:
+    """A layer's ``trainable`` sets every variable's; ``train.params`` then turns off those of the other kinds
+    (Keras trains a variable only when both its layer and it are trainable)."""
+    from tle_keras.params import kinds, trains
+
     for block in model.trainable:
         flag = trainable.get(block) is True
         model.trainable[block] = flag
         for layer in model.layers_of(block):
             layer.trainable = flag
+        if flag:
+            for _, variable, kind in kinds(model, block):
+                variable.trainable = trains(kind, block, params)
+    model.params = params
     model.fix_stats(fixed_stats or ())
     return True
 
@@ -93,17 +104,18 @@ def count_parameters(model: Any) -> list[BlockCount]:
     import numpy as np
 
     from tle.contract.records import BlockCount
+    from tle_keras.params import kinds
 
     counts = []
     for block in model.trainable:
-        total = trainable = 0
-        for layer in model.layers_of(block):
-            total += sum(int(np.prod(v.shape)) for v in layer.weights if v.path in model.capable)
-            trainable += sum(int(np.prod(v.shape)) for v in layer.trainable_weights)
-        counts.append(BlockCount(block, total, trainable))
+        found = [(int(np.prod(v.shape)), layer.trainable and v.trainable, kind) for layer, v, kind in kinds(model, block)]
+        counts.append(BlockCount(block, sum(n for n, _, _ in found), sum(n for n, on, _ in found if on),
+                                 bias=sum(n for n, _, k in found if k == "bias"),
+                                 norm=sum(n for n, _, k in found if k == "norm")))
     return counts
 
 
+block_parameters = delegate(hookspecs.block_parameters, "tle_keras.params:block_parameters")
 train = delegate(hookspecs.train, "tle_keras.train:fit")
 evaluate = delegate(hookspecs.evaluate, "tle_keras.train:evaluate")
 save_weights = delegate(hookspecs.save_weights, "tle_keras.weights:save")

@@ -46,13 +46,99 @@ TRAINERS = 4  # compiled stage models (traced train steps) kept per KerasNet, th
 STEPS_PER_EXECUTION = 8
 
 
-def make_optimizer(spec, lr: float):
+def make_optimizer(spec, lr: float, tuning: "VariableTuning | None" = None):
+    """Keras's optimiser for ``spec``; with ``tuning``, the same optimiser with per-variable rate factors and
+    L2-SP's pull (:func:`tuned`)."""
     wd = spec.weight_decay or None
-    if spec.optimizer == "adam":
-        return keras.optimizers.Adam(learning_rate=lr, weight_decay=wd)
-    if spec.optimizer == "adamw":
-        return keras.optimizers.AdamW(learning_rate=lr, weight_decay=spec.weight_decay)
-    return keras.optimizers.SGD(learning_rate=lr, momentum=spec.momentum, weight_decay=wd)
+    kind = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW}.get(spec.optimizer, keras.optimizers.SGD)
+    args: dict = {"learning_rate": lr, "weight_decay": spec.weight_decay if spec.optimizer == "adamw" else wd}
+    if kind is keras.optimizers.SGD:
+        args["momentum"] = spec.momentum
+    if tuning is None:
+        return kind(**args)
+    optimizer = tuned(kind)(**args)
+    optimizer.tuning = tuning
+    return optimizer
+
+
+class VariableTuning:
+    """What :func:`tuned`'s optimiser does per variable (by ``variable.path``): its rate factor (the block's,
+    ``train.lr_decay``) and L2-SP's pull, ``(strength, toward_start)``: α toward w⁰ or β toward zero."""
+
+    def __init__(self, knet, stage):
+        from tle_keras.params import kinds
+
+        self.factors: dict[str, float] = {}
+        self.pulls: dict[str, tuple[float, bool]] = {}
+        for block in knet.trainable:
+            for _, v, _ in kinds(knet, block):
+                self.factors[v.path] = stage.factor(block)
+                if stage.l2sp is not None:
+                    self.pulls[v.path] = stage.l2sp.pull(block)
+
+    def key(self) -> tuple:
+        """What a traced train step depends on (the factors and strengths are constants in it)."""
+        return tuple(sorted(self.factors.items())), tuple(sorted(self.pulls.items()))
+
+
+_TUNED: dict = {}
+
+
+def tuned(base):
+    """``base`` (a Keras optimiser class) with ``tuning`` applied in its update of each variable: the gradient
+    gains L2-SP's α(w − w⁰) or βw, and the rate is multiplied by the variable's factor, inside the step Keras
+    traces (after the replicas' gradients are summed, under tf.distribute); decoupled weight decay (Keras's, for
+    every optimiser) runs at the variable's rate too. w⁰ lives in optimiser variables (``start``), set by
+    :meth:`set_start` after ``build``."""
+    cls = _TUNED.get(base)
+    if cls is not None:
+        return cls
+
+    class Tuned(base):
+        tuning: VariableTuning
+
+        def build(self, variables):
+            super().build(variables)
+            self._tle_factor = [self.tuning.factors.get(v.path, 1.0) for v in variables]
+            self._tle_pull = [self.tuning.pulls.get(v.path, (0.0, False)) for v in variables]
+            self._tle_start = [self.add_variable_from_reference(v, name="l2sp_start") if toward and strength
+                               else None for v, (strength, toward) in zip(variables, self._tle_pull)]
+            self._tle_paths = [v.path for v in variables]
+
+        def set_start(self, start: dict) -> None:
+            """L2-SP's w⁰, by variable path."""
+            for path, variable in zip(self._tle_paths, self._tle_start):
+                if variable is not None:
+                    variable.assign(start[path])
+
+        def update_step(self, gradient, variable, learning_rate):
+            i = self._get_variable_index(variable)
+            strength, toward = self._tle_pull[i]
+            if strength:
+                target = keras.ops.subtract(variable, self._tle_start[i]) if toward else variable
+                gradient = gradient + keras.ops.cast(strength, gradient.dtype) * target
+            factor = self._tle_factor[i]
+            return super().update_step(gradient, variable, learning_rate * factor if factor != 1.0 else learning_rate)
+
+        def _apply_weight_decay(self, variables):
+            if self.weight_decay is None:
+                return
+
+            def distributed(distribution, variables, **kwargs):
+                def decay(variable):
+                    if self._use_weight_decay(variable):
+                        rate = tf.cast(self.learning_rate, variable.dtype) * self._tle_factor[
+                            self._get_variable_index(variable)]
+                        variable.assign_sub(variable * tf.cast(self.weight_decay, variable.dtype) * rate)
+
+                for variable in variables:
+                    distribution.extended.update(getattr(variable, "value", variable), decay, group=False)
+
+            tf.__internal__.distribute.interim.maybe_merge_call(distributed, self._distribution_strategy, variables)
+
+    Tuned.__name__ = Tuned.__qualname__ = f"Tuned{base.__name__}"
+    _TUNED[base] = Tuned
+    return Tuned
 
 
 def augment(x, y, seed, index=0):
@@ -153,7 +239,8 @@ class LoopBridge(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         metrics = {"train_loss": logs.get("loss"), "train_acc": logs.get("acc"),
-                   "val_loss": logs.get("val_loss", math.nan), "val_acc": logs.get("val_acc", math.nan)}
+                   "val_loss": logs.get("val_loss", math.nan), "val_acc": logs.get("val_acc", math.nan),
+                   "lr": float(np.asarray(self.model.optimizer.learning_rate))}
         if self.loop.checkpoint_path is not None:
             save_checkpoint(self.loop.checkpoint_path, self.knet, self.model.optimizer, epoch + 1, self.stage)
         self.loop.epoch_end(epoch, {k: float(v) for k, v in metrics.items() if v is not None})
@@ -162,29 +249,35 @@ class LoopBridge(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def trainer(knet, k: int, spec, lr: float):
+def trainer(knet, k: int, spec, stage):
     """The compiled model of blocks k+1.. and the head for this freeze configuration, and its optimiser.
 
     A configuration this KerasNet has trained before (an earlier cell of a warm sweep worker, see
     ``models.py``) gets the same model back, its train step already traced, and the same optimiser with
     every variable set back to its value right after ``build`` and the stage's learning rate: what a
     new optimiser would start from. ``fit`` resets the metrics at every epoch. The key holds everything
-    the trace depends on: the input (k), which blocks train, which BatchNorms are fixed, the optimiser's
-    kind and constants, the precision policy.
+    the trace depends on: the input (k), which blocks train and which of their variables (``train.params``),
+    which BatchNorms are fixed, the optimiser's kind and constants, the per-variable factors and L2-SP
+    strengths, the precision policy. With L2-SP, the optimiser's w⁰ is set from ``knet.l2sp_start``.
     """
     policy = keras.mixed_precision.global_policy().name
-    key = (k, tuple(sorted(b for b, on in knet.trainable.items() if on)), tuple(sorted(knet.fixed)),
-           spec.optimizer, float(spec.weight_decay or 0.0), float(spec.momentum), policy)
+    tuning = VariableTuning(knet, stage) if (stage.l2sp is not None or set(stage.lr_factors.values()) - {1.0}) \
+        else None
+    key = (k, tuple(sorted(b for b, on in knet.trainable.items() if on)), knet.params, tuple(sorted(knet.fixed)),
+           spec.optimizer, float(spec.weight_decay or 0.0), float(spec.momentum), policy,
+           tuning.key() if tuning is not None else None)
     kept = knet.trainers.get(key)
     if kept is not None:
         model, optimizer, initial = kept
         for variable, value in zip(optimizer.variables, initial, strict=True):
             variable.assign(np.full(tuple(variable.shape), value[0], value[1]) if isinstance(value, tuple) else value)
-        optimizer.learning_rate = lr
+        optimizer.learning_rate = stage.lr
         knet.trainers.move_to_end(key)
+        if stage.l2sp is not None:
+            optimizer.set_start(knet.l2sp_start)
         return model, optimizer
     model = knet.stage_model(k)
-    optimizer = make_optimizer(spec, lr)
+    optimizer = make_optimizer(spec, stage.lr, tuning)
     model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=[keras.metrics.SparseCategoricalAccuracy(name="acc")],
                   steps_per_execution=STEPS_PER_EXECUTION)
@@ -195,6 +288,8 @@ def trainer(knet, k: int, spec, lr: float):
         knet.trainers[key] = (model, optimizer, [_initial(v) for v in optimizer.variables])
         while len(knet.trainers) > TRAINERS:
             knet.trainers.popitem(last=False)
+    if stage.l2sp is not None:
+        optimizer.set_start(knet.l2sp_start)
     return model, optimizer
 
 
@@ -211,6 +306,8 @@ def _initial(variable):
 def fit(knet, data, stage, spec, loop) -> Trained:
     seed = derived_seed(spec.seed, "train", stage.index)
     set_random_seed(seed)  # Python, NumPy, Keras and TF global seeds; keeps the traced steps instantiated
+    if stage.l2sp is not None and knet.l2sp_start is None:  # L2-SP's w⁰, before a checkpoint replaces it
+        knet.l2sp_start = {v.path: np.array(v) for v in knet.net.weights if v.path in knet.capable}
     # The model first: the frozen prefix cached below must be the checkpoint's.
     resumed_stage = load_model_state(loop.resume_from, knet)[0] if loop.resume_from is not None else None
     start_block = knet.frozen_prefix() if spec.cache_features and not spec.augment else 0
@@ -221,7 +318,7 @@ def fit(knet, data, stage, spec, loop) -> Trained:
         x_train, x_val = data.x_train, data.x_val
     else:
         x_train, x_val = cached
-    model, optimizer = trainer(knet, start_block, spec, stage.lr)
+    model, optimizer = trainer(knet, start_block, spec, stage)
     if not model.trainable_weights:
         raise RuntimeError(f"stage {stage.index} of {knet.model_name} has no trainable parameters")
     knet.optimizer = optimizer
@@ -242,6 +339,7 @@ def fit(knet, data, stage, spec, loop) -> Trained:
             break
         drawn = epoch_seed(spec.seed, stage.index, epoch)
         reseed_dropout(knet.net.variables, drawn)
+        optimizer.learning_rate = stage.rate(epoch)
         model.fit(epoch_batches(x_train, y_train, bs, drawn, spec.augment), validation_data=val_ds,
                   initial_epoch=epoch, epochs=epoch + 1, steps_per_epoch=steps, shuffle=False, verbose=0,
                   callbacks=[bridge])

@@ -54,6 +54,8 @@ class KerasNet:
         self.capable = {v.path for v in net.trainable_weights}
         self.optimizer = None  # the last stage's, for checkpoints and tests
         self.fixed = frozenset()  # blocks whose BatchNorm runs in inference mode (fix_stats)
+        self.params = "all"  # which variables of a trainable block train (train.params, freeze_policy)
+        self.l2sp_start: dict | None = None  # L2-SP's w⁰: the variables when fit first ran (train.py)
         # Compiled stage models with their traced train/test steps, by freeze configuration (train.py).
         self.trainers: OrderedDict = OrderedDict()
         self._traced: dict = {}  # inference of the whole net (key None) and of blocks 1..k (key k), traced once
@@ -99,6 +101,7 @@ class KerasNet:
         self.new_head = list(fresh.new_head)
         self.class_names = fresh.class_names
         self.optimizer = None
+        self.params, self.l2sp_start = "all", None
         for block, layers in self.block_layers.items():
             self.trainable[block] = True
             for layer in layers:

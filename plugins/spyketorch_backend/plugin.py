@@ -59,9 +59,10 @@ apply_init = delegate(hookspecs.apply_init, "tle_spyketorch.init:apply_init")
 
 
 @implements(hookspecs.freeze_policy)
-def freeze_policy(model: Any, trainable: dict[str, bool], fixed_stats: Iterable[str] = ()) -> bool:
+def freeze_policy(model: Any, trainable: dict[str, bool], fixed_stats: Iterable[str] = (), params: str = "all") -> bool:
     """A spiking net has no normalisation layers: ``fixed_stats`` is not used (pluggy leaves it out: it has a
-    default)."""
+    default). Its synapses are one array per block with no bias: ``params`` is always ``all`` here (the backend
+    lists none of ``tle.contract.tuning``'s capabilities, so the core refuses a spec that asks otherwise)."""
     for block in model.trainable:
         flag = trainable.get(block) is True
         model.trainable[block] = flag

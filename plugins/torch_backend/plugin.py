@@ -12,6 +12,9 @@ from tle.contract import hookspecs
 from tle.contract.helpers import delegate, fuse_heads, installed_version
 from tle.contract.hookspecs import implements
 from tle.contract.records import BackendInfo
+from tle.contract.tuning import L2SP_CAPABILITY, LR_FACTORS, PARAM_SELECT, SCHEDULE
+
+TUNING = (LR_FACTORS, PARAM_SELECT, L2SP_CAPABILITY, SCHEDULE)  # every field of tle.contract.tuning
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -33,7 +36,7 @@ def backend_info() -> BackendInfo:
                        description="torchvision CNNs with Keras-style blocks, initialisers and heads",
                        status=status, devices=("cpu", "cuda"),
                        capabilities=("onnx", "resume", "feature-cache", "cuda", "bf16", "fuse", "fuse-concatenate",
-                                     "distributed"))
+                                     "distributed", *TUNING))
 
 
 register_models = delegate(hookspecs.register_models, "tle_torch.registry:model_infos")
@@ -53,13 +56,15 @@ apply_init = delegate(hookspecs.apply_init, "tle_torch.init:apply_init")
 
 
 @implements(hookspecs.freeze_policy)
-def freeze_policy(model: Any, trainable: dict[str, bool], fixed_stats: Iterable[str]) -> bool:
+def freeze_policy(model: Any, trainable: dict[str, bool], fixed_stats: Iterable[str], params: str = "all") -> bool:
+    from tle_torch.params import kinds, trains
+
     model.fixed_stats = set(fixed_stats or ())
     for block in model.trainable:
         flag = trainable.get(block) is True
         model.trainable[block] = flag
-        for p in model.module_of(block).parameters():
-            p.requires_grad_(flag)
+        for _, p, kind in kinds(model.module_of(block)):
+            p.requires_grad_(flag and trains(kind, block, params))
     model.train(model.training)  # put newly frozen blocks (and fixed statistics) into eval mode now
     return True
 
@@ -67,15 +72,18 @@ def freeze_policy(model: Any, trainable: dict[str, bool], fixed_stats: Iterable[
 @implements(hookspecs.count_parameters)
 def count_parameters(model: Any) -> list[BlockCount]:
     from tle.contract.records import BlockCount
+    from tle_torch.params import kinds
 
     counts = []
     for block in model.trainable:
-        params = list(model.module_of(block).parameters())
-        total = sum(p.numel() for p in params)
-        counts.append(BlockCount(block, total, sum(p.numel() for p in params if p.requires_grad)))
+        found = [(p.numel(), p.requires_grad, kind) for _, p, kind in kinds(model.module_of(block))]
+        counts.append(BlockCount(block, sum(n for n, _, _ in found), sum(n for n, on, _ in found if on),
+                                 bias=sum(n for n, _, k in found if k == "bias"),
+                                 norm=sum(n for n, _, k in found if k == "norm")))
     return counts
 
 
+block_parameters = delegate(hookspecs.block_parameters, "tle_torch.params:block_parameters")
 train = delegate(hookspecs.train, "tle_torch.train:fit")
 evaluate = delegate(hookspecs.evaluate, "tle_torch.train:evaluate")
 save_weights = delegate(hookspecs.save_weights, "tle_torch.weights:save")

@@ -16,7 +16,10 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -109,11 +112,58 @@ ADAM_EPS = 1e-7
 
 
 def make_optimizer(spec, params, lr: float):
+    """``params``: parameters, or parameter groups (dicts with their own ``lr``)."""
     if spec.optimizer == "adam":
         return torch.optim.Adam(params, lr=lr, eps=ADAM_EPS, weight_decay=spec.weight_decay)
     if spec.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=lr, eps=ADAM_EPS, weight_decay=spec.weight_decay)
     return torch.optim.SGD(params, lr=lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+
+
+def param_groups(net, stage) -> list[dict]:
+    """One optimiser group per block that trains in ``stage`` (the head last), at the stage's rate times the
+    block's factor (``train.lr_decay``); ``lr_factor`` stays in the group, so each epoch's rate is
+    ``stage.rate(epoch) * lr_factor`` (``train.schedule``). Blocks without a trainable parameter are left out."""
+    groups = []
+    for block in net.trainable:
+        params = [p for p in net.module_of(block).parameters() if p.requires_grad]
+        if params:
+            factor = stage.factor(block)
+            groups.append({"params": params, "lr": stage.lr * factor, "lr_factor": factor, "block": block})
+    return groups
+
+
+def set_rate(optimizer, rate: float) -> float:
+    """Every group at ``rate`` times its factor; returns the head's (the last group's) rate."""
+    for group in optimizer.param_groups:
+        group["lr"] = rate * group["lr_factor"]
+    return optimizer.param_groups[-1]["lr"]
+
+
+class Pull:
+    """L2-SP's gradient (``tle.contract.tuning``): α(w − w⁰) on the parameters of blocks that start pretrained,
+    βw on the others, added to each trainable parameter's gradient before the optimiser's step. w⁰ is what the
+    net held when ``fit`` first ran on it (``net.l2sp_start``, kept beside the module: never saved or exported)."""
+
+    def __init__(self, net, stage):
+        from tle_torch.params import kinds
+
+        if getattr(net, "l2sp_start", None) is None:
+            net.l2sp_start = {name: p.detach().clone() for name, p in net.named_parameters()}
+        start = net.l2sp_start
+        self.terms: list[tuple[torch.Tensor, torch.Tensor | None, float]] = []
+        for block in net.trainable:
+            strength, toward_start = stage.l2sp.pull(block)
+            prefix = "head." if block == "head" else f"body.{block}."
+            for name, p, _ in kinds(net.module_of(block)):
+                if p.requires_grad and strength:
+                    self.terms.append((p, start[prefix + name] if toward_start else None, float(strength)))
+
+    @torch.no_grad()
+    def add_to_gradients(self) -> None:
+        for p, anchor, strength in self.terms:
+            if p.grad is not None:
+                p.grad.add_(p - anchor if anchor is not None else p, alpha=strength)
 
 
 def augment(xb: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -156,6 +206,48 @@ def load_checkpoint(path: Path, net, optimizer, scaler, stage: int) -> int:
     return int(state.get("epoch", 0))
 
 
+@dataclass(frozen=True)
+class Inference:
+    """How a pass in inference mode runs: ``forward`` (the net, or its part after a cached prefix) of ``net``,
+    ``batch_size`` images at a time on ``device`` under ``autocast``."""
+
+    forward: Callable
+    net: torch.nn.Module
+    batch_size: int
+    device: torch.device
+    autocast: Callable = contextlib.nullcontext
+
+
+@dataclass
+class StageRun:
+    """One stage on its way through :func:`_epochs`: the net and how it steps, the stage's arrays, the ranks."""
+
+    net: torch.nn.Module
+    stage: Any
+    spec: Any
+    loop: Any
+    optimizer: torch.optim.Optimizer
+    scaler: Any  # a GradScaler under fp16, else None
+    pull: Pull | None  # L2-SP
+    inference: Inference  # validation: never through DDP, the ranks' shares of it may differ by a batch
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: Any
+    y_val: torch.Tensor
+    start_block: int | None = None  # blocks served from the cache, None without one
+    rank: int = 0
+    size: int = 1
+
+
+@dataclass
+class EpochSums:
+    """One epoch's training sums on this rank."""
+
+    loss: torch.Tensor
+    correct: torch.Tensor
+    seen: int = 0
+
+
 def fit(net, data, stage, spec, loop) -> Trained:
     configure_threads()
     device = device_of(net)
@@ -163,11 +255,12 @@ def fit(net, data, stage, spec, loop) -> Trained:
     autocast = autocast_factory(device, dtype)
     if device.type == "cuda":
         net.to(memory_format=torch.channels_last)
-    params = [p for p in net.parameters() if p.requires_grad]
-    if not params:
+    groups = param_groups(net, stage)
+    if not groups:
         raise RuntimeError(f"stage {stage.index} of {net.model_name} has no trainable parameters")
-    optimizer = make_optimizer(spec, params, stage.lr)
+    optimizer = make_optimizer(spec, groups, stage.lr)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    pull = Pull(net, stage) if stage.l2sp is not None else None  # before a checkpoint replaces the start
     if loop.resume_from is not None:
         load_checkpoint(loop.resume_from, net, optimizer, scaler, stage.index)
 
@@ -186,88 +279,103 @@ def fit(net, data, stage, spec, loop) -> Trained:
         forward = net
 
     rank, size = distributed.world()
+    run = StageRun(net, stage, spec, loop, optimizer, scaler, pull, Inference(forward, net, spec.batch_size, device,
+                                                                                autocast),
+                   x_train, y_train, x_val, y_val, start_block if cached is not None else None, rank, size)
     swapped = distributed.sync_batchnorm(net) if size > 1 and spec.distributed.sync_batchnorm else []
     try:
-        ran = _epochs(net, forward, stage, spec, loop, optimizer, scaler, autocast, device, x_train, y_train, x_val,
-                      y_val, start_block if cached is not None else None, rank, size)
+        ran = _epochs(run)
     finally:
         distributed.unsync_batchnorm(swapped)
     return Trained(epochs=ran, stopped_early=loop.start_epoch + ran < stage.epochs,
                    metrics={"cached_blocks": float(start_block if cached is not None else 0)})
 
 
-def _epochs(net, forward, stage, spec, loop, optimizer, scaler, autocast, device, x_train, y_train, x_val, y_val,
-            start_block, rank: int, size: int) -> int:
-    """The stage's epochs from ``loop.start_epoch`` until the last or ``loop.should_stop``; returns how many ran."""
+def _epochs(run: StageRun) -> int:
+    """The stage's epochs from ``loop.start_epoch`` until the last or ``loop.should_stop``; returns how many ran.
+
+    Under DDP the trainable part is wrapped anew for each stage (each call of ``fit``): what trains changes
+    between stages, and DDP registers its parameters once, when it wraps them."""
+    net, stage, spec, loop, device = run.net, run.stage, run.spec, run.loop, run.inference.device
     ran = 0
-    n = len(y_train)
-    bs = spec.batch_size
+    n, bs = len(run.y_train), spec.batch_size
     n_batches = count_batches(n, bs)
-    infer = forward  # validation never goes through DDP: the ranks' shares of it may differ by a batch
-    if size > 1:
-        forward = distributed.replicate(net if start_block is None else distributed.From(net, start_block), device)
+    forward = run.inference.forward
+    if run.size > 1:
+        forward = distributed.replicate(net if run.start_block is None else distributed.From(net, run.start_block),
+                                        device)
     for epoch in range(loop.start_epoch, stage.epochs):
         if loop.should_stop:
             break
         seed = epoch_seed(spec.seed, stage.index, epoch)
         shuffle = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed + rank)  # dropout masks (each replica draws its own)
-        parts = distributed.shard(n, bs, seed) if size > 1 else None
+        torch.manual_seed(seed + run.rank)  # dropout masks (each replica draws its own)
+        parts = distributed.shard(n, bs, seed) if run.size > 1 else None
         if parts is not None:
             n_batches = len(parts)
+        rate = set_rate(run.optimizer, stage.rate(epoch))
         loop.epoch_start(epoch, n_batches)
         net.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
-        seen = 0
-        for b, (xb, yb) in enumerate(batches(x_train, y_train, bs, shuffle, device, parts)):
+        sums = EpochSums(torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.int64))
+        for b, (xb, yb) in enumerate(batches(run.x_train, run.y_train, bs, shuffle, device, parts)):
             xb = xb.to(device, non_blocking=True)
             yb = yb.to(device, non_blocking=True)
             if spec.augment:
                 xb = augment(xb, shuffle)
-            with autocast():
+            with run.inference.autocast():
                 logits = forward(xb)
             loss = F.cross_entropy(logits.float(), yb)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            loss_sum += loss.detach() * len(yb)
-            correct += (logits.detach().argmax(1) == yb).sum()
-            seen += len(yb)
+            _step(run, loss)
+            sums.loss += loss.detach() * len(yb)
+            sums.correct += (logits.detach().argmax(1) == yb).sum()
+            sums.seen += len(yb)
             shown = float(loss.detach()) if (b + 1) % LOSS_EVERY == 0 or b + 1 == n_batches else None
             loop.batch_end(1, shown)
-        if size > 1:
-            metrics = _mean_over_ranks(infer, net, loss_sum, correct, seen, x_val, y_val, bs, device, autocast, rank,
-                                       size)
-        else:
-            val_loss, val_logits = _infer(infer, net, x_val, y_val, bs, device, autocast)
-            metrics = {
-                "train_loss": float(loss_sum) / max(n, 1),
-                "train_acc": float(correct) / max(n, 1),
-                "val_loss": val_loss,
-                "val_acc": float((val_logits.argmax(1) == y_val).float().mean()) if len(y_val) else math.nan,
-            }
-        if loop.checkpoint_path is not None and rank == 0:  # the replicas are equal; rank 0 tracks the run
-            save_checkpoint(loop.checkpoint_path, net, optimizer, scaler, epoch + 1, stage.index)
+        metrics = _mean_over_ranks(run, sums) if run.size > 1 else _metrics(run, sums)
+        metrics["lr"] = rate
+        if loop.checkpoint_path is not None and run.rank == 0:  # the replicas are equal; rank 0 tracks the run
+            save_checkpoint(loop.checkpoint_path, net, run.optimizer, run.scaler, epoch + 1, stage.index)
         loop.epoch_end(epoch, metrics)
         ran += 1
     return ran
 
 
-def _mean_over_ranks(infer, net, loss_sum, correct, seen, x_val, y_val, bs, device, autocast, rank, size) -> dict:
+def _step(run: StageRun, loss: torch.Tensor) -> None:
+    """One optimiser step on ``loss``'s gradient, L2-SP's added (after a GradScaler has unscaled it)."""
+    optimizer, scaler = run.optimizer, run.scaler
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        if run.pull is not None:
+            scaler.unscale_(optimizer)
+            run.pull.add_to_gradients()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        if run.pull is not None:
+            run.pull.add_to_gradients()
+        optimizer.step()
+
+
+def _metrics(run: StageRun, sums: EpochSums) -> dict:
+    n, y_val = len(run.y_train), run.y_val
+    val_loss, val_logits = _infer(run.inference, run.x_val, y_val)
+    return {"train_loss": float(sums.loss) / max(n, 1), "train_acc": float(sums.correct) / max(n, 1),
+            "val_loss": val_loss,
+            "val_acc": float((val_logits.argmax(1) == y_val).float().mean()) if len(y_val) else math.nan}
+
+
+def _mean_over_ranks(run: StageRun, sums: EpochSums) -> dict:
     """The epoch's metrics over every rank's images: each rank validates its share of the validation split, and
     one all_reduce sums the counts, so the numbers are those of all the images, whatever the shares' sizes."""
-    x, y = x_val[rank::size], y_val[rank::size]
-    val_loss, val_logits = _infer(infer, net, x, y, bs, device, autocast)
+    device, rank, size = run.inference.device, run.rank, run.size
+    x, y = run.x_val[rank::size], run.y_val[rank::size]
+    val_loss, val_logits = _infer(run.inference, x, y)
     val_sum = torch.tensor(val_loss * len(y) if len(y) else 0.0)
     val_correct = (val_logits.argmax(1) == y).sum() if len(y) else torch.tensor(0)
     loss_sum, correct, seen, val_sum, val_correct, n_val = distributed.all_sum(
-        loss_sum, correct, torch.tensor(seen), val_sum.to(device), val_correct.to(device),
+        sums.loss, sums.correct, torch.tensor(sums.seen), val_sum.to(device), val_correct.to(device),
         torch.tensor(len(y), device=device))
     return {"train_loss": float(loss_sum / seen.clamp(min=1)), "train_acc": float(correct / seen.clamp(min=1)),
             "val_loss": float(val_sum / n_val) if n_val else math.nan,
@@ -275,7 +383,8 @@ def _mean_over_ranks(infer, net, loss_sum, correct, seen, x_val, y_val, bs, devi
 
 
 @torch.no_grad()
-def _infer(forward, net, x, y, batch_size, device, autocast) -> tuple[float, torch.Tensor]:
+def _infer(inference: Inference, x, y) -> tuple[float, torch.Tensor]:
+    net, batch_size, device = inference.net, inference.batch_size, inference.device
     was = net.training
     net.eval()
     try:
@@ -284,8 +393,8 @@ def _infer(forward, net, x, y, batch_size, device, autocast) -> tuple[float, tor
         for i in range(0, len(x), batch_size):
             xb = x[i:i + batch_size]
             xb = torch.from_numpy(xb) if isinstance(xb, np.ndarray) else xb
-            with autocast():
-                logits = forward(xb.to(device, non_blocking=True)).float()
+            with inference.autocast():
+                logits = inference.forward(xb.to(device, non_blocking=True)).float()
             if y is not None:
                 total += float(F.cross_entropy(logits, y[i:i + batch_size].to(device), reduction="sum"))
             outs.append(logits.cpu())
@@ -301,5 +410,5 @@ def evaluate(net, images, labels, batch_size: int) -> Evaluation:
     device = device_of(net)
     x = np.ascontiguousarray(images, dtype=np.float32)
     y = None if labels is None else torch.from_numpy(np.asarray(labels, dtype=np.int64))
-    loss, logits = _infer(net, net, x, y, max(1, int(batch_size)), device, contextlib.nullcontext)
+    loss, logits = _infer(Inference(net, net, max(1, int(batch_size)), device), x, y)
     return Evaluation(loss=loss, logits=logits.numpy())

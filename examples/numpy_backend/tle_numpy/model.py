@@ -40,6 +40,8 @@ class Net:
     num_classes: int
     layers: list[Dense]
     trainable: dict[str, bool]
+    params: str = "all"  # which arrays of a trainable block train (train.params; see training.updates)
+    l2sp_start: dict[str, np.ndarray] | None = None  # L2-SP's w⁰, taken when training first starts
 
     @property
     def blocks(self) -> tuple[str, ...]:

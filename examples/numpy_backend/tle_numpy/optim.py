@@ -2,6 +2,8 @@
 
 Weight decay follows PyTorch: an L2 term added to the gradient for ``adam`` and
 ``sgd``, decoupled (``w -= lr * wd * w``) for ``adamw``. Epsilon is Keras's 1e-7.
+Each update may carry its own factor of ``lr`` (a block's, ``train.lr_decay``);
+``lr`` itself is set per epoch (``train.schedule``).
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ class Adam:
         self.t = 0
         self.moments: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
-    def step(self, updates: list[tuple[str, np.ndarray, np.ndarray]]) -> None:
-        """``updates``: (name, parameter, gradient); each parameter changes in place."""
+    def step(self, updates: list[tuple[str, np.ndarray, np.ndarray, float]]) -> None:
+        """``updates``: (name, parameter, gradient, factor of lr); each parameter changes in place."""
         self.t += 1
         # Bias corrections folded into the step size, as Keras does; a Python float
         # keeps the arithmetic in float32.
-        lr = self.lr * (1 - self.beta2**self.t) ** 0.5 / (1 - self.beta1**self.t)
-        for name, param, grad in updates:
+        corrected = self.lr * (1 - self.beta2**self.t) ** 0.5 / (1 - self.beta1**self.t)
+        for name, param, grad, factor in updates:
+            lr = corrected * factor
             if self.wd and not self.decoupled:
                 grad = grad + self.wd * param
             m, v = self.moments.get(name) or (np.zeros_like(param), np.zeros_like(param))
@@ -35,7 +38,7 @@ class Adam:
             v += (1 - self.beta2) * grad * grad
             self.moments[name] = (m, v)
             if self.wd and self.decoupled:
-                param -= self.lr * self.wd * param
+                param -= self.lr * factor * self.wd * param
             param -= lr * m / (np.sqrt(v) + self.eps)
 
     def state(self) -> dict[str, np.ndarray]:
@@ -55,14 +58,14 @@ class SGD:
         self.lr, self.momentum, self.wd = lr, momentum, weight_decay
         self.velocity: dict[str, np.ndarray] = {}
 
-    def step(self, updates: list[tuple[str, np.ndarray, np.ndarray]]) -> None:
-        for name, param, grad in updates:
+    def step(self, updates: list[tuple[str, np.ndarray, np.ndarray, float]]) -> None:
+        for name, param, grad, factor in updates:
             if self.wd:
                 grad = grad + self.wd * param
             if self.momentum:
                 v = self.velocity.get(name)
                 grad = self.velocity[name] = grad.copy() if v is None else self.momentum * v + grad
-            param -= self.lr * grad
+            param -= self.lr * factor * grad
 
     def state(self) -> dict[str, np.ndarray]:
         return {f"velocity/{name}": v for name, v in self.velocity.items()}

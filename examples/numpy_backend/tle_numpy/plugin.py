@@ -44,7 +44,8 @@ DESCRIPTIONS = {
 def backend_info() -> BackendInfo:
     return BackendInfo(name="numpy", framework="numpy", framework_version=version("numpy"),
                        description="example backend: NumPy MLPs with hand-written backprop",
-                       devices=("cpu",), capabilities=("onnx", "resume", "feature-cache"))
+                       devices=("cpu",), capabilities=("onnx", "resume", "feature-cache", "lr-factors", "schedule",
+                                                       "param-select", "l2sp"))
 
 
 @implements(hookspecs.register_models)
@@ -89,9 +90,11 @@ def apply_init(model: Net, blocks: list[str], init: InitSpec, seed: int) -> bool
 
 
 @implements(hookspecs.freeze_policy)
-def freeze_policy(model: Net, trainable: dict[str, bool], fixed_stats: Iterable[str] = ()) -> bool:
-    """No normalisation layers: ``fixed_stats`` is not used (pluggy leaves it out: it has a default)."""
+def freeze_policy(model: Net, trainable: dict[str, bool], fixed_stats: Iterable[str] = (), params: str = "all") -> bool:
+    """No normalisation layers: ``fixed_stats`` is not used (pluggy leaves it out: it has a default); with
+    ``params`` ``bias`` or ``bias+norm`` a trainable block trains its biases, with ``norm`` nothing of it."""
     model.trainable = {block: trainable.get(block) is True for block in model.blocks}
+    model.params = params
     return True
 
 
@@ -99,9 +102,17 @@ def freeze_policy(model: Net, trainable: dict[str, bool], fixed_stats: Iterable[
 def count_parameters(model: Net) -> list[BlockCount]:
     counts = []
     for block in model.blocks:
-        total = sum(layer.size for layer in model.layers if layer.block == block)
-        counts.append(BlockCount(block, total, total if model.trainable[block] else 0))
+        layers = [layer for layer in model.layers if layer.block == block]
+        total, bias = sum(layer.size for layer in layers), sum(layer.b.size for layer in layers)
+        trains = total if block == "head" or model.params == "all" else bias if "bias" in model.params else 0
+        counts.append(BlockCount(block, total, trains if model.trainable[block] else 0, bias=bias))
     return counts
+
+
+@implements(hookspecs.block_parameters)
+def block_parameters(model: Net) -> dict[str, dict[str, np.ndarray]]:
+    return {block: {f"{layer.name}.{k}": getattr(layer, k).copy() for layer in model.layers if layer.block == block
+                    for k in ("W", "b")} for block in model.blocks}
 
 
 @implements(hookspecs.train)
