@@ -37,7 +37,8 @@ def tle_epoch_seconds(spec: ExperimentSpec, data, weights: ResolvedWeights | Non
     """
     backend, plan, model = build(spec, data, weights)
     stage = plan.stages[0]
-    backend.hook.freeze_policy(model=model, trainable=dict(stage.trainable), fixed_stats=stage.fixed_stats)
+    backend.hook.freeze_policy(model=model, trainable=dict(stage.trainable), fixed_stats=stage.fixed_stats,
+                               params=stage.params)
     history = History()
     loop = TrainLoop(stage, step_offset=0, history=history, on_epoch=lambda record: None)
     t0 = time.perf_counter()

@@ -151,7 +151,7 @@ def test_resume_and_early_stop_follow_the_loop(data):
 def test_frozen_blocks_stay_bit_identical(data, optimizer):
     net = build(data)
     trainable = {"block1": False, "block2": True, HEAD: True}
-    hook.freeze_policy(model=net, trainable=trainable, fixed_stats=())
+    hook.freeze_policy(model=net, trainable=trainable, fixed_stats=(), params="all")
     before = arrays(net)
     hook.train(model=net, data=data, stage=stage_for(trainable, epochs=1, lr=1e-2),
                  train=TrainSpec(optimizer=optimizer, weight_decay=1e-3), loop=StubLoop())
@@ -170,7 +170,8 @@ def test_count_parameters_follow_freeze_policy(data):
     counts = hook.count_parameters(model=net)
     assert [(c.name, c.total, c.trainable) for c in counts] == [
         ("block1", block1, block1), ("block2", block2, block2), (HEAD, head, head)]
-    hook.freeze_policy(model=net, trainable={"block1": False, "block2": True, HEAD: True}, fixed_stats=("block1",))
+    hook.freeze_policy(model=net, trainable={"block1": False, "block2": True, HEAD: True}, fixed_stats=("block1",),
+                       params="all")
     assert [c.trainable for c in hook.count_parameters(model=net)] == [0, block2, head]
     linear = build(data, head=HeadSpec(kind="linear"))
     assert hook.count_parameters(model=linear)[-1].total == 64 * 10 + 10

@@ -22,6 +22,14 @@ the same classes) and ``--weights runs:/ID``; ONNX parity; resuming from a
 checkpoint (backends that list ``resume``); user errors ending with exit code
 2 and one line. Backends set the class attributes below to fit their models
 (image size, channels, how much accuracy a short run must reach).
+
+The fields of :mod:`tle.contract.tuning`, for a backend that lists their capability and answers
+``block_parameters``, are checked by what one SGD step (no momentum, the whole training split in one batch)
+does to each block: exactly the parameters ``train.params`` selects move (and the counts say so); each block
+moves by its ``train.lr_decay`` factor of what it moves at factor 1; L2-SP adds α(w − w⁰) to the gradient of
+blocks that start pretrained and βw to the head's; and the ``lr`` each epoch reports is the plan's rate of that
+epoch (``train.schedule``), the same numbers in every backend. A backend that lists none of them is refused such
+a spec by the core, in one line (checked too).
 """
 
 from __future__ import annotations
@@ -39,7 +47,8 @@ from tle.contract.records import Blueprint, ResolvedWeights, Trained
 from tle.errors import UserError
 from tle.contract.hookspecs import hookimpl
 from tle.contract.loop import Checkpointing, History, TrainLoop
-from tle.contract.strategy import HEAD, Rates, build_plan
+from tle.contract.strategy import HEAD, Rates, Tuning, build_plan
+from tle.contract.tuning import L2SP_CAPABILITY, LR_FACTORS, PARAM_SELECT, PARAMS, SCHEDULE, Schedule, selected
 from tle.store.status import RunStatus
 
 __all__ = ["BackendConformance"]
@@ -58,6 +67,7 @@ class BackendConformance:
     min_accuracy: ClassVar[float] = 0.5  # test accuracy the scratch run must reach (chance 0.33)
     init: ClassVar[str] = "he_normal"
     resume_atol: ClassVar[float] = 1e-5  # logits of a resumed stage against the uninterrupted one
+    step_lr: ClassVar[float] = 0.05  # the SGD rate of the one-step checks of train.lr_decay, params, l2sp, schedule
     spec_overrides: ClassVar[dict[str, Any]] = {}  # e.g. {"train": {"stdp": {"presentations": 500}}}
 
     # -- fixtures (one of each per test class) ----------------------------------
@@ -143,11 +153,12 @@ class BackendConformance:
         tree.update(top)
         return build_spec(tree)
 
-    def _build(self, backend, data, seed: int = 0, weights: ResolvedWeights | None = None, class_names=None):
+    @classmethod
+    def _build(cls, backend, data, seed: int = 0, weights: ResolvedWeights | None = None, class_names=None):
         from tle.contract.spec import HeadSpec
 
         names = list(class_names or data.class_names)
-        return backend.hook.load_backbone(blueprint=Blueprint(model=self.model, class_names=tuple(names),
+        return backend.hook.load_backbone(blueprint=Blueprint(model=cls.model, class_names=tuple(names),
                                                               input_shape=data.input_shape, head=HeadSpec(),
                                                               device="cpu", precision="fp32", seed=seed),
                                           weights=weights or ResolvedWeights(kind="none"))
@@ -174,7 +185,8 @@ class BackendConformance:
     def _train(self, backend, model, data, stage, **loop):
         from tle.contract.spec import TrainSpec
 
-        backend.hook.freeze_policy(model=model, trainable=dict(stage.trainable), fixed_stats=stage.fixed_stats)
+        backend.hook.freeze_policy(model=model, trainable=dict(stage.trainable), fixed_stats=stage.fixed_stats,
+                                   params=stage.params)
         history = History()
         trained = backend.hook.train(model=model, data=data, stage=stage, loop=TrainLoop(
             stage, history, **loop),
@@ -182,6 +194,54 @@ class BackendConformance:
                             **self.spec_overrides.get("train", {})))
         self._check_trained(trained, len(history.records))
         return history
+
+    @classmethod
+    def _step(cls, backend, data, stage, capture: tuple[int, ...] = ()) -> tuple[dict, list, list]:
+        """A fresh model (seed 0) trained for ``stage`` with SGD at ``stage``'s rates, no momentum, the whole
+        training split in each step: ``(w⁰, [parameters after each epoch in capture], the epochs' lr)``."""
+        from tle.contract.loop import Listeners
+        from tle.contract.spec import TrainSpec
+
+        model = cls._build(backend, data)
+        backend.hook.freeze_policy(model=model, trainable=dict(stage.trainable), fixed_stats=stage.fixed_stats,
+                                   params=stage.params)
+        start = backend.hook.block_parameters(model=model)
+        if start is None:
+            pytest.skip(f"backend {cls.backend} does not answer block_parameters")
+        seen: list = []
+        history = History()
+
+        def on_epoch(record):
+            if record.epoch in capture:
+                seen.append(backend.hook.block_parameters(model=model))
+
+        overrides = {k: v for k, v in cls.spec_overrides.get("train", {}).items()
+                     if k not in ("optimizer", "momentum", "batch_size", "weight_decay")}
+        train = TrainSpec(epochs=stage.epochs, batch_size=len(data.y_train), lr=stage.lr, seed=0, optimizer="sgd",
+                          momentum=0.0, **overrides)
+        trained = backend.hook.train(model=model, data=data, stage=stage, train=train,
+                                     loop=TrainLoop(stage, history, listeners=Listeners(on_epoch=on_epoch)))
+        cls._check_trained(trained, len(history.records))
+        return start, seen, [r.metrics.get("lr") for r in history.records]
+
+    @staticmethod
+    def _skip_unless(backend, *capabilities: str) -> None:
+        missing = [c for c in capabilities if c not in backend.info.capabilities]
+        if missing:
+            pytest.skip(f"backend {backend.info.name} does not list {', '.join(missing)}")
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def conformance_baseline(cls, conformance_backend, conformance_data):
+        """Four SGD steps (one per epoch) of every block from the same start, at factor 1 without L2-SP, under a
+        cosine schedule with a warm-up epoch: w⁰, the parameters after epochs 0 and 1, each epoch's reported lr,
+        and the stage."""
+        if not {LR_FACTORS, L2SP_CAPABILITY, SCHEDULE} & set(conformance_backend.info.capabilities):
+            pytest.skip(f"backend {cls.backend} lists none of lr-factors, l2sp, schedule")
+        stage = build_plan("transfer:all", list(conformance_backend.model(cls.model).blocks),
+                           Rates(4, cls.step_lr, schedule=Schedule("cosine", 1))).stages[0]
+        start, (first, second), lrs = cls._step(conformance_backend, conformance_data, stage, capture=(0, 1))
+        return start, first, second, lrs, stage
 
     @staticmethod
     def _check_trained(trained, epochs: int) -> None:
@@ -232,17 +292,123 @@ class BackendConformance:
         from tle.run.runner import check_counts
 
         blocks = self._blocks(conformance_backend)
-        strategies = ["scratch", "feature-extractor", f"finetune:{blocks[-1]}", f"transfer:{blocks[0]}"]
+        strategies = ["scratch", "feature-extractor", f"finetune:{blocks[-1]}", f"transfer:{blocks[0]}",
+                      f"surgical:{blocks[0]}", "gradual", "lp-ft"]
+        selections = PARAMS if PARAM_SELECT in conformance_backend.info.capabilities else ("all",)
         model = self._build(conformance_backend, conformance_data)
         totals = set()
         for strategy in strategies:
-            for stage in build_plan(strategy, blocks, Rates(1, 1e-3)).stages:
-                conformance_backend.hook.freeze_policy(model=model, trainable=dict(stage.trainable),
-                                                       fixed_stats=stage.fixed_stats)
-                counts = list(conformance_backend.hook.count_parameters(model=model))
-                check_counts(stage, counts, self.backend)  # raises naming the block otherwise
-                totals.add(sum(c.total for c in counts))
+            for params in selections:
+                for stage in build_plan(strategy, blocks, Rates(1, 1e-3), Tuning(params=params)).stages:
+                    conformance_backend.hook.freeze_policy(model=model, trainable=dict(stage.trainable),
+                                                           fixed_stats=stage.fixed_stats, params=stage.params)
+                    counts = list(conformance_backend.hook.count_parameters(model=model))
+                    check_counts(stage, counts, self.backend)  # raises naming the block otherwise
+                    totals.add(sum(c.total for c in counts))
+                    assert all(0 <= c.bias + c.norm <= c.total for c in counts), counts
         assert len(totals) == 1, totals  # freezing never adds or drops parameters
+
+    def test_conformance_gradual_unfreezes_one_block_per_stage_from_the_top(self, conformance_backend,
+                                                                           conformance_data):
+        blocks = self._blocks(conformance_backend)
+        model = self._build(conformance_backend, conformance_data)
+        trained = []
+        for stage in build_plan("gradual", blocks, Rates(1, 1e-3)).stages:
+            conformance_backend.hook.freeze_policy(model=model, trainable=dict(stage.trainable),
+                                                   fixed_stats=stage.fixed_stats, params="all")
+            trained.append([c.name for c in conformance_backend.hook.count_parameters(model=model) if c.trainable])
+        assert trained == [[*blocks[len(blocks) - k:], HEAD] for k in range(len(blocks) + 1)]
+
+    # -- the fine-tuning methods (tle.contract.tuning) ---------------------------
+
+    def test_conformance_one_step_moves_exactly_the_selected_parameters(self, conformance_backend,
+                                                                       conformance_data):
+        """``surgical`` of the top block with ``train.params: bias+norm``: frozen blocks do not move; of the top
+        block exactly as many parameters move as its bias and norm counts say; the head moves whole."""
+        self._skip_unless(conformance_backend, PARAM_SELECT)
+        blocks = self._blocks(conformance_backend)
+        stage = build_plan(f"surgical:{blocks[-1]}", blocks, Rates(1, self.step_lr, 1, self.step_lr),
+                           Tuning(params="bias+norm")).stages[1]
+        model = self._build(conformance_backend, conformance_data)
+        conformance_backend.hook.freeze_policy(model=model, trainable=dict(stage.trainable),
+                                               fixed_stats=stage.fixed_stats, params=stage.params)
+        counts = {c.name: c for c in conformance_backend.hook.count_parameters(model=model)}
+        start, (after,), _ = self._step(conformance_backend, conformance_data, stage, capture=(0,))
+        for block, arrays in start.items():
+            moved = sum(a.size for name, a in arrays.items() if not np.array_equal(a, after[block][name]))
+            c = counts[block]
+            want = 0 if not stage.trainable[block] else c.total if block == HEAD else \
+                selected(c.total, c.bias, c.norm, "bias+norm")
+            assert moved == want == c.trainable, (block, moved, want, c)
+
+    def test_conformance_each_block_moves_at_its_learning_rate_factor(self, conformance_backend, conformance_data,
+                                                                     conformance_baseline):
+        """``train.lr_decay`` 0.5: one SGD step moves block i of N by 0.5^(N−i) of what it moves at factor 1 (the
+        same gradient: same start, same batch), the head by 1."""
+        self._skip_unless(conformance_backend, LR_FACTORS)
+        start, first, _, _, _ = conformance_baseline
+        blocks = self._blocks(conformance_backend)
+        stage = build_plan("transfer:all", blocks, Rates(1, self.step_lr, lr_decay=0.5,
+                                                         schedule=Schedule("cosine", 1))).stages[0]
+        _, (decayed,), lrs = self._step(conformance_backend, conformance_data, stage, capture=(0,))
+        assert lrs == [pytest.approx(self.step_lr / 2, rel=1e-6)], lrs
+        for block in [*blocks, HEAD]:
+            ratio = _moved(start[block], decayed[block]) / _moved(start[block], first[block])
+            assert ratio == pytest.approx(stage.factor(block), rel=2e-2), (block, ratio, stage.factor(block))
+
+    def test_conformance_l2sp_adds_its_gradient(self, conformance_backend, conformance_data, conformance_baseline):
+        """L2-SP α on blocks that start pretrained (``transfer:all``: every block), β on the head: at w⁰ its
+        gradient is βw⁰ on the head and nothing on the blocks; one step later α(w₁ − w⁰) on the blocks."""
+        self._skip_unless(conformance_backend, L2SP_CAPABILITY)
+        start, first, second, _, base = conformance_baseline
+        blocks = self._blocks(conformance_backend)
+        alpha, beta = 10.0, 10.0
+        pulled = build_plan("transfer:all", blocks, Rates(4, self.step_lr, schedule=Schedule("cosine", 1)),
+                            Tuning(l2sp=(alpha, 0.0))).stages[0]
+        _, (_, pulled_second), _ = self._step(conformance_backend, conformance_data, pulled, capture=(0, 1))
+        for block in blocks:  # step 2: α(w₁ − w⁰) more gradient, at epoch 1's rate
+            for name, w0 in start[block].items():
+                want = -base.rate(1) * alpha * (first[block][name].astype(np.float64) - w0)
+                got = pulled_second[block][name].astype(np.float64) - second[block][name]
+                assert np.abs(got - want).max() <= 1e-2 * np.abs(want).max() + 1e-7, (block, name)
+        for name in start[HEAD]:  # β = 0: the head's steps are the baseline's
+            np.testing.assert_allclose(pulled_second[HEAD][name], second[HEAD][name], rtol=0, atol=1e-6)
+        towards_zero = build_plan("transfer:all", blocks, Rates(1, self.step_lr, schedule=Schedule("cosine", 1)),
+                                  Tuning(l2sp=(alpha, beta))).stages[0]
+        _, (one,), _ = self._step(conformance_backend, conformance_data, towards_zero, capture=(0,))
+        for block in blocks:  # at w⁰, α's pull is zero
+            for name in start[block]:
+                np.testing.assert_allclose(one[block][name], first[block][name], rtol=0, atol=1e-6)
+        for name, w0 in start[HEAD].items():  # step 1: βw⁰ more gradient
+            want = -towards_zero.rate(0) * beta * w0.astype(np.float64)
+            got = one[HEAD][name].astype(np.float64) - first[HEAD][name]
+            assert np.abs(got - want).max() <= 1e-2 * np.abs(want).max() + 1e-7, name
+
+    def test_conformance_each_epoch_reports_the_plans_rate(self, conformance_backend, conformance_baseline):
+        """``train.schedule: cosine`` with a warm-up epoch: the ``lr`` of each epoch is the plan's, whichever
+        backend trains (so the same in all of them)."""
+        self._skip_unless(conformance_backend, SCHEDULE)
+        *_, lrs, stage = conformance_baseline
+        assert lrs == pytest.approx(list(stage.rates()), rel=1e-6), (lrs, stage.rates())
+        assert lrs[0] == pytest.approx(self.step_lr / 2) and lrs[1] == pytest.approx(self.step_lr)
+
+    def test_conformance_what_a_backend_cannot_apply_is_refused_before_any_run(self, conformance_backend,
+                                                                              conformance_store):
+        """A spec field of :mod:`tle.contract.tuning` whose capability the backend does not list: one user error
+        from the runner before anything is created."""
+        from tle.run.runner import RunOptions, run_experiment
+
+        fields = {LR_FACTORS: {"lr_decay": 0.5}, PARAM_SELECT: {"params": "bias"}, L2SP_CAPABILITY: {"l2sp": "0.1,0.1"},
+                  SCHEDULE: {"schedule": "cosine"}}
+        missing = [cap for cap in fields if cap not in conformance_backend.info.capabilities]
+        if not missing:
+            pytest.skip(f"backend {self.backend} applies every field of tle.contract.tuning")
+        for cap in missing:
+            spec = self._spec(conformance_store, train={"epochs": 1, "batch_size": self.batch_size, "lr": self.lr,
+                                                        "seed": 0, **self.spec_overrides.get("train", {}),
+                                                        **fields[cap]})
+            with pytest.raises(UserError, match=cap):
+                run_experiment(spec, RunOptions(quiet=True, export=False))
 
     def test_conformance_apply_init_is_seeded_per_block(self, conformance_backend, conformance_data, tmp_path):
         from tle.contract.initializers import InitSpec
@@ -368,6 +534,11 @@ class BackendConformance:
             lines = [line for line in proc.stderr.splitlines() if line.strip()]
             assert proc.returncode == 2, proc.stderr
             assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+
+
+def _moved(before: dict, after: dict) -> float:
+    """How far a block moved: the norm of the change over all its arrays (float64)."""
+    return float(np.sqrt(sum(float(((after[k].astype(np.float64) - v) ** 2).sum()) for k, v in before.items())))
 
 
 class _TrainRecorder:

@@ -307,7 +307,7 @@ def fit(knet, data, stage, spec, loop) -> Trained:
     seed = derived_seed(spec.seed, "train", stage.index)
     set_random_seed(seed)  # Python, NumPy, Keras and TF global seeds; keeps the traced steps instantiated
     if stage.l2sp is not None and knet.l2sp_start is None:  # L2-SP's w⁰, before a checkpoint replaces it
-        knet.l2sp_start = {v.path: np.array(v) for v in knet.net.weights if v.path in knet.capable}
+        knet.l2sp_start = {v.path: np.asarray(v).copy() for v in knet.net.weights if v.path in knet.capable}
     # The model first: the frozen prefix cached below must be the checkpoint's.
     resumed_stage = load_model_state(loop.resume_from, knet)[0] if loop.resume_from is not None else None
     start_block = knet.frozen_prefix() if spec.cache_features and not spec.augment else 0
