@@ -354,6 +354,100 @@ def rank() -> None:
         st.plot("rank", f"tags.`tle.rank` = 'rank-{key}'", "ranking.png", f"rank-{key}.png")
 
 
+STRATEGIES_SWEEP = "examples/sweeps/strategies_offline.yaml"
+METHOD_ORDER = ("scratch", "feature-extractor", "finetune:block4", "lp-ft", "gradual", "surgical:block1",
+                "surgical:block4", "lp-ft + lr_decay 0.7", "lp-ft + L2-SP 0.1,0.01", "lp-ft + bias+norm")
+
+
+def strategies() -> None:
+    """The fine-tuning methods of today (issue 27): examples/sweeps/strategies_offline.yaml, both backends, 3 seeds"""
+    import json
+
+    st = Study("strategies")
+    st.sh(f"python {ROOT / 'examples/printed_letters.py'} letters --per-class 160 && rm -rf letters/[F-J]")
+    t0 = st.seconds
+    st.sh(f"tle --quiet sweep {ROOT / STRATEGIES_SWEEP} --jobs 2 --format table > table.txt")
+    sweep_seconds = st.seconds - t0
+    printed = st.sh(f"tle --quiet sweep {ROOT / STRATEGIES_SWEEP} --jobs 2 --format markdown")
+    st.write("strategies-sweep", printed, f"tle sweep {STRATEGIES_SWEEP} --jobs 2 --format markdown", sweep_seconds)
+    t0 = st.seconds
+    cells = json.loads(st.sh("tle --quiet compare --sweep strategies-offline --format json").strip().splitlines()[-1])
+    st.write("strategies", strategies_table(cells["cells"]), "tle compare --sweep strategies-offline --format json",
+             st.seconds - t0)
+    st.plot("strategies-offline", "tags.backend = 'torch' and tags.strategy = 'gradual' and "
+            "params.`dataset.train` = '20' and params.`dataset.source` = 'folder:letters' and "
+            "params.`train.seed` = '0'", "plots/learning_curves.png", "strategies-gradual-learning-curves.png")
+
+
+def method_name(cell: dict) -> str:
+    """A cell's method: its strategy, and what it sets of train.lr_decay, l2sp, params."""
+    name = cell["strategy"]
+    if cell.get("train.lr_decay") not in (None, "", "1.0"):
+        name += f" + lr_decay {cell['train.lr_decay']}"
+    if cell.get("train.l2sp.alpha") not in (None, ""):
+        name += f" + L2-SP {cell['train.l2sp.alpha']},{cell['train.l2sp.beta']}"
+    if cell.get("train.params") not in (None, "", "all"):
+        name += f" + {cell['train.params']}"
+    return name
+
+
+def strategies_table(cells: list[dict]) -> str:
+    """Mean ± sd over seeds per method (rows) and backend × target (columns), marked against feature-extractor
+    (fe) and finetune:block4 (ft) of the same column with the sweep's rule: ▲/▼ when |Δ| > sd + sd_other; then
+    keras against torch per method and target with the same rule."""
+    from collections import defaultdict
+
+    by = defaultdict(dict)
+    for c in cells:
+        if c["role"] != "cell" or not c["n"]:
+            continue
+        target = f"{c['dataset'].removeprefix('folder:')} {c.get('dataset.train', '')}/class"
+        by[(c["backend"], target)][method_name(c)] = (c["test_acc_mean"], c["test_acc_sd"] or 0.0, c["n"])
+    columns = sorted(by, key=lambda k: (("torch", "keras").index(k[0]), k[1]))
+
+    def mark(a, b, tag: str) -> str:
+        if b is None or a is b:
+            return ""
+        beyond = abs(a[0] - b[0]) > a[1] + b[1]
+        return f" {'▲' if a[0] > b[0] else '▼'}{tag}" if beyond else ""
+
+    head = ["method", *[f"{backend} {target}" for backend, target in columns]]
+    lines = ["**test accuracy, mean ± sd over 3 seeds; ▲/▼fe, ▲/▼ft: above/below feature-extractor, finetune:block4 "
+             "of the same column by more than the seed spread (|Δ| > sd + sd)**", "",
+             "(Made by `scripts/docs_tables.py` from the cells `tle compare --sweep strategies-offline --format json` "
+             "printed.)", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method in METHOD_ORDER:
+        row = [method]
+        for col in columns:
+            got = by[col].get(method)
+            if got is None:
+                row.append("-")
+                continue
+            text = f"{got[0]:.3f} ± {got[1]:.3f}" + (f" n={got[2]}" if got[2] != 3 else "")
+            row.append(text + mark(got, by[col].get("feature-extractor"), "fe") +
+                       mark(got, by[col].get("finetune:block4"), "ft"))
+        lines.append("| " + " | ".join(row) + " |")
+    targets = sorted({t for _, t in columns})
+    lines += ["", "**keras − torch, mean difference of test accuracy; ≠: beyond the two seed spreads**", "",
+              "| method | " + " | ".join(targets) + " |", "|" + "---|" * (len(targets) + 1)]
+    apart = 0
+    for method in METHOD_ORDER:
+        row = [method]
+        for target in targets:
+            k, t = by[("keras", target)].get(method), by[("torch", target)].get(method)
+            if k is None or t is None:
+                row.append("-")
+                continue
+            beyond = abs(k[0] - t[0]) > k[1] + t[1]
+            apart += beyond
+            row.append(f"{k[0] - t[0]:+.3f}" + (" ≠" if beyond else ""))
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", f"{apart} of {len(METHOD_ORDER) * len(targets)} method × target cells differ between the "
+              "frameworks by more than the seed spread."]
+    return "\n".join(lines) + "\n"
+
+
 def cli() -> None:
     """docs/commands/reference.md from the typer app (typer's own `utils docs`)."""
     REFERENCE.parent.mkdir(parents=True, exist_ok=True)
@@ -423,7 +517,7 @@ def check_demo(output: str | None) -> None:
 
 STUDIES = {"cli": cli, "plan": plan, "demo": demo, "s0": s0, "s1": s1, "s3": s3, "search": search, "s4": s4,
            "batchnorm": batchnorm, "cnn-fusion": cnn_fusion, "s2": s2, "s2-synthetic": s2_synthetic,
-           "s2-letters": s2_letters, "s2-plain": s2_plain, "s2-mnist": s2_mnist, "rank": rank}
+           "s2-letters": s2_letters, "s2-plain": s2_plain, "s2-mnist": s2_mnist, "rank": rank, "strategies": strategies}
 
 
 def main() -> None:

@@ -18,8 +18,10 @@
 A cell whose ``weights`` is ``pretrain`` (the default for strategies that
 start from pretrained blocks when the file has a ``pretrain`` section) gets
 ``runs:/ID`` of a pretraining run built from the same cell with the
-``pretrain`` overrides on top (strategy ``scratch`` unless given); identical
-pretraining specs run once. A cell whose strategy needs no pretrained blocks
+``pretrain`` overrides on top (strategy ``scratch`` unless given; the fields of
+how a cell fine-tunes, ``train.lr_decay``, ``params``, ``l2sp``, ``schedule``,
+``warmup_epochs`` and ``gradual_epochs``, at their defaults unless given);
+identical pretraining specs run once. A cell whose strategy needs no pretrained blocks
 (``scratch``) starts from nothing. ``pretrain: {backend: torch}`` pretrains
 with one backend for the cells of every backend (the spec is otherwise the
 same, so one run serves them all): its weights cross frameworks as a portable
@@ -49,6 +51,9 @@ from tle.contract.strategy import parse_strategy
 from tle.studies.search_spec import SearchSpec, parse_search
 
 KNOWN_KEYS = {"name", "base", "axes", "cells", "pretrain", "search"}
+# How a cell fine-tunes (tle.contract.tuning): left at their defaults in its pretraining run unless the pretrain
+# section sets them, so cells that differ only in them share one pretraining run.
+FINE_TUNING = ("lr_decay", "params", "l2sp", "schedule", "warmup_epochs", "gradual_epochs")
 
 
 @dataclass
@@ -147,6 +152,9 @@ class Grid:
         assert self.pretrain is not None, "attach_pretrain checks it"
         ptree = copy.deepcopy(tree)
         ptree.update({"weights": "none", "strategy": "scratch"})
+        if isinstance(ptree.get("train"), dict):  # how a cell fine-tunes is not how its backbone was pretrained
+            for name in FINE_TUNING:
+                ptree["train"].pop(name, None)
         _merge(ptree, copy.deepcopy(self.pretrain))
         spec = _validate(ptree, {"pretrain": True})
         if spec.weights == PRETRAIN:

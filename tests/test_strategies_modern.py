@@ -1,0 +1,386 @@
+"""The fine-tuning methods of today (issue 27): surgical, gradual, lp-ft; train.lr_decay, params, l2sp, schedule.
+
+The grammar, the plans and the schedules are checked without a framework, against hand computations; the
+backends' side of them (trainable sets, per-block rates, the L2-SP gradient, each epoch's rate) is the conformance
+suite's (``tle.testing``), which every backend inherits. Here, beside those: the two frameworks give the same plan
+on vgg16 and resnet50 and the same rates per epoch; a backend that cannot apply a field refuses it in one line
+before any run; a torch run of ``gradual`` with every field resumes mid-way through a later stage exactly, caches
+the prefix that stays frozen, and exports nothing of its regulariser; a sweep varies the fields and ``tle compare``
+names the strategies.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import tle, tle_inprocess
+from tle.contract.spec import build_spec
+from tle.contract.strategy import HEAD, Rates, Tuning, build_plan, parse_strategy
+from tle.contract.tuning import Schedule, decay_factors
+from tle.errors import UserError
+
+VGG = ("block1", "block2", "block3", "block4", "block5")
+
+
+# -- grammar and plans (no framework) ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, kind, block", [("surgical:block2", "surgical", "block2"), ("gradual", "gradual", None),
+                                               ("gradual:block3", "gradual", "block3"), ("lp-ft", "lp-ft", None),
+                                               ("LPFT", "lp-ft", None)])
+def test_the_new_strategies_parse(text, kind, block):
+    s = parse_strategy(text)
+    assert (s.kind, s.block) == (kind, block) and s.needs_pretrained
+
+
+@pytest.mark.parametrize("text, says", [("surgical", "needs a block"), ("lp-ft:block1", "takes no block"),
+                                        ("gradual:all", "only valid with transfer"), ("surgical:all", "only valid")])
+def test_the_new_strategies_refuse_what_they_cannot_mean(text, says):
+    with pytest.raises(ValueError, match=says):
+        parse_strategy(text)
+
+
+def test_surgical_trains_one_block_and_the_head_after_a_probe():
+    plan = build_plan("surgical:block2", VGG, Rates(4, 1e-3, finetune_epochs=3, finetune_lr=1e-4))
+    head, surgical = plan.stages
+    assert head.trainable_blocks == [HEAD] and (head.epochs, head.lr) == (4, 1e-3)
+    assert surgical.trainable_blocks == ["block2", HEAD] and (surgical.epochs, surgical.lr) == (3, 1e-4)
+    assert plan.pretrained == VGG and plan.reinit == (HEAD,)
+    # Only block2 trains, so only block1 is a frozen prefix to cache.
+    assert plan.frozen_prefix(surgical) == 1
+
+
+def test_gradual_unfreezes_one_block_per_stage_from_the_top_down_to_its_block():
+    plan = build_plan("gradual:block3", VGG, Rates(2, 1e-3, finetune_lr=1e-4, gradual_epochs=3))
+    assert [s.trainable_blocks for s in plan.stages] == [
+        [HEAD], ["block5", HEAD], ["block4", "block5", HEAD], ["block3", "block4", "block5", HEAD]]
+    assert [s.name for s in plan.stages] == ["head", "unfreeze-block5", "unfreeze-block4", "unfreeze-block3"]
+    assert [(s.epochs, s.lr) for s in plan.stages] == [(2, 1e-3)] + [(3, 1e-4)] * 3
+    assert [plan.frozen_prefix(s) for s in plan.stages] == [5, 4, 3, 2]  # the prefix that stays frozen shrinks
+    assert len(build_plan("gradual", VGG, Rates(2, 1e-3)).stages) == 6  # down to block1
+
+
+def test_lp_ft_is_finetune_of_the_first_block():
+    rates = Rates(3, 1e-3, finetune_epochs=4, finetune_lr=2e-4)
+    lpft, first = build_plan("lp-ft", VGG, rates), build_plan("finetune:block1", VGG, rates)
+    assert [s.name for s in lpft.stages] == ["probe", "finetune"]
+    for a, b in zip(lpft.stages, first.stages, strict=True):
+        assert (a.trainable, a.epochs, a.lr, a.fixed_stats) == (b.trainable, b.epochs, b.lr, b.fixed_stats)
+
+
+def test_lr_decay_factors_are_gamma_to_the_blocks_above():
+    assert decay_factors(VGG, 0.5) == {"block1": 0.0625, "block2": 0.125, "block3": 0.25, "block4": 0.5, "block5": 1}
+    plan = build_plan("finetune:block4", VGG, Rates(1, 1e-3, finetune_lr=1e-4, lr_decay=0.7))
+    head, tune = plan.stages
+    assert dict(head.lr_factors) == {HEAD: 1.0}
+    assert dict(tune.lr_factors) == pytest.approx({"block4": 0.7, "block5": 1.0, HEAD: 1.0})
+    assert tune.factor("block4") * tune.rate(0) == pytest.approx(0.7e-4)
+
+
+def test_params_and_l2sp_reach_every_stage():
+    plan = build_plan("transfer:block2", VGG, Rates(2, 1e-3), Tuning(params="bias+norm", l2sp=(0.1, 0.01)))
+    (stage,) = plan.stages
+    assert stage.params == "bias+norm"
+    assert stage.l2sp is not None and stage.l2sp.pretrained == ("block1", "block2")
+    assert stage.l2sp.pull("block2") == (0.1, True) and stage.l2sp.pull("block3") == (0.01, False)
+    assert stage.l2sp.pull(HEAD) == (0.01, False)
+    with pytest.raises(UserError, match="train.params"):
+        build_plan("scratch", VGG, Rates(1, 1e-3), Tuning(params="weights"))
+
+
+@pytest.mark.parametrize("kind, warmup, epochs, want", [
+    ("constant", 0, 3, [1, 1, 1]),
+    ("constant", 2, 4, [1 / 3, 2 / 3, 1, 1]),
+    ("cosine", 0, 4, [1, (1 + math.cos(math.pi / 4)) / 2, 0.5, (1 + math.cos(3 * math.pi / 4)) / 2]),
+    ("cosine", 1, 3, [0.5, 1, 0.5]),
+    ("step", 0, 4, [1, 1, 0.1, 0.01]),
+    ("step", 0, 8, [1, 1, 1, 1, 0.1, 0.1, 0.01, 0.01]),
+    ("step", 0, 2, [1, 0.1]),
+    ("step", 1, 2, [0.5, 1]),
+    ("cosine", 3, 2, [0.25, 0.5]),  # a stage shorter than its warm-up warms up throughout
+])
+def test_schedule_factors_by_hand(kind, warmup, epochs, want):
+    assert list(Schedule(kind, warmup).factors(epochs)) == pytest.approx(want)
+
+
+def test_a_stage_rates_each_epoch_on_its_own_rate():
+    plan = build_plan("finetune:block5", VGG, Rates(2, 1e-3, finetune_epochs=3, finetune_lr=1e-4,
+                                                     schedule=Schedule("cosine", 1)))
+    assert plan.stages[0].rates() == pytest.approx((0.5e-3, 1e-3))
+    assert plan.stages[1].rates() == pytest.approx((0.5e-4, 1e-4, 0.5e-4))
+
+
+# -- the spec ---------------------------------------------------------------------------------------------------
+
+def test_spec_fields_and_their_errors():
+    base = {"backend": "torch", "model": "vgg_small"}
+    spec = build_spec(base, {"train.l2sp": "0.1,0.01", "train.lr_decay": 0.7, "train.params": "bias+norm",
+                             "train.schedule": "step", "train.warmup_epochs": 2, "train.gradual_epochs": 3})
+    assert (spec.train.l2sp.alpha, spec.train.l2sp.beta) == (0.1, 0.01)
+    assert build_spec(base, {"train.l2sp": 0.05}).train.l2sp.beta == 0.05  # one number is both
+    assert build_spec(base, {"train.l2sp": {"alpha": 1, "beta": 0}}).train.l2sp.alpha == 1
+    for override, says in [({"train.l2sp": "0.1,x"}, "ALPHA,BETA"), ({"train.lr_decay": 0}, "lr_decay"),
+                           ({"train.lr_decay": 1.5}, "lr_decay"), ({"train.params": "weights"}, "train.params"),
+                           ({"train.schedule": "linear"}, "train.schedule"),
+                           ({"train.l2sp": "0.1,0.1", "train.weight_decay": 1e-4}, "replaces weight decay")]:
+        with pytest.raises(UserError, match=says):
+            build_spec(base, override)
+
+
+def test_spec_key_keeps_the_cells_of_earlier_sweeps():
+    """Fields at their defaults leave the key as it was before they existed (a sweep finds its earlier cells)."""
+    base = {"backend": "torch", "model": "vgg_small"}
+    plain = build_spec(base).key()
+    assert build_spec(base, {"train.lr_decay": 1.0, "train.params": "all", "train.warmup_epochs": 0}).key() == plain
+    assert len({plain, build_spec(base, {"train.lr_decay": 0.7}).key(), build_spec(base, {"train.l2sp": 0.1}).key(),
+                build_spec(base, {"train.schedule": "cosine"}).key()}) == 4
+
+
+def test_every_field_can_be_a_sweep_axis(tmp_path):
+    from tle.studies.grid import load_grid
+
+    path = tmp_path / "grid.yaml"
+    path.write_text("""
+name: fields
+base: {backend: torch, model: vgg_small, dataset: digits}
+pretrain: {dataset: {source: "digits:0-4"}}
+axes:
+  strategy: ["gradual:block4", lp-ft, "surgical:block2"]
+  train.lr_decay: [1.0, 0.7]
+  train.params: [all, bias+norm]
+  train.l2sp: [null, "0.1,0.01"]
+  train.schedule: [constant, cosine]
+  train.warmup_epochs: [0, 1]
+""")
+    cells = [c for c in load_grid(path).cells() if c.role == "cell"]
+    assert len(cells) == 3 * 2 ** 5
+    assert {(c.spec.train.lr_decay, c.spec.train.params, str(c.spec.train.l2sp), c.spec.train.schedule)
+            for c in cells} >= {(0.7, "bias+norm", "0.1,0.01", "cosine"), (1.0, "all", "None", "constant")}
+    # Every cell pretrains with the same spec: how a cell fine-tunes is not part of its pretraining run.
+    assert len({c.pretrain.key for c in cells if c.pretrain is not None}) == 1
+
+
+# -- what a backend cannot apply: one line, before any run ---------------------------------------------------------
+
+@pytest.mark.parametrize("field, value, capability", [("train.lr_decay", "0.5", "lr-factors"),
+                                                      ("train.schedule", "cosine", "schedule"),
+                                                      ("train.params", "bias", "param-select"),
+                                                      ("train.l2sp", "0.1,0.1", "l2sp")])
+def test_a_backend_that_cannot_refuses_at_plan_and_run(store, tmp_path, field, value, capability):
+    from mlflow.tracking import MlflowClient
+
+    for command in (["plan", "--backend", "spyketorch", "--model", "mozafari_small", "--strategy", "gradual"],
+                    ["run", "--backend", "spyketorch", "--model", "mozafari_small", "--dataset", "digits:0-1",
+                     "--epochs", "1", "--experiment", "refused-tuning"]):
+        proc = tle_inprocess(*command, "--set", f"{field}={value}", env={"MLFLOW_TRACKING_URI": store}, cwd=tmp_path)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+        assert lines[0].startswith("error:") and capability in lines[0] and field in lines[0], lines
+    assert MlflowClient(store).get_experiment_by_name("refused-tuning") is None
+
+
+# -- torch and keras: the same plans, the same rates ------------------------------------------------------------
+
+PLAN_PROBE = r"""
+import json, sys
+import numpy as np
+from tle.backends.manager import load_backend
+from tle.contract.records import Blueprint, ResolvedWeights
+from tle.contract.spec import HeadSpec, TrainSpec
+from tle.contract.strategy import Rates, Tuning, build_plan
+from tle.contract.tuning import PARAMS, Schedule
+from tle.run.runner import freeze
+
+backend_name = sys.argv[1]
+be = load_backend(backend_name)
+out = {"plans": {}}
+for model in ("vgg16", "resnet50"):
+    blocks = be.model(model).blocks
+    net = be.hook.load_backbone(blueprint=Blueprint(model, tuple("abcde"), (32, 32, 3), HeadSpec()),
+                                weights=ResolvedWeights(kind="none"))
+    for strategy in ("surgical:block3", "gradual", "lp-ft", "finetune:block4"):
+        for params in PARAMS:
+            plan = build_plan(strategy, blocks, Rates(1, 1e-3, lr_decay=0.7), Tuning(params=params, l2sp=(0.1, 0.01)))
+            out["plans"][f"{model} {strategy} {params}"] = [
+                [(c.name, c.total, c.trainable, c.bias, c.norm, round(s.factor(c.name), 12),
+                  s.l2sp.describe(c.name)) for c in freeze(be, net, s)] for s in plan.stages]
+# The rates each epoch of a stage really trains at: one step per epoch of a small net.
+from tle.contract.loop import History, TrainLoop
+from tle.data import load_dataset
+from tle.contract.spec import DataSpec
+data = load_dataset(DataSpec(source="digits:0-2", image_size=32, channels=1, max_per_class=12), seed=0)
+stage = build_plan("lp-ft", be.model("resnet_small").blocks,
+                   Rates(2, 1e-2, finetune_epochs=5, finetune_lr=1e-3, lr_decay=0.7, schedule=Schedule("step", 1)),
+                   Tuning(l2sp=(0.1, 0.01))).stages[1]
+net = be.hook.load_backbone(blueprint=Blueprint("resnet_small", tuple(data.class_names), data.input_shape, HeadSpec()),
+                            weights=ResolvedWeights(kind="none"))
+freeze(be, net, stage)
+history = History()
+be.hook.train(model=net, data=data, stage=stage, loop=TrainLoop(stage, history),
+              train=TrainSpec(epochs=stage.epochs, batch_size=64, lr=1e-3, seed=0))
+out["lr"] = [r.metrics["lr"] for r in history.records]
+out["planned"] = list(stage.rates())
+print(json.dumps(out))
+"""
+
+
+def test_torch_and_keras_give_the_same_plans_and_rates():
+    """vgg16 and resnet50 (the issue's check) with every new strategy and train.params: the same trainable count,
+    bias and norm counts, learning-rate factor and regulariser per block and stage; and a stage trained under a
+    step schedule with a warm-up reports the plan's rate each epoch in both."""
+    pytest.importorskip("tle_keras")
+    pytest.importorskip("tle_torch")
+    got = {}
+    for backend in ("torch", "keras"):
+        proc = subprocess.run([sys.executable, "-c", PLAN_PROBE, backend], capture_output=True, text=True, timeout=600,
+                              env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        got[backend] = json.loads(proc.stdout.strip().splitlines()[-1])
+    torch_plans, keras_plans = got["torch"]["plans"], got["keras"]["plans"]
+    assert torch_plans.keys() == keras_plans.keys() and len(torch_plans) == 2 * 4 * 4
+    for key in torch_plans:
+        assert [[tuple(c) for c in s] for s in torch_plans[key]] == [[tuple(c) for c in s] for s in keras_plans[key]], key
+    # Not vacuous: VGG16 has biases and no norms, ResNet-50 norms and no biases in its blocks.
+    assert torch_plans["vgg16 lp-ft bias"][1][0][2] == 128  # block1: the 64 + 64 biases of its two convs
+    assert torch_plans["resnet50 lp-ft norm"][1][0][2] == 128  # block1: bn1's gamma and beta
+    planned = got["torch"]["planned"]
+    assert planned == pytest.approx([5e-4, 1e-3, 1e-3, 1e-4, 1e-5])
+    assert got["torch"]["lr"] == pytest.approx(planned, rel=1e-6) and got["keras"]["lr"] == pytest.approx(planned, rel=1e-6)
+
+
+# -- a torch run of gradual with every field ---------------------------------------------------------------------
+
+FAIL_AT = '''"""Test-only tle plugin: training stops with an error at the start of stage 2's second epoch."""
+from tle import hookimpl
+
+
+@hookimpl(wrapper=True)
+def train(model, data, stage, train, loop):
+    if stage.index == 2:
+        start = loop.epoch_start
+
+        def failing(epoch, batches=None):
+            if epoch == 1:
+                raise RuntimeError("injected failure in stage 2, epoch 1")
+            start(epoch, batches)
+
+        loop.epoch_start = failing
+    return (yield)
+'''
+
+TARGET = {"backend": "torch", "model": "resnet_small", "head.kind": "linear", "dataset.source": "digits:5-9",
+          "dataset.image_size": 32, "dataset.train": 12, "dataset.val": 4, "dataset.test": 8,
+          "train.batch_size": 10, "train.epochs": 2, "train.finetune_lr": 1e-3, "train.gradual_epochs": 2,
+          "train.lr_decay": 0.7, "train.l2sp": "0.1,0.01", "train.schedule": "cosine", "train.warmup_epochs": 1,
+          "strategy": "gradual:block4", "tracking.experiment": "modern-gradual"}
+
+
+@pytest.fixture(scope="module")
+def pretrained(store):
+    from tle.run.runner import RunOptions, run_experiment
+
+    spec = build_spec({}, {**{k: v for k, v in TARGET.items() if k.startswith(("backend", "model", "head", "dataset"))},
+                           "dataset.source": "digits:0-4", "train.epochs": 2, "export.onnx": False,
+                           "tracking.experiment": "modern-pretrain"})
+    return run_experiment(spec, RunOptions(quiet=True)).run_id
+
+
+def _weights(store: str, run_id: str, dst: Path) -> dict:
+    import mlflow
+    import torch
+
+    mlflow.set_tracking_uri(store)
+    local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="weights", dst_path=str(dst)))
+    (path,) = [p for p in local.rglob("*") if p.is_file()]
+    return torch.load(path, weights_only=True)
+
+
+def test_gradual_resumes_mid_way_through_a_later_stage_exactly(store, pretrained, tmp_path):
+    """Stage 2 of gradual:block4 (with lr_decay, l2sp and a warm-up + cosine schedule) fails after its first epoch;
+    --resume finishes the run with the weights of the run that never stopped, each epoch at the plan's rate; the
+    blocks that stay frozen in a stage are served from the feature cache (block1-4 in stage 1, block1-3 in
+    stage 2); the exported graph holds nothing of L2-SP."""
+    import mlflow
+    import onnx
+    from mlflow.tracking import MlflowClient
+
+    from conftest import plugin_dist
+    from tle.run.runner import RunOptions, run_experiment
+
+    client = MlflowClient(store)
+    args = ["--quiet", "run", "--backend", "torch", "--weights", f"runs:/{pretrained}", "--no-export"]
+    sets = [x for k, v in TARGET.items() if k not in ("backend",) for x in ("--set", f"{k}={v}")]
+    failing = tle(*args, *sets, "--set", "tracking.experiment=modern-failing",
+                  env={"MLFLOW_TRACKING_URI": store, "PYTHONPATH": str(plugin_dist(tmp_path / "plugin", "failat",
+                                                                                     FAIL_AT))})
+    assert failing.returncode == 1 and "injected failure" in failing.stderr and "Traceback" not in failing.stderr
+    (run,) = client.search_runs([client.get_experiment_by_name("modern-failing").experiment_id])
+    assert run.info.status == "FAILED"
+    resumed = tle("--quiet", "run", "--resume", run.info.run_id, "--json", env={"MLFLOW_TRACKING_URI": store},
+                  check_rc=0)
+    assert json.loads(resumed.stdout.strip().splitlines()[-1])["run_id"] == run.info.run_id
+    final = client.get_run(run.info.run_id)
+    assert final.info.status == "FINISHED"
+
+    straight = run_experiment(build_spec({}, {**TARGET, "weights": f"runs:/{pretrained}", "export.onnx": True}),
+                              RunOptions(quiet=True))
+    assert straight is not None
+    a, b = _weights(store, run.info.run_id, tmp_path / "resumed"), _weights(store, straight.run_id, tmp_path / "one")
+    assert a.keys() == b.keys()
+    assert max(float((a[k].double() - b[k].double()).abs().max()) for k in a) < 1e-6
+
+    plan = straight.plan
+    lrs = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "lr"), key=lambda m: m.step)]
+    assert lrs == pytest.approx([r for s in plan.stages for r in s.rates()], rel=1e-6)
+    assert [len(s.rates()) for s in plan.stages] == [2, 2, 2]
+    metrics = client.get_run(straight.run_id).data.metrics
+    assert (metrics["stage0_cached_blocks"], metrics["stage1_cached_blocks"], metrics["stage2_cached_blocks"]) == \
+        (5, 4, 3)
+
+    assert straight.onnx_max_abs_diff is not None and straight.onnx_max_abs_diff < 1e-4
+    mlflow.set_tracking_uri(store)
+    folder = Path(mlflow.artifacts.download_artifacts(run_id=straight.run_id, artifact_path="model",
+                                                      dst_path=str(tmp_path / "onnx")))
+    graph = onnx.load(str(next(folder.rglob("*.onnx")))).graph
+    stored = sum(int(np.prod(t.dims)) for t in graph.initializer)
+    total = int(client.get_run(straight.run_id).data.metrics["total_params"])
+    # Parameters plus BatchNorm's statistics (a few per cent), never a second copy of the weights (w⁰).
+    assert total <= stored < 1.2 * total, (stored, total)
+    assert not [t.name for t in graph.initializer if "l2sp" in t.name.lower()]
+
+
+SWEEP = """
+name: modern-sweep
+base: {backend: torch, model: resnet_small, head: {kind: linear},
+       dataset: {source: "digits:5-9", image_size: 32, train: 8, val: 4, test: 8},
+       train: {epochs: 1, batch_size: 20, finetune_epochs: 1, finetune_lr: 1.0e-3},
+       tracking: {experiment: modern-sweep}, export: {onnx: false}}
+pretrain: {dataset: {source: "digits:0-4", train: 12}}
+axes:
+  strategy: [lp-ft, "surgical:block2"]
+  train.lr_decay: [1.0, 0.5]
+cells:
+  - {}
+  - {train.l2sp: "0.1,0.01"}
+"""
+
+
+def test_a_sweep_varies_the_fields_and_compare_names_the_strategies(store, tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_text(SWEEP)
+    proc = tle("--quiet", "sweep", path, "--jobs", "1", "--format", "json", env={"MLFLOW_TRACKING_URI": store},
+               timeout=600, check_rc=0)
+    assert json.loads(proc.stdout.strip().splitlines()[-1])
+    proc = tle("--quiet", "compare", "--sweep", "modern-sweep", "--format", "json",
+               env={"MLFLOW_TRACKING_URI": store}, check_rc=0)
+    cells = [c for c in json.loads(proc.stdout.strip().splitlines()[-1])["cells"] if c["role"] == "cell"]
+    assert len(cells) == 8
+    assert {c["strategy"] for c in cells} == {"lp-ft", "surgical:block2"}
+    assert {c["train.lr_decay"] for c in cells} == {"1.0", "0.5"}
+    assert all(c["n"] == 1 and c["failed"] == 0 for c in cells), cells
