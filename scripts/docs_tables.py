@@ -472,9 +472,12 @@ def cli_reference() -> str:
 def plan() -> None:
     """What `tle plan` prints for the strategies page (seconds; no training)."""
     st = Study("plan")
-    for backend, model, strategy in (("torch", "resnet_small", "finetune:block4"),
-                                      ("torch", "vgg_small", "transfer:block2")):
-        command = f"tle plan --backend {backend} --model {model} --strategy {strategy}"
+    every_field = (" --set train.lr_decay=0.7 --set train.params=bias+norm --set train.l2sp=0.01,0.001"
+                   " --set train.schedule=cosine --set train.warmup_epochs=1 --set train.gradual_epochs=2")
+    for backend, model, strategy, extra in (("torch", "resnet_small", "finetune:block4", ""),
+                                             ("torch", "vgg_small", "transfer:block2", ""),
+                                             ("torch", "resnet_small", "gradual:block3", every_field)):
+        command = f"tle plan --backend {backend} --model {model} --strategy {strategy}{extra}"
         printed = st.sh(f"tle --quiet {command.removeprefix('tle ')}")
         RESULTS.mkdir(exist_ok=True)
         path = RESULTS / f"plan-{model}-{strategy.replace(':', '-')}.txt"

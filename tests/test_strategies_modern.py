@@ -185,6 +185,32 @@ def test_a_backend_that_cannot_refuses_at_plan_and_run(store, tmp_path, field, v
     assert MlflowClient(store).get_experiment_by_name("refused-tuning") is None
 
 
+def test_plan_shows_each_block_s_count_rate_regulariser_and_statistics(tmp_path):
+    proc = tle_inprocess("plan", "--backend", "torch", "--model", "resnet_small", "--strategy", "gradual:block4",
+                         "--set", "train.lr_decay=0.5", "--set", "train.params=bias+norm", "--set", "train.l2sp=0.1,0.01",
+                         "--set", "train.schedule=step", "--set", "train.warmup_epochs=1", "--json", cwd=tmp_path,
+                         check_rc=0)
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1
+    plan = json.loads(lines[0])
+    assert plan["lr_decay"] == 0.5 and plan["params"] == "bias+norm" and plan["l2sp"] == {"alpha": 0.1, "beta": 0.01}
+    head, block5, block4 = plan["stages"]
+    assert [s["name"] for s in plan["stages"]] == ["head", "unfreeze-block5", "unfreeze-block4"]
+    assert head["schedule"] == {"kind": "step", "warmup_epochs": 1, "rates": pytest.approx([5e-4, 1e-3, 1e-3, 1e-4, 1e-5])}
+    blocks = {b["name"]: b for b in block4["blocks"]}
+    assert blocks["block4"]["trains"] and blocks["block4"]["lr_factor"] == 0.5 and blocks["block5"]["lr_factor"] == 1
+    assert blocks["block4"]["lr"] == pytest.approx(0.5e-5) and blocks["block3"]["lr_factor"] is None
+    # resnet_small's convolutions have no bias: bias+norm trains BatchNorm's gamma and beta, 2 x its channels.
+    assert blocks["block4"]["trainable"] == blocks["block4"]["norm"] == 2 * (32 + 32 + 32) and blocks["block4"]["bias"] == 0
+    assert blocks["block4"]["regulariser"] == {"kind": "l2sp", "strength": 0.1, "toward": "start"}
+    assert blocks["head"]["regulariser"] == {"kind": "l2sp", "strength": 0.01, "toward": "zero"}
+    assert blocks["head"]["trainable"] == blocks["head"]["total"]
+    assert blocks["block4"]["stats"] == "kept" and blocks["head"]["stats"] == "learned"
+    text = tle_inprocess("plan", "--backend", "torch", "--model", "resnet_small", "--strategy", "gradual:block4",
+                         "--set", "train.lr_decay=0.5", "--set", "train.l2sp=0.1,0.01", cwd=tmp_path, check_rc=0).stdout
+    assert "lr×0.5" in text and "L2-SP α 0.1 → w⁰" in text and "BN kept" in text and "lr per epoch" in text
+
+
 # -- torch and keras: the same plans, the same rates ------------------------------------------------------------
 
 PLAN_PROBE = r"""

@@ -91,13 +91,14 @@ def cell_rows(rows: list[dict]) -> list[CellRow]:
     fields = [_fields(r) for r in rows]
     # A column for a field only where it splits runs of one backend, model, strategy and dataset: one that follows
     # from those (a backend's default initialiser, the weights of a strategy) would only widen the table.
-    seen: dict[tuple, dict[str, set]] = {}
+    # A field some runs of a place lack varies too: a mapping set in one run and null in another (train.l2sp) is
+    # "train.l2sp.alpha" in the first one's params and "train.l2sp" in the other's.
+    seen: dict[tuple, list[dict[str, str]]] = {}
     for row, f in zip(rows, fields):
         if row.get("role") != PRETRAIN and row.get("params"):
-            place = seen.setdefault(tuple(_ident(row).values()), {})
-            for k, v in f.items():
-                place.setdefault(k, set()).add(v)
-    varying = sorted({k for place in seen.values() for k, values in place.items() if len(values) > 1})
+            seen.setdefault(tuple(_ident(row).values()), []).append(f)
+    varying = sorted({k for place in seen.values() for k in {k for f in place for k in f}
+                      if len({f.get(k, "") for f in place}) > 1})
     cells: dict[tuple, CellRow] = {}
     for row, f in zip(rows, fields):
         axes = {short(k): f.get(k, "") for k in varying}

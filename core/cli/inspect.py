@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 from rich.table import Table
 
-from tle.cli.app import Opt, app, out
+from tle.cli.app import Opt, app, out, parse_sets
 from tle.contract.strategy import HEAD
 from tle.errors import UserError
 
@@ -62,7 +62,6 @@ def plan(
 ) -> None:
     """Show which blocks start pretrained and which train in each stage, with parameter counts, each block's
     learning-rate factor, regulariser and BatchNorm mode, and each stage's learning rate per epoch."""
-    from tle.cli.app import parse_sets
     from tle.run.assembly import Blueprint, build
     from tle.run.runner import freeze, prepare
     from tle.contract.spec import build_spec

@@ -19,7 +19,8 @@ def run(
     config: Annotated[Optional[Path], Opt("--config", "-c", help="YAML or TOML experiment spec")] = None,
     backend: Annotated[Optional[str], Opt(help="backend name (see 'tle backends')")] = None,
     model: Annotated[Optional[str], Opt(help="model name (see 'tle models --backend B')")] = None,
-    strategy: Annotated[Optional[str], Opt(help="scratch | feature-extractor | finetune:BLOCK | transfer:BLOCK|all")] = None,
+    strategy: Annotated[Optional[str], Opt(help="scratch | feature-extractor | finetune:BLOCK | transfer:BLOCK|all | "
+                                                "surgical:BLOCK | gradual[:BLOCK] | lp-ft")] = None,
     dataset: Annotated[Optional[str], Opt(help="digits[:0-4] | synthetic | folder:PATH | npz:PATH | mnist[:0-4] | emnist_letters[:a-j] ...")] = None,
     init: Annotated[Optional[str], Opt(help="initialiser for re-initialised blocks, e.g. glorot_uniform, normal:0.05")] = None,
     weights: Annotated[Optional[str], Opt(help="none | imagenet | PATH | runs:/RUN_ID | models:/NAME/VERSION")] = None,

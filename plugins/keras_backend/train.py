@@ -34,6 +34,7 @@ import numpy as np
 from tle.contract.records import Evaluation, Trained
 from tle_keras import cache
 from tle_keras.init import derived_seed
+from tle_keras.params import kinds
 from tle_keras.runtime import keras as _keras, set_random_seed, tf as _tf
 
 keras = _keras()
@@ -66,8 +67,6 @@ class VariableTuning:
     ``train.lr_decay``) and L2-SP's pull, ``(strength, toward_start)``: α toward w⁰ or β toward zero."""
 
     def __init__(self, knet, stage):
-        from tle_keras.params import kinds
-
         self.factors: dict[str, float] = {}
         self.pulls: dict[str, tuple[float, bool]] = {}
         for block in knet.trainable:

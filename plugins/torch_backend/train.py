@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tle.contract.records import Evaluation, Trained
 from tle_torch import cache, distributed
+from tle_torch.params import kinds
 from tle_torch.device import configure_threads
 
 LOSS_EVERY = 20  # batches between loss values shown by the progress bar (each one syncs the GPU)
@@ -146,8 +147,6 @@ class Pull:
     net held when ``fit`` first ran on it (``net.l2sp_start``, kept beside the module: never saved or exported)."""
 
     def __init__(self, net, stage):
-        from tle_torch.params import kinds
-
         if getattr(net, "l2sp_start", None) is None:
             net.l2sp_start = {name: p.detach().clone() for name, p in net.named_parameters()}
         start = net.l2sp_start
