@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-STUDIES = ["demo", "s0", "s1", "s2", "s3", "s4", "batchnorm", "cnn-fusion", "rank"]
+STUDIES = ["demo", "s0", "s1", "s2", "s3", "s4", "batchnorm", "cnn-fusion", "rank", "strategies"]
 
 
 def docs_tables():
