@@ -10,8 +10,12 @@ when they take less than a quarter of its free memory).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -20,10 +24,21 @@ def budget_bytes() -> int:
     return int(float(os.environ.get("TLE_TORCH_CACHE_GB", "4")) * 2**30)
 
 
+@dataclass(frozen=True)
+class Prefix:
+    """Blocks 1..``k`` of ``net``, run ``batch_size`` images at a time on ``device`` under ``autocast``."""
+
+    net: Any
+    k: int
+    batch_size: int
+    device: torch.device
+    autocast: Callable = contextlib.nullcontext
+
+
 @torch.no_grad()
-def frozen_features(net, arrays, k: int, batch_size: int, device: torch.device, autocast,
-                    track=None) -> list[torch.Tensor] | None:
-    """Outputs of blocks 1..k for each array in ``arrays`` (NHWC numpy), or None when over budget."""
+def frozen_features(prefix: Prefix, arrays, track=None) -> list[torch.Tensor] | None:
+    """Outputs of the ``prefix``'s blocks for each array in ``arrays`` (NHWC numpy), or None when over budget."""
+    net, k, batch_size, device, autocast = prefix.net, prefix.k, prefix.batch_size, prefix.device, prefix.autocast
     total = sum(len(a) for a in arrays)
     if total == 0:
         return None

@@ -269,7 +269,8 @@ def fit(net, data, stage, spec, loop) -> Trained:
     start_block = net.frozen_prefix() if spec.cache_features and not spec.augment else 0
     cached = None
     if start_block:
-        cached = cache.frozen_features(net, images, start_block, spec.batch_size, device, autocast, loop.track)
+        cached = cache.frozen_features(cache.Prefix(net, start_block, spec.batch_size, device, autocast), images,
+                                        loop.track)
     if cached is not None:
         x_train, x_val = cached
         forward = lambda xb: net.forward_from(xb, start_block)  # noqa: E731
