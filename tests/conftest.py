@@ -190,6 +190,19 @@ def store_env(store, tmp_path):
     return {"MLFLOW_TRACKING_URI": store}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def module_keeps_the_tracking_uri():
+    """The same for a whole test file: a module fixture that runs tle in process (a sweep, pretrained sources) points
+    MLflow at its own store before any test of the file starts; the next file of this worker gets back the URI
+    (set_tracking_uri's own value, None included: then MLflow reads MLFLOW_TRACKING_URI) it started with."""
+    tracking = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    before = tracking._tracking_uri if tracking is not None else None
+    yield
+    tracking = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    if tracking is not None:
+        tracking.set_tracking_uri(before)
+
+
 @pytest.fixture(autouse=True)
 def keeps_the_tracking_uri():
     """An in-process run or sweep points MLflow (a process-wide setting) at its own store: give the next test of

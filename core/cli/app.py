@@ -32,6 +32,8 @@ def _global(debug: Annotated[bool, Opt("--debug", help="show tracebacks")] = Fal
             quiet: Annotated[bool, Opt("--quiet", "-q", help="no progress bars")] = False) -> None:
     STATE["debug"] = STATE["debug"] or debug
     STATE["quiet"] = STATE["quiet"] or quiet
+    if not sys.stdout.isatty():  # piped: COLUMNS as it is now (a process may run several commands, e.g. tests)
+        out.width = int(os.environ.get("COLUMNS", 160))
 
 
 def parse_sets(items: list[str]) -> dict[str, object]:
