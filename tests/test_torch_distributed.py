@@ -86,23 +86,14 @@ def test_two_ranks_equal_one_process(ddp, store, tmp_path):
     the packages of that day (and DDP 1.0e-3): these steps amplify float noise, so a fixed tolerance is either
     blind or flaky. A defect in the sharding or the gradient averaging moves the weights by the size of the
     training's own steps, an order of magnitude above that noise."""
-    import torch
 
-    from tle.run.runner import RunOptions, run_experiment
-    from tle.contract.spec import build_spec
 
     overrides = {"backend": "torch", "model": "vgg_small", "dataset.source": "digits", "dataset.image_size": 32,
                  "head.kind": "linear", "dataset.train": 50, "dataset.val": 10, "dataset.test": 10,
                  "train.batch_size": 16, "train.epochs": 2, "train.seed": 3, "train.lr": 0.001, "train.optimizer": "sgd",
                  "init": "he_normal",
                  "tracking.experiment": "ddp-reference", "export.onnx": False}
-    single = run_experiment(build_spec({}, overrides), RunOptions(quiet=True))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1 if threads > 1 else 2)
-    try:
-        noisy = run_experiment(build_spec({}, overrides), RunOptions(quiet=True))
-    finally:
-        torch.set_num_threads(threads)
+    single, noisy = one_process_twice(overrides)
     a, b = _weights(single.run_id, tmp_path / "one"), _weights(ddp["run_id"], tmp_path / "two")
     c = _weights(noisy.run_id, tmp_path / "threads")
     assert a.keys() == b.keys()
@@ -145,8 +136,6 @@ def test_gradual_over_two_ranks_ends_finished_and_equals_one_process(store, back
     import mlflow
     import torch
 
-    from tle.run.runner import RunOptions, run_experiment
-    from tle.contract.spec import build_spec
 
     proc = tle(*ARGS, *GRADUAL, "--weights", backbone, "--nproc", "2", "--experiment", "ddp-gradual", "--no-export",
                "--json", env={"OMP_NUM_THREADS": "1"}, check_rc=0)
@@ -164,13 +153,7 @@ def test_gradual_over_two_ranks_ends_finished_and_equals_one_process(store, back
                  "init": "he_normal", "strategy": "gradual:block4", "train.gradual_epochs": 1,
                  "train.finetune_lr": 0.001, "weights": str(backbone), "tracking.experiment": "ddp-gradual-reference",
                  "export.onnx": False}
-    single = run_experiment(build_spec({}, overrides), RunOptions(quiet=True))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1 if threads > 1 else 2)
-    try:
-        noisy = run_experiment(build_spec({}, overrides), RunOptions(quiet=True))
-    finally:
-        torch.set_num_threads(threads)
+    single, noisy = one_process_twice(overrides)
     a, b = _weights(single.run_id, tmp_path / "one"), _weights(two["run_id"], tmp_path / "two")
     c = _weights(noisy.run_id, tmp_path / "threads")
     delta = max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
@@ -331,3 +314,21 @@ def test_a_distributed_sweep_cell_runs_on_ray_train(store, tmp_path):
     assert cell.data.tags["distributed.engine"] == "torch DDP (Ray Train TorchTrainer)"
     assert cell.data.tags["distributed.world_size"] == "2"
     assert len(cell.data.tags["distributed.rank_devices"].split(",")) == 2
+
+
+def one_process_twice(overrides: dict):
+    """The run in this one process, then again with another number of threads: two one-process references, whose
+    difference is the noise of the sums' order alone (what a DDP run is compared against)."""
+    import torch
+
+    from tle.contract.spec import build_spec
+    from tle.run.runner import RunOptions, run_experiment
+
+    single = run_experiment(build_spec({}, overrides), RunOptions(quiet=True))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if threads > 1 else 2)
+    try:
+        noisy = run_experiment(build_spec({}, overrides), RunOptions(quiet=True))
+    finally:
+        torch.set_num_threads(threads)
+    return single, noisy
