@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -110,13 +111,11 @@ def tle_inprocess(*args, env=None, cwd=None, check_rc=None):
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
     had_tensorflow = "tensorflow" in sys.modules
-    tracking = sys.modules.get("mlflow.tracking._tracking_service.utils")
-    uri = tracking._tracking_uri if tracking is not None else None  # set_tracking_uri's own value, None included
     environ, state, here, sigterm = dict(os.environ), dict(STATE), os.getcwd(), signal.getsignal(signal.SIGTERM)
     argv = [str(a) for a in args]
     code = 0
     try:
-        with CliRunner().isolation(env={"COLUMNS": "200", **(env or {})}) as (out, err, _), \
+        with tracking_uri_kept(), CliRunner().isolation(env={"COLUMNS": "200", **(env or {})}) as (out, err, _), \
                 warnings.catch_warnings():
             warnings.resetwarnings()  # Python's defaults, not pytest's
             for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
@@ -137,9 +136,6 @@ def tle_inprocess(*args, env=None, cwd=None, check_rc=None):
         os.chdir(here)
         STATE.update(state)
         signal.signal(signal.SIGTERM, sigterm)
-        tracking = sys.modules.get("mlflow.tracking._tracking_service.utils")
-        if tracking is not None:
-            tracking.set_tracking_uri(uri)
         os.environ.clear()
         os.environ.update(environ)
     assert had_tensorflow or "tensorflow" not in sys.modules, \
@@ -190,28 +186,34 @@ def store_env(store, tmp_path):
     return {"MLFLOW_TRACKING_URI": store}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def module_keeps_the_tracking_uri():
-    """The same for a whole test file: a module fixture that runs tle in process (a sweep, pretrained sources) points
-    MLflow at its own store before any test of the file starts; the next file of this worker gets back the URI
-    (set_tracking_uri's own value, None included: then MLflow reads MLFLOW_TRACKING_URI) it started with."""
+@contextmanager
+def tracking_uri_kept():
+    """MLflow's process-wide tracking URI as it was (set_tracking_uri's own value, None included: then MLflow reads
+    MLFLOW_TRACKING_URI), given back on leaving: a tle command, run or sweep in this process points it at its store."""
     tracking = sys.modules.get("mlflow.tracking._tracking_service.utils")
     before = tracking._tracking_uri if tracking is not None else None
-    yield
-    tracking = sys.modules.get("mlflow.tracking._tracking_service.utils")
-    if tracking is not None:
-        tracking.set_tracking_uri(before)
+    try:
+        yield
+    finally:
+        tracking = sys.modules.get("mlflow.tracking._tracking_service.utils")
+        if tracking is not None:
+            tracking.set_tracking_uri(before)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def module_keeps_the_tracking_uri():
+    """A module fixture that runs tle in process (a sweep, pretrained sources) points MLflow at its own store before
+    any test of the file starts: the next file of this worker gets back the URI it started with."""
+    with tracking_uri_kept():
+        yield
 
 
 @pytest.fixture(autouse=True)
 def keeps_the_tracking_uri():
-    """An in-process run or sweep points MLflow (a process-wide setting) at its own store: give the next test of
-    this worker the URI this one started with, whatever file xdist ran before it."""
-    mlflow = sys.modules.get("mlflow")  # not imported yet: no store fixture ran, nothing to give back
-    before = mlflow.get_tracking_uri() if mlflow else None
-    yield
-    if mlflow is not None:
-        mlflow.set_tracking_uri(before)
+    """An in-process run or sweep in a test: the next test of this worker gets back the URI this one started with,
+    whatever file xdist ran before it."""
+    with tracking_uri_kept():
+        yield
 
 
 def plugin_dist(root: Path, name: str, source: str) -> Path:

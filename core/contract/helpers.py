@@ -32,8 +32,9 @@ def delegate(spec: Callable[_Args, _Return], target: str) -> Callable[_Args, _Re
         train = delegate(hookspecs.train, "tle_keras.train:fit")   # in tle_keras/plugin.py
 
     The implementation has ``spec``'s name and signature (pluggy reads the arguments to pass from ``spec``, through
-    ``__wrapped__``; a direct call may name them as the hookspec does), and is marked as :func:`tle.contract.hookspecs.implements` marks a function: the type checker
-    sees it as ``spec``; an unknown module or function fails when the hook runs, with the name written here."""
+    ``__wrapped__``; a direct call may name them as the hookspec does), and is marked as
+    :func:`tle.contract.hookspecs.implements` marks a function: the type checker sees it as ``spec``; an unknown
+    module or function fails when the hook runs, with the name written here."""
     module, _, name = target.partition(":")
     if not module or not name:
         raise ValueError(f"delegate target {target!r} is not 'module:function'")

@@ -39,8 +39,8 @@ _kept: dict = {}  # {"key": ..., "knet": KerasNet}: the last model built while r
 
 
 def build(blueprint: Blueprint, weights: ResolvedWeights | None) -> KerasNet:
+    fresh = _build(blueprint, weights)
     head = blueprint.head or HeadSpec()
-    fresh = _build(replace(blueprint, head=head), weights)
     if os.environ.get(REUSE_ENV) != "1":
         return fresh
     key = (blueprint.model, blueprint.num_classes, fresh.input_shape, head.kind, head.hidden, head.dropout,
