@@ -1,11 +1,12 @@
 import os
 import subprocess
 import sys
-from contextlib import contextmanager
 from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
+
+from tle.store.tracking import tracking_uri_kept
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -186,32 +187,20 @@ def store_env(store, tmp_path):
     return {"MLFLOW_TRACKING_URI": store}
 
 
-@contextmanager
-def tracking_uri_kept():
-    """MLflow's process-wide tracking URI as it was (set_tracking_uri's own value, None included: then MLflow reads
-    MLFLOW_TRACKING_URI), given back on leaving: a tle command, run or sweep in this process points it at its store."""
-    tracking = sys.modules.get("mlflow.tracking._tracking_service.utils")
-    before = tracking._tracking_uri if tracking is not None else None
-    try:
-        yield
-    finally:
-        tracking = sys.modules.get("mlflow.tracking._tracking_service.utils")
-        if tracking is not None:
-            tracking.set_tracking_uri(before)
-
-
 @pytest.fixture(scope="module", autouse=True)
-def module_keeps_the_tracking_uri():
+def module_keeps_the_tracking_uri(store):
     """A module fixture that runs tle in process (a sweep, pretrained sources) points MLflow at its own store before
-    any test of the file starts: the next file of this worker gets back the URI it started with."""
+    any test of the file starts: the next file of this worker gets back the session's store. (It asks for ``store``
+    so that the session's URI is set before it is kept: kept before, it would be undone at the end of the file that
+    first asked for it.)"""
     with tracking_uri_kept():
         yield
 
 
 @pytest.fixture(autouse=True)
-def keeps_the_tracking_uri():
-    """An in-process run or sweep in a test: the next test of this worker gets back the URI this one started with,
-    whatever file xdist ran before it."""
+def keeps_the_tracking_uri(store):
+    """An in-process run or sweep in a test: the next test of this worker gets back the session's store, whatever
+    file xdist ran before it."""
     with tracking_uri_kept():
         yield
 

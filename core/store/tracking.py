@@ -22,6 +22,27 @@ from tle.contract.loop import EpochRecord
 from tle.store.status import ERROR_TAG, RunStatus
 
 
+@contextmanager
+def tracking_uri_kept() -> Iterator[None]:
+    """MLflow's process-wide tracking URI as it was (``set_tracking_uri``'s own value, None included: then MLflow
+    reads MLFLOW_TRACKING_URI) and that variable as it was, both given back on leaving. A run, sweep or command in
+    this process points MLflow at its store (:func:`configure`); a caller that runs several (a test suite, a notebook)
+    keeps its own. MLflow's ``set_tracking_uri`` writes the variable, and unsets it for None: both are kept."""
+    tracking = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    before = tracking._tracking_uri if tracking is not None else None
+    variable = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        yield
+    finally:
+        tracking = sys.modules.get("mlflow.tracking._tracking_service.utils")
+        if tracking is not None:
+            tracking.set_tracking_uri(before)
+        if variable is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = variable
+
+
 def configure(uri: str | None, experiment: str | None = None):
     """Point MLflow at ``uri`` (None keeps MLFLOW_TRACKING_URI or MLflow's default)."""
     from tle.store.lock import absolute_uri, prepare, store_lock

@@ -50,6 +50,7 @@ from tle.contract.loop import Checkpointing, History, TrainLoop
 from tle.contract.strategy import HEAD, Rates, Tuning, build_plan
 from tle.contract.tuning import L2SP_CAPABILITY, LR_FACTORS, PARAM_SELECT, PARAMS, SCHEDULE, Schedule, selected
 from tle.store.status import RunStatus
+from tle.store.tracking import tracking_uri_kept
 
 __all__ = ["BackendConformance"]
 
@@ -76,11 +77,8 @@ class BackendConformance:
     def conformance_keeps_the_tracking_uri(self):
         """The runner points MLflow (a process-wide setting) at the suite's store: give the caller's back, so the
         suite never redirects the other tests of a process."""
-        import mlflow
-
-        before = mlflow.get_tracking_uri()
-        yield
-        mlflow.set_tracking_uri(before)
+        with tracking_uri_kept():
+            yield
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -115,20 +113,18 @@ class BackendConformance:
     @classmethod
     def conformance_run(cls, conformance_store, conformance_trained):
         """One scratch run through the core's runner, exported to ONNX; a wrapper records what ``train`` returns."""
-        import mlflow
 
         from tle.backends.manager import manager
         from tle.run.runner import RunOptions, run_experiment
 
         recorder = _TrainRecorder(conformance_trained)
-        before = mlflow.get_tracking_uri()
         manager().register(recorder, name="conformance:train-recorder")
         try:
-            return run_experiment(cls._spec(conformance_store, strategy="scratch"),
-                                  RunOptions(quiet=True, export=True))
+            with tracking_uri_kept():
+                return run_experiment(cls._spec(conformance_store, strategy="scratch"),
+                                      RunOptions(quiet=True, export=True))
         finally:
             manager().unregister(recorder)
-            mlflow.set_tracking_uri(before)
 
     # -- helpers ---------------------------------------------------------------
 
