@@ -110,16 +110,21 @@ def test_two_ranks_equal_one_process(ddp, store, tmp_path):
     assert abs(loss - ddp_metric(ddp, "train_loss")) < max(1e-4, LOSS_NOISE_FACTOR * loss_noise)
 
 
-# gradual:block4 from a backbone file: the head on block 1-5's cached features, then block5, then block4 too, each
-# stage with its own DDP wrapper over what trains in it (DDP registers its parameters when it wraps them; a frozen
-# block that starts training in a later stage needs a new one). SGD at 0.001 in every stage, so each moves.
-GRADUAL = ["--strategy", "gradual:block4", "--set", "train.gradual_epochs=1", "--finetune-lr", "0.001"]
+# Strategies whose freezing changes between stages, from a backbone file: gradual:block4 (the head on block 1-5's
+# cached features, then block5, then block4 too) and finetune:block4 (the head on cached features, then block4-5
+# and the head), each stage with its own DDP wrapper over what trains in it (DDP registers its parameters when it
+# wraps them; a frozen block that starts training in a later stage needs a new one). SGD at 0.001 in every stage,
+# so each moves.
+STAGED = {
+    "gradual:block4": (["--set", "train.gradual_epochs=1"], {"train.gradual_epochs": 1}, [0, 1, 2, 3], [5, 4, 3]),
+    "finetune:block4": (["--finetune-epochs", "1"], {"train.finetune_epochs": 1}, [0, 1, 2], [5, 3]),
+}
 
 
 @pytest.fixture(scope="module")
 def backbone(tmp_path_factory) -> Path:
-    """A vgg_small weight file of a net just built, as the pretrained backbone gradual needs (what is checked is
-    that the stages run and agree with one process, not what they learn)."""
+    """A vgg_small weight file of a net just built, as the pretrained backbone these strategies need (what is
+    checked is that the stages run and agree with one process, not what they learn)."""
     from tle.backends.manager import load_backend
     from tle.contract.records import Blueprint, ResolvedWeights
     from tle.contract.spec import HeadSpec
@@ -130,37 +135,38 @@ def backbone(tmp_path_factory) -> Path:
     return Path(be.hook.save_weights(model=net, directory=tmp_path_factory.mktemp("backbone")))
 
 
-def test_gradual_over_two_ranks_ends_finished_and_equals_one_process(store, backbone, tmp_path):
-    """Freezing that changes between stages under DDP (Lightning #20340): a 2-rank gradual run ends FINISHED with
-    the weights one process reaches, within the float noise measured as in the equivalence test above."""
+@pytest.mark.parametrize("strategy", list(STAGED))
+def test_staged_strategy_over_two_ranks_ends_finished_and_equals_one_process(strategy, store, backbone, tmp_path):
+    """Freezing that changes between stages under DDP (Lightning #20340): a 2-rank run ends FINISHED with the
+    weights one process reaches, within the float noise measured as in the equivalence test above."""
     import mlflow
     import torch
 
-
-    proc = tle(*ARGS, *GRADUAL, "--weights", backbone, "--nproc", "2", "--experiment", "ddp-gradual", "--no-export",
-               "--json", env={"OMP_NUM_THREADS": "1"}, check_rc=0)
+    flags, fields, epochs, cached = STAGED[strategy]
+    experiment = f"ddp-{strategy.replace(':', '-')}"
+    proc = tle(*ARGS, "--strategy", strategy, *flags, "--finetune-lr", "0.001", "--weights", backbone, "--nproc", "2",
+               "--experiment", experiment, "--no-export", "--json", env={"OMP_NUM_THREADS": "1"}, check_rc=0)
     two = json.loads(proc.stdout.strip().splitlines()[-1])
-    (run,) = _runs("ddp-gradual")
+    (run,) = _runs(experiment)
     assert run.info.status == "FINISHED" and two["world_size"] == 2
     client = mlflow.MlflowClient()
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_acc"))
-    assert steps == [0, 1, 2, 3]  # 2 epochs of the head, then one per unfrozen block
-    assert [run.data.metrics[f"stage{i}_cached_blocks"] for i in range(3)] == [5, 4, 3]
+    assert steps == epochs  # 2 epochs of the head, then the later stages'
+    assert [run.data.metrics[f"stage{i}_cached_blocks"] for i in range(len(cached))] == cached
 
     overrides = {"backend": "torch", "model": "vgg_small", "dataset.source": "digits", "dataset.image_size": 32,
                  "head.kind": "linear", "dataset.train": 50, "dataset.val": 10, "dataset.test": 10,
                  "train.batch_size": 16, "train.epochs": 2, "train.seed": 3, "train.lr": 0.001, "train.optimizer": "sgd",
-                 "init": "he_normal", "strategy": "gradual:block4", "train.gradual_epochs": 1,
-                 "train.finetune_lr": 0.001, "weights": str(backbone), "tracking.experiment": "ddp-gradual-reference",
-                 "export.onnx": False}
+                 "init": "he_normal", "strategy": strategy, **fields, "train.finetune_lr": 0.001,
+                 "weights": str(backbone), "tracking.experiment": f"{experiment}-reference", "export.onnx": False}
     single, noisy = one_process_twice(overrides)
     a, b = _weights(single.run_id, tmp_path / "one"), _weights(two["run_id"], tmp_path / "two")
     c = _weights(noisy.run_id, tmp_path / "threads")
     delta = max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
     noise = max(float((a[k].double() - c[k].double()).abs().max()) for k in a)
-    print(f"gradual: max |delta weight| 1 process vs 2 ranks: {delta:.2e}; 1 vs 2 threads: {noise:.2e}")
+    print(f"{strategy}: max |delta weight| 1 process vs 2 ranks: {delta:.2e}; 1 vs 2 threads: {noise:.2e}")
     assert delta < max(WEIGHT_TOLERANCE, NOISE_FACTOR * noise), (delta, noise)
-    # Each stage moved what it trains: block4 (unfrozen last) differs from the backbone it started from.
+    # The later stages moved what they train: block4 differs from the backbone it started from; block1 does not.
     start = torch.load(backbone, weights_only=True)
     moved = [k for k in a if k.startswith("body.block4.") and not torch.equal(a[k], start[k])]
     frozen = [k for k in a if k.startswith("body.block1.") and not torch.equal(a[k], start[k])]

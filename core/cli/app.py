@@ -25,11 +25,16 @@ Opt = typer.Option
 ImageSizeOpt = Annotated[Optional[int], Opt("--image-size", help="resize images to this square size")]
 ChannelsOpt = Annotated[Optional[int], Opt("--channels", help="1 or 3")]
 DeviceOpt = Annotated[Optional[str], Opt("--device", help="auto | cpu | cuda | cuda:N")]
+TrackingUriOpt = Annotated[Optional[str], Opt("--tracking-uri", help="MLflow tracking URI (default: a spec file's, "
+                                                                     "else MLFLOW_TRACKING_URI, else ./mlflow.db)")]
+RunNameOpt = Annotated[Optional[str], Opt("--run-name", help="MLflow run name")]
+JsonOpt = Annotated[bool, Opt("--json", help="print the result as one JSON object on one line")]
+QuietOpt = Annotated[bool, Opt("--quiet", "-q", help="no progress bars")]
 
 
 @app.callback()
 def _global(debug: Annotated[bool, Opt("--debug", help="show tracebacks")] = False,
-            quiet: Annotated[bool, Opt("--quiet", "-q", help="no progress bars")] = False) -> None:
+            quiet: QuietOpt = False) -> None:
     STATE["debug"] = STATE["debug"] or debug
     STATE["quiet"] = STATE["quiet"] or quiet
     if not sys.stdout.isatty():  # piped: COLUMNS as it is now (a process may run several commands, e.g. tests)

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 from rich.table import Table
 
-from tle.cli.app import Opt, app, err, fmt, out, output_file
+from tle.cli.app import JsonOpt, Opt, TrackingUriOpt, app, err, fmt, out, output_file
 from tle.errors import UserError
 from tle.store.status import RunStatus
 
@@ -27,9 +27,9 @@ def compare(
     sweep: Annotated[Optional[str], Opt(help="only the cells of this sweep (parent run id or sweep name)")] = None,
     filter_: Annotated[Optional[str], Opt("--filter", help="MLflow filter, e.g. \"tags.backend = 'torch'\"")] = None,
     curves: Annotated[Optional[Path], Opt(help="write the overlaid val_acc curves PNG here")] = None,
-    tracking_uri: Annotated[Optional[str], Opt(help="MLflow tracking URI")] = None,
+    tracking_uri: TrackingUriOpt = None,
     fmt_: Annotated[str, Opt("--format", help="table | markdown | csv | json")] = "table",
-    json_out: Annotated[bool, Opt("--json", help="same as --format json")] = False,
+    json_out: JsonOpt = False,
     runs: Annotated[bool, Opt("--runs", help="one row per run (the default without --sweep)")] = False,
     cells: Annotated[bool, Opt("--cells", help="one row per cell, mean ± sd over seeds (the default with --sweep)")]
     = False,

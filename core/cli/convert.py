@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from tle.cli.app import STATE, Opt, app, err, out
+from tle.cli.app import STATE, Opt, TrackingUriOpt, app, err, out
 
 
 @app.command()
 def convert(
     run_id: Annotated[str, typer.Argument(help="run id (or runs:/ID) of the model to convert")],
     to: Annotated[str, Opt("--to", help="the backend to convert it to (keras, torch, ...)")],
-    tracking_uri: Annotated[Optional[str], Opt(help="MLflow tracking URI")] = None,
+    tracking_uri: TrackingUriOpt = None,
     as_json: Annotated[bool, Opt("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Store a run's model as a new run of another backend: native weights, ONNX model, and the max |logit

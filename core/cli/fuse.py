@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from tle.cli.app import STATE, Opt, app, err, out
+from tle.cli.app import STATE, JsonOpt, Opt, RunNameOpt, TrackingUriOpt, app, err, out
 
 
 @app.command()
@@ -28,12 +28,12 @@ def fuse(
                                        "(the worst-served task keeps most of what its run knows); weights: from "
                                        "the weights alone (spyketorch: each net's mean conv3 synapse); none: S2's "
                                        "raw scores. torch and keras apply no factor")] = "validation",
-    tracking_uri: Annotated[Optional[str], Opt(help="MLflow tracking URI")] = None,
+    tracking_uri: TrackingUriOpt = None,
     experiment: Annotated[Optional[str], Opt(help="MLflow experiment of the new run (default: the first run's)")] = None,
-    run_name: Annotated[Optional[str], Opt(help="MLflow run name")] = None,
+    run_name: RunNameOpt = None,
     export: Annotated[Optional[bool], Opt("--export/--no-export",
                                           help="ONNX-export the fused model (default: as the first run did)")] = None,
-    json_out: Annotated[bool, Opt("--json", help="print the result as JSON")] = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Fuse runs into one model of the same size (S2); log it with bagging, the concatenation and each run alone."""
     from tle.progress import print_warning

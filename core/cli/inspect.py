@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 from rich.table import Table
 
-from tle.cli.app import Opt, app, out, parse_sets
+from tle.cli.app import JsonOpt, Opt, app, out, parse_sets
 from tle.contract.strategy import HEAD
 from tle.errors import UserError
 
@@ -58,7 +58,7 @@ def plan(
     batchnorm: Annotated[str, Opt(help="frozen | train: BatchNorm statistics of pretrained blocks")] = "frozen",
     set_: Annotated[Optional[list[str]], Opt("--set", help="any train field, e.g. --set train.lr_decay=0.7 "
                                                            "--set train.schedule=cosine --set train.l2sp=0.01,0.01")] = None,
-    json_out: Annotated[bool, Opt("--json", help="print the plan as JSON")] = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Show which blocks start pretrained and which train in each stage, with parameter counts, each block's
     learning-rate factor, regulariser and BatchNorm mode, and each stage's learning rate per epoch."""

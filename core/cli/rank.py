@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from tle.cli.app import STATE, ChannelsOpt, DeviceOpt, ImageSizeOpt, Opt, app, err, out, parse_sets
+from tle.cli.app import (STATE, ChannelsOpt, DeviceOpt, ImageSizeOpt, JsonOpt, Opt, TrackingUriOpt, app, err, out,
+                         parse_sets)
 from tle.errors import UserError
 
 FORMATS = ("table", "markdown", "csv")
@@ -34,9 +35,9 @@ def rank(
     jobs: Annotated[Optional[int], Opt("--jobs", "-j", help="worker processes extracting features at once (default: "
                                                            "one per backend, at most one per core)")] = None,
     fmt: Annotated[str, Opt("--format", help="table | markdown | csv")] = "table",
-    json_out: Annotated[bool, Opt("--json", help="print the ranking as one JSON object on one line")] = False,
+    json_out: JsonOpt = False,
     experiment: Annotated[Optional[str], Opt(help="MLflow experiment of the ranking's run")] = None,
-    tracking_uri: Annotated[Optional[str], Opt(help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")] = None,
+    tracking_uri: TrackingUriOpt = None,
     run_name: Annotated[Optional[str], Opt(help="MLflow run name (default: 'rank: NAME')")] = None,
     set_: Annotated[Optional[list[str]], Opt("--set", help="a dataset/train field: --set dataset.val=0.3")] = None,
 ) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 from rich.table import Table
 
-from tle.cli.app import STATE, Opt, app, err, out, parse_sets
+from tle.cli.app import STATE, JsonOpt, Opt, QuietOpt, RunNameOpt, TrackingUriOpt, app, err, out, parse_sets
 from tle.errors import UserError
 from tle.store.status import RunStatus
 
@@ -53,14 +53,14 @@ def run(
     join_timeout: Annotated[Optional[float], Opt(help="seconds the nodes may take to meet at --master-addr:--master-port (default 300)")] = None,
     collective_timeout: Annotated[Optional[float], Opt(help="seconds one collective may wait for a rank that hangs (default 1800)")] = None,
     experiment: Annotated[Optional[str], Opt(help="MLflow experiment name")] = None,
-    tracking_uri: Annotated[Optional[str], Opt(help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")] = None,
-    run_name: Annotated[Optional[str], Opt(help="MLflow run name")] = None,
+    tracking_uri: TrackingUriOpt = None,
+    run_name: RunNameOpt = None,
     register: Annotated[Optional[str], Opt(help="register the ONNX model under this name")] = None,
     set_: Annotated[Optional[list[str]], Opt("--set", help="any spec field: --set train.weight_decay=1e-4")] = None,
     resume: Annotated[Optional[str], Opt(help="continue an interrupted run (KILLED/FAILED) in the same MLflow run")] = None,
-    json_out: Annotated[bool, Opt("--json", help="print the result as JSON")] = False,
+    json_out: JsonOpt = False,
     debug: Annotated[bool, Opt("--debug", help="show tracebacks")] = False,
-    quiet: Annotated[bool, Opt("--quiet", "-q", help="no progress bars")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Run one experiment and track it in MLflow."""
     from tle.contract.spec import build_spec, read_spec_file

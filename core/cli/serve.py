@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from tle.cli.app import Opt, app, out, output_file
+from tle.cli.app import JsonOpt, Opt, TrackingUriOpt, app, out, output_file
 from tle.errors import UserError
 from tle.store.status import RunStatus
 
@@ -66,7 +66,7 @@ def _run_onnx(ref: str, tracking_uri: str | None, dst: Path) -> Path:
 def export(
     run_id: Annotated[str, typer.Argument(help="run id (or runs:/ID)")],
     output: Annotated[Optional[Path], Opt("--output", "-o", help="where to write the .onnx file")] = None,
-    tracking_uri: Annotated[Optional[str], Opt(help="MLflow tracking URI")] = None,
+    tracking_uri: TrackingUriOpt = None,
 ) -> None:
     """Write a run's ONNX model to a file."""
     import shutil
@@ -90,8 +90,8 @@ def predict(
     model: Annotated[str, typer.Argument(help=".onnx file, run id or runs:/ID")],
     images: Annotated[list[Path], typer.Argument(help="image files or folders")],
     top_k: Annotated[int, Opt("--top-k", "-k", min=1, help="classes to show per image")] = 3,
-    json_out: Annotated[bool, Opt("--json", help="print JSON")] = False,
-    tracking_uri: Annotated[Optional[str], Opt(help="MLflow tracking URI")] = None,
+    json_out: JsonOpt = False,
+    tracking_uri: TrackingUriOpt = None,
     cpu: Annotated[bool, Opt("--cpu", help="use the CPU even when CUDA is available")] = False,
 ) -> None:
     """Classify images with an exported ONNX model (ONNX Runtime, CUDA when present)."""

@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 from rich.progress import TaskID
 from rich.table import Table
 
-from tle.cli.app import STATE, Opt, app, err, out, output_file
+from tle.cli.app import STATE, Opt, QuietOpt, TrackingUriOpt, app, err, out, output_file
 from tle.errors import UserError
 
 FORMATS = ("table", "markdown", "csv", "json")
@@ -45,10 +45,9 @@ def init_study(
     plot: Annotated[Optional[Path], Opt(help="PNG to write (default ./init-study.png, ./init-study-MODEL.png)")] = None,
     format_: Annotated[str, Opt("--format", help="table | markdown | csv | json")] = "table",
     experiment: Annotated[str, Opt(help="MLflow experiment name")] = "init-study",
-    tracking_uri: Annotated[Optional[str], Opt(help="MLflow tracking URI "
-                                                    "(default: MLFLOW_TRACKING_URI or ./mlflow.db)")] = None,
+    tracking_uri: TrackingUriOpt = None,
     track: Annotated[bool, Opt("--track/--no-track", help="log the study to MLflow")] = True,
-    quiet: Annotated[bool, Opt("--quiet", "-q", help="no progress bars")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Activation histograms per initialiser across backends (S4), or a model's blocks at initialisation."""
     from tle.studies import init_study as study

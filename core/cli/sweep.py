@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from tle.cli.app import STATE, Opt, app, err, out, parse_sets
+from tle.cli.app import STATE, Opt, TrackingUriOpt, app, err, out, parse_sets
 from tle.errors import UserError
 from tle.store.status import RunStatus
 
@@ -21,8 +21,7 @@ def sweep(
     executor: Annotated[str, Opt(help="local | ray")] = "local",
     address: Annotated[Optional[str], Opt(help="Ray cluster address (default: start Ray on this machine)")] = None,
     gpus_per_cell: Annotated[Optional[float], Opt(help="GPUs each Ray cell asks for (default: 1 if device is cuda)")] = None,
-    tracking_uri: Annotated[Optional[str], Opt(help="MLflow tracking URI (default: the base spec's, "
-                                                    "MLFLOW_TRACKING_URI or ./mlflow.db)")] = None,
+    tracking_uri: TrackingUriOpt = None,
     rows: Annotated[Optional[str], Opt(help="axes for table rows, comma-separated (default: the rest)")] = None,
     cols: Annotated[Optional[str], Opt(help="axes for table columns (default: dataset, else strategy)")] = None,
     metric: Annotated[str, Opt(help="run metric in the table (a search's confirm table)")] = "test_acc",

@@ -7,6 +7,7 @@ those as opaque handles and hands them back.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -102,6 +103,14 @@ class BlockCount:
     trainable: int
     bias: int = 0
     norm: int = 0
+
+    @classmethod
+    def of(cls, name: str, tensors: Iterable[tuple[int, bool, str]]) -> BlockCount:
+        """The counts of block ``name`` from its tensors, each (size, trains now, kind: ``bias``, ``norm`` or
+        ``weight``): how a backend's ``count_parameters`` reads its own parameter listing."""
+        found = list(tensors)
+        return cls(name, sum(n for n, _, _ in found), sum(n for n, on, _ in found if on),
+                   bias=sum(n for n, _, k in found if k == "bias"), norm=sum(n for n, _, k in found if k == "norm"))
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,10 @@ import hashlib
 import json
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tle.errors import UserError
 from tle.contract.initializers import InitSpec
@@ -35,6 +35,17 @@ class SyntheticSpec(_Strict):
 SplitSize = int | float
 
 
+def not_blank(message: str) -> AfterValidator:
+    """A string field that is stripped, and refused with ``message`` when nothing is left."""
+
+    def check(value: str) -> str:
+        if not value.strip():
+            raise ValueError(message)
+        return value.strip()
+
+    return AfterValidator(check)
+
+
 class DataSpec(_Strict):
     """Where the images come from and how they are split.
 
@@ -45,7 +56,8 @@ class DataSpec(_Strict):
     int is a count, a float in (0, 1) a fraction; ``train: null`` takes the rest.
     """
 
-    source: str = "digits"
+    source: Annotated[str, not_blank("dataset source is empty; use digits, synthetic, folder:PATH or npz:PATH")] = \
+        "digits"
     image_size: int | None = Field(default=None, ge=4, le=2048,
                                    description="square side in pixels; null keeps the native size")
     channels: Literal[1, 3] | None = None
@@ -60,13 +72,6 @@ class DataSpec(_Strict):
     @classmethod
     def _from_string(cls, value: Any) -> Any:
         return {"source": value} if isinstance(value, str) else value
-
-    @field_validator("source")
-    @classmethod
-    def _source_not_empty(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("dataset source is empty; use digits, synthetic, folder:PATH or npz:PATH")
-        return value.strip()
 
     @field_validator("train", "val", "test")
     @classmethod
@@ -259,16 +264,10 @@ class TrainSpec(_Strict):
 class TrackingSpec(_Strict):
     uri: str | None = Field(default=None,
                             description="MLflow tracking URI; null = MLFLOW_TRACKING_URI or MLflow's default")
-    experiment: str = "tle"
+    # An empty name would log into MLflow's "Default" experiment without a word.
+    experiment: Annotated[str, not_blank("the MLflow experiment name is empty; give one, e.g. --experiment s1")] = "tle"
     run_name: str | None = None
 
-    @field_validator("experiment")
-    @classmethod
-    def _experiment(cls, value: str) -> str:
-        # An empty name would log into MLflow's "Default" experiment without a word.
-        if not value.strip():
-            raise ValueError("the MLflow experiment name is empty; give one, e.g. --experiment s1")
-        return value.strip()
     registered_model: str | None = Field(default=None, description="register the ONNX model under this name")
 
 

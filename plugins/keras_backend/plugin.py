@@ -106,13 +106,9 @@ def count_parameters(model: Any) -> list[BlockCount]:
     from tle.contract.records import BlockCount
     from tle_keras.params import kinds
 
-    counts = []
-    for block in model.trainable:
-        found = [(int(np.prod(v.shape)), layer.trainable and v.trainable, kind) for layer, v, kind in kinds(model, block)]
-        counts.append(BlockCount(block, sum(n for n, _, _ in found), sum(n for n, on, _ in found if on),
-                                 bias=sum(n for n, _, k in found if k == "bias"),
-                                 norm=sum(n for n, _, k in found if k == "norm")))
-    return counts
+    return [BlockCount.of(block, ((int(np.prod(v.shape)), layer.trainable and v.trainable, kind)
+                                  for layer, v, kind in kinds(model, block)))
+            for block in model.trainable]
 
 
 block_parameters = delegate(hookspecs.block_parameters, "tle_keras.params:block_parameters")

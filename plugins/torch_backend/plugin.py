@@ -74,13 +74,9 @@ def count_parameters(model: Any) -> list[BlockCount]:
     from tle.contract.records import BlockCount
     from tle_torch.params import kinds
 
-    counts = []
-    for block in model.trainable:
-        found = [(p.numel(), p.requires_grad, kind) for _, p, kind in kinds(model.module_of(block))]
-        counts.append(BlockCount(block, sum(n for n, _, _ in found), sum(n for n, on, _ in found if on),
-                                 bias=sum(n for n, _, k in found if k == "bias"),
-                                 norm=sum(n for n, _, k in found if k == "norm")))
-    return counts
+    return [BlockCount.of(block, ((p.numel(), p.requires_grad, kind)
+                                  for _, p, kind in kinds(model.module_of(block))))
+            for block in model.trainable]
 
 
 block_parameters = delegate(hookspecs.block_parameters, "tle_torch.params:block_parameters")
