@@ -23,6 +23,7 @@ from typing import Any
 
 from tle.errors import UserError
 from tle.store.status import RunStatus
+from tle.store.tracking import deferred_signals
 
 DATA_CACHE = 4  # datasets kept per worker (a sweep's cells usually share one or two)
 REUSE_MODELS = "TLE_REUSE_MODELS"  # set while a cell runs (see execute)
@@ -168,23 +169,28 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     signal.signal(signal.SIGINT, _on_sigterm)
     cache = DataCache()
-    warm_up(backend)
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        task = json.loads(line)
-        if task["spec"].get("backend") != backend:
-            outcome = {"cell": task["cell"], "status": RunStatus.FAILED, "error": f"worker for {backend} got another backend"}
-        else:
-            try:
-                outcome = handle(task, cache)
-            except _Interrupted as stop:
-                # Ignore further signals while reporting: the run is already ended KILLED.
-                signal.signal(signal.SIGTERM, signal.SIG_IGN)
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-                channel.write(json.dumps(stop.outcome) + "\n")
-                return 130
-        channel.write(json.dumps(outcome) + "\n")
+    try:
+        warm_up(backend)
+        for line in sys.stdin:
+            if not line.strip():
+                continue
+            task = json.loads(line)
+            if task["spec"].get("backend") != backend:
+                outcome = {"cell": task["cell"], "status": RunStatus.FAILED,
+                           "error": f"worker for {backend} got another backend"}
+            else:
+                try:
+                    outcome = handle(task, cache)
+                except _Interrupted as stop:
+                    # Ignore further signals while reporting: the run is already ended KILLED.
+                    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                    signal.signal(signal.SIGINT, signal.SIG_IGN)
+                    channel.write(json.dumps(stop.outcome) + "\n")
+                    return 130
+            with deferred_signals():  # a cell that ended is reported whole, whatever signal comes meanwhile
+                channel.write(json.dumps(outcome) + "\n")
+    except KeyboardInterrupt:  # stopped while idle (or warming up): no run is open, nothing to report
+        return 130
     return 0
 
 

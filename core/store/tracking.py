@@ -277,6 +277,29 @@ def quiet_signals():
             signal.signal(sig, handler)
 
 
+@contextmanager
+def deferred_signals() -> Iterator[None]:
+    """Ctrl-C and SIGTERM that arrive inside the block are delivered when it ends, to the handlers it started with:
+    what the block does (an outcome read from a worker and told to its study) is done whole or not begun, never
+    cut in half by a KeyboardInterrupt. Only for blocks that end within a second."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+
+    def hold(signum, frame):
+        arrived.append(signum)
+
+    previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if arrived:
+            signal.raise_signal(arrived[0])
+
+
 def _mark(exc: BaseException, run_id: str) -> None:
     """Let callers (a sweep worker) learn which run an error ended."""
     try:

@@ -116,8 +116,9 @@ class LocalPool:
                 continue
             self._forget(worker)
             code = worker.proc.wait()
-            done.append((worker, {"status": RunStatus.FAILED, "error": f"worker for {worker.backend} exited with code "
-                                                                f"{code}: {worker.tail()} (log {worker.log})"}))
+            done.append((worker, {"status": RunStatus.FAILED, "exited": code,
+                                  "error": f"worker for {worker.backend} exited with code {code}: {worker.tail()} "
+                                           f"(log {worker.log})"}))
         return done
 
     def alive(self, worker: LocalWorker) -> bool:
@@ -145,6 +146,8 @@ class LocalPool:
         while waiting and time.monotonic() < deadline:
             for worker, outcome in self.wait(timeout=0.5):
                 waiting.discard(worker)
+                if outcome.get("exited") is not None:  # it ended on the signal before it could report: interrupted
+                    outcome = {**outcome, "status": RunStatus.KILLED, "error": f"interrupted ({outcome['error']})"}
                 reported.append((worker, outcome))
         for worker in busy:
             if worker.proc.poll() is None:

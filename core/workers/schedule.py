@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from tle.errors import UserError
 from tle.store.status import RunStatus
+from tle.store.tracking import deferred_signals
 
 
 @dataclass
@@ -145,15 +146,18 @@ class Scheduler:
                     busy[worker] = task
                 if not busy:
                     continue
-                for worker, outcome in self.pool.wait(timeout=0.5):
-                    task = busy.pop(worker, None)
-                    if task is None:  # a worker that ended after it reported
-                        continue
-                    finish(task, outcome)
-                    if self.pool.alive(worker):
-                        self.idle.append((worker, self.owner[worker]))
-                    else:
-                        self.owner.pop(worker, None)
+                # A signal waits until the outcomes read are handed on: one read but not yet told (a search's trial
+                # that finished) would be lost, and its worker, idle by then, would be counted as interrupted.
+                with deferred_signals():
+                    for worker, outcome in self.pool.wait(timeout=0.5):
+                        task = busy.pop(worker, None)
+                        if task is None:  # a worker that ended after it reported
+                            continue
+                        finish(task, outcome)
+                        if self.pool.alive(worker):
+                            self.idle.append((worker, self.owner[worker]))
+                        else:
+                            self.owner.pop(worker, None)
         except KeyboardInterrupt:
             for worker, outcome in self.pool.interrupt(busy, grace=30.0):
                 task = busy.pop(worker, None)
