@@ -71,8 +71,9 @@ class Study:
         """results/STEM.md: what the command printed, then the line that says how it was made."""
         RESULTS.mkdir(exist_ok=True)
         took = self.seconds if seconds is None else seconds
-        stamp = (f"*Printed by `{command}` on {dt.date.today().isoformat()}, {cores()} CPU cores shared with "
-                 f"other work, {took:.0f} s; written by `python scripts/docs_tables.py {self.study}`.*")
+        load = os.getloadavg()[1]  # the last 5 minutes': what else ran beside the command
+        stamp = (f"*Printed by `{command}` on {dt.date.today().isoformat()}, {cores()} CPU cores (load {load:.1f} over "
+                 f"the last 5 minutes), {took:.0f} s; written by `python scripts/docs_tables.py {self.study}`.*")
         path = RESULTS / f"{stem}.md"
         path.write_text(printed.strip() + "\n\n" + stamp + "\n")
         print(f"[{self.name}] wrote {path.relative_to(ROOT)}", file=sys.stderr)
