@@ -131,6 +131,53 @@ def informative_logits(y, seed=0, source_classes=5):
     return logits
 
 
+def ledoit_wolf_by_hand(x):
+    """Ledoit & Wolf (2004): S (normalised by N) shrunk toward mu I, mu = tr(S)/p, by min(b2, d2)/d2 with
+    d2 = |S - mu I|^2 and b2 = the mean over rows of |x x^T - S|^2 / N (Frobenius norms divided by p)."""
+    n, p = x.shape
+    xc = x - x.mean(axis=0)
+    s = xc.T @ xc / n
+    mu = np.trace(s) / p
+    d2 = np.sum((s - mu * np.eye(p)) ** 2) / p
+    b2 = sum(np.sum((np.outer(r, r) - s) ** 2) for r in xc) / n ** 2 / p
+    a = min(b2, d2) / d2
+    return (1 - a) * s + a * mu * np.eye(p), a
+
+
+def test_shrunk_h_score_by_hand():
+    # One feature: nothing to shrink toward (S is mu I), so it is H-score's 0.8 (both covariances over N here).
+    assert T.shrunk_h_score(np.array([[0.0], [2.0], [4.0], [6.0]]), np.array([0, 0, 1, 1])) == \
+        pytest.approx(0.8, abs=1e-12)
+    x, y = clustered(seed=7, n_per_class=6, dims=5)
+    shrunk, a = ledoit_wolf_by_hand(x)
+    g = np.stack([x[y == c].mean(axis=0) for c in y])
+    gc = g - g.mean(axis=0)
+    expected = np.trace(np.linalg.inv(shrunk) @ ((1 - a) * gc.T @ gc / len(y)))
+    assert 0 < a < 1 and T.shrunk_h_score(x, y) == pytest.approx(expected, rel=1e-9)
+
+
+def test_shrunk_h_score_stays_low_on_noise_where_h_score_does_not():
+    """Many features against few images: H-score inverts a nearly singular covariance and scores pure noise near
+    its ceiling C - 1; the shrunk one scores that noise below features that separate the classes (why tle rank
+    shows both: on the letters a random resnet_small had the top H-score)."""
+    rng = np.random.default_rng(3)
+    y = np.repeat(np.arange(3), 20)
+    noise = rng.normal(size=(60, 50))
+    informative, _ = clustered(seed=8, n_per_class=20, dims=50, spread=0.3)
+    assert T.h_score(noise, y) > 1.5  # ceiling: 2
+    assert T.shrunk_h_score(noise, y) < 0.5 < T.shrunk_h_score(informative, y)
+    assert T.shrunk_h_score(noise, y) < T.h_score(noise, y) / 3
+
+
+def test_shrunk_h_score_is_invariant_to_a_feature_scale_and_a_rotation():
+    x, y = clustered(seed=9)
+    h = T.shrunk_h_score(x, y)
+    rotation = np.linalg.qr(np.random.default_rng(4).normal(size=(x.shape[1], x.shape[1])))[0]
+    for c in (1e-3, 0.5, 40.0):
+        assert T.shrunk_h_score(x * c, y) == pytest.approx(h, rel=1e-8)
+    assert T.shrunk_h_score(x @ rotation, y) == pytest.approx(h, rel=1e-8)
+
+
 def test_every_score_falls_when_the_labels_are_shuffled():
     x, y = clustered(seed=4, n_per_class=40, spread=0.5)
     rng = np.random.default_rng(0)

@@ -10,6 +10,11 @@ Pure NumPy/SciPy/scikit-learn, one function per score, each "higher is better", 
   divided by N and averaged over classes (You et al. 2021). Invariant to a global scale of the features.
 * :func:`h_score`: ``tr(cov(f)^+ cov(E[f | y]))`` (Bao et al. 2019). Invariant to any invertible linear map of
   features of full rank, so to a per-feature scale.
+* :func:`shrunk_h_score`: H-score with cov(f) replaced by Ledoit-Wolf's shrunk estimate cov_a(f) and the
+  between-class covariance scaled by ``1 - a`` (Ibrahim et al. 2022, "regularised H-score"): the plain one
+  inverts a sample covariance that is singular or nearly so whenever the features are many against the images
+  (it then measures the noise of the small eigenvalues), the shrunk one stays well conditioned. Invariant to a
+  global feature scale and a rotation, not to a per-feature scale (it shrinks toward a multiple of I).
 * :func:`nce`: the negative conditional entropy ``-H(Y | Z)`` of the target label given the source head's
   decision (Tran et al. 2019).
 * :func:`leep`: the mean log-likelihood of the target label under the empirical predictor
@@ -35,11 +40,11 @@ LOGME_MAX_ITER = 200
 VARIANCE_FLOOR = 1e-8  # of a GBC class variance, relative to the mean variance of the projected features
 
 # Where a score needs what (the ranking fills a ScoreInput per candidate; a score without its input is '-').
-FEATURE_SCORES = ("knn", "logme", "hscore", "gbc")
+FEATURE_SCORES = ("knn", "logme", "hscore", "hscore_shrunk", "gbc")
 HEAD_SCORES = ("nce", "leep")
 SCORES = FEATURE_SCORES + HEAD_SCORES
 BASELINES = ("params", "source_acc")
-TITLES = {"knn": "k-NN acc", "logme": "LogME", "hscore": "H-score", "gbc": "GBC", "nce": "NCE", "leep": "LEEP",
+TITLES = {"knn": "k-NN acc", "logme": "LogME", "hscore": "H-score", "hscore_shrunk": "H-score LW", "gbc": "GBC", "nce": "NCE", "leep": "LEEP",
           "params": "params", "source_acc": "source acc"}
 
 
@@ -159,12 +164,33 @@ def h_score(features, labels) -> float:
     """``tr(pinv(cov f) cov g)`` where g replaces each row by its class's mean (covariances with ddof 1)."""
     f, y = _floats(features), _labels(labels)
     _check(f, y)
-    g = np.empty_like(f)
-    for c in np.unique(y):
-        g[y == c] = f[y == c].mean(axis=0)
+    g = _class_means(f, y)
     cov_f = np.atleast_2d(np.cov(f, rowvar=False))
     cov_g = np.atleast_2d(np.cov(g, rowvar=False))
     return float(np.trace(np.linalg.pinv(cov_f, rcond=1e-10, hermitian=True) @ cov_g))
+
+
+def _class_means(f: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Each row replaced by the mean of its class's rows."""
+    g = np.empty_like(f)
+    for c in np.unique(y):
+        g[y == c] = f[y == c].mean(axis=0)
+    return g
+
+
+def shrunk_h_score(features, labels) -> float:
+    """``tr(cov_a(f)^-1 (1 - a) cov(g))``: cov_a(f) Ledoit-Wolf's shrunk covariance of the features and a its
+    shrinkage (scikit-learn's ``LedoitWolf``), g each row's class mean; both covariances normalised by N, as
+    Ledoit-Wolf's is."""
+    from sklearn.covariance import LedoitWolf
+
+    f, y = _floats(features), _labels(labels)
+    _check(f, y)
+    estimate = LedoitWolf().fit(f)
+    g = _class_means(f, y)
+    cov_g = np.atleast_2d(np.cov(g, rowvar=False, bias=True))
+    shrunk = np.atleast_2d(estimate.covariance_)
+    return float(np.trace(np.linalg.solve(shrunk, (1.0 - estimate.shrinkage_) * cov_g)))
 
 
 # -- from the source head --------------------------------------------------------------
@@ -263,6 +289,7 @@ SCORE_FUNCTIONS: dict[str, Callable[[ScoreInput], float]] = {
     "knn": lambda s: knn_accuracy(s.train_x, s.train_y, s.val_x, s.val_y),
     "logme": lambda s: logme(s.train_x, s.train_y),
     "hscore": lambda s: h_score(s.train_x, s.train_y),
+    "hscore_shrunk": lambda s: shrunk_h_score(s.train_x, s.train_y),
     "gbc": lambda s: gbc(s.train_x, s.train_y),
     "nce": lambda s: nce(np.argmax(_floats(s.source_logits), axis=1), s.train_y),
     "leep": lambda s: leep(softmax(s.source_logits), s.train_y),

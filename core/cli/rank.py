@@ -28,8 +28,8 @@ def rank(
     seed: Annotated[Optional[int], Opt(help="split seed (tle run's --seed: the same seed gives the same split)")] = None,
     batch_size: Annotated[Optional[int], Opt(help="images per forward pass of a backbone")] = None,
     device: DeviceOpt = None,
-    by: Annotated[Optional[str], Opt(help="score that orders the table: knn | logme | hscore | gbc | nce | leep | "
-                                          "params | source_acc (default knn)")] = None,
+    by: Annotated[Optional[str], Opt(help="score that orders the table: knn | logme | hscore | hscore_shrunk | gbc | "
+                                          "nce | leep | params | source_acc (default knn)")] = None,
     against: Annotated[Optional[str], Opt(help="name of a finished tle sweep in the same store: Kendall's tau of "
                                                "each score against its test accuracy, per strategy")] = None,
     jobs: Annotated[Optional[int], Opt("--jobs", "-j", help="worker processes extracting features at once (default: "
