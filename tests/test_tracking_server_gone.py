@@ -145,7 +145,10 @@ def test_a_server_that_goes_away_mid_run_ends_the_run_within_seconds_with_or_wit
     errors = [line for line in alone.lines if line.startswith("error:")]
     assert len(errors) == 1 and alone.base in errors[0] and "Traceback" not in "\n".join(alone.lines), alone.lines
     (warning,) = [line for line in alone.lines if line.startswith("warning: run ")]
-    assert "stays RUNNING" in warning and "(FAILED)" in warning and "Connection refused" in warning, warning
+    # How the socket says the server went away depends on when it died: before the write (refused) or during it.
+    gone = ("Connection refused", "Connection reset by peer", "Remote end closed connection", "Connection aborted")
+    assert "stays RUNNING" in warning and "(FAILED)" in warning and any(g in warning for g in gone), warning
+    assert len(warning) < 200 + len(alone.base) + 100, warning  # the reason, not urllib3's page of repr
 
     assert sig_code == 130 and sig_took < TO_EXIT, (sig_took, stopped.lines)
     assert stopped.lines[-1] == "interrupted" and "Traceback" not in "\n".join(stopped.lines), stopped.lines

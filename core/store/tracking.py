@@ -237,6 +237,12 @@ def _one_try() -> Iterator[None]:
                 os.environ[key] = value
 
 
+# What a failed write to a tracking server says of the socket, the most telling first: a server that died before
+# the write refuses it; one that died during it resets or closes the connection; a hung one times out.
+SOCKET_REASONS = (r"\[Errno -?\d+\] [^'\")]+", r"Connection reset by peer", r"Remote end closed connection without response",
+                  r"Read timed out", r"Connection aborted")
+
+
 def _end(mlflow_module, status: str, tag: str, reason: str | None) -> None:
     """End the active run ``status`` with ``reason`` as ``tag``, in seconds whatever the store does, Ctrl-C and
     SIGTERM held off meanwhile: a write that fails is said in one line on stderr and does not hide why the run
@@ -256,7 +262,8 @@ def _end(mlflow_module, status: str, tag: str, reason: str | None) -> None:
     if failed:
         text = str(failed[0]).strip()
         # MLflow's message buries the reason ("[Errno 111] Connection refused") in a page of urllib3's repr
-        errno = re.search(r"\[Errno -?\d+\] [^'\")]+|Read timed out", text)
+        found = (re.search(pattern, text) for pattern in SOCKET_REASONS)
+        errno = next((m for m in found if m is not None), None)
         reason = errno.group(0) if errno else (text.splitlines() or [type(failed[0]).__name__])[0][:200]
         run_id = run.info.run_id if run is not None else "?"
         print(f"warning: run {run_id} stays RUNNING in {mlflow_module.get_tracking_uri()}: the store did not take "
