@@ -27,7 +27,9 @@ The features are what :mod:`tle.studies.rank` extracts: the last backbone block'
 
 from __future__ import annotations
 
+import importlib
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -176,6 +178,16 @@ def _class_means(f: np.ndarray, y: np.ndarray) -> np.ndarray:
     for c in np.unique(y):
         g[y == c] = f[y == c].mean(axis=0)
     return g
+
+
+def import_in_background() -> threading.Thread:
+    """Start importing scikit-learn's covariance module (about a second: the only slow import of the scores) in a
+    thread, so that a ranking pays it while its workers extract features; :func:`shrunk_h_score` then finds it
+    imported (Python's import lock makes a second import wait for the first)."""
+    thread = threading.Thread(target=importlib.import_module, args=("sklearn.covariance",), daemon=True,
+                              name="tle-import-sklearn")
+    thread.start()
+    return thread
 
 
 def shrunk_h_score(features, labels) -> float:

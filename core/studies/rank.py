@@ -455,6 +455,7 @@ class Ranker:
         # The workers start now and import their framework while the store is read.
         self.pool = LocalPool(options.jobs)
         self.warm = [(self.pool.start(b), b) for b in backends[:options.jobs]]
+        scores.import_in_background()  # the scores' one slow import, while the workers start and extract
         self.folder = Path(tempfile.mkdtemp(prefix="tle-rank-"))  # weights fetched, then the features
         try:
             mlflow = configure(options.tracking_uri or spec.tracking.uri)
