@@ -169,15 +169,6 @@ def test_shrunk_h_score_stays_low_on_noise_where_h_score_does_not():
     assert T.shrunk_h_score(noise, y) < T.h_score(noise, y) / 3
 
 
-def test_shrunk_h_score_is_invariant_to_a_feature_scale_and_a_rotation():
-    x, y = clustered(seed=9)
-    h = T.shrunk_h_score(x, y)
-    rotation = np.linalg.qr(np.random.default_rng(4).normal(size=(x.shape[1], x.shape[1])))[0]
-    for c in (1e-3, 0.5, 40.0):
-        assert T.shrunk_h_score(x * c, y) == pytest.approx(h, rel=1e-8)
-    assert T.shrunk_h_score(x @ rotation, y) == pytest.approx(h, rel=1e-8)
-
-
 def test_every_score_falls_when_the_labels_are_shuffled():
     x, y = clustered(seed=4, n_per_class=40, spread=0.5)
     rng = np.random.default_rng(0)
@@ -206,17 +197,19 @@ def test_h_score_is_invariant_to_feature_scales_and_linear_maps():
     assert T.h_score(x * 1e3, y) == pytest.approx(h, rel=1e-8)
 
 
-def test_logme_is_invariant_to_a_feature_scale_and_a_rotation():
-    """Scaling F by c is scaling the prior's precision by c^2: the maximum over alpha is the same; an orthogonal
-    map leaves F F^T, hence the marginal likelihood, unchanged."""
+@pytest.mark.parametrize("score", [T.logme, T.shrunk_h_score], ids=["logme", "hscore_shrunk"])
+def test_logme_and_the_shrunk_h_score_are_invariant_to_a_feature_scale_and_a_rotation(score):
+    """LogME: scaling F by c is scaling the prior's precision by c^2, so the maximum over alpha is the same; an
+    orthogonal map leaves F F^T, hence the marginal likelihood, unchanged. The shrunk H-score: Ledoit-Wolf's
+    shrinkage is the same for cF and for FQ, and its target mu I scales and rotates with the features."""
     x, y = clustered(seed=6)
-    m = T.logme(x, y)
+    m = score(x, y)
     rotation = np.linalg.qr(np.random.default_rng(2).normal(size=(x.shape[1], x.shape[1])))[0]
     for c in (1e-3, 0.5, 40.0):
-        assert T.logme(x * c, y) == pytest.approx(m, rel=1e-6)
-    assert T.logme(x @ rotation, y) == pytest.approx(m, rel=1e-9)
-    # Not invariant to a per-feature scale (the prior is isotropic): the test above is not vacuous.
-    assert abs(T.logme(x * np.arange(1, x.shape[1] + 1), y) - m) > 1e-3
+        assert score(x * c, y) == pytest.approx(m, rel=1e-6)
+    assert score(x @ rotation, y) == pytest.approx(m, rel=1e-8)
+    # Not invariant to a per-feature scale (an isotropic prior; a shrinkage toward a multiple of I): not vacuous.
+    assert abs(score(x * np.arange(1, x.shape[1] + 1), y) - m) > 1e-3
 
 
 def test_scores_need_two_classes_and_say_so():
