@@ -46,8 +46,8 @@ FEATURE_SCORES = ("knn", "logme", "hscore", "hscore_shrunk", "gbc")
 HEAD_SCORES = ("nce", "leep")
 SCORES = FEATURE_SCORES + HEAD_SCORES
 BASELINES = ("params", "source_acc")
-TITLES = {"knn": "k-NN acc", "logme": "LogME", "hscore": "H-score", "hscore_shrunk": "H-score LW", "gbc": "GBC", "nce": "NCE", "leep": "LEEP",
-          "params": "params", "source_acc": "source acc"}
+TITLES = {"knn": "k-NN acc", "logme": "LogME", "hscore": "H-score", "hscore_shrunk": "H-score LW", "gbc": "GBC",
+          "nce": "NCE", "leep": "LEEP", "params": "params", "source_acc": "source acc"}
 
 
 def _floats(a) -> np.ndarray:

@@ -239,8 +239,8 @@ def _one_try() -> Iterator[None]:
 
 # What a failed write to a tracking server says of the socket, the most telling first: a server that died before
 # the write refuses it; one that died during it resets or closes the connection; a hung one times out.
-SOCKET_REASONS = (r"\[Errno -?\d+\] [^'\")]+", r"Connection reset by peer", r"Remote end closed connection without response",
-                  r"Read timed out", r"Connection aborted")
+SOCKET_REASONS = (r"\[Errno -?\d+\] [^'\")]+", r"Connection reset by peer",
+                  r"Remote end closed connection without response", r"Read timed out", r"Connection aborted")
 
 
 def _end(mlflow_module, status: str, tag: str, reason: str | None) -> None:
@@ -271,17 +271,25 @@ def _end(mlflow_module, status: str, tag: str, reason: str | None) -> None:
 
 
 @contextmanager
-def quiet_signals():
-    """Hold off Ctrl-C and SIGTERM while a run's end is written (a second signal would leave it RUNNING)."""
+def _signals_to(handler) -> Iterator[None]:
+    """Ctrl-C and SIGTERM go to ``handler`` inside the block, then back to the handlers they had (only the main
+    thread sets handlers: elsewhere the block runs as it is)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sig, before in previous.items():
+            signal.signal(sig, before)
+
+
+@contextmanager
+def quiet_signals() -> Iterator[None]:
+    """Hold off Ctrl-C and SIGTERM while a run's end is written (a second signal would leave it RUNNING)."""
+    with _signals_to(signal.SIG_IGN):
+        yield
 
 
 @contextmanager
@@ -289,20 +297,15 @@ def deferred_signals() -> Iterator[None]:
     """Ctrl-C and SIGTERM that arrive inside the block are delivered when it ends, to the handlers it started with:
     what the block does (an outcome read from a worker and told to its study) is done whole or not begun, never
     cut in half by a KeyboardInterrupt. Only for blocks that end within a second."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     arrived: list[int] = []
 
     def hold(signum, frame):
         arrived.append(signum)
 
-    previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        with _signals_to(hold):
+            yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         if arrived:
             signal.raise_signal(arrived[0])
 
