@@ -29,11 +29,12 @@ check: $(STAMP)
 	$(BIN)/pyright
 	$(BIN)/ruff check --select F,E9 core plugins tests examples benchmarks
 
-# Everything, the study-sized checks (tests/conftest.py: STUDY) included: what CI runs (.ci/run), inside its 30 minutes.
+# Everything, the study-sized checks (tests/conftest.py: STUDY) included, but the longest (STUDIES_ONLY, marked long):
+# what CI runs (.ci/run), inside its 30 minutes; the 30 slowest tests' times at the end.
 test: check
-	OMP_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -n 2 --dist loadfile
+	OMP_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -n 2 --dist loadfile -m "not long" --durations=30
 
-# Only the study-sized checks, about 6 minutes on 2 cores.
+# Only the study-sized checks, the long ones included: about 10 minutes on 2 cores.
 test-studies: $(STAMP)
 	OMP_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -n 2 --dist loadfile -m study
 
