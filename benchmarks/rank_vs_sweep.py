@@ -15,7 +15,8 @@ the checks, extracting features in the worker, the scores, the tracked run) and 
 extraction + scores ÷ a sweep cell's run, which is what the ratio tends to when candidates are many or large.
 
     .venv/bin/python benchmarks/rank_vs_sweep.py [--models vgg_small,resnet_small] [--epochs-list 2,6]
-        [--target digits:5-9] [--image-size 32] [--sweep-epochs 5] [--no-export] [--max-per-class N] [--jobs auto]
+        [--random] [--target digits:5-9] [--image-size 32] [--sweep-epochs 5] [--no-export] [--max-per-class N]
+        [--jobs auto]
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ def main() -> None:
     parser.add_argument("--backend", default="torch")
     parser.add_argument("--models", default="vgg_small,resnet_small")
     parser.add_argument("--epochs-list", default="2,6", help="pretraining epochs: one candidate per model and value")
+    parser.add_argument("--random", action="store_true", help="one more candidate per model: its random weights "
+                                                             "(ranked, but not in the sweep: no feature extractor)")
     parser.add_argument("--target", default="digits:5-9")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--sweep-epochs", type=int, default=None, help="default: tle's (5)")
@@ -78,6 +81,8 @@ def main() -> None:
     print(f"setup: pretraining on digits:0-4 into {uri}")
     candidates = pretrain(uri, args.backend, args.models.split(","), [int(e) for e in args.epochs_list.split(",")],
                           args.image_size)
+    if args.random:
+        candidates += [f"{args.backend}:{m}@random" for m in args.models.split(",")]
 
     base = {"backend": args.backend, "strategy": "feature-extractor", "tracking": {"experiment": "bench-sweep"},
             "dataset": {"source": args.target, "image_size": args.image_size}, "train": {"seed": 0}}
@@ -85,7 +90,10 @@ def main() -> None:
         base["train"]["epochs"] = args.sweep_epochs
     if args.no_export:
         base["export"] = {"onnx": False}
-    cells = [{"model": c.split(":", 1)[1].split("@")[0], "weights": c.split("@", 1)[1]} for c in candidates]
+    # A random backbone has no feature-extractor cell (tle refuses to freeze random blocks): the sweep holds the
+    # pretrained candidates only, the ranking all of them (so --random makes the ratio larger, not smaller).
+    cells = [{"model": c.split(":", 1)[1].split("@")[0], "weights": c.split("@", 1)[1]} for c in candidates
+             if not c.endswith("@random")]
     (folder / "sweep.yaml").write_text(yaml.safe_dump({"name": "bench-fe", "base": base, "cells": cells}))
 
     print(f"timed: tle rank of {len(candidates)} candidates, then tle sweep of the same as feature extractors")
@@ -120,7 +128,8 @@ def main() -> None:
     for c in ranking["candidates"]:
         print(f"  {c['rank']}. {c['candidate']}: " + ", ".join(f"{k} {v:.3g}" for k, v in c["scores"].items()
                                                                 if v is not None))
-    print("sweep test acc: " + ", ".join(f"{g['weights']}: {g['test_acc_mean']:.3f}" for g in table["groups"]))
+    print("sweep test acc: " + ", ".join(f"{g.get('model', cells[0]['model'])}@{g.get('weights', cells[0]['weights'])}: "
+                                         f"{g['test_acc_mean']:.3f}" for g in table["groups"]))
     try:
         load = os.getloadavg()
         print(f"load average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} CPUs")

@@ -61,7 +61,7 @@ def test_vgg_small_gives_every_block_channels_last(hook):
     std = {}
     for text in ("he_normal", "glorot_uniform"):
         hook.apply_init(model=net, blocks=list(blocks), init=InitSpec.parse(text), seed=0)
-        out = hook.block_activations(model=net, images=images)
+        out = hook.block_activations(model=net, images=images, blocks=None)
         assert list(out) == list(blocks)
         assert [v.shape for v in out.values()] == [(6, 16, 16, 8), (6, 8, 8, 16), (6, 4, 4, 32), (6, 2, 2, 32),
                                                    (6, 1, 1, 32)]

@@ -242,3 +242,26 @@ def test_text_table_formats():
     table = TextTable("t", ["#", "name"], [["1", "a"], ["2", "b,c"]], right={0})
     assert table.markdown().splitlines()[2:5] == ["| # | name |", "|---:|---|", "| 1 | a |"]
     assert table.csv().splitlines() == ["#,name", "1,a", '2,"b,c"']
+
+
+class _EveryBlockHook:
+    """A third party's block_activations that predates ``blocks``: it gives every backbone block and no head."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def block_activations(self, model, images, blocks=None):
+        self.calls += 1
+        return {"block1": images * 2.0, "block2": images[:, :1, :1, :] + 1.0}
+
+
+def test_features_pool_the_last_block_and_leave_the_logits_to_evaluate_where_the_hook_gives_no_head():
+    from tle.run.features import backbone_features
+
+    images = np.arange(5 * 2 * 2 * 3, dtype=np.float32).reshape(5, 2, 2, 3)
+    hook = _EveryBlockHook()
+    features, logits = backbone_features(hook, None, "block1", images, batch_size=2, logits=True)
+    np.testing.assert_allclose(features, (images * 2.0).mean(axis=(1, 2)))
+    assert logits is None and hook.calls == 3  # 5 images in batches of 2
+    features, logits = backbone_features(hook, None, "block2", images[:0], batch_size=2)
+    assert features.shape == (0, 0) and logits is None

@@ -422,18 +422,27 @@ def dense_activations(inputs: np.ndarray, units: int, activation: str, init: Ini
 
 
 @hookspec(firstresult=True)
-def block_activations(model: Any, images: np.ndarray) -> dict[str, np.ndarray]:
+def block_activations(model: Any, images: np.ndarray, blocks: list[str] | None = None) -> dict[str, np.ndarray]:
     """Run ``model`` (from :func:`load_backbone`) in inference mode and return every block's output.
 
     Fired by ``tle init-study --model`` on successive chunks of one batch of
     images, right after :func:`load_backbone` and :func:`apply_init`; the core
     computes the statistics (mean, std, dead and saturated fractions), so every
-    backend is measured with the same definitions.
+    backend is measured with the same definitions. ``tle rank`` fires it with
+    ``blocks``: the last block's output (its features) and, for a candidate
+    whose source head is kept, ``head`` (NCE/LEEP's source predictions), in one
+    forward pass.
 
     :param numpy.ndarray images: float32 NHWC in [0, 1], a chunk of a few images.
+    :param blocks: None for every backbone block; else only these (the forward
+        pass may stop after the last one), ``head`` among them for the model's
+        logits ``(N, classes)`` under ``head``. A backend that ignores it returns
+        every backbone block, and the core then gets the logits from
+        :func:`evaluate`.
     :return: ``{block: float32 NumPy array}`` for every backbone block in forward
-        order (not ``head``), each the block's output with the channels last
-        (``(N, H, W, C)`` for conv blocks, ``(N, C)`` for dense ones).
+        order (not ``head`` unless ``blocks`` names it), each the block's output
+        with the channels last (``(N, H, W, C)`` for conv blocks, ``(N, C)`` for
+        dense ones).
     """
     ...
 

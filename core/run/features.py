@@ -28,6 +28,7 @@ from tle.backends.manager import load_backend
 from tle.contract.initializers import InitSpec
 from tle.contract.records import Blueprint, ResolvedWeights
 from tle.contract.spec import DataSpec, HeadSpec
+from tle.contract.strategy import HEAD
 from tle.run.assembly import build, check_input
 from tle.run.weights import resolve_weights
 from tle.store.tracking import configure
@@ -51,17 +52,24 @@ def pooled(block_output: np.ndarray) -> np.ndarray:
     return a.reshape(len(a), -1)
 
 
-def backbone_features(hook, model, last_block: str, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """The pooled output of ``last_block`` for every image, ``batch_size`` images per call of the hook."""
-    parts = []
+def backbone_features(hook, model, last_block: str, images: np.ndarray, batch_size: int,
+                      logits: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """The pooled output of ``last_block`` for every image, ``batch_size`` images per call of the hook, and with
+    ``logits`` the model's own head's logits from the same forward pass (None where the backend's hook does not
+    give ``head``: the caller then runs :func:`evaluate`)."""
+    asked = [last_block, HEAD] if logits else [last_block]
+    parts, heads = [], []
     for start in range(0, len(images), batch_size):
-        out = hook.block_activations(model=model, images=np.ascontiguousarray(images[start:start + batch_size]))
+        out = hook.block_activations(model=model, images=np.ascontiguousarray(images[start:start + batch_size]),
+                                     blocks=asked)
         if not out or last_block not in out:
             raise RuntimeError(f"block_activations returned blocks {list(out or [])}, without {last_block!r}")
         parts.append(pooled(out[last_block]))
+        heads.append(out.get(HEAD))
     if not parts:
-        return np.zeros((0, 0), dtype=np.float32)
-    return np.concatenate(parts)
+        return np.zeros((0, 0), dtype=np.float32), None
+    head = (np.concatenate(heads).astype(np.float32) if logits and all(h is not None for h in heads) else None)
+    return np.concatenate(parts), head
 
 
 def extract(backend_name: str, options: dict[str, Any], tracking_uri: str | None, load_data=None) -> dict[str, Any]:
@@ -113,14 +121,18 @@ def extract(backend_name: str, options: dict[str, Any], tracking_uri: str | None
         index = int(options["index"])
         files: dict[str, str] = {}
         started = time.perf_counter()
+        logits = None  # the source head's on the training images, from the features' own forward pass
         for split in SPLITS:
             x, y = data.split(split)
-            files[f"{split}_x"] = _save(out / f"c{index}_{split}_x.npy",
-                                        backbone_features(backend.hook, model, info.blocks[-1], x, batch))
+            features, split_logits = backbone_features(backend.hook, model, info.blocks[-1], x, batch,
+                                                       logits=bool(head) and split == "train")
+            logits = split_logits if split == "train" else logits
+            files[f"{split}_x"] = _save(out / f"c{index}_{split}_x.npy", features)
             files[f"{split}_y"] = _save(out / f"c{index}_{split}_y.npy", np.asarray(y, dtype=np.int64))
         seconds = time.perf_counter() - started
         if head:
-            logits = backend.hook.evaluate(model=model, images=data.x_train, labels=None, batch_size=batch).logits
+            if logits is None:  # a backend whose block_activations does not give the head's logits
+                logits = backend.hook.evaluate(model=model, images=data.x_train, labels=None, batch_size=batch).logits
             files["source_logits"] = _save(out / f"c{index}_source_logits.npy", np.asarray(logits, dtype=np.float32))
         return {"files": files, "fingerprint": data.fingerprint(), "params": int(sum(c.total for c in counts
                                                                                      if c.name != "head")),

@@ -76,7 +76,7 @@ def model(backend: Backend, request: dict, folder: Path) -> dict:
             hook.apply_init(model=net, blocks=list(info.blocks), init=InitSpec.parse(init), seed=seed)
             acc = {b: BlockAccumulator() for b in info.blocks}
             for start in range(0, len(images), chunk):
-                out = hook.block_activations(model=net, images=images[start:start + chunk])
+                out = hook.block_activations(model=net, images=images[start:start + chunk], blocks=None)
                 if out is None or list(out) != list(info.blocks):
                     raise RuntimeError(f"backend {backend.name!r} returned blocks {list(out or [])} from "
                                        f"block_activations; {info.name} has {list(info.blocks)}")

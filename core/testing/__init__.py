@@ -168,7 +168,7 @@ class BackendConformance:
         (``block_activations``), else its saved weights (an untrained spiking net's logits say little)."""
         import hashlib
 
-        outputs = backend.hook.block_activations(model=model, images=images)
+        outputs = backend.hook.block_activations(model=model, images=images, blocks=None)
         if outputs:
             return hashlib.sha256(b"".join(np.ascontiguousarray(v, dtype=np.float32).tobytes()
                                            for v in outputs.values())).hexdigest()
@@ -269,6 +269,23 @@ class BackendConformance:
         assert np.isfinite(out.loss) and out.loss > 0
         assert np.isnan(conformance_backend.hook.evaluate(model=model, images=images, labels=None,
                                                           batch_size=4).loss)
+
+    def test_conformance_block_activations_gives_the_asked_blocks_and_the_heads_logits(self, conformance_backend,
+                                                                                     conformance_data):
+        """``tle rank``'s one forward pass: the last block as every block's call gives it, and the head's logits as
+        ``evaluate`` gives them. A backend without ``block_activations`` is skipped (rank refuses it)."""
+        model = self._build(conformance_backend, conformance_data)
+        images = conformance_data.x_test[:6]
+        every = conformance_backend.hook.block_activations(model=model, images=images, blocks=None)
+        if not every:
+            pytest.skip(f"backend {self.backend} does not implement block_activations")
+        blocks = self._blocks(conformance_backend)
+        assert list(every) == blocks
+        asked = conformance_backend.hook.block_activations(model=model, images=images, blocks=[blocks[-1], HEAD])
+        assert set(asked) == {blocks[-1], HEAD}
+        np.testing.assert_allclose(asked[blocks[-1]], every[blocks[-1]], rtol=1e-5, atol=1e-6)
+        logits = conformance_backend.hook.evaluate(model=model, images=images, labels=None, batch_size=6).logits
+        np.testing.assert_allclose(asked[HEAD], logits, rtol=1e-4, atol=1e-5)
 
     def test_conformance_the_seed_fixes_the_model(self, conformance_backend, conformance_data):
         images = conformance_data.x_test[:8]

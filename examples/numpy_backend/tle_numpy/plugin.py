@@ -141,5 +141,5 @@ def dense_activations(inputs: np.ndarray, units: int, activation: str, init: Ini
 
 
 @implements(hookspecs.block_activations)
-def block_activations(model: Net, images: np.ndarray) -> dict[str, np.ndarray]:
-    return probe.block_activations(model, images)
+def block_activations(model: Net, images: np.ndarray, blocks: list[str] | None = None) -> dict[str, np.ndarray]:
+    return probe.block_activations(model, images, blocks)

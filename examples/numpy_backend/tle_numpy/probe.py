@@ -25,12 +25,14 @@ def dense_activations(inputs: np.ndarray, units: int, activation: str, init: Ini
     return ACTIVATIONS[activation](x @ kernel).astype(np.float32)  # the bias is zero
 
 
-def block_activations(net: Net, images: np.ndarray) -> dict[str, np.ndarray]:
+def block_activations(net: Net, images: np.ndarray, blocks: list[str] | None = None) -> dict[str, np.ndarray]:
+    wanted = set(net.blocks) - {"head"} if blocks is None else set(blocks)
     x = net.flatten(images)
     out: dict[str, np.ndarray] = {}
     for index, layer in enumerate(net.layers):
-        if layer.block not in net.blocks or layer.block == "head":
+        if layer.block not in net.blocks or (layer.block == "head" and "head" not in wanted):
             break
         x = net.forward(x, index, index + 1)
-        out[layer.block] = x  # a block's output is that of its last layer
+        if layer.block in wanted:
+            out[layer.block] = x  # a block's output is that of its last layer
     return out
