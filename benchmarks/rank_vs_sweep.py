@@ -3,7 +3,9 @@ time over the same candidates, both measured in one run, as a user runs them (th
 into one fresh SQLite store).
 
 Setup (not timed): backbones pretrained on digits 0-4 in this process, ``--epochs-list`` epochs each, for every
-model of ``--models`` (torch by default): those runs are the candidates ``BACKEND:MODEL@runs:/ID``. Then, timed:
+model of ``--models`` (torch by default): those runs are the candidates ``BACKEND:MODEL@runs:/ID`` (and, with
+``--random``, each model with random weights: ranked, but without a sweep cell). ``--candidates`` names them instead
+(e.g. ``torch:resnet18@imagenet,keras:vgg16@imagenet`` where the weights can be downloaded). Then, timed:
 
 - the sweep: one cell per candidate, ``strategy: feature-extractor``, seed 0, on ``--target`` with tle's defaults
   for everything else (5 epochs, batch 32, ONNX export and parity check of every cell) unless ``--sweep-epochs``
@@ -14,9 +16,9 @@ It prints both walls and their ratio (target <= 0.05), then where the ranking's 
 the checks, extracting features in the worker, the scores, the tracked run) and the marginal ratio: a candidate's
 extraction + scores ÷ a sweep cell's run, which is what the ratio tends to when candidates are many or large.
 
-    .venv/bin/python benchmarks/rank_vs_sweep.py [--models vgg_small,resnet_small] [--epochs-list 2,6]
-        [--random] [--target digits:5-9] [--image-size 32] [--sweep-epochs 5] [--no-export] [--max-per-class N]
-        [--jobs auto]
+    .venv/bin/python benchmarks/rank_vs_sweep.py [--models vgg_small,resnet_small] [--epochs-list 2,6] [--random]
+        [--candidates BACKEND:MODEL@WEIGHTS,...] [--target digits:5-9] [--image-size 32] [--sweep-epochs 5]
+        [--no-export] [--max-per-class N] [--jobs auto]
 """
 
 from __future__ import annotations
@@ -65,6 +67,9 @@ def main() -> None:
     parser.add_argument("--backend", default="torch")
     parser.add_argument("--models", default="vgg_small,resnet_small")
     parser.add_argument("--epochs-list", default="2,6", help="pretraining epochs: one candidate per model and value")
+    parser.add_argument("--candidates", default="", help="BACKEND:MODEL@WEIGHTS,... as tle rank takes them (e.g. "
+                                                           "torch:resnet18@imagenet): no pretraining, --models, "
+                                                           "--epochs-list and --backend unused")
     parser.add_argument("--random", action="store_true", help="one more candidate per model: its random weights "
                                                              "(ranked, but not in the sweep: no feature extractor)")
     parser.add_argument("--target", default="digits:5-9")
@@ -78,13 +83,16 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="tle-rank-bench-"))
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONUNBUFFERED": "1"}
-    print(f"setup: pretraining on digits:0-4 into {uri}")
-    candidates = pretrain(uri, args.backend, args.models.split(","), [int(e) for e in args.epochs_list.split(",")],
-                          args.image_size)
-    if args.random:
-        candidates += [f"{args.backend}:{m}@random" for m in args.models.split(",")]
+    if args.candidates:
+        candidates = [c.strip() for c in args.candidates.split(",") if c.strip()]
+    else:
+        print(f"setup: pretraining on digits:0-4 into {uri}")
+        candidates = pretrain(uri, args.backend, args.models.split(","),
+                              [int(e) for e in args.epochs_list.split(",")], args.image_size)
+        if args.random:
+            candidates += [f"{args.backend}:{m}@random" for m in args.models.split(",")]
 
-    base = {"backend": args.backend, "strategy": "feature-extractor", "tracking": {"experiment": "bench-sweep"},
+    base = {"strategy": "feature-extractor", "tracking": {"experiment": "bench-sweep"},
             "dataset": {"source": args.target, "image_size": args.image_size}, "train": {"seed": 0}}
     if args.sweep_epochs:
         base["train"]["epochs"] = args.sweep_epochs
@@ -92,8 +100,10 @@ def main() -> None:
         base["export"] = {"onnx": False}
     # A random backbone has no feature-extractor cell (tle refuses to freeze random blocks): the sweep holds the
     # pretrained candidates only, the ranking all of them (so --random makes the ratio larger, not smaller).
-    cells = [{"model": c.split(":", 1)[1].split("@")[0], "weights": c.split("@", 1)[1]} for c in candidates
-             if not c.endswith("@random")]
+    cells = [{"backend": c.split(":", 1)[0], "model": c.split(":", 1)[1].split("@")[0], "weights": c.split("@", 1)[1]}
+             for c in candidates if not c.endswith("@random")]
+    if not cells:
+        raise SystemExit("no candidate with weights to sweep: a random backbone has no feature-extractor cell")
     (folder / "sweep.yaml").write_text(yaml.safe_dump({"name": "bench-fe", "base": base, "cells": cells}))
 
     print(f"timed: tle rank of {len(candidates)} candidates, then tle sweep of the same as feature extractors")
@@ -128,8 +138,9 @@ def main() -> None:
     for c in ranking["candidates"]:
         print(f"  {c['rank']}. {c['candidate']}: " + ", ".join(f"{k} {v:.3g}" for k, v in c["scores"].items()
                                                                 if v is not None))
-    print("sweep test acc: " + ", ".join(f"{g.get('model', cells[0]['model'])}@{g.get('weights', cells[0]['weights'])}: "
-                                         f"{g['test_acc_mean']:.3f}" for g in table["groups"]))
+    print("sweep test acc: " + ", ".join(f"{g.get('backend', cells[0]['backend'])}:{g.get('model', cells[0]['model'])}@"
+                                         f"{g.get('weights', cells[0]['weights'])}: {g['test_acc_mean']:.3f}"
+                                         for g in table["groups"]))
     try:
         load = os.getloadavg()
         print(f"load average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} CPUs")
