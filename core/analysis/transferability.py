@@ -193,7 +193,8 @@ def import_in_background() -> threading.Thread:
 def shrunk_h_score(features, labels) -> float:
     """``tr(cov_a(f)^-1 (1 - a) cov(g))``: cov_a(f) Ledoit-Wolf's shrunk covariance of the features and a its
     shrinkage (scikit-learn's ``LedoitWolf``), g each row's class mean; both covariances normalised by N, as
-    Ledoit-Wolf's is."""
+    Ledoit-Wolf's is. Features that are all constant (a silent spiking layer, dead units) have a zero covariance,
+    shrunk or not: they score 0, as the plain H-score's pseudo-inverse gives."""
     from sklearn.covariance import LedoitWolf
 
     f, y = _floats(features), _labels(labels)
@@ -202,6 +203,8 @@ def shrunk_h_score(features, labels) -> float:
     g = _class_means(f, y)
     cov_g = np.atleast_2d(np.cov(g, rowvar=False, bias=True))
     shrunk = np.atleast_2d(estimate.covariance_)
+    if not np.trace(shrunk) > 0:
+        return 0.0
     return float(np.trace(np.linalg.solve(shrunk, (1.0 - estimate.shrinkage_) * cov_g)))
 
 

@@ -4,8 +4,8 @@ A candidate is ``BACKEND:MODEL@WEIGHTS`` (:data:`SPELLING`): ``torch:vgg_small@r
 ``keras:resnet_small@random``... ``random`` is what a ``scratch`` run starts from. The target data is loaded and
 split as ``tle run`` does (same source, sizes, ``--max-per-class`` and split seed give the same split
 fingerprint). Each candidate's features are extracted once, in batches, in a warm worker process of its backend
-(:mod:`tle.run.features`, the backend's ``block_activations`` hook: torch, keras and the numpy example; a backend
-without the hook, such as spyketorch, is refused in one line), then every score of
+(:mod:`tle.run.features`, the backend's ``block_activations`` hook: torch, keras, spyketorch (conv2's spikes) and the
+numpy example; a backend without the hook is refused in one line), then every score of
 :mod:`tle.analysis.transferability` is computed here, timed. NCE and LEEP need the backbone's own source head:
 they are computed for weights from a stored run (``runs:/``, ``models:/``) whose classes and input shape are
 known, '-' otherwise. Beside them the two baselines: the backbone's parameter count and the source run's
@@ -224,7 +224,7 @@ def check_backend(candidate: Candidate) -> str:
     info = backend.model(candidate.model)
     if not implements(backend, BLOCK_HOOK):
         raise UserError(f"backend {candidate.backend!r} cannot be ranked: it gives no frozen features (no "
-                        f"{BLOCK_HOOK} hook)", "rank candidates of torch, keras or numpy")
+                        f"{BLOCK_HOOK} hook)", "rank candidates of a backend that implements it (torch, keras, spyketorch)")
     return info.name
 
 

@@ -164,16 +164,23 @@ class BackendConformance:
                                                 batch_size=len(images)).logits)
 
     def _state(self, backend, model, images, folder: Path) -> str:
-        """A digest of what the model computes: its blocks' outputs where the backend reports them
-        (``block_activations``), else its saved weights (an untrained spiking net's logits say little)."""
+        """A digest of the model: its parameters (``block_parameters``, else its saved weights file) and its blocks'
+        outputs where the backend reports them (``block_activations``; an untrained spiking net's spikes can be
+        silent for any weights, so they alone say little)."""
         import hashlib
 
-        outputs = backend.hook.block_activations(model=model, images=images, blocks=None)
-        if outputs:
-            return hashlib.sha256(b"".join(np.ascontiguousarray(v, dtype=np.float32).tobytes()
-                                           for v in outputs.values())).hexdigest()
-        folder.mkdir(parents=True, exist_ok=True)
-        return hashlib.sha256(Path(backend.hook.save_weights(model=model, directory=folder)).read_bytes()).hexdigest()
+        digest = hashlib.sha256()
+        params = backend.hook.block_parameters(model=model)
+        if params:
+            for block in sorted(params):
+                for name in sorted(params[block]):
+                    digest.update(np.ascontiguousarray(params[block][name], dtype=np.float32).tobytes())
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+            digest.update(Path(backend.hook.save_weights(model=model, directory=folder)).read_bytes())
+        for value in (backend.hook.block_activations(model=model, images=images, blocks=None) or {}).values():
+            digest.update(np.ascontiguousarray(value, dtype=np.float32).tobytes())
+        return digest.hexdigest()
 
     def _blocks(self, backend) -> list[str]:
         return list(backend.model(self.model).blocks)

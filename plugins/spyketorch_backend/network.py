@@ -69,13 +69,20 @@ class SpikingNet(nn.Module):
     # -- inference: the last step only ------------------------------------------------------------
 
     @torch.no_grad()
-    def hidden_spikes(self, images: torch.Tensor) -> torch.Tensor:
-        """conv2's pooled spikes at the last step: conv3's input before its padding."""
+    def block_spikes(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """conv1's and conv2's pooled spikes at the last step, (N, C, H, W) each: conv2's is conv3's input before
+        its padding."""
         a = self.arch
         s = layers.pad_spikes(coding.final_spikes(images, self.bank, a.timesteps), a.pad0)
-        s = layers.pool_spikes((layers.conv_final(s, self.conv1) > a.threshold1).to(torch.float32), a.pool1)
-        return layers.pool_spikes((layers.conv_final(layers.pad_spikes(s, a.pad1), self.conv2) > a.threshold2)
-                                  .to(torch.float32), a.pool2)
+        s1 = layers.pool_spikes((layers.conv_final(s, self.conv1) > a.threshold1).to(torch.float32), a.pool1)
+        s2 = layers.pool_spikes((layers.conv_final(layers.pad_spikes(s1, a.pad1), self.conv2) > a.threshold2)
+                                .to(torch.float32), a.pool2)
+        return s1, s2
+
+    @torch.no_grad()
+    def hidden_spikes(self, images: torch.Tensor) -> torch.Tensor:
+        """conv2's pooled spikes at the last step: conv3's input before its padding."""
+        return self.block_spikes(images)[1]
 
     def head_potentials(self, hidden: torch.Tensor) -> torch.Tensor:
         """conv3's exact potentials at the last step (N, neurons, h, w), float64, from ``hidden_spikes``."""

@@ -83,6 +83,7 @@ def count_parameters(model: Any) -> list[BlockCount]:
 
 train = delegate(hookspecs.train, "tle_spyketorch.train:fit")
 evaluate = delegate(hookspecs.evaluate, "tle_spyketorch.train:evaluate")
+block_activations = delegate(hookspecs.block_activations, "tle_spyketorch.probe:block_activations")
 save_weights = delegate(hookspecs.save_weights, "tle_spyketorch.weights:save")
 
 
