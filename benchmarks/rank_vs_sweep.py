@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 import yaml
+from scipy.stats import kendalltau
 
 
 def pretrain(uri: str, backend: str, models: list[str], epochs: list[int], image_size: int) -> list[str]:
@@ -141,6 +142,15 @@ def main() -> None:
     print("sweep test acc: " + ", ".join(f"{g.get('backend', cells[0]['backend'])}:{g.get('model', cells[0]['model'])}@"
                                          f"{g.get('weights', cells[0]['weights'])}: {g['test_acc_mean']:.3f}"
                                          for g in table["groups"]))
+    # What the sample's ranking says of the sweep: Kendall's tau of each score against the cells' test accuracy.
+    accuracy = {g.get("weights", cells[0]["weights"]): g["test_acc_mean"] for g in table["groups"]}
+    swept = [c for c in ranking["candidates"] if c["weights"] in accuracy]
+    taus = []
+    for score in ranking["candidates"][0]["scores"]:
+        pairs = [(c["scores"][score], accuracy[c["weights"]]) for c in swept if c["scores"][score] is not None]
+        if len(pairs) >= 3 and len({a for a, _ in pairs}) > 1:
+            taus.append(f"{score} {kendalltau(*zip(*pairs)).statistic:+.2f}")
+    print(f"Kendall's tau against the sweep's test acc ({len(swept)} candidates): " + ", ".join(taus))
     try:
         load = os.getloadavg()
         print(f"load average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} CPUs")
