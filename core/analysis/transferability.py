@@ -180,12 +180,15 @@ def _class_means(f: np.ndarray, y: np.ndarray) -> np.ndarray:
     return g
 
 
-def import_in_background() -> threading.Thread:
-    """Start importing scikit-learn's covariance module (about a second: the only slow import of the scores) in a
-    thread, so that a ranking pays it while its workers extract features; :func:`shrunk_h_score` then finds it
-    imported (Python's import lock makes a second import wait for the first)."""
-    thread = threading.Thread(target=importlib.import_module, args=("sklearn.covariance",), daemon=True,
-                              name="tle-import-sklearn")
+def import_in_background(*also: str) -> threading.Thread:
+    """Start importing scikit-learn's covariance module (about a second: the only slow import of the scores), then
+    the modules ``also`` names, in a thread, so that a ranking pays them while its workers extract features;
+    :func:`shrunk_h_score` then finds it imported (Python's import lock makes a second import wait for the first)."""
+    def run() -> None:
+        for name in ("sklearn.covariance", *also):
+            importlib.import_module(name)
+
+    thread = threading.Thread(target=run, daemon=True, name="tle-import-sklearn")
     thread.start()
     return thread
 

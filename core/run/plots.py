@@ -8,6 +8,8 @@ import numpy as np
 
 from tle.contract.loop import History
 
+MODULES = ("matplotlib.figure", "matplotlib.backends.backend_agg")  # what figure() imports (a ranking imports them early)
+
 
 def figure(**kwargs):
     # A bare Figure on the Agg canvas: no pyplot state, nothing to close, and no tight_layout

@@ -31,12 +31,14 @@ import math
 import shutil
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from rich.console import Console
+from threadpoolctl import threadpool_limits  # scikit-learn's dependency
 
 from tle.analysis import transferability as scores
 from tle.analysis.ranking import Correlation, TextTable, correlate, number, order
@@ -45,6 +47,7 @@ from tle.backends.manager import load_backend
 from tle.contract.spec import DataSpec, TrackingSpec, build_spec, read_spec_file
 from tle.errors import UserError
 from tle.run.features import RANDOM
+from tle.run.plots import MODULES as PLOT_MODULES
 from tle.store.status import RunStatus
 from tle.studies.init_study import BLOCK_HOOK, implements, metric_name
 from tle.studies.rank_plots import bar_plot
@@ -454,12 +457,16 @@ class Ranker:
             loader_for(spec.dataset, load_backend(backend).dataset_sources())  # the data itself loads in the workers
         # The workers start now and import their framework while the store is read.
         self.pool = LocalPool(options.jobs)
+        # One per backend now (more at once would slow MLflow's import here on a small machine); the scheduler
+        # starts the rest of --jobs when it hands out the first candidates.
         self.warm = [(self.pool.start(b), b) for b in backends[:options.jobs]]
-        scores.import_in_background()  # the scores' one slow import, while the workers start and extract
         self.folder = Path(tempfile.mkdtemp(prefix="tle-rank-"))  # weights fetched, then the features
         try:
             mlflow = configure(options.tracking_uri or spec.tracking.uri)
             self.uri = mlflow.get_tracking_uri()
+            # The scores' one slow import, then the bar plot's, while the workers extract (after MLflow's: two
+            # imports in one process only take turns).
+            scores.import_in_background(*PLOT_MODULES)
             self.sources = [check_candidate(c, self.folder / f"c{i}") for i, c in enumerate(spec.candidates)]
             self.truth = sweep_truth(spec.against, spec.dataset.source, spec.candidates) if spec.against else None
         except BaseException:
@@ -482,16 +489,22 @@ class Ranker:
         from tle.progress import make_progress
 
         progress = make_progress(self.console, self.options.quiet)
+        # Each candidate is scored in a thread as soon as its features arrive, while the workers extract the next
+        # ones. One BLAS thread: the matrices are small, and two threads on a busy 2-core machine made an SVD 80x
+        # slower.
+        scoring = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tle-scores")
         try:
             if progress is not None:
                 progress.start()
             started = time.perf_counter()
-            outcomes = self._extract(self.folder / "features", progress)
-            ranking = Ranking(self.spec, [], fingerprint=self.fingerprint, uri=self.uri,
-                              extract_seconds=time.perf_counter() - started, check_seconds=self.check_seconds)
-            self._check_data(outcomes, ranking)
-            ranking.results = self._score(outcomes, progress)
+            with threadpool_limits(limits=1):
+                outcomes, scored = self._extract(self.folder / "features", progress, scoring)
+                ranking = Ranking(self.spec, [], fingerprint=self.fingerprint, uri=self.uri,
+                                  extract_seconds=time.perf_counter() - started, check_seconds=self.check_seconds)
+                self._check_data(outcomes, ranking)
+                ranking.results = [scored[i].result() for i in range(len(self.spec.candidates))]
         finally:
+            scoring.shutdown(wait=True, cancel_futures=True)
             if progress is not None:
                 progress.stop()
             self.close()
@@ -503,7 +516,8 @@ class Ranker:
         ranking.log_seconds = time.perf_counter() - started
         return ranking
 
-    def _extract(self, folder: Path, progress) -> dict[int, dict[str, Any]]:
+    def _extract(self, folder: Path, progress, scoring: ThreadPoolExecutor
+                 ) -> tuple[dict[int, dict[str, Any]], dict[int, Future[CandidateResult]]]:
         spec = self.spec
         tasks = []
         for i, (c, source) in enumerate(zip(spec.candidates, self.sources)):
@@ -521,14 +535,24 @@ class Ranker:
             tasks.append(Task(i, c.backend, {"backend": c.backend, "tracking": {"uri": self.uri}}, label=c.label,
                               gpus=gpus, kind="features", options=options))
         bar = progress.add_task("features", total=len(tasks), info="") if progress is not None else None
+        score_bar = progress.add_task("scores", total=len(tasks), info="") if progress is not None else None
         outcomes: dict[int, dict[str, Any]] = {}
+        scored: dict[int, Future[CandidateResult]] = {}
 
         def on_start(task: Task) -> None:
             if progress is not None and bar is not None:
                 progress.update(bar, info=task.label)
 
+        def score(i: int, outcome: dict[str, Any]) -> CandidateResult:
+            result = self._score_one(i, outcome)
+            if progress is not None and score_bar is not None:
+                progress.advance(score_bar)
+            return result
+
         def on_done(task: Task, outcome: dict[str, Any]) -> None:
             outcomes[task.cell] = outcome
+            if outcome.get("status") == RunStatus.FINISHED:
+                scored[task.cell] = scoring.submit(score, task.cell, outcome)
             if progress is not None and bar is not None:
                 progress.advance(bar)
 
@@ -550,7 +574,7 @@ class Ranker:
                 if outcome.get("user_error"):
                     raise UserError(f"candidate {task.label}: {error}")
                 raise RuntimeError(f"candidate {task.label}: {error}")
-        return outcomes
+        return outcomes, scored
 
     def _check_data(self, outcomes: dict[int, dict[str, Any]], ranking: Ranking) -> None:
         """Every worker split the same data (one fingerprint, the split ``tle run`` makes of it with this seed), with
@@ -570,18 +594,6 @@ class Ranker:
         if len(np.unique(labels)) < 2 or len(labels) < 3:
             raise UserError(f"the training split of {self.spec.dataset.source} holds {len(labels)} image(s) of "
                             f"{len(np.unique(labels))} class(es); scores need two classes", fix)
-
-    def _score(self, outcomes: dict[int, dict[str, Any]], progress) -> list[CandidateResult]:
-        from tle.progress import track
-
-        from threadpoolctl import threadpool_limits  # scikit-learn's dependency
-
-        results = []
-        # One BLAS thread: the matrices are small, and two threads on a busy 2-core machine made an SVD 80x slower.
-        with threadpool_limits(limits=1):
-            for i in track(range(len(self.spec.candidates)), progress, len(self.spec.candidates), "scores"):
-                results.append(self._score_one(i, outcomes[i]))
-        return results
 
     def _score_one(self, i: int, outcome: dict[str, Any]) -> CandidateResult:
         c, source = self.spec.candidates[i], self.sources[i]
