@@ -13,8 +13,9 @@ model of ``--models`` (torch by default): those runs are the candidates ``BACKEN
 - the ranking: ``tle rank`` of the same candidates on the same data (``--max-per-class`` ranks on a sample).
 
 It prints both walls and their ratio (target <= 0.05), then where the ranking's time goes (the command's own start,
-the checks, extracting features in the worker, the scores, the tracked run) and the marginal ratio: a candidate's
-extraction + scores ÷ a sweep cell's run, which is what the ratio tends to when candidates are many or large.
+the checks, extracting features in the worker, the scores, the tracked run), the marginal ratio (a candidate's
+extraction + scores ÷ a sweep cell's run, which is what the ratio tends to when candidates are many or large) and
+Kendall's tau of each score against the sweep's test accuracy (what the sampled ranking says).
 
     .venv/bin/python benchmarks/rank_vs_sweep.py [--models vgg_small,resnet_small] [--epochs-list 2,6] [--random]
         [--candidates BACKEND:MODEL@WEIGHTS,...] [--target digits:5-9] [--image-size 32] [--sweep-epochs 5]
@@ -130,7 +131,8 @@ def main() -> None:
     print(f"rank's time: command start {rank_wall - inside:.1f} s, then {inside:.1f} s: checks "
           f"{ranking['check_seconds']:.1f} s (MLflow's import, the stored runs; the workers start meanwhile), "
           f"features {ranking['extract_seconds']:.1f} s (waiting for the workers' framework import included), "
-          f"scores {sum(ranking['score_seconds'].values()):.2f} s, the tracked run {ranking['log_seconds']:.1f} s "
+          f"scores {sum(ranking['score_seconds'].values()):.2f} s (in a thread, as each candidate's features arrive), "
+          f"the tracked run {ranking['log_seconds']:.1f} s "
           "(with the bar plot)")
     print(f"per candidate: extraction + scores {statistics.mean(per_candidate):.2f} s; per sweep cell: run "
           f"{statistics.mean(cell_walls):.2f} s (mean wall_seconds); marginal ratio "
