@@ -141,11 +141,13 @@ def main() -> None:
     for c in ranking["candidates"]:
         print(f"  {c['rank']}. {c['candidate']}: " + ", ".join(f"{k} {v:.3g}" for k, v in c["scores"].items()
                                                                 if v is not None))
-    print("sweep test acc: " + ", ".join(f"{g.get('backend', cells[0]['backend'])}:{g.get('model', cells[0]['model'])}@"
-                                         f"{g.get('weights', cells[0]['weights'])}: {g['test_acc_mean']:.3f}"
-                                         for g in table["groups"]))
+    def axis(group: dict, key: str) -> str:  # a group names only the axes that vary: the rest is every cell's
+        return group.get(key, cells[0][key])
+
+    print("sweep test acc: " + ", ".join(f"{axis(g, 'backend')}:{axis(g, 'model')}@{axis(g, 'weights')}: "
+                                         f"{g['test_acc_mean']:.3f}" for g in table["groups"]))
     # What the sample's ranking says of the sweep: Kendall's tau of each score against the cells' test accuracy.
-    accuracy = {g.get("weights", cells[0]["weights"]): g["test_acc_mean"] for g in table["groups"]}
+    accuracy = {axis(g, "weights"): g["test_acc_mean"] for g in table["groups"]}
     swept = [c for c in ranking["candidates"] if c["weights"] in accuracy]
     taus = []
     for score in ranking["candidates"][0]["scores"]:

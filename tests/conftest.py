@@ -25,7 +25,7 @@ STUDY = (
     "test_s2_letters.py",  # S2 on digits -> EMNIST-format letters at S2's 50 epochs: the issue's bar for the real pair
     "test_sweep_backends.py::test_ray_executor",  # a sweep on a local Ray cluster
 )
-STUDIES_ONLY = (
+STUDIES_ONLY = (  # a part of STUDY
     "test_s2_letters.py",  # about 6 min of one worker, the longest test: CI ran 1732 s of its 1800 with it
 )
 
@@ -41,7 +41,7 @@ def pytest_collection_modifyitems(config, items):
     TensorFlow and torch's exporter (triton) must not share a process. Tests listed in STUDY are marked study, and
     their files come first."""
     for item in items:
-        if listed(item, STUDY) or listed(item, STUDIES_ONLY):
+        if listed(item, STUDY):
             item.add_marker(pytest.mark.study)
         if listed(item, STUDIES_ONLY):
             item.add_marker(pytest.mark.long)

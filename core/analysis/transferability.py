@@ -188,7 +188,7 @@ def import_in_background(*also: str) -> threading.Thread:
         for name in ("sklearn.covariance", *also):
             importlib.import_module(name)
 
-    thread = threading.Thread(target=run, daemon=True, name="tle-import-sklearn")
+    thread = threading.Thread(target=run, daemon=True, name="tle-imports")
     thread.start()
     return thread
 

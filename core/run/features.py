@@ -68,7 +68,7 @@ def backbone_features(hook, model, last_block: str, images: np.ndarray, batch_si
         heads.append(out.get(HEAD))
     if not parts:
         return np.zeros((0, 0), dtype=np.float32), None
-    head = (np.concatenate(heads).astype(np.float32) if logits and all(h is not None for h in heads) else None)
+    head = np.concatenate(heads) if logits and all(h is not None for h in heads) else None
     return np.concatenate(parts), head
 
 
@@ -126,7 +126,8 @@ def extract(backend_name: str, options: dict[str, Any], tracking_uri: str | None
             x, y = data.split(split)
             features, split_logits = backbone_features(backend.hook, model, info.blocks[-1], x, batch,
                                                        logits=bool(head) and split == "train")
-            logits = split_logits if split == "train" else logits
+            if split == "train":
+                logits = split_logits
             files[f"{split}_x"] = _save(out / f"c{index}_{split}_x.npy", features)
             files[f"{split}_y"] = _save(out / f"c{index}_{split}_y.npy", np.asarray(y, dtype=np.int64))
         seconds = time.perf_counter() - started

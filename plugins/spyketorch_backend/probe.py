@@ -27,4 +27,3 @@ def block_activations(net, images: np.ndarray, blocks: list[str] | None = None) 
     if HEAD in wanted:
         out[HEAD] = net.class_scores(net.head_potentials(spikes["conv2"])).cpu().numpy().astype(np.float32)
     return out
-
